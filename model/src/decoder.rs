@@ -1,0 +1,553 @@
+//! The decoder shared by the llama and qwen2 families: one set of weights serves inference
+//! (KV cache, quantized matmuls, fused kernels) and training (differentiable ops, LoRA hooks).
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{D, DType, Device, Module, Tensor};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// One weight matrix as stored: quantized blocks or a dense tensor.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Weight {
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Weight::Quantized(q) => q.shape().dims(),
+            Weight::Dense(t) => t.dims(),
+        }
+    }
+
+    /// The weight as a dense f32 tensor.
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Quantized(q) => q.dequantize(device)?,
+            Weight::Dense(t) => t.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+/// Where the decoder's weights come from. Names are Hugging Face names
+/// (`model.layers.0.self_attn.q_proj.weight`); each source maps them to its own layout.
+pub trait WeightSource {
+    /// A weight, or `None` when the file does not hold it.
+    fn get(&mut self, name: &str) -> Result<Option<Weight>>;
+
+    fn require(&mut self, name: &str) -> Result<Weight> {
+        self.get(name)?
+            .ok_or_else(|| Error::InvalidConfig(format!("the model has no tensor `{name}`")))
+    }
+}
+
+/// The projections a LoRA adapter can attach to, named as PEFT names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Target::Q => "q_proj",
+            Target::K => "k_proj",
+            Target::V => "v_proj",
+            Target::O => "o_proj",
+            Target::Gate => "gate_proj",
+            Target::Up => "up_proj",
+            Target::Down => "down_proj",
+        }
+    }
+}
+
+/// A low-rank adapter on one projection: `y = x·Wᵀ + scale·(x·Aᵀ)·Bᵀ`, `scale = α / r`.
+/// Only the adapter path is scaled.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// `(rank, in_features)`
+    pub a: Tensor,
+    /// `(out_features, rank)`
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+/// A projection: frozen base weight (quantized or dense), optional bias, optional adapter.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl Linear {
+    fn new(weight: Weight, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = match weight.dims() {
+            [o, i] => (*o, *i),
+            dims => {
+                return Err(Error::InvalidConfig(format!(
+                    "a projection must be 2-D, got {dims:?}"
+                )));
+            }
+        };
+        let weight = match weight {
+            Weight::Quantized(q) => QMatMul::from_arc(q)?,
+            Weight::Dense(t) => QMatMul::Tensor(t.to_dtype(DType::F32)?),
+        };
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+            out_features,
+            in_features,
+        })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// The base weight as a dense `(out, in)` tensor.
+    pub fn base_weight(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+            QMatMul::Tensor(t) => t.clone(),
+            QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = self.weight.forward(x)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        if let Some(lora) = &self.lora {
+            let down = x.broadcast_matmul(&lora.a.t()?)?;
+            let up = down.broadcast_matmul(&lora.b.t()?)?;
+            y = (y + (up * lora.scale)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// Whether a forward pass may use fused kernels (inference) or must record gradients
+/// (training: candle's fused RMSNorm, RoPE and softmax have no backward pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Inference,
+    Training,
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(match mode {
+            Mode::Inference => candle_nn::ops::rms_norm(x, &self.weight, self.eps)?,
+            Mode::Training => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(config: &Config, device: &Device) -> Result<Self> {
+        let head_dim = config.head_dim();
+        let inv_freq: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| (1.0 / config.rope_theta.powf(i as f64 / head_dim as f64)) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+        let positions = Tensor::arange(0u32, config.max_position_embeddings as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((config.max_position_embeddings, 1))?;
+        let angles = positions.matmul(&inv_freq)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    /// Rotates `x` of shape `(batch, heads, seq, head_dim)` (half-split, Hugging Face layout).
+    fn apply(&self, x: &Tensor, offset: usize, mode: Mode) -> Result<Tensor> {
+        let seq_len = x.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq_len)?;
+        let sin = self.sin.narrow(0, offset, seq_len)?;
+        let x = x.contiguous()?;
+        Ok(match mode {
+            Mode::Inference => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            Mode::Training => candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?,
+        })
+    }
+}
+
+/// Keys and values of past positions, one pair per layer, for one batch of sequences.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<candle_nn::kv_cache::KvCache>,
+}
+
+impl KvCache {
+    /// Room grows in steps of this many positions.
+    const GROWTH: usize = 256;
+
+    pub fn new(config: &Config) -> Self {
+        Self {
+            layers: (0..config.num_hidden_layers)
+                .map(|_| candle_nn::kv_cache::KvCache::new(2, Self::GROWTH))
+                .collect(),
+        }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.current_seq_len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.reset());
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        offset: usize,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (batch, seq_len, _) = x.dims3()?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, seq_len, heads, self.head_dim))?
+                .transpose(1, 2)?)
+        };
+        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?.contiguous()?;
+        let q = rope.apply(&q, offset, mode)?;
+        let k = rope.apply(&k, offset, mode)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let kv_len = k.dim(2)?;
+        // Grouped-query attention without copying keys: the query heads that share a key/value
+        // head are stacked along the sequence axis, so one batched matmul serves the group.
+        let group = self.num_heads / self.num_kv_heads;
+        let q = q
+            .contiguous()?
+            .reshape((batch, self.num_kv_heads, group * seq_len, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores.reshape((batch, self.num_heads, seq_len, kv_len))?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = match mode {
+            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Training => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let probs = probs.reshape((batch, self.num_kv_heads, group * seq_len, kv_len))?;
+        let y = probs.matmul(&v.contiguous()?)?;
+        let y = y
+            .reshape((batch, self.num_heads, seq_len, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, seq_len, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+#[derive(Debug, Clone)]
+enum Embedding {
+    /// Rows are dequantized on lookup; the table stays in its compact form.
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Dense(t) => {
+                let (batch, seq_len) = ids.dims2()?;
+                t.index_select(&ids.flatten_all()?, 0)?
+                    .reshape((batch, seq_len, t.dim(1)?))?
+            }
+        })
+    }
+}
+
+/// A llama / qwen2 decoder.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    config: Config,
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the decoder from any weight source; names are Hugging Face names.
+    pub fn load(source: &mut dyn WeightSource, config: &Config, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let head_dim = config.head_dim();
+        let norm = |source: &mut dyn WeightSource, name: &str| -> Result<RmsNorm> {
+            let weight = source.require(name)?.dequantize(device)?;
+            Ok(RmsNorm {
+                weight,
+                eps: config.rms_norm_eps as f32,
+            })
+        };
+        let bias = |source: &mut dyn WeightSource, name: &str| -> Result<Option<Tensor>> {
+            if !config.attention_bias {
+                return Ok(None);
+            }
+            source.get(name)?.map(|w| w.dequantize(device)).transpose()
+        };
+        let embed_weight = source.require("model.embed_tokens.weight")?;
+        check_dims(
+            "model.embed_tokens.weight",
+            embed_weight.dims(),
+            &[config.vocab_size, config.hidden_size],
+        )?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let kv_out = config.num_key_value_heads * head_dim;
+            let mut linear = |name: &str, shape: [usize; 2], with_bias: bool| -> Result<Linear> {
+                let full = format!("{p}.{name}.weight");
+                let weight = source.require(&full)?;
+                check_dims(&full, weight.dims(), &shape)?;
+                let b = if with_bias {
+                    bias(source, &format!("{p}.{name}.bias"))?
+                } else {
+                    None
+                };
+                Linear::new(weight, b)
+            };
+            let h = config.hidden_size;
+            let f = config.intermediate_size;
+            let self_attn = Attention {
+                q_proj: linear("self_attn.q_proj", [h, h], true)?,
+                k_proj: linear("self_attn.k_proj", [kv_out, h], true)?,
+                v_proj: linear("self_attn.v_proj", [kv_out, h], true)?,
+                o_proj: linear("self_attn.o_proj", [h, h], false)?,
+                num_heads: config.num_attention_heads,
+                num_kv_heads: config.num_key_value_heads,
+                head_dim,
+            };
+            let mlp = Mlp {
+                gate_proj: linear("mlp.gate_proj", [f, h], false)?,
+                up_proj: linear("mlp.up_proj", [f, h], false)?,
+                down_proj: linear("mlp.down_proj", [h, f], false)?,
+            };
+            layers.push(Block {
+                input_layernorm: norm(source, &format!("{p}.input_layernorm.weight"))?,
+                self_attn,
+                post_attention_layernorm: norm(
+                    source,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                )?,
+                mlp,
+            });
+        }
+        let lm_head_weight = match source.get("lm_head.weight")? {
+            Some(w) if !config.tie_word_embeddings => w,
+            _ => embed_weight.clone(),
+        };
+        let embed_tokens = match embed_weight {
+            Weight::Quantized(q) => Embedding::Quantized(q),
+            Weight::Dense(t) => Embedding::Dense(t.to_dtype(DType::F32)?),
+        };
+        Ok(Self {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm: norm(source, "model.norm.weight")?,
+            lm_head: Linear::new(lm_head_weight, None)?,
+            rope: Rope::new(config, device)?,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The projection `target` of layer `layer`, to attach or inspect an adapter.
+    pub fn linear_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
+        let block = self.layers.get_mut(layer)?;
+        Some(match target {
+            Target::Q => &mut block.self_attn.q_proj,
+            Target::K => &mut block.self_attn.k_proj,
+            Target::V => &mut block.self_attn.v_proj,
+            Target::O => &mut block.self_attn.o_proj,
+            Target::Gate => &mut block.mlp.gate_proj,
+            Target::Up => &mut block.mlp.up_proj,
+            Target::Down => &mut block.mlp.down_proj,
+        })
+    }
+
+    fn causal_mask(&self, seq_len: usize, offset: usize) -> Result<Option<Tensor>> {
+        if seq_len <= 1 {
+            return Ok(None);
+        }
+        let kv_len = offset + seq_len;
+        let mask: Vec<f32> = (0..seq_len)
+            .flat_map(|i| {
+                (0..kv_len).map(move |j| {
+                    if j > offset + i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(mask, (seq_len, kv_len), &self.device)?))
+    }
+
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (_, seq_len) = input_ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + seq_len > self.config.max_position_embeddings {
+            return Err(Error::PromptTooLong {
+                prompt_tokens: offset + seq_len,
+                context: self.config.max_position_embeddings,
+            });
+        }
+        let mask = self.causal_mask(seq_len, offset)?;
+        let mut x = self.embed_tokens.forward(input_ids)?;
+        for (i, block) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            let h = block.input_layernorm.forward(&x, mode)?;
+            let h = block
+                .self_attn
+                .forward(&h, &self.rope, mask.as_ref(), offset, layer_cache, mode)?;
+            x = (x + h)?;
+            let h = block.post_attention_layernorm.forward(&x, mode)?;
+            x = (x + block.mlp.forward(&h)?)?;
+        }
+        self.norm.forward(&x, mode)
+    }
+
+    /// Inference: feeds `input_ids` `(batch, seq)` after the positions already in `cache` and
+    /// returns the logits of the last position, `(batch, vocab)`.
+    pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden_states(input_ids, Some(cache), Mode::Inference)?;
+        let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
+        self.lm_head.forward(&last)
+    }
+
+    /// Logits of every position, `(batch, seq, vocab)`, with fused kernels and no cache (for
+    /// scoring and parity checks).
+    pub fn forward_all(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let hidden = self.hidden_states(input_ids, None, Mode::Inference)?;
+        self.lm_head.forward(&hidden)
+    }
+
+    /// Logits of every position through differentiable ops only, so gradients reach every
+    /// adapter (training).
+    pub fn forward_train(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let hidden = self.hidden_states(input_ids, None, Mode::Training)?;
+        self.lm_head.forward(&hidden)
+    }
+}
+
+fn check_dims(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
+    if actual != expected {
+        return Err(Error::InvalidConfig(format!(
+            "tensor `{name}` has shape {actual:?}, the configuration needs {expected:?}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Kefu's model crate: one decoder for the llama and qwen2 families (inference and, later,
+//! training through the same weights), tokenizers, chat templates, sampling and generation.
+
+pub mod chat;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod loader;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate, Role};
+pub use config::{Architecture, Config};
+pub use decoder::{Decoder, KvCache, Lora};
+pub use error::{Error, Result};
+pub use generate::{FinishReason, Generation, GenerationParams};
+pub use loader::{LoadOptions, LoadedModel, ModelFormat};
+pub use sampling::Sampler;
+pub use tokenizer::TextStreamer;

@@ -1,0 +1,205 @@
+//! Tokenizers: loaded from `tokenizer.json`, or rebuilt from GGUF metadata (byte-level BPE with
+//! the pre-tokenizer the model was trained with), plus incremental detokenization for streaming.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file::Value;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use crate::error::{Error, Result};
+
+/// Qwen2's pre-tokenizer pattern, as in its `tokenizer.json`.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama-3 style pattern (digits in runs of up to three).
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types that are special: control (3) and user-defined (4).
+fn is_special_type(token_type: i64) -> bool {
+    matches!(token_type, 3 | 4)
+}
+
+fn value_as_i64(value: &Value) -> Option<i64> {
+    Some(match value {
+        Value::U8(v) => i64::from(*v),
+        Value::I8(v) => i64::from(*v),
+        Value::U16(v) => i64::from(*v),
+        Value::I16(v) => i64::from(*v),
+        Value::U32(v) => i64::from(*v),
+        Value::I32(v) => i64::from(*v),
+        Value::U64(v) => i64::try_from(*v).ok()?,
+        Value::I64(v) => *v,
+        _ => return None,
+    })
+}
+
+fn strings(metadata: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
+    let values = metadata
+        .get(key)
+        .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))?
+        .to_vec()
+        .map_err(Error::tokenizer)?;
+    values
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(Error::tokenizer))
+        .collect()
+}
+
+/// Builds a `tokenizers::Tokenizer` equal to the model's original `tokenizer.json` from the
+/// GGUF metadata (`tokenizer.ggml.*`).
+pub fn from_gguf_metadata(metadata: &HashMap<String, Value>) -> Result<Tokenizer> {
+    let kind = metadata
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .map(|s| s.as_str())
+        .unwrap_or("");
+    if kind != "gpt2" {
+        return Err(Error::Tokenizer(format!(
+            "unsupported GGUF tokenizer model `{kind}` (supported: gpt2 byte-level BPE)"
+        )));
+    }
+    let tokens = strings(metadata, "tokenizer.ggml.tokens")?;
+    let merges: Vec<(String, String)> = strings(metadata, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| Error::Tokenizer(format!("malformed merge `{m}`")))
+        })
+        .collect::<Result<_>>()?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(Error::tokenizer)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+
+    let pre = metadata
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map(|s| s.as_str())
+        .unwrap_or("default");
+    let regex_split = |pattern: &str| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(
+            SplitPattern::Regex(pattern.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(Error::tokenizer)?
+        .into())
+    };
+    let byte_level_no_regex: PreTokenizerWrapper = ByteLevel::new(false, false, false).into();
+    match pre {
+        "qwen2" | "deepseek-llm" => {
+            tokenizer
+                .with_normalizer(Some(NFC))
+                .map_err(Error::tokenizer)?;
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                regex_split(QWEN2_PATTERN)?,
+                byte_level_no_regex,
+            ])));
+        }
+        "llama3" | "llama-bpe" | "smaug-bpe" => {
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                regex_split(LLAMA3_PATTERN)?,
+                byte_level_no_regex,
+            ])));
+        }
+        "smollm" | "starcoder" | "refact" => {
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])));
+        }
+        _ => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+    }
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+
+    let types = metadata
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok());
+    let specials: Vec<AddedToken> = match types {
+        Some(types) => types
+            .iter()
+            .zip(&tokens)
+            .filter(|(ty, _)| value_as_i64(ty).is_some_and(is_special_type))
+            .map(|(_, token)| AddedToken::from(token.clone(), true))
+            .collect(),
+        None => Vec::new(),
+    };
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(Error::tokenizer)?;
+    Ok(tokenizer)
+}
+
+/// A token id named in GGUF metadata (`tokenizer.ggml.eos_token_id`, ...).
+pub fn gguf_token_id(metadata: &HashMap<String, Value>, key: &str) -> Option<u32> {
+    metadata
+        .get(key)
+        .and_then(value_as_i64)
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+/// Turns a stream of token ids into text pieces, holding back bytes of characters that are
+/// split across tokens (emoji, CJK in byte-level BPE).
+#[derive(Debug)]
+pub struct TextStreamer<'a> {
+    tokenizer: &'a Tokenizer,
+    tokens: Vec<u32>,
+    emitted: usize,
+    text: String,
+}
+
+impl<'a> TextStreamer<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            tokens: Vec::new(),
+            emitted: 0,
+            text: String::new(),
+        }
+    }
+
+    /// Adds a token; returns the new text it completes, if any.
+    pub fn push(&mut self, token: u32) -> Result<Option<String>> {
+        self.tokens.push(token);
+        let text = self
+            .tokenizer
+            .decode(&self.tokens, true)
+            .map_err(Error::tokenizer)?;
+        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
+            return Ok(None);
+        }
+        // Byte-level decoding of a longer token list always extends the shorter one's text
+        // once no character is cut; guard anyway against a decoder that rewrites the past.
+        let piece = match text.get(self.emitted..) {
+            Some(piece) if text.starts_with(&self.text) => piece.to_string(),
+            _ => return Ok(None),
+        };
+        self.emitted = text.len();
+        self.text = text;
+        Ok(Some(piece))
+    }
+
+    /// All text decoded so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+}

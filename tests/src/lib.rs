@@ -1,0 +1,1 @@
+//! Marker library; the end-to-end tests live in `tests/`.
