@@ -217,6 +217,9 @@ impl Config {
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
             "hidden_act": "silu",
+            "sliding_window": self.max_position_embeddings,
+            "max_window_layers": self.num_hidden_layers,
+            "use_sliding_window": false,
             "torch_dtype": "float32",
         })
     }

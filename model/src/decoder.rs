@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape, Tensor};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -142,8 +142,15 @@ impl Linear {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.weight.forward(x)?;
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut y = match (&self.weight, mode) {
+            (QMatMul::QTensor(weight), Mode::Training) => x.contiguous()?.apply_op1(
+                FrozenQuantizedMatMul {
+                    weight: weight.clone(),
+                },
+            )?,
+            (weight, _) => weight.forward(x)?,
+        };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
@@ -153,6 +160,45 @@ impl Linear {
             y = (y + (up * lora.scale)?)?;
         }
         Ok(y)
+    }
+}
+
+/// `x·Wᵀ` for a frozen quantized `W` that still passes gradients to `x`, so adapters in earlier
+/// layers learn through a quantized base (QLoRA). The backward pass dequantizes this one
+/// matrix for the moment it is needed; the model as a whole stays quantized.
+#[derive(Debug)]
+struct FrozenQuantizedMatMul {
+    weight: Arc<QTensor>,
+}
+
+impl CustomOp1 for FrozenQuantizedMatMul {
+    fn name(&self) -> &'static str {
+        "frozen-quantized-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let data = storage.as_slice::<f32>()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-quantized-matmul needs a contiguous input")
+        };
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let y = QMatMul::from_arc(self.weight.clone())?.forward(&x)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let weight = self.weight.dequantize(grad_res.device())?;
+        Ok(Some(grad_res.broadcast_matmul(&weight)?))
     }
 }
 
@@ -274,9 +320,9 @@ impl Attention {
             Ok(t.reshape((batch, seq_len, heads, self.head_dim))?
                 .transpose(1, 2)?)
         };
-        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
-        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?.contiguous()?;
+        let q = split(self.q_proj.forward(x, mode)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(x, mode)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(x, mode)?, self.num_kv_heads)?.contiguous()?;
         let q = rope.apply(&q, offset, mode)?;
         let k = rope.apply(&k, offset, mode)?;
         let (k, v) = match cache {
@@ -307,7 +353,7 @@ impl Attention {
             .reshape((batch, self.num_heads, seq_len, self.head_dim))?
             .transpose(1, 2)?
             .reshape((batch, seq_len, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&y)
+        self.o_proj.forward(&y, mode)
     }
 }
 
@@ -319,10 +365,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x, mode)?)?;
+        let up = self.up_proj.forward(x, mode)?;
+        self.down_proj.forward(&(gate * up)?, mode)
     }
 }
 
@@ -515,7 +561,7 @@ impl Decoder {
                 .forward(&h, &self.rope, mask.as_ref(), offset, layer_cache, mode)?;
             x = (x + h)?;
             let h = block.post_attention_layernorm.forward(&x, mode)?;
-            x = (x + block.mlp.forward(&h)?)?;
+            x = (x + block.mlp.forward(&h, mode)?)?;
         }
         self.norm.forward(&x, mode)
     }
@@ -525,21 +571,21 @@ impl Decoder {
     pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let hidden = self.hidden_states(input_ids, Some(cache), Mode::Inference)?;
         let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
-        self.lm_head.forward(&last)
+        self.lm_head.forward(&last, Mode::Inference)
     }
 
     /// Logits of every position, `(batch, seq, vocab)`, with fused kernels and no cache (for
     /// scoring and parity checks).
     pub fn forward_all(&self, input_ids: &Tensor) -> Result<Tensor> {
         let hidden = self.hidden_states(input_ids, None, Mode::Inference)?;
-        self.lm_head.forward(&hidden)
+        self.lm_head.forward(&hidden, Mode::Inference)
     }
 
     /// Logits of every position through differentiable ops only, so gradients reach every
     /// adapter (training).
     pub fn forward_train(&self, input_ids: &Tensor) -> Result<Tensor> {
         let hidden = self.hidden_states(input_ids, None, Mode::Training)?;
-        self.lm_head.forward(&hidden)
+        self.lm_head.forward(&hidden, Mode::Training)
     }
 }
 
@@ -550,4 +596,33 @@ fn check_dims(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::GgmlDType;
+
+    use super::*;
+
+    #[test]
+    fn a_frozen_quantized_matmul_passes_the_dense_gradient_to_its_input() {
+        let device = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (48, 64), &device).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+        let linear = Linear::new(Weight::Quantized(q.clone()), None).unwrap();
+        let x = candle_core::Var::randn(0f32, 1.0, (2, 3, 64), &device).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (2, 3, 48), &device).unwrap();
+        let y = linear.forward(x.as_tensor(), Mode::Training).unwrap();
+        // The forward value is the quantized matmul's.
+        let inference = linear.forward(x.as_tensor(), Mode::Inference).unwrap();
+        let diff: f32 = (&y - &inference).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert_eq!(diff, 0.0);
+        let loss = (y * &r).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let got = grads.get(x.as_tensor()).unwrap();
+        // d(sum(r ⊙ x·Wᵀ))/dx = r·W, with W as dequantized.
+        let expected = r.broadcast_matmul(&q.dequantize(&device).unwrap()).unwrap();
+        let diff: f32 = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(diff < 1e-4, "{diff}");
+    }
 }

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod gguf;
 pub mod loader;
 pub mod sampling;
+pub mod testing;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, Role};

@@ -1,0 +1,185 @@
+//! Tiny random-weight models of the real architectures, written as GGUF files, for tests of
+//! this crate and of the crates above it (loader, generation, trainer, server).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::config::Architecture;
+
+/// Shape of a tiny test model.
+#[derive(Debug, Clone)]
+pub struct TinySpec {
+    pub architecture: Architecture,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ffn: usize,
+    pub layers: usize,
+    pub context: usize,
+    pub dtype: GgmlDType,
+    pub tied: bool,
+    pub seed: u64,
+    /// Written as `general.architecture` instead of the real name (to test refusals).
+    pub architecture_name: Option<String>,
+}
+
+impl TinySpec {
+    pub fn new(architecture: Architecture) -> Self {
+        Self {
+            architecture,
+            hidden: 64,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 128,
+            layers: 2,
+            context: 256,
+            dtype: GgmlDType::Q8_0,
+            tied: architecture == Architecture::Llama,
+            seed: 1,
+            architecture_name: None,
+        }
+    }
+}
+
+/// GPT-2's reversible byte → printable character map used by byte-level BPE.
+pub fn byte_to_char(byte: u8) -> char {
+    let b = u32::from(byte);
+    let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    if printable {
+        return char::from_u32(b).expect("tiny model construction");
+    }
+    let mut n = 0;
+    for other in 0..b {
+        let p = (33..=126).contains(&other)
+            || (161..=172).contains(&other)
+            || (174..=255).contains(&other);
+        if !p {
+            n += 1;
+        }
+    }
+    char::from_u32(256 + n).expect("tiny model construction")
+}
+
+pub const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// Vocabulary: three specials then the 256 byte tokens; a few merges so BPE has work to do.
+pub fn vocabulary() -> (Vec<String>, Vec<String>, Vec<i32>) {
+    let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
+    let mut types = vec![3; SPECIALS.len()];
+    for b in 0..=255u8 {
+        tokens.push(byte_to_char(b).to_string());
+        types.push(1);
+    }
+    let merges = vec![
+        ("h", "e"),
+        ("l", "l"),
+        ("he", "ll"),
+        ("hell", "o"),
+    ];
+    let mut merge_strings = Vec::new();
+    for (a, b) in merges {
+        tokens.push(format!("{a}{b}"));
+        types.push(1);
+        merge_strings.push(format!("{a} {b}"));
+    }
+    (tokens, merge_strings, types)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        // splitmix64 → uniform in [-1, 1)
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn tensor(&mut self, dims: &[usize], scale: f32, offset: f32) -> Tensor {
+        let n: usize = dims.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| self.next() * scale + offset).collect();
+        Tensor::from_vec(data, dims, &Device::Cpu).expect("tiny model construction")
+    }
+}
+
+/// Writes a tiny random model as GGUF and returns its path.
+pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
+    let arch = spec.architecture.as_str();
+    let arch_name = spec.architecture_name.as_deref().unwrap_or(arch);
+    let (tokens, merges, types) = vocabulary();
+    let vocab = tokens.len();
+    let head_dim = spec.hidden / spec.heads;
+    let mut rng = Rng(spec.seed);
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let matrix = |name: String, rows: usize, cols: usize, rng: &mut Rng, dtype: GgmlDType| {
+        let t = rng.tensor(&[rows, cols], 0.25, 0.0);
+        (name, QTensor::quantize(&t, dtype).expect("tiny model construction"))
+    };
+    tensors.push(matrix(
+        "token_embd.weight".into(),
+        vocab,
+        spec.hidden,
+        &mut rng,
+        GgmlDType::Q8_0,
+    ));
+    if !spec.tied {
+        tensors.push(matrix("output.weight".into(), vocab, spec.hidden, &mut rng, spec.dtype));
+    }
+    let vector = |name: String, n: usize, rng: &mut Rng, offset: f32| {
+        (name, QTensor::quantize(&rng.tensor(&[n], 0.1, offset), GgmlDType::F32).expect("tiny model construction"))
+    };
+    tensors.push(vector("output_norm.weight".into(), spec.hidden, &mut rng, 1.0));
+    let kv = spec.kv_heads * head_dim;
+    for i in 0..spec.layers {
+        let p = format!("blk.{i}");
+        tensors.push(vector(format!("{p}.attn_norm.weight"), spec.hidden, &mut rng, 1.0));
+        tensors.push(vector(format!("{p}.ffn_norm.weight"), spec.hidden, &mut rng, 1.0));
+        tensors.push(matrix(format!("{p}.attn_q.weight"), spec.hidden, spec.hidden, &mut rng, spec.dtype));
+        tensors.push(matrix(format!("{p}.attn_k.weight"), kv, spec.hidden, &mut rng, spec.dtype));
+        tensors.push(matrix(format!("{p}.attn_v.weight"), kv, spec.hidden, &mut rng, spec.dtype));
+        tensors.push(matrix(format!("{p}.attn_output.weight"), spec.hidden, spec.hidden, &mut rng, spec.dtype));
+        tensors.push(matrix(format!("{p}.ffn_gate.weight"), spec.ffn, spec.hidden, &mut rng, spec.dtype));
+        tensors.push(matrix(format!("{p}.ffn_up.weight"), spec.ffn, spec.hidden, &mut rng, spec.dtype));
+        tensors.push(matrix(format!("{p}.ffn_down.weight"), spec.hidden, spec.ffn, &mut rng, spec.dtype));
+        if spec.architecture == Architecture::Qwen2 {
+            tensors.push(vector(format!("{p}.attn_q.bias"), spec.hidden, &mut rng, 0.0));
+            tensors.push(vector(format!("{p}.attn_k.bias"), kv, &mut rng, 0.0));
+            tensors.push(vector(format!("{p}.attn_v.bias"), kv, &mut rng, 0.0));
+        }
+    }
+    let u32v = |n: usize| Value::U32(n as u32);
+    let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+    let metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch_name.into())),
+        (format!("{arch}.block_count"), u32v(spec.layers)),
+        (format!("{arch}.context_length"), u32v(spec.context)),
+        (format!("{arch}.embedding_length"), u32v(spec.hidden)),
+        (format!("{arch}.feed_forward_length"), u32v(spec.ffn)),
+        (format!("{arch}.attention.head_count"), u32v(spec.heads)),
+        (format!("{arch}.attention.head_count_kv"), u32v(spec.kv_heads)),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (format!("{arch}.rope.freq_base"), Value::F32(10_000.0)),
+        (format!("{arch}.rope.dimension_count"), u32v(head_dim)),
+        (format!("{arch}.vocab_size"), u32v(vocab)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(if spec.architecture == Architecture::Qwen2 { "qwen2" } else { "smollm" }.into())),
+        ("tokenizer.ggml.tokens".into(), strings(&tokens)),
+        ("tokenizer.ggml.merges".into(), strings(&merges)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types.iter().map(|t| Value::I32(*t)).collect())),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+    ];
+    let path = dir.join(format!("tiny-{arch}-{:?}.gguf", spec.dtype).to_lowercase());
+    let mut file = std::fs::File::create(&path).expect("tiny model construction");
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut file, &md, &ts).expect("tiny model construction");
+    path
+}
+
