@@ -44,7 +44,8 @@ impl ChatTemplate {
     /// Compiles `source`; `bos_token` / `eos_token` are the strings templates may refer to.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut environment = minijinja::Environment::new();
-        environment.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        environment
+            .set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         environment.add_function(
             "raise_exception",
             |message: String| -> std::result::Result<String, minijinja::Error> {

@@ -144,11 +144,11 @@ impl Linear {
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut y = match (&self.weight, mode) {
-            (QMatMul::QTensor(weight), Mode::Training) => x.contiguous()?.apply_op1(
-                FrozenQuantizedMatMul {
+            (QMatMul::QTensor(weight), Mode::Training) => {
+                x.contiguous()?.apply_op1(FrozenQuantizedMatMul {
                     weight: weight.clone(),
-                },
-            )?,
+                })?
+            }
             (weight, _) => weight.forward(x)?,
         };
         if let Some(bias) = &self.bias {
@@ -333,9 +333,9 @@ impl Attention {
         // Grouped-query attention without copying keys: the query heads that share a key/value
         // head are stacked along the sequence axis, so one batched matmul serves the group.
         let group = self.num_heads / self.num_kv_heads;
-        let q = q
-            .contiguous()?
-            .reshape((batch, self.num_kv_heads, group * seq_len, self.head_dim))?;
+        let q =
+            q.contiguous()?
+                .reshape((batch, self.num_kv_heads, group * seq_len, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = scores.reshape((batch, self.num_heads, seq_len, kv_len))?;
@@ -534,7 +534,11 @@ impl Decoder {
                 })
             })
             .collect();
-        Ok(Some(Tensor::from_vec(mask, (seq_len, kv_len), &self.device)?))
+        Ok(Some(Tensor::from_vec(
+            mask,
+            (seq_len, kv_len),
+            &self.device,
+        )?))
     }
 
     fn hidden_states(
@@ -556,9 +560,14 @@ impl Decoder {
         for (i, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = block.input_layernorm.forward(&x, mode)?;
-            let h = block
-                .self_attn
-                .forward(&h, &self.rope, mask.as_ref(), offset, layer_cache, mode)?;
+            let h = block.self_attn.forward(
+                &h,
+                &self.rope,
+                mask.as_ref(),
+                offset,
+                layer_cache,
+                mode,
+            )?;
             x = (x + h)?;
             let h = block.post_attention_layernorm.forward(&x, mode)?;
             x = (x + block.mlp.forward(&h, mode)?)?;
@@ -615,14 +624,28 @@ mod tests {
         let y = linear.forward(x.as_tensor(), Mode::Training).unwrap();
         // The forward value is the quantized matmul's.
         let inference = linear.forward(x.as_tensor(), Mode::Inference).unwrap();
-        let diff: f32 = (&y - &inference).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (&y - &inference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(diff, 0.0);
         let loss = (y * &r).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let got = grads.get(x.as_tensor()).unwrap();
         // d(sum(r ⊙ x·Wᵀ))/dx = r·W, with W as dequantized.
         let expected = r.broadcast_matmul(&q.dequantize(&device).unwrap()).unwrap();
-        let diff: f32 = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (got - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(diff < 1e-4, "{diff}");
     }
 }

@@ -34,7 +34,10 @@ pub enum Error {
     #[error(
         "the prompt has {prompt_tokens} tokens but the model's context window is {context} tokens"
     )]
-    PromptTooLong { prompt_tokens: usize, context: usize },
+    PromptTooLong {
+        prompt_tokens: usize,
+        context: usize,
+    },
     #[error("invalid generation parameter: {0}")]
     InvalidParameter(String),
     #[error("tensor computation failed: {0}")]

@@ -19,6 +19,8 @@ pub struct GenerationParams {
     pub max_tokens: usize,
     /// Generation ends before the first of these strings; it is not part of the reply.
     pub stop: Vec<String>,
+    /// Keep going past end-of-turn tokens (benchmarks that need a fixed token count).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerationParams {
@@ -27,6 +29,7 @@ impl Default for GenerationParams {
             sampling: SamplingConfig::default(),
             max_tokens: 256,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -104,7 +107,9 @@ impl LoadedModel {
             });
         }
         if params.max_tokens == 0 {
-            return Err(Error::InvalidParameter("max_tokens must be at least 1".into()));
+            return Err(Error::InvalidParameter(
+                "max_tokens must be at least 1".into(),
+            ));
         }
         let vocab = self.config().vocab_size as u32;
         if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
@@ -131,7 +136,7 @@ impl LoadedModel {
         while generated.len() < budget {
             let mut row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
             let token = sampler.sample(&mut row, &history);
-            if self.stop_token_ids.contains(&token) {
+            if !params.ignore_eos && self.stop_token_ids.contains(&token) {
                 finish_reason = FinishReason::EndOfTurn;
                 break;
             }

@@ -120,7 +120,9 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let slow = file.weight_dtype().is_some_and(is_slow_on_cpu);
     if options.requantize && slow && !is_requantized_cache(path) {
         let cached = requantized_path(path);
-        let fresh = GgufFile::open(&cached).ok().filter(|_| newer(&cached, path));
+        let fresh = GgufFile::open(&cached)
+            .ok()
+            .filter(|_| newer(&cached, path));
         file = match fresh {
             Some(cached) => cached,
             None => {
@@ -132,9 +134,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let config = file.config()?;
     let tokenizer = from_gguf_metadata(file.metadata())?;
     let metadata = file.metadata().clone();
-    let token = |key: &str| {
-        gguf_token_id(&metadata, key).and_then(|id| tokenizer.id_to_token(id))
-    };
+    let token = |key: &str| gguf_token_id(&metadata, key).and_then(|id| tokenizer.id_to_token(id));
     let bos = token("tokenizer.ggml.bos_token_id").unwrap_or_default();
     let eos = token("tokenizer.ggml.eos_token_id").unwrap_or_default();
     let template_source = metadata

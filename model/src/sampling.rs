@@ -130,7 +130,11 @@ impl Sampler {
                 continue;
             }
             if let Some(l) = logits.get_mut(token as usize) {
-                *l = if *l >= 0.0 { *l / penalty } else { *l * penalty };
+                *l = if *l >= 0.0 {
+                    *l / penalty
+                } else {
+                    *l * penalty
+                };
             }
         }
     }

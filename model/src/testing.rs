@@ -73,12 +73,7 @@ pub fn vocabulary() -> (Vec<String>, Vec<String>, Vec<i32>) {
         tokens.push(byte_to_char(b).to_string());
         types.push(1);
     }
-    let merges = vec![
-        ("h", "e"),
-        ("l", "l"),
-        ("he", "ll"),
-        ("hell", "o"),
-    ];
+    let merges = vec![("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o")];
     let mut merge_strings = Vec::new();
     for (a, b) in merges {
         tokens.push(format!("{a}{b}"));
@@ -119,7 +114,10 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let matrix = |name: String, rows: usize, cols: usize, rng: &mut Rng, dtype: GgmlDType| {
         let t = rng.tensor(&[rows, cols], 0.25, 0.0);
-        (name, QTensor::quantize(&t, dtype).expect("tiny model construction"))
+        (
+            name,
+            QTensor::quantize(&t, dtype).expect("tiny model construction"),
+        )
     };
     tensors.push(matrix(
         "token_embd.weight".into(),
@@ -129,26 +127,98 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
         GgmlDType::Q8_0,
     ));
     if !spec.tied {
-        tensors.push(matrix("output.weight".into(), vocab, spec.hidden, &mut rng, spec.dtype));
+        tensors.push(matrix(
+            "output.weight".into(),
+            vocab,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
     }
     let vector = |name: String, n: usize, rng: &mut Rng, offset: f32| {
-        (name, QTensor::quantize(&rng.tensor(&[n], 0.1, offset), GgmlDType::F32).expect("tiny model construction"))
+        (
+            name,
+            QTensor::quantize(&rng.tensor(&[n], 0.1, offset), GgmlDType::F32)
+                .expect("tiny model construction"),
+        )
     };
-    tensors.push(vector("output_norm.weight".into(), spec.hidden, &mut rng, 1.0));
+    tensors.push(vector(
+        "output_norm.weight".into(),
+        spec.hidden,
+        &mut rng,
+        1.0,
+    ));
     let kv = spec.kv_heads * head_dim;
     for i in 0..spec.layers {
         let p = format!("blk.{i}");
-        tensors.push(vector(format!("{p}.attn_norm.weight"), spec.hidden, &mut rng, 1.0));
-        tensors.push(vector(format!("{p}.ffn_norm.weight"), spec.hidden, &mut rng, 1.0));
-        tensors.push(matrix(format!("{p}.attn_q.weight"), spec.hidden, spec.hidden, &mut rng, spec.dtype));
-        tensors.push(matrix(format!("{p}.attn_k.weight"), kv, spec.hidden, &mut rng, spec.dtype));
-        tensors.push(matrix(format!("{p}.attn_v.weight"), kv, spec.hidden, &mut rng, spec.dtype));
-        tensors.push(matrix(format!("{p}.attn_output.weight"), spec.hidden, spec.hidden, &mut rng, spec.dtype));
-        tensors.push(matrix(format!("{p}.ffn_gate.weight"), spec.ffn, spec.hidden, &mut rng, spec.dtype));
-        tensors.push(matrix(format!("{p}.ffn_up.weight"), spec.ffn, spec.hidden, &mut rng, spec.dtype));
-        tensors.push(matrix(format!("{p}.ffn_down.weight"), spec.hidden, spec.ffn, &mut rng, spec.dtype));
+        tensors.push(vector(
+            format!("{p}.attn_norm.weight"),
+            spec.hidden,
+            &mut rng,
+            1.0,
+        ));
+        tensors.push(vector(
+            format!("{p}.ffn_norm.weight"),
+            spec.hidden,
+            &mut rng,
+            1.0,
+        ));
+        tensors.push(matrix(
+            format!("{p}.attn_q.weight"),
+            spec.hidden,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
+        tensors.push(matrix(
+            format!("{p}.attn_k.weight"),
+            kv,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
+        tensors.push(matrix(
+            format!("{p}.attn_v.weight"),
+            kv,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
+        tensors.push(matrix(
+            format!("{p}.attn_output.weight"),
+            spec.hidden,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
+        tensors.push(matrix(
+            format!("{p}.ffn_gate.weight"),
+            spec.ffn,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
+        tensors.push(matrix(
+            format!("{p}.ffn_up.weight"),
+            spec.ffn,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
+        tensors.push(matrix(
+            format!("{p}.ffn_down.weight"),
+            spec.hidden,
+            spec.ffn,
+            &mut rng,
+            spec.dtype,
+        ));
         if spec.architecture == Architecture::Qwen2 {
-            tensors.push(vector(format!("{p}.attn_q.bias"), spec.hidden, &mut rng, 0.0));
+            tensors.push(vector(
+                format!("{p}.attn_q.bias"),
+                spec.hidden,
+                &mut rng,
+                0.0,
+            ));
             tensors.push(vector(format!("{p}.attn_k.bias"), kv, &mut rng, 0.0));
             tensors.push(vector(format!("{p}.attn_v.bias"), kv, &mut rng, 0.0));
         }
@@ -156,22 +226,44 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
     let u32v = |n: usize| Value::U32(n as u32);
     let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
     let metadata: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(arch_name.into())),
+        (
+            "general.architecture".into(),
+            Value::String(arch_name.into()),
+        ),
         (format!("{arch}.block_count"), u32v(spec.layers)),
         (format!("{arch}.context_length"), u32v(spec.context)),
         (format!("{arch}.embedding_length"), u32v(spec.hidden)),
         (format!("{arch}.feed_forward_length"), u32v(spec.ffn)),
         (format!("{arch}.attention.head_count"), u32v(spec.heads)),
-        (format!("{arch}.attention.head_count_kv"), u32v(spec.kv_heads)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u32v(spec.kv_heads),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
         (format!("{arch}.rope.freq_base"), Value::F32(10_000.0)),
         (format!("{arch}.rope.dimension_count"), u32v(head_dim)),
         (format!("{arch}.vocab_size"), u32v(vocab)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String(if spec.architecture == Architecture::Qwen2 { "qwen2" } else { "smollm" }.into())),
+        (
+            "tokenizer.ggml.pre".into(),
+            Value::String(
+                if spec.architecture == Architecture::Qwen2 {
+                    "qwen2"
+                } else {
+                    "smollm"
+                }
+                .into(),
+            ),
+        ),
         ("tokenizer.ggml.tokens".into(), strings(&tokens)),
         ("tokenizer.ggml.merges".into(), strings(&merges)),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types.iter().map(|t| Value::I32(*t)).collect())),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.iter().map(|t| Value::I32(*t)).collect()),
+        ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
     ];
@@ -182,4 +274,3 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
     gguf_file::write(&mut file, &md, &ts).expect("tiny model construction");
     path
 }
-

@@ -44,7 +44,11 @@ fn greedy_generation_is_deterministic_and_streams_its_text() {
     let second = model.generate(&ids, &params(24), |_| true).unwrap();
     assert_eq!(first.tokens, second.tokens);
     assert!(!first.tokens.is_empty());
-    assert_eq!(pieces.concat(), first.text, "streamed pieces add up to the text");
+    assert_eq!(
+        pieces.concat(),
+        first.text,
+        "streamed pieces add up to the text"
+    );
     assert_eq!(first.prompt_tokens, ids.len());
 }
 
@@ -60,7 +64,7 @@ fn sampling_depends_on_the_seed() {
                 ..SamplingConfig::default()
             },
             max_tokens: 32,
-            stop: vec![],
+            ..GenerationParams::default()
         };
         model.generate(&ids, &p, |_| true).unwrap().tokens
     };
@@ -120,16 +124,32 @@ fn incremental_decoding_equals_a_full_forward_pass() {
         let ids: Vec<u32> = (3..23).collect();
         let all = model
             .decoder
-            .forward_all(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap())
+            .forward_all(
+                &Tensor::new(ids.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+            )
             .unwrap()
             .squeeze(0)
             .unwrap();
         let mut cache = KvCache::new(model.config());
-        let head = Tensor::new(&ids[..5], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let head = Tensor::new(&ids[..5], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         model.decoder.forward(&head, &mut cache).unwrap();
         for (i, &t) in ids.iter().enumerate().skip(5) {
-            let x = Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let step = model.decoder.forward(&x, &mut cache).unwrap().squeeze(0).unwrap();
+            let x = Tensor::new(&[t], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let step = model
+                .decoder
+                .forward(&x, &mut cache)
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
             let expected = all.get(i).unwrap();
             let diff = (step - expected).unwrap().abs().unwrap().max(0).unwrap();
             let diff: f32 = diff.to_scalar().unwrap();
@@ -196,7 +216,8 @@ fn lora_with_zero_b_is_exactly_the_base_and_every_adapter_gets_a_gradient() {
     // With B = 0 only B gets a gradient at first; one step later both have one. Give B a
     // small value so A's gradient is non-zero too, then check every adapter parameter.
     for (_, b) in &vars {
-        b.set(&Tensor::full(0.01f32, b.shape(), &Device::Cpu).unwrap()).unwrap();
+        b.set(&Tensor::full(0.01f32, b.shape(), &Device::Cpu).unwrap())
+            .unwrap();
     }
     let logits = model.decoder.forward_train(&x).unwrap();
     let targets = Tensor::new(&[9u32, 77, 120, 3, 44, 2], &Device::Cpu).unwrap();
@@ -204,7 +225,9 @@ fn lora_with_zero_b_is_exactly_the_base_and_every_adapter_gets_a_gradient() {
     let grads = loss.backward().unwrap();
     for (i, (a, b)) in vars.iter().enumerate() {
         for (name, var) in [("A", a), ("B", b)] {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}{i}: no gradient"));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}{i}: no gradient"));
             let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
             assert!(norm > 0.0, "adapter {i} {name} has a zero gradient");
         }
@@ -218,8 +241,8 @@ fn bad_generation_input_is_refused_with_a_clear_error() {
         context: 32,
         ..TinySpec::new(Architecture::Llama)
     };
-    let model = LoadedModel::load(&write_tiny_gguf(dir.path(), &spec), &LoadOptions::default())
-        .unwrap();
+    let model =
+        LoadedModel::load(&write_tiny_gguf(dir.path(), &spec), &LoadOptions::default()).unwrap();
     assert!(matches!(
         model.generate(&[], &params(4), |_| true),
         Err(Error::EmptyPrompt)
@@ -230,7 +253,16 @@ fn bad_generation_input_is_refused_with_a_clear_error() {
     ));
     let long: Vec<u32> = vec![40; 64];
     let err = model.generate(&long, &params(4), |_| true).unwrap_err();
-    assert!(matches!(err, Error::PromptTooLong { prompt_tokens: 64, context: 32 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::PromptTooLong {
+                prompt_tokens: 64,
+                context: 32
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("context window is 32 tokens"));
     assert!(matches!(
         model.generate(&[40], &params(0), |_| true),

@@ -162,5 +162,8 @@ fn slow_block_types_are_requantized_once_and_cached() {
         requantize: false,
         ..LoadOptions::default()
     };
-    assert_eq!(LoadedModel::load(&gguf, &options).unwrap().weights_path, gguf);
+    assert_eq!(
+        LoadedModel::load(&gguf, &options).unwrap().weights_path,
+        gguf
+    );
 }

@@ -12,9 +12,9 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use common::{default_model_path, max_abs_diff};
-use kefu_model::testing::{TinySpec, write_tiny_gguf};
 use kefu_model::decoder::Decoder;
 use kefu_model::gguf::{GgufFile, GgufSource};
+use kefu_model::testing::{TinySpec, write_tiny_gguf};
 use kefu_model::{Architecture, KvCache};
 
 /// Logits after the prompt, then after each further token, fed one at a time (KV cache).
@@ -28,9 +28,22 @@ fn kefu_logits(path: &Path, prompt: &[u32], more: &[u32]) -> Vec<Tensor> {
     )
     .unwrap();
     let mut cache = KvCache::new(&config);
-    let mut out = vec![decoder.forward(&Tensor::new(prompt, &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap()];
+    let mut out = vec![
+        decoder
+            .forward(
+                &Tensor::new(prompt, &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                &mut cache,
+            )
+            .unwrap(),
+    ];
     for &t in more {
-        let x = Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(&[t], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         out.push(decoder.forward(&x, &mut cache).unwrap());
     }
     out
@@ -53,7 +66,10 @@ impl Reference {
 fn reference_logits(path: &Path, prompt: &[u32], more: &[u32]) -> Vec<Tensor> {
     let mut reader = BufReader::new(File::open(path).unwrap());
     let content = gguf_file::Content::read(&mut reader).unwrap();
-    let arch = content.metadata["general.architecture"].to_string().unwrap().clone();
+    let arch = content.metadata["general.architecture"]
+        .to_string()
+        .unwrap()
+        .clone();
     let mut model = match arch.as_str() {
         "llama" => Reference::Llama(
             quantized_llama::ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).unwrap(),
@@ -63,10 +79,16 @@ fn reference_logits(path: &Path, prompt: &[u32], more: &[u32]) -> Vec<Tensor> {
         ),
         other => panic!("no reference for {other}"),
     };
-    let x = Tensor::new(prompt, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mut out = vec![model.forward(&x, 0)];
     for (i, &t) in more.iter().enumerate() {
-        let x = Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(&[t], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         out.push(model.forward(&x, prompt.len() + i));
     }
     out
@@ -164,11 +186,17 @@ fn dequantize_gguf(src: &Path, dst: &Path) {
         .map(|name| {
             let q = content.tensor(&mut reader, name, &Device::Cpu).unwrap();
             let dense = q.dequantize(&Device::Cpu).unwrap();
-            (name.as_str(), QTensor::quantize(&dense, GgmlDType::F32).unwrap())
+            (
+                name.as_str(),
+                QTensor::quantize(&dense, GgmlDType::F32).unwrap(),
+            )
         })
         .collect();
-    let metadata: Vec<(&str, &gguf_file::Value)> =
-        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
     gguf_file::write(&mut File::create(dst).unwrap(), &metadata, &refs).unwrap();
 }
@@ -177,7 +205,14 @@ fn dequantize_gguf(src: &Path, dst: &Path) {
 fn greedy_tokens(logits: &[Tensor]) -> Vec<u32> {
     logits
         .iter()
-        .map(|l| l.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap())
+        .map(|l| {
+            l.flatten_all()
+                .unwrap()
+                .argmax(0)
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -207,9 +242,25 @@ fn default_model_matches_quantized_llama() {
     for quantized in [&path, &requantized] {
         let ours = kefu_logits(quantized, &prompt, &more);
         let reference = reference_logits(quantized, &prompt, &more);
-        assert_eq!(greedy_tokens(&ours), greedy_tokens(&reference), "{}", quantized.display());
-        let worst = ours.iter().zip(&reference).map(|(a, b)| max_abs_diff(a, b)).fold(0f32, f32::max);
-        assert!(worst < 1.5, "{}: logits differ by {worst}", quantized.display());
-        eprintln!("default model ({}): largest logit difference {worst}", quantized.display());
+        assert_eq!(
+            greedy_tokens(&ours),
+            greedy_tokens(&reference),
+            "{}",
+            quantized.display()
+        );
+        let worst = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1.5,
+            "{}: logits differ by {worst}",
+            quantized.display()
+        );
+        eprintln!(
+            "default model ({}): largest logit difference {worst}",
+            quantized.display()
+        );
     }
 }

@@ -37,5 +37,8 @@ fn smollm2_tokenizer_matches_the_reference() {
 
 #[test]
 fn qwen2_tokenizer_matches_the_reference() {
-    check("qwen2.5-coder-0.5b-instruct", common::model_path("qwen2.5-coder-0.5b-instruct"));
+    check(
+        "qwen2.5-coder-0.5b-instruct",
+        common::model_path("qwen2.5-coder-0.5b-instruct"),
+    );
 }

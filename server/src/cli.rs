@@ -87,6 +87,9 @@ pub struct GenerateArgs {
     /// Use the weights as shipped, without the cached Q8_0 re-quantization.
     #[arg(long)]
     pub no_requantize: bool,
+    /// Generate exactly --max-tokens tokens, past the end of the turn (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Print timing figures to stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -180,7 +183,9 @@ pub fn resolve_model(home: &Path, model: &str) -> Result<PathBuf> {
             return Ok(installed);
         }
         eprintln!("{} is not installed yet; fetching it first.", entry.name);
-        return Ok(Fetcher::new(home, Sources::from_env()).fetch(entry.name)?.path);
+        return Ok(Fetcher::new(home, Sources::from_env())
+            .fetch(entry.name)?
+            .path);
     }
     bail!(
         "model `{model}` is neither a path nor an installed model; run `kefu models fetch {model}`"
@@ -241,6 +246,7 @@ fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
         },
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

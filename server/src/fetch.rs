@@ -47,7 +47,7 @@ pub struct Fetched {
     pub already_present: bool,
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -126,7 +126,7 @@ impl Fetcher {
         )
     }
 
-    fn fetch_entry(&self, entry: &CatalogEntry) -> Result<Fetched> {
+    pub fn fetch_entry(&self, entry: &CatalogEntry) -> Result<Fetched> {
         let dir = self.model_dir(entry.name);
         let gguf = dir.join("model.gguf");
         if self.verified(&gguf, entry)? {
@@ -330,7 +330,10 @@ impl Fetcher {
         if self.sources.hub.is_empty() {
             bail!("the hub is disabled (HF_ENDPOINT is empty)");
         }
-        let base = format!("{}/{hf_id}/resolve/main", self.sources.hub.trim_end_matches('/'));
+        let base = format!(
+            "{}/{hf_id}/resolve/main",
+            self.sources.hub.trim_end_matches('/')
+        );
         let probe = self
             .agent
             .head(&format!("{base}/config.json"))
@@ -360,7 +363,11 @@ impl Fetcher {
                 let index: serde_json::Value = serde_json::from_str(&fs::read_to_string(&index)?)?;
                 let mut files: Vec<String> = index["weight_map"]
                     .as_object()
-                    .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|m| {
+                        m.values()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 files.sort();
                 files.dedup();
@@ -497,7 +504,12 @@ mod tests {
             Some("https://files.example/p/a-1.0-py3-none-any.whl#sha256=ab")
         );
         assert_eq!(
-            find_link(page, "b-2.0-py3-none-any.whl", "http://127.0.0.1:9/simple/b/").as_deref(),
+            find_link(
+                page,
+                "b-2.0-py3-none-any.whl",
+                "http://127.0.0.1:9/simple/b/"
+            )
+            .as_deref(),
             Some("http://127.0.0.1:9/simple/b/../../packages/b-2.0-py3-none-any.whl#sha256=cd")
         );
         assert_eq!(find_link(page, "c.whl", "https://x.org/simple/c/"), None);

@@ -15,9 +15,12 @@ pub fn default_model_path() -> PathBuf {
 
 /// A fetched model in the test cache (`KEFU_HOME`, default `~/.cache/kefu`).
 pub fn model_path(name: &str) -> PathBuf {
-    let home = std::env::var("KEFU_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/kefu")
-    });
+    let home = std::env::var("KEFU_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/kefu")
+        });
     let path = home.join("models").join(name).join("model.gguf");
     assert!(
         path.exists(),
@@ -31,5 +34,14 @@ pub fn model_path(name: &str) -> PathBuf {
 
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

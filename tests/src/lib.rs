@@ -1,1 +1,0 @@
-//! Marker library; the end-to-end tests live in `tests/`.
