@@ -62,19 +62,22 @@ impl Config {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return fail("head counts must be positive".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden size {} is not a multiple of {} heads",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return fail(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return fail(format!("head dimension {} is odd", self.head_dim()));
         }
         if self.vocab_size == 0 || self.num_hidden_layers == 0 || self.max_position_embeddings == 0

@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// A request line and its `Range` header.
+pub type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// Serves `/simple/<package>/` and `/files/<filename>` on 127.0.0.1.
 pub struct RegistryStandIn {
     pub address: String,
     /// Every request line and its `Range` header, in order.
-    pub requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    pub requests: RequestLog,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -28,7 +31,7 @@ impl RegistryStandIn {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let stop = Arc::new(AtomicBool::new(false));
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests: RequestLog = Arc::new(Mutex::new(Vec::new()));
         let (stop2, requests2) = (stop.clone(), requests.clone());
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: services, models, formatting, lints, tests.
+# README's test command; .ci/run runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build outputs and downloaded models are cached under ~/.cache so later runs are quick;
+# a machine without the cache fills it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}"
+export KEFU_HOME="${KEFU_TEST_HOME:-$HOME/.cache/kefu}"
+export KEFU_TEST_HOME="$KEFU_HOME"
+
+# PostgreSQL: the serving tests need it; start it when it is installed but down.
+if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+  fi
+fi
+
+echo "== formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+echo "== build"
+cargo build --release --workspace
+KEFU="$CARGO_TARGET_DIR/release/kefu"
+
+echo "== models (the real default model and the opt-in Qwen2 model for tokenizer parity)"
+"$KEFU" models fetch smollm2-135m-instruct
+"$KEFU" models fetch qwen2.5-coder-0.5b-instruct
+
+echo "== tests"
+cargo test --release --workspace
