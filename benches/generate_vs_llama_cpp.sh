@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: Kefu's generation against llama.cpp (through llama-cpp-python, compiled from source
 # into a throwaway venv) on the same GGUF file, quantization, prompt and thread count, in one
-# run. Prints prefill and decode tokens/s, peak memory and the Kefu / llama.cpp ratios.
+# run. Prints prefill and decode tokens/s, peak memory and the Kefu / llama.cpp ratios
+# ("kefu exact" is Kefu with --exact-kernels: candle's reference kernels, no row padding).
 #
 #   bash benches/generate_vs_llama_cpp.sh            # threads 1 and 2, 128 new tokens
 #   THREADS="1" TOKENS=64 bash benches/generate_vs_llama_cpp.sh
@@ -40,11 +41,11 @@ prompt = ("Customer: I ordered a blue jacket last week and the tracking page sti
 prompt_file = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
 prompt_file.write(prompt); prompt_file.close()
 
-def run_kefu(n_threads):
+def run_kefu(n_threads, exact=False):
     cmd = ["/usr/bin/time", "-f", "MAXRSS %M", kefu, "generate", "--raw", "--no-requantize",
            "--model", gguf, "--prompt-file", prompt_file.name, "--max-tokens", str(tokens),
            "--ignore-eos", "--temperature", "0", "--repetition-penalty", "1", "-v",
-           "--threads", str(n_threads)]
+           "--threads", str(n_threads)] + (["--exact-kernels"] if exact else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     m = re.search(r"prompt (\d+) tokens, prefill ([\d.]+) tok/s; generated (\d+) tokens, decode ([\d.]+) tok/s", out.stderr)
     rss = int(re.search(r"MAXRSS (\d+)", out.stderr).group(1)) / 1024
@@ -80,8 +81,8 @@ print(f"model {os.path.basename(os.path.dirname(gguf))} ({os.path.basename(gguf)
       f"{tokens} new tokens, greedy; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus")
 print(f"{'threads':>7} {'engine':<10} {'prompt':>6} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MiB':>9}")
 for n in threads:
-    k = run_kefu(n); l = run_llama(n)
-    for name, r in (("kefu", k), ("llama.cpp", l)):
+    k = run_kefu(n); x = run_kefu(n, exact=True); l = run_llama(n)
+    for name, r in (("kefu", k), ("kefu exact", x), ("llama.cpp", l)):
         print(f"{n:>7} {name:<10} {r['prompt_tokens']:>6} {r['prefill']:>14.1f} {r['decode']:>13.1f} {r['peak_mib']:>9.0f}")
     print(f"{n:>7} {'ratio':<10} {'':>6} {k['prefill']/l['prefill']:>13.2f}x {k['decode']/l['decode']:>12.2f}x {k['peak_mib']/l['peak_mib']:>8.2f}x")
 os.unlink(prompt_file.name)

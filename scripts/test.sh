@@ -31,4 +31,11 @@ echo "== models (the real default model and the opt-in Qwen2 model for tokenizer
 "$KEFU" models fetch qwen2.5-coder-0.5b-instruct
 
 echo "== tests"
-cargo test --release --workspace
+log=$(mktemp)
+status=0
+cargo test --release --workspace 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+rm -f "$log"
+echo "tests: $passed passed, $failed failed"
+exit "$status"

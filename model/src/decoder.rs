@@ -92,6 +92,46 @@ pub struct Lora {
     pub scale: f64,
 }
 
+/// candle's fastest CPU kernels (repacked tiles with VNNI dot products) take Q8_0 rows whose
+/// length is a multiple of this and a row count that is a multiple of 16.
+const FAST_ROW_MULTIPLE: usize = 256;
+const FAST_ROW_COUNT_MULTIPLE: usize = 16;
+
+fn cpu_has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Appends zero columns to every row of a quantized matrix. An all-zero block decodes to zeros
+/// in every GGML block type, so rows are padded by inserting zero bytes: exact.
+fn pad_rows(tensor: &QTensor, padded_in: usize) -> Result<QTensor> {
+    let (rows, cols) = tensor.shape().dims2()?;
+    let dtype = tensor.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let padded_row_bytes = padded_in / dtype.block_size() * dtype.type_size();
+    let data = tensor.data()?;
+    let mut out = vec![0u8; rows * padded_row_bytes];
+    for (src, dst) in data
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(padded_row_bytes))
+    {
+        dst[..row_bytes].copy_from_slice(src);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(out),
+        &tensor.device(),
+        dtype,
+    )?;
+    Ok(QTensor::new(storage, (rows, padded_in))?)
+}
+
 /// A projection: frozen base weight (quantized or dense), optional bias, optional adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -100,10 +140,13 @@ pub struct Linear {
     pub lora: Option<Lora>,
     out_features: usize,
     in_features: usize,
+    /// Row length of the stored weight when it was padded with zero columns for a faster
+    /// kernel; inputs are padded to match.
+    padded_in_features: usize,
 }
 
 impl Linear {
-    fn new(weight: Weight, bias: Option<Tensor>) -> Result<Self> {
+    fn new(weight: Weight, bias: Option<Tensor>, fast_kernels: bool) -> Result<Self> {
         let (out_features, in_features) = match weight.dims() {
             [o, i] => (*o, *i),
             dims => {
@@ -112,8 +155,22 @@ impl Linear {
                 )));
             }
         };
+        let mut padded_in_features = in_features;
         let weight = match weight {
-            Weight::Quantized(q) => QMatMul::from_arc(q)?,
+            Weight::Quantized(q) => {
+                let pad = fast_kernels
+                    && q.dtype() == candle_core::quantized::GgmlDType::Q8_0
+                    && q.device().is_cpu()
+                    && !in_features.is_multiple_of(FAST_ROW_MULTIPLE)
+                    && out_features.is_multiple_of(FAST_ROW_COUNT_MULTIPLE)
+                    && cpu_has_vnni();
+                if pad {
+                    padded_in_features = in_features.next_multiple_of(FAST_ROW_MULTIPLE);
+                    QMatMul::from_qtensor(pad_rows(&q, padded_in_features)?)?
+                } else {
+                    QMatMul::from_arc(q)?
+                }
+            }
             Weight::Dense(t) => QMatMul::Tensor(t.to_dtype(DType::F32)?),
         };
         Ok(Self {
@@ -122,6 +179,7 @@ impl Linear {
             lora: None,
             out_features,
             in_features,
+            padded_in_features,
         })
     }
 
@@ -135,21 +193,30 @@ impl Linear {
 
     /// The base weight as a dense `(out, in)` tensor.
     pub fn base_weight(&self) -> Result<Tensor> {
-        Ok(match &self.weight {
+        let dense = match &self.weight {
             QMatMul::QTensor(q) => q.dequantize(&q.device())?,
             QMatMul::Tensor(t) => t.clone(),
             QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
-        })
+        };
+        Ok(dense.narrow(1, 0, self.in_features)?)
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let padding = self.padded_in_features - self.in_features;
+        let padded;
+        let base_input = if padding > 0 {
+            padded = x.pad_with_zeros(D::Minus1, 0, padding)?;
+            &padded
+        } else {
+            x
+        };
         let mut y = match (&self.weight, mode) {
             (QMatMul::QTensor(weight), Mode::Training) => {
-                x.contiguous()?.apply_op1(FrozenQuantizedMatMul {
+                base_input.contiguous()?.apply_op1(FrozenQuantizedMatMul {
                     weight: weight.clone(),
                 })?
             }
-            (weight, _) => weight.forward(x)?,
+            (weight, _) => weight.forward(base_input)?,
         };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
@@ -400,6 +467,22 @@ impl Embedding {
     }
 }
 
+/// How the decoder lays out its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderOptions {
+    /// Pad Q8_0 rows with zero columns to a multiple of 256 where the CPU has VNNI, so candle's
+    /// repacked kernels apply (4–8× faster matrix-vector products here). Those kernels quantize
+    /// activations in 256-wide blocks instead of 32-wide ones, so logits move by quantization
+    /// noise; `false` keeps the reference kernels (parity tests use that).
+    pub fast_kernels: bool,
+}
+
+impl Default for DecoderOptions {
+    fn default() -> Self {
+        Self { fast_kernels: true }
+    }
+}
+
 /// A llama / qwen2 decoder.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -415,6 +498,15 @@ pub struct Decoder {
 impl Decoder {
     /// Builds the decoder from any weight source; names are Hugging Face names.
     pub fn load(source: &mut dyn WeightSource, config: &Config, device: &Device) -> Result<Self> {
+        Self::load_with(source, config, device, DecoderOptions::default())
+    }
+
+    pub fn load_with(
+        source: &mut dyn WeightSource,
+        config: &Config,
+        device: &Device,
+        options: DecoderOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let head_dim = config.head_dim();
         let norm = |source: &mut dyn WeightSource, name: &str| -> Result<RmsNorm> {
@@ -449,7 +541,7 @@ impl Decoder {
                 } else {
                     None
                 };
-                Linear::new(weight, b)
+                Linear::new(weight, b, options.fast_kernels)
             };
             let h = config.hidden_size;
             let f = config.intermediate_size;
@@ -490,7 +582,7 @@ impl Decoder {
             embed_tokens,
             layers,
             norm: norm(source, "model.norm.weight")?,
-            lm_head: Linear::new(lm_head_weight, None)?,
+            lm_head: Linear::new(lm_head_weight, None, options.fast_kernels)?,
             rope: Rope::new(config, device)?,
             device: device.clone(),
         })
@@ -578,16 +670,22 @@ impl Decoder {
     /// Inference: feeds `input_ids` `(batch, seq)` after the positions already in `cache` and
     /// returns the logits of the last position, `(batch, vocab)`.
     pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(input_ids, Some(cache), Mode::Inference)?;
-        let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
-        self.lm_head.forward(&last, Mode::Inference)
+        // Inside candle's pool the many short parallel sections of a pass reuse warm workers
+        // instead of handing each op to a sleeping pool and waiting for it.
+        self.device.with_context(|| {
+            let hidden = self.hidden_states(input_ids, Some(cache), Mode::Inference)?;
+            let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
+            self.lm_head.forward(&last, Mode::Inference)
+        })
     }
 
     /// Logits of every position, `(batch, seq, vocab)`, with fused kernels and no cache (for
     /// scoring and parity checks).
     pub fn forward_all(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let hidden = self.hidden_states(input_ids, None, Mode::Inference)?;
-        self.lm_head.forward(&hidden, Mode::Inference)
+        self.device.with_context(|| {
+            let hidden = self.hidden_states(input_ids, None, Mode::Inference)?;
+            self.lm_head.forward(&hidden, Mode::Inference)
+        })
     }
 
     /// Logits of every position through differentiable ops only, so gradients reach every
@@ -618,7 +716,7 @@ mod tests {
         let device = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (48, 64), &device).unwrap();
         let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
-        let linear = Linear::new(Weight::Quantized(q.clone()), None).unwrap();
+        let linear = Linear::new(Weight::Quantized(q.clone()), None, true).unwrap();
         let x = candle_core::Var::randn(0f32, 1.0, (2, 3, 64), &device).unwrap();
         let r = Tensor::randn(0f32, 1.0, (2, 3, 48), &device).unwrap();
         let y = linear.forward(x.as_tensor(), Mode::Training).unwrap();

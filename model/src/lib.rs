@@ -14,7 +14,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, Role};
 pub use config::{Architecture, Config};
-pub use decoder::{Decoder, KvCache, Lora};
+pub use decoder::{Decoder, DecoderOptions, KvCache, Lora};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, GenerationParams};
 pub use loader::{LoadOptions, LoadedModel, ModelFormat};

@@ -11,7 +11,7 @@ use tokenizers::Tokenizer;
 
 use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
 use crate::config::Config;
-use crate::decoder::{Decoder, Weight, WeightSource};
+use crate::decoder::{Decoder, DecoderOptions, Weight, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufSource, is_slow_on_cpu, requantize};
 use crate::tokenizer::{from_gguf_metadata, gguf_token_id};
@@ -30,6 +30,7 @@ pub struct LoadOptions {
     /// (Hugging Face) to Q8_0. For GGUF the result is cached beside the file.
     pub requantize: bool,
     pub device: Device,
+    pub decoder: DecoderOptions,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +38,7 @@ impl Default for LoadOptions {
         Self {
             requantize: true,
             device: Device::Cpu,
+            decoder: DecoderOptions::default(),
         }
     }
 }
@@ -149,10 +151,11 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     add_known_stops(&tokenizer, &mut stop_token_ids);
     let weights_path = file.path.clone();
     let device = options.device.clone();
-    let decoder = Decoder::load(
+    let decoder = Decoder::load_with(
         &mut GgufSource::new(&mut file, config.clone(), device.clone()),
         &config,
         &device,
+        options.decoder,
     )?;
     check_vocab(&tokenizer, &config)?;
     Ok(LoadedModel {
@@ -277,7 +280,7 @@ fn load_hf(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         tensors,
         quantize: options.requantize,
     };
-    let decoder = Decoder::load(&mut source, &config, &options.device)?;
+    let decoder = Decoder::load_with(&mut source, &config, &options.device, options.decoder)?;
     check_vocab(&tokenizer, &config)?;
     Ok(LoadedModel {
         decoder,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
-use kefu_model::{ChatMessage, LoadOptions, LoadedModel, Role};
+use kefu_model::{ChatMessage, DecoderOptions, LoadOptions, LoadedModel, Role};
 
 use crate::catalog::{self, DEFAULT_MODEL};
 use crate::fetch::{self, Fetcher, Sources};
@@ -87,6 +87,10 @@ pub struct GenerateArgs {
     /// Use the weights as shipped, without the cached Q8_0 re-quantization.
     #[arg(long)]
     pub no_requantize: bool,
+    /// Use candle's reference matrix kernels instead of padding rows for its faster repacked
+    /// ones (bit-for-bit the reference arithmetic; slower).
+    #[arg(long, env = "KEFU_EXACT_KERNELS")]
+    pub exact_kernels: bool,
     /// Generate exactly --max-tokens tokens, past the end of the turn (for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -219,6 +223,9 @@ fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
     let path = resolve_model(home, &args.model)?;
     let options = LoadOptions {
         requantize: !args.no_requantize,
+        decoder: DecoderOptions {
+            fast_kernels: !args.exact_kernels,
+        },
         ..LoadOptions::default()
     };
     let load_start = std::time::Instant::now();
