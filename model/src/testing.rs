@@ -7,7 +7,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::config::Architecture;
+use crate::config::{Architecture, Config};
+use crate::decoder::WeightSource;
+use crate::gguf::{GgufFile, GgufSource};
 
 /// Shape of a tiny test model.
 #[derive(Debug, Clone)]
@@ -273,4 +275,89 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut file, &md, &ts).expect("tiny model construction");
     path
+}
+
+/// Hugging Face names of every tensor of a model with this configuration.
+pub fn hf_tensor_names(config: &Config) -> Vec<String> {
+    let mut names = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
+    if !config.tie_word_embeddings {
+        names.push("lm_head.weight".into());
+    }
+    for i in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for module in [
+            "input_layernorm.weight",
+            "post_attention_layernorm.weight",
+            "self_attn.q_proj.weight",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        ] {
+            names.push(format!("{p}.{module}"));
+        }
+        if config.attention_bias {
+            for module in ["q_proj", "k_proj", "v_proj"] {
+                names.push(format!("{p}.self_attn.{module}.bias"));
+            }
+        }
+    }
+    names
+}
+
+/// Converts a GGUF model into a Hugging Face folder (config, tokenizer, tokenizer config, two
+/// safetensors shards with their index) and returns the dense tensors by name.
+pub fn write_hf_folder(gguf: &Path, dir: &Path) -> std::collections::HashMap<String, Tensor> {
+    let mut file = GgufFile::open(gguf).expect("tiny model opens");
+    let config = file.config().expect("tiny model config");
+    let tokenizer =
+        crate::tokenizer::from_gguf_metadata(file.metadata()).expect("tiny model tokenizer");
+    let mut source = GgufSource::new(&mut file, config.clone(), Device::Cpu);
+    let mut tensors = std::collections::HashMap::new();
+    for name in hf_tensor_names(&config) {
+        let weight = source.require(&name).expect("tiny model tensor");
+        tensors.insert(name, weight.dequantize(&Device::Cpu).expect("dequantize"));
+    }
+    std::fs::create_dir_all(dir).expect("create the folder");
+    let shard_of = |name: &str| {
+        if name.contains("layers.0.") || name.contains("embed") {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        }
+    };
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        let part: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(name, _)| shard_of(name) == shard)
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        candle_core::safetensors::save(&part, dir.join(shard)).expect("write a shard");
+    }
+    let weight_map: serde_json::Map<String, serde_json::Value> = tensors
+        .keys()
+        .map(|n| (n.clone(), serde_json::Value::from(shard_of(n))))
+        .collect();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string())
+        .expect("write the index");
+    std::fs::write(dir.join("config.json"), config.to_hf_json().to_string())
+        .expect("write config.json");
+    tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .expect("write tokenizer.json");
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}"#,
+    )
+    .expect("write tokenizer_config.json");
+    tensors
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
@@ -11,81 +10,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, qwen2};
 use common::max_abs_diff;
-use kefu_model::decoder::WeightSource;
-use kefu_model::gguf::{GgufFile, GgufSource, gguf_name};
-use kefu_model::testing::{TinySpec, write_tiny_gguf};
+use kefu_model::gguf::GgufFile;
+use kefu_model::testing::{TinySpec, write_hf_folder, write_tiny_gguf};
 use kefu_model::{Architecture, KvCache, LoadOptions, LoadedModel, ModelFormat};
-
-/// Converts a tiny GGUF into a Hugging Face folder with the weights split over two shards.
-fn write_hf_folder(gguf: &Path, dir: &Path) -> HashMap<String, Tensor> {
-    let mut file = GgufFile::open(gguf).unwrap();
-    let config = file.config().unwrap();
-    let tokenizer = kefu_model::tokenizer::from_gguf_metadata(file.metadata()).unwrap();
-    let names: Vec<String> = file
-        .content
-        .tensor_infos
-        .keys()
-        .map(|gguf_tensor| hf_name(gguf_tensor))
-        .collect();
-    let mut source = GgufSource::new(&mut file, config.clone(), Device::Cpu);
-    let mut tensors = HashMap::new();
-    for name in names {
-        let weight = source.require(&name).unwrap();
-        tensors.insert(name, weight.dequantize(&Device::Cpu).unwrap());
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let (first, second): (HashMap<_, _>, HashMap<_, _>) = tensors
-        .clone()
-        .into_iter()
-        .partition(|(name, _)| name.contains("layers.0.") || name.contains("embed"));
-    candle_core::safetensors::save(&first, dir.join("model-00001-of-00002.safetensors")).unwrap();
-    candle_core::safetensors::save(&second, dir.join("model-00002-of-00002.safetensors")).unwrap();
-    std::fs::write(dir.join("config.json"), config.to_hf_json().to_string()).unwrap();
-    tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}"#,
-    )
-    .unwrap();
-    tensors
-}
-
-fn hf_name(gguf_tensor: &str) -> String {
-    let candidates = [
-        "model.embed_tokens.weight".to_string(),
-        "model.norm.weight".to_string(),
-        "lm_head.weight".to_string(),
-    ];
-    for c in candidates {
-        if gguf_name(&c).as_deref() == Some(gguf_tensor) {
-            return c;
-        }
-    }
-    let (layer, module) = gguf_tensor
-        .strip_prefix("blk.")
-        .and_then(|r| r.split_once('.'))
-        .unwrap();
-    for hf in [
-        "input_layernorm.weight",
-        "post_attention_layernorm.weight",
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-        "self_attn.o_proj.weight",
-        "self_attn.q_proj.bias",
-        "self_attn.k_proj.bias",
-        "self_attn.v_proj.bias",
-        "mlp.gate_proj.weight",
-        "mlp.up_proj.weight",
-        "mlp.down_proj.weight",
-    ] {
-        let full = format!("model.layers.{layer}.{hf}");
-        if gguf_name(&full).as_deref() == Some(&format!("blk.{layer}.{module}")) {
-            return full;
-        }
-    }
-    panic!("no Hugging Face name for {gguf_tensor}");
-}
 
 fn prompt() -> Tensor {
     Tensor::new(&[1u32, 74, 71, 78, 78, 81, 2, 40], &Device::Cpu)

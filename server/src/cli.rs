@@ -20,7 +20,7 @@ pub struct Cli {
     /// Data directory: models, databases, indexes.
     #[arg(long, global = true, env = "KEFU_HOME", default_value = "kefu-data")]
     pub home: PathBuf,
-    /// Threads for model compute (0 = one per physical core).
+    /// Threads for model compute (0 = one per available CPU).
     #[arg(long, global = true, env = "KEFU_THREADS", default_value_t = 0)]
     pub threads: usize,
     #[command(subcommand)]
@@ -114,9 +114,10 @@ pub fn run(cli: Cli) -> Result<()> {
 /// set here, at start-up, while the process is still single-threaded.
 #[allow(unsafe_code)]
 fn set_threads(threads: usize) {
-    if threads == 0 {
-        return;
-    }
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let value = threads.to_string();
     // SAFETY: called first thing in `run`, before any other thread exists.
     unsafe {

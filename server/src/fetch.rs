@@ -305,7 +305,21 @@ impl Fetcher {
             .append(resumed)
             .truncate(!resumed)
             .open(&partial)?;
-        let bar = progress_bar(start + length.unwrap_or(0), label);
+        let total = start + length.unwrap_or(0);
+        let host = url.split('/').nth(2).unwrap_or(url);
+        if resumed {
+            eprintln!(
+                "resuming {label} at {:.1} of {:.1} MB from {host}",
+                start as f64 / 1e6,
+                total as f64 / 1e6
+            );
+        } else {
+            eprintln!(
+                "downloading {label} ({:.1} MB) from {host}",
+                total as f64 / 1e6
+            );
+        }
+        let bar = progress_bar(total, label);
         bar.set_position(start);
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
         let mut buffer = vec![0u8; 1 << 16];

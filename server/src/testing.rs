@@ -1,5 +1,6 @@
 //! `RegistryStandIn`: a local stand-in for a package index (PEP 503 pages plus file downloads
-//! with HTTP range requests), for tests of fetching. It is a fake at the network seam only; the
+//! with HTTP range requests) and for the Hugging Face hub (`/<id>/resolve/main/<file>`), for
+//! tests of fetching. It is a fake at the network seam only; the
 //! download, resume, hash and unzip code under test is the real one.
 
 use std::collections::HashMap;
@@ -25,6 +26,12 @@ impl RegistryStandIn {
     /// `files` maps a package name to (filename, bytes); `listed_sha256` optionally adds a
     /// `#sha256=` fragment to the link, as PyPI does.
     pub fn start(files: HashMap<String, (String, Vec<u8>, Option<String>)>) -> Self {
+        Self::with_routes(files, HashMap::new())
+    }
+
+    /// Also serves `routes`: exact paths (such as `/org/model/resolve/main/config.json`) to
+    /// their bytes.
+    pub fn with_routes(files: Files, routes: HashMap<String, Vec<u8>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
         let address = format!("http://{}", listener.local_addr().expect("local address"));
         listener
@@ -37,7 +44,7 @@ impl RegistryStandIn {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = serve(stream, &files, &requests2);
+                        let _ = serve(stream, &files, &routes, &requests2);
                     }
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
                 }
@@ -66,11 +73,13 @@ impl Drop for RegistryStandIn {
     }
 }
 
-type Files = HashMap<String, (String, Vec<u8>, Option<String>)>;
+/// Package name → (wheel file name, bytes, hash listed in the index page).
+pub type Files = HashMap<String, (String, Vec<u8>, Option<String>)>;
 
 fn serve(
     stream: TcpStream,
     files: &Files,
+    routes: &HashMap<String, Vec<u8>>,
     requests: &Mutex<Vec<(String, Option<String>)>>,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
@@ -99,6 +108,11 @@ fn serve(
         .expect("requests lock")
         .push((request_line.trim().to_string(), range.clone()));
     let mut out = stream;
+    let head = request_line.starts_with("HEAD ");
+    if let Some(bytes) = routes.get(&path) {
+        let body: &[u8] = if head { &[] } else { bytes };
+        return respond(&mut out, "200 OK", &[], body);
+    }
     if let Some(package) = path.strip_prefix("/simple/") {
         let package = package.trim_end_matches('/');
         if let Some((filename, _, hash)) = files.get(package) {

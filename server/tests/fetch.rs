@@ -199,3 +199,67 @@ fn no_reachable_source_is_a_clear_error() {
         "{message}"
     );
 }
+
+#[test]
+fn fetches_a_sharded_hugging_face_folder_from_the_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = write_tiny_gguf(tmp.path(), &TinySpec::new(Architecture::Qwen2));
+    let repo = tmp.path().join("repo");
+    kefu_model::testing::write_hf_folder(&gguf, &repo);
+    let mut routes = HashMap::new();
+    for entry in std::fs::read_dir(&repo).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        routes.insert(
+            format!("/kefu-tests/Tiny-Qwen/resolve/main/{name}"),
+            std::fs::read(entry.path()).unwrap(),
+        );
+    }
+    let hub = RegistryStandIn::with_routes(HashMap::new(), routes);
+    let home = tmp.path().join("home");
+    let fetcher = Fetcher::new(
+        &home,
+        Sources {
+            package_index: "http://127.0.0.1:9/simple".into(),
+            hub: hub.address.clone(),
+        },
+    );
+    let fetched = fetcher.fetch("kefu-tests/Tiny-Qwen").unwrap();
+    assert_eq!(fetched.name, "tiny-qwen");
+    assert_eq!(fetched.path, home.join("models/tiny-qwen/hf"));
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(fetched.path.join(shard)).unwrap(),
+            std::fs::read(repo.join(shard)).unwrap()
+        );
+    }
+    let model = LoadedModel::load(&fetched.path, &LoadOptions::default()).unwrap();
+    assert_eq!(model.format, kefu_model::ModelFormat::HuggingFace);
+    assert_eq!(
+        server::fetch::installed_path(&home.join("models"), "tiny-qwen"),
+        Some(fetched.path.clone())
+    );
+}
+
+#[test]
+fn a_hub_id_the_hub_does_not_have_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = RegistryStandIn::with_routes(HashMap::new(), HashMap::new());
+    let fetcher = Fetcher::new(
+        &tmp.path().join("home"),
+        Sources {
+            package_index: "http://127.0.0.1:9/simple".into(),
+            hub: hub.address.clone(),
+        },
+    );
+    let error = fetcher.fetch("kefu-tests/No-Such-Model").unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("could not fetch `kefu-tests/No-Such-Model`"),
+        "{message}"
+    );
+    assert!(message.contains("404"), "{message}");
+}
