@@ -1,7 +1,10 @@
 //! Generation on tiny models: determinism, stop conditions, streaming, cancellation, the KV
 //! cache against a full forward pass, the training path, LoRA hooks, and refusals of bad input.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_abs_diff;
 use kefu_model::decoder::Target;
 use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
@@ -165,16 +168,7 @@ fn the_training_path_gives_the_inference_logits() {
     let x = Tensor::new(&[[5u32, 9, 77, 120, 3]], &Device::Cpu).unwrap();
     let fused = model.decoder.forward_all(&x).unwrap();
     let differentiable = model.decoder.forward_train(&x).unwrap();
-    let diff: f32 = (fused - differentiable)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = max_abs_diff(&fused, &differentiable);
     assert!(diff < 1e-4, "{diff}");
 }
 
@@ -201,16 +195,7 @@ fn lora_with_zero_b_is_exactly_the_base_and_every_adapter_gets_a_gradient() {
         }
     }
     let adapted = model.decoder.forward_train(&x).unwrap();
-    let diff: f32 = (&adapted - &base)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = max_abs_diff(&adapted, &base);
     assert_eq!(diff, 0.0, "B = 0 must leave the output unchanged");
 
     // With B = 0 only B gets a gradient at first; one step later both have one. Give B a

@@ -28,6 +28,19 @@ fn run(home: &Path, args: &[&str]) -> Output {
     kefu(home, &args)
 }
 
+/// `kefu generate --model MODEL --prompt PROMPT EXTRA...`
+fn generate(home: &Path, model: &Path, prompt: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        prompt,
+    ];
+    args.extend_from_slice(extra);
+    run(home, &args)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -58,19 +71,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
 fn generate_streams_a_reply_from_a_model_file() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "hello",
-            "--max-tokens",
-            "8",
-            "-v",
-        ],
-    );
+    let output = generate(tmp.path(), &model, "hello", &["--max-tokens", "8", "-v"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(!stdout(&output).trim().is_empty());
     assert!(
@@ -168,16 +169,7 @@ fn import_list_and_idempotent_fetch_of_a_local_file() {
 fn a_missing_model_file_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nowhere.gguf");
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            missing.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-    );
+    let output = generate(tmp.path(), &missing, "hi", &[]);
     assert_clear_failure(&output, "neither a path nor an installed model");
     let fetch = run(tmp.path(), &["models", "fetch", "no-such-model"]);
     assert_clear_failure(&fetch, "neither a file, a folder, a known model");
@@ -189,29 +181,11 @@ fn a_truncated_model_file_is_a_clear_error() {
     let model = tiny_model(tmp.path());
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-    );
+    let output = generate(tmp.path(), &model, "hi", &[]);
     assert_clear_failure(&output, "truncated");
     let header_only = tmp.path().join("header.gguf");
     std::fs::write(&header_only, &bytes[..100]).unwrap();
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            header_only.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-    );
+    let output = generate(tmp.path(), &header_only, "hi", &[]);
     assert_clear_failure(&output, "not a valid model file");
 }
 
@@ -226,16 +200,7 @@ fn a_corrupt_model_file_is_a_clear_error() {
             .collect::<Vec<_>>(),
     )
     .unwrap();
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            garbage.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-    );
+    let output = generate(tmp.path(), &garbage, "hi", &[]);
     assert_clear_failure(&output, "not a valid model file");
 
     // A well-formed header whose tensor table points outside the file.
@@ -247,16 +212,7 @@ fn a_corrupt_model_file_is_a_clear_error() {
     let offset_at = at + 4 + 16 + 4;
     bytes[offset_at..offset_at + 8].copy_from_slice(&u64::MAX.to_le_bytes()[..8]);
     std::fs::write(&model, &bytes).unwrap();
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-    );
+    let output = generate(tmp.path(), &model, "hi", &[]);
     assert_clear_failure(&output, "not a valid model file");
     // The same file cannot be imported into the data directory either.
     let home = tmp.path().join("home");
@@ -272,16 +228,7 @@ fn an_unknown_architecture_is_a_clear_error() {
         ..TinySpec::new(Architecture::Llama)
     };
     let model = write_tiny_gguf(tmp.path(), &spec);
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ],
-    );
+    let output = generate(tmp.path(), &model, "hi", &[]);
     assert_clear_failure(&output, "unsupported model architecture `mamba`");
 }
 
@@ -331,16 +278,7 @@ fn a_prompt_longer_than_the_context_window_is_a_clear_error() {
     };
     let model = write_tiny_gguf(tmp.path(), &spec);
     let long = "word ".repeat(200);
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            &long,
-        ],
-    );
+    let output = generate(tmp.path(), &model, &long, &[]);
     assert_clear_failure(&output, "context window is 64 tokens");
 }
 
@@ -349,16 +287,7 @@ fn an_empty_prompt_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     for prompt in ["", "   \n\t"] {
-        let output = run(
-            tmp.path(),
-            &[
-                "generate",
-                "--model",
-                model.to_str().unwrap(),
-                "--prompt",
-                prompt,
-            ],
-        );
+        let output = generate(tmp.path(), &model, prompt, &[]);
         assert_clear_failure(&output, "the prompt is empty");
     }
     let output = run(
@@ -405,18 +334,7 @@ fn slow_block_types_are_requantized_through_the_cli() {
         ..TinySpec::new(Architecture::Llama)
     };
     let model = write_tiny_gguf(tmp.path(), &spec);
-    let output = run(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "4",
-        ],
-    );
+    let output = generate(tmp.path(), &model, "hi", &["--max-tokens", "4"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(kefu_model::loader::requantized_path(&model).exists());
 }
