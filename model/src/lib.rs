@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod linear;
 pub mod loader;
 pub mod sampling;
 pub mod testing;

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, qwen2};
 use common::max_abs_diff;
+use kefu_model::decoder::Target;
 use kefu_model::gguf::GgufFile;
 use kefu_model::testing::{TinySpec, write_hf_folder, write_tiny_gguf};
 use kefu_model::{Architecture, KvCache, LoadOptions, LoadedModel, ModelFormat};
@@ -93,4 +94,25 @@ fn slow_block_types_are_requantized_once_and_cached() {
         LoadedModel::load(&gguf, &options).unwrap().weights_path,
         gguf
     );
+}
+
+#[test]
+fn base_weights_come_back_in_hugging_face_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = write_tiny_gguf(tmp.path(), &TinySpec::new(Architecture::Llama));
+    let tensors = write_hf_folder(&gguf, &tmp.path().join("hf"));
+    let model = LoadedModel::load(&gguf, &LoadOptions::default()).unwrap();
+    for (target, name) in [
+        (Target::Q, "self_attn.q_proj"),
+        (Target::K, "self_attn.k_proj"),
+        (Target::V, "self_attn.v_proj"),
+        (Target::O, "self_attn.o_proj"),
+        (Target::Gate, "mlp.gate_proj"),
+        (Target::Up, "mlp.up_proj"),
+        (Target::Down, "mlp.down_proj"),
+    ] {
+        let ours = model.decoder.base_weight(1, target).unwrap();
+        let expected = &tensors[&format!("model.layers.1.{name}.weight")];
+        assert_eq!(max_abs_diff(&ours, expected), 0.0, "{name}");
+    }
 }
