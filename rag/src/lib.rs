@@ -3,6 +3,7 @@
 //! lists are fused (RRF), and retrieval is measured against question files (eval).
 
 pub mod chunk;
+pub mod embed;
 pub mod eval;
 pub mod fusion;
 pub mod keyword;

