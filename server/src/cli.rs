@@ -36,6 +36,21 @@ pub enum Command {
     },
     /// Generate a reply to one prompt and stream it to stdout (a quick check of a model).
     Generate(GenerateArgs),
+    /// Add or update documents (Markdown, HTML, text, PDF; files or folders) in a knowledge base.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Files and folders to ingest.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Knowledge base to add them to (created on first use).
+    #[arg(long, default_value = "default")]
+    pub kb: String,
+    /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
+    #[arg(long, env = "KEFU_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +122,7 @@ pub fn run(cli: Cli) -> Result<()> {
             ModelsCommand::List => models_list(&cli.home),
         },
         Command::Generate(args) => generate(&cli.home, &args),
+        Command::Ingest(args) => ingest(&cli.home, &args),
     }
 }
 
@@ -273,6 +289,57 @@ fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
             generation.prompt_tokens,
             generation.completion_tokens(),
             generation.finish_reason
+        );
+    }
+    Ok(())
+}
+
+/// The database URL: the flag or variable, else the SQLite file in the data directory.
+pub fn database_url(home: &Path, flag: Option<&str>) -> Result<String> {
+    if let Some(url) = flag {
+        return Ok(url.to_string());
+    }
+    std::fs::create_dir_all(home)
+        .with_context(|| format!("cannot create the data directory {}", home.display()))?;
+    Ok(format!("sqlite://{}", home.join("kefu.db").display()))
+}
+
+fn ingest(home: &Path, args: &IngestArgs) -> Result<()> {
+    let url = database_url(home, args.database_url.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let database = kefu_db::Database::connect(&url)
+            .await
+            .with_context(|| format!("cannot open the database {url}"))?;
+        let report = crate::ingest::ingest(
+            &database,
+            &args.kb,
+            &args.paths,
+            &kefu_rag::chunk::WordCounter,
+            &kefu_rag::chunk::ChunkConfig::default(),
+        )
+        .await;
+        database.close().await;
+        report
+    })?;
+    for (path, reason) in &report.failed {
+        eprintln!("error: {}: {reason}", path.display());
+    }
+    println!(
+        "knowledge base `{}`: {} added, {} updated, {} unchanged, {} failed; {} chunks written",
+        args.kb,
+        report.added,
+        report.updated,
+        report.unchanged,
+        report.failed.len(),
+        report.chunks
+    );
+    if !report.failed.is_empty() {
+        bail!(
+            "{} of the files could not be ingested (the others were)",
+            report.failed.len()
         );
     }
     Ok(())

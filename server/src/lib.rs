@@ -4,4 +4,5 @@
 pub mod catalog;
 pub mod cli;
 pub mod fetch;
+pub mod ingest;
 pub mod testing;

@@ -338,3 +338,124 @@ fn slow_block_types_are_requantized_through_the_cli() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(kefu_model::loader::requantized_path(&model).exists());
 }
+
+fn shared_kb(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/kb")
+        .join(relative)
+}
+
+#[test]
+fn ingest_adds_skips_unchanged_and_replaces_changed_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let faq = shared_kb("en/debian-faq");
+    let first = run(
+        tmp.path(),
+        &["ingest", faq.to_str().unwrap(), "--kb", "debian"],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("16 added, 0 updated, 0 unchanged, 0 failed"),
+        "{}",
+        stdout(&first)
+    );
+    let again = run(
+        tmp.path(),
+        &["ingest", faq.to_str().unwrap(), "--kb", "debian"],
+    );
+    assert!(
+        stdout(&again).contains("0 added, 0 updated, 16 unchanged"),
+        "{}",
+        stdout(&again)
+    );
+
+    // A document edited in place is replaced; the same file named twice is stored once.
+    let copy = tmp.path().join("guide.md");
+    std::fs::write(&copy, "# Guide\n\nReset your password in Settings.").unwrap();
+    let added = run(
+        tmp.path(),
+        &["ingest", copy.to_str().unwrap(), copy.to_str().unwrap()],
+    );
+    assert!(
+        stdout(&added).contains("1 added, 0 updated, 1 unchanged"),
+        "{}",
+        stdout(&added)
+    );
+    std::fs::write(
+        &copy,
+        "# Guide\n\nReset your password under Account > Security.",
+    )
+    .unwrap();
+    let changed = run(tmp.path(), &["ingest", copy.to_str().unwrap()]);
+    assert!(
+        stdout(&changed).contains("0 added, 1 updated"),
+        "{}",
+        stdout(&changed)
+    );
+}
+
+#[test]
+fn ingest_reports_each_bad_file_and_keeps_going() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = shared_kb("en/abcd-guidelines/order-issue.md");
+    let ok = run(tmp.path(), &["ingest", good.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    let dir = tmp.path().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let empty = write("empty.md", b"");
+    let not_utf8 = write("latin1.txt", b"caf\xe9 au lait");
+    let binary = write("binary.md", b"\x7fELF\x02\x01\x01\x00\x00\x00");
+    let slides = write("slides.pptx", b"PK\x03\x04");
+    let pdf = write("broken.pdf", b"%PDF-1.4\nnot really a pdf");
+    let huge = dir.join("huge.md");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(100 * 1024 * 1024)
+        .unwrap();
+    let missing = dir.join("missing.md");
+    let also_good = shared_kb("en/abcd-guidelines/shipping-issue.md");
+    let paths = [
+        &empty, &not_utf8, &binary, &slides, &pdf, &huge, &missing, &also_good,
+    ];
+    let mut args = vec!["ingest"];
+    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
+    let output = run(tmp.path(), &args);
+    assert_clear_failure(&output, "7 of the files could not be ingested");
+    let err = stderr(&output);
+    for expected in [
+        "empty.md: the file is empty",
+        "latin1.txt: the file is not valid UTF-8 (invalid byte at offset 3)",
+        "binary.md: the file looks binary",
+        "slides.pptx: unsupported file type `.pptx`",
+        "broken.pdf: the PDF cannot be read",
+        "huge.md: the file is 104857600 bytes; the limit is 67108864",
+        "missing.md: no such file or folder",
+    ] {
+        assert!(err.contains(expected), "stderr lacks {expected:?}: {err}");
+    }
+    assert!(
+        stdout(&output).contains("1 added"),
+        "the good file went in: {}",
+        stdout(&output)
+    );
+    // What was stored before is still there, unchanged.
+    let check = run(
+        tmp.path(),
+        &[
+            "ingest",
+            good.to_str().unwrap(),
+            also_good.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stdout(&check).contains("0 added, 0 updated, 2 unchanged"),
+        "{}",
+        stdout(&check)
+    );
+}

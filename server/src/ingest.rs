@@ -1,0 +1,150 @@
+//! `kefu ingest`: files and folders into a knowledge base: parse, chunk, store. A file whose
+//! content hash is unchanged is skipped, a changed one replaces its chunks, and each file that
+//! cannot be read is reported while the rest of the batch goes on.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use kefu_db::{Database, NewChunk, NewDocument};
+use kefu_rag::chunk::{ChunkConfig, TokenCounter, chunk_document};
+use kefu_rag::parse::{ParseError, parse_file};
+use sha2::{Digest, Sha256};
+
+/// What one `ingest` call did.
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    pub added: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub chunks: usize,
+    /// Files that could not be ingested, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Expands folders (recursively, sorted, hidden entries skipped); a missing path is reported.
+fn expand(paths: &[PathBuf], report: &mut IngestReport) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>, report: &mut IngestReport) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                report.failed.push((dir.to_path_buf(), e.to_string()));
+                return;
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, out, report);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut files, report);
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            report
+                .failed
+                .push((path.clone(), "no such file or folder".into()));
+        }
+    }
+    files
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Ingests `paths` into the knowledge base `knowledge_base`.
+pub async fn ingest(
+    database: &Database,
+    knowledge_base: &str,
+    paths: &[PathBuf],
+    counter: &dyn TokenCounter,
+    config: &ChunkConfig,
+) -> Result<IngestReport> {
+    let mut report = IngestReport::default();
+    let kb = database.knowledge_base(knowledge_base).await?;
+    let files = expand(paths, &mut report);
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} files, eta {eta}")
+            .expect("progress template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_message("ingesting");
+    for file in files {
+        bar.inc(1);
+        let key = std::fs::canonicalize(&file)
+            .unwrap_or_else(|_| file.clone())
+            .to_string_lossy()
+            .into_owned();
+        let bytes = match std::fs::metadata(&file) {
+            Ok(meta) if meta.len() > kefu_rag::parse::MAX_FILE_BYTES => {
+                let error = ParseError::TooLarge {
+                    bytes: meta.len(),
+                    limit: kefu_rag::parse::MAX_FILE_BYTES,
+                };
+                report.failed.push((file, error.to_string()));
+                continue;
+            }
+            _ => match std::fs::read(&file) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    report.failed.push((file, e.to_string()));
+                    continue;
+                }
+            },
+        };
+        let hash = sha256_hex(&bytes);
+        let existing = database.document(kb, &key).await?;
+        if existing.as_ref().is_some_and(|d| d.content_hash == hash) {
+            report.unchanged += 1;
+            continue;
+        }
+        let parsed = match parse_file(&file) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                report.failed.push((file, e.to_string()));
+                continue;
+            }
+        };
+        let chunks: Vec<NewChunk> = chunk_document(&parsed, config, counter)
+            .into_iter()
+            .map(|c| NewChunk {
+                heading_path: c.heading_path,
+                text: c.text,
+                token_count: c.tokens as i64,
+            })
+            .collect();
+        report.chunks += chunks.len();
+        let document = NewDocument {
+            path: key,
+            title: parsed.title,
+            language: parsed.language.as_str().to_string(),
+            content_hash: hash,
+            byte_count: bytes.len() as i64,
+            chunks,
+        };
+        database.replace_document(kb, &document).await?;
+        if existing.is_some() {
+            report.updated += 1;
+        } else {
+            report.added += 1;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
