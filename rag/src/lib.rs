@@ -9,6 +9,7 @@ pub mod fusion;
 pub mod keyword;
 pub mod parse;
 pub mod text;
+pub mod vector;
 
 pub use chunk::{Chunk, ChunkConfig, TokenCounter};
 pub use parse::{Language, ParseError, ParsedDocument, Section};
