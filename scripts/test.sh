@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: services, models, formatting, lints, tests.
-# README's test command; .ci/run runs exactly this.
+# README's test command (./scripts/test.sh); .ci/run runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
