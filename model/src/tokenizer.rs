@@ -154,12 +154,17 @@ pub fn gguf_token_id(metadata: &HashMap<String, Value>, key: &str) -> Option<u32
 }
 
 /// Turns a stream of token ids into text pieces, holding back bytes of characters that are
-/// split across tokens (emoji, CJK in byte-level BPE).
+/// split across tokens (emoji, CJK in byte-level BPE). Each push decodes only a short window
+/// (the tokens since the last emitted piece, plus the ones before it for context), so a long
+/// reply costs linear, not quadratic, decoding work.
 #[derive(Debug)]
 pub struct TextStreamer<'a> {
     tokenizer: &'a Tokenizer,
     tokens: Vec<u32>,
-    emitted: usize,
+    /// Start of the decoding window: the tokens of the previous emitted piece.
+    window_start: usize,
+    /// Tokens up to here have been emitted.
+    emitted_tokens: usize,
     text: String,
 }
 
@@ -168,29 +173,35 @@ impl<'a> TextStreamer<'a> {
         Self {
             tokenizer,
             tokens: Vec::new(),
-            emitted: 0,
+            window_start: 0,
+            emitted_tokens: 0,
             text: String::new(),
         }
+    }
+
+    fn decode(&self, tokens: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(tokens, true)
+            .map_err(Error::tokenizer)
     }
 
     /// Adds a token; returns the new text it completes, if any.
     pub fn push(&mut self, token: u32) -> Result<Option<String>> {
         self.tokens.push(token);
-        let text = self
-            .tokenizer
-            .decode(&self.tokens, true)
-            .map_err(Error::tokenizer)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
+        // Decoding starts at a token boundary in both strings, so decoders that treat the
+        // first token specially (a leading space) treat both the same way.
+        let before = self.decode(&self.tokens[self.window_start..self.emitted_tokens])?;
+        let now = self.decode(&self.tokens[self.window_start..])?;
+        if now.len() <= before.len() || now.ends_with('\u{FFFD}') {
             return Ok(None);
         }
-        // Byte-level decoding of a longer token list always extends the shorter one's text
-        // once no character is cut; guard anyway against a decoder that rewrites the past.
-        let piece = match text.get(self.emitted..) {
-            Some(piece) if text.starts_with(&self.text) => piece.to_string(),
-            _ => return Ok(None),
+        let Some(piece) = now.get(before.len()..).filter(|_| now.starts_with(&before)) else {
+            return Ok(None);
         };
-        self.emitted = text.len();
-        self.text = text;
+        let piece = piece.to_string();
+        self.text.push_str(&piece);
+        self.window_start = self.emitted_tokens;
+        self.emitted_tokens = self.tokens.len();
         Ok(Some(piece))
     }
 
@@ -201,5 +212,32 @@ impl<'a> TextStreamer<'a> {
 
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TinySpec, write_tiny_gguf};
+
+    #[test]
+    fn streamed_pieces_add_up_to_the_decoded_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_tiny_gguf(dir.path(), &TinySpec::new(crate::Architecture::Qwen2));
+        let file = crate::gguf::GgufFile::open(&path).unwrap();
+        let tokenizer = from_gguf_metadata(file.metadata()).unwrap();
+        let text = "hello 你好 😀 wörld 123";
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let mut streamer = TextStreamer::new(&tokenizer);
+        let mut pieces = String::new();
+        for &id in &ids {
+            if let Some(piece) = streamer.push(id).unwrap() {
+                assert!(!piece.contains('\u{FFFD}'), "a cut character was emitted");
+                pieces.push_str(&piece);
+            }
+        }
+        assert_eq!(pieces, text);
+        assert_eq!(streamer.text(), text);
+        assert_eq!(streamer.tokens(), ids.as_slice());
     }
 }
