@@ -79,45 +79,51 @@ fn sampling_depends_on_the_seed() {
 fn max_tokens_stop_strings_and_cancellation_end_generation() {
     let (_dir, model) = tiny(Architecture::Llama);
     let ids = prompt(&model);
-    let long = model.generate(&ids, &params(40), |_| true).unwrap();
-    if long.finish_reason == FinishReason::Length {
-        assert_eq!(long.completion_tokens(), 40);
-    }
-    let three = model.generate(&ids, &params(3), |_| true).unwrap();
-    assert!(three.completion_tokens() <= 3);
+    // Past end-of-turn tokens, so every condition below is reached whatever the tiny model says.
+    let forced = |max_tokens| GenerationParams {
+        ignore_eos: true,
+        ..params(max_tokens)
+    };
+    let long = model.generate(&ids, &forced(40), |_| true).unwrap();
+    assert_eq!(long.finish_reason, FinishReason::Length);
+    assert_eq!(long.completion_tokens(), 40);
+    let three = model.generate(&ids, &forced(3), |_| true).unwrap();
+    assert_eq!(three.completion_tokens(), 3);
 
     // Stop at a string taken from the middle of the unconstrained reply.
     let chars: Vec<char> = long.text.chars().collect();
-    if chars.len() >= 6 {
-        let stop: String = chars[3..5].iter().collect();
-        let p = GenerationParams {
-            stop: vec![stop.clone()],
-            ..params(40)
-        };
-        let mut streamed = String::new();
-        let stopped = model
-            .generate(&ids, &p, |piece| {
-                streamed.push_str(piece);
-                true
-            })
-            .unwrap();
-        assert_eq!(stopped.finish_reason, FinishReason::StopString);
-        assert!(!stopped.text.contains(&stop));
-        assert!(long.text.starts_with(&stopped.text));
-        assert_eq!(streamed, stopped.text, "the stop string is never streamed");
-    }
+    assert!(
+        chars.len() >= 6,
+        "a reply long enough to cut: {:?}",
+        long.text
+    );
+    let stop: String = chars[3..5].iter().collect();
+    let p = GenerationParams {
+        stop: vec![stop.clone()],
+        ..forced(40)
+    };
+    let mut streamed = String::new();
+    let stopped = model
+        .generate(&ids, &p, |piece| {
+            streamed.push_str(piece);
+            true
+        })
+        .unwrap();
+    assert_eq!(stopped.finish_reason, FinishReason::StopString);
+    assert!(!stopped.text.contains(&stop));
+    assert!(long.text.starts_with(&stopped.text));
+    assert_eq!(streamed, stopped.text, "the stop string is never streamed");
 
     let mut calls = 0;
     let cancelled = model
-        .generate(&ids, &params(40), |_| {
+        .generate(&ids, &forced(40), |_| {
             calls += 1;
             false
         })
         .unwrap();
-    if calls > 0 {
-        assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
-        assert_eq!(calls, 1);
-    }
+    assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
+    assert_eq!(calls, 1);
+    assert!(cancelled.completion_tokens() < 40);
 }
 
 #[test]
