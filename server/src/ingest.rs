@@ -8,7 +8,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use kefu_db::{Database, NewChunk, NewDocument};
 use kefu_rag::chunk::{ChunkConfig, TokenCounter, chunk_document};
-use kefu_rag::parse::{ParseError, parse_file};
+use kefu_rag::parse::{Format, ParseError, parse_bytes};
 use sha2::{Digest, Sha256};
 
 /// What one `ingest` call did.
@@ -114,7 +114,12 @@ pub async fn ingest(
             report.unchanged += 1;
             continue;
         }
-        let parsed = match parse_file(&file) {
+        // The bytes already read (for the hash) are parsed; the file is not read twice.
+        let fallback_title = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parsed = match Format::of(&file).and_then(|f| parse_bytes(&bytes, f, &fallback_title)) {
             Ok(parsed) => parsed,
             Err(e) => {
                 report.failed.push((file, e.to_string()));
