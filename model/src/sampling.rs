@@ -86,10 +86,15 @@ impl Sampler {
         if candidates.is_empty() {
             return argmax(logits);
         }
-        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if let Some(k) = self.config.top_k {
-            candidates.truncate(k.max(1));
+        // With top-k, select the k best in linear time and sort only those (a vocabulary of
+        // 150k entries is sorted otherwise, every token).
+        if let Some(k) = self.config.top_k
+            && k < candidates.len()
+        {
+            candidates.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            candidates.truncate(k);
         }
+        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         let max = candidates[0].1;
         let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
         let total: f32 = probs.iter().sum();
