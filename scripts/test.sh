@@ -26,9 +26,10 @@ echo "== build"
 cargo build --release --workspace
 KEFU="$CARGO_TARGET_DIR/release/kefu"
 
-echo "== models (default generator, Qwen2 for tokenizer parity, the embedder and ONNX Runtime)"
+echo "== models (default generator, Qwen2 for tokenizer parity, both embedders, ONNX Runtime)"
 "$KEFU" models fetch smollm2-135m-instruct
 "$KEFU" models fetch qwen2.5-coder-0.5b-instruct
+"$KEFU" models fetch multilingual-e5-small
 "$KEFU" models fetch all-minilm-l6-v2
 "$KEFU" models fetch onnxruntime
 

@@ -243,15 +243,26 @@ impl Database {
 
     /// Every chunk of a knowledge base, in document and chunk order.
     pub async fn chunks(&self, knowledge_base_id: i64) -> Result<Vec<StoredChunk>> {
-        let rows = sqlx::query(
+        self.select_chunks("d.knowledge_base_id = $1", knowledge_base_id)
+            .await
+    }
+
+    /// The chunks of one document, in order.
+    pub async fn document_chunks(&self, document_id: i64) -> Result<Vec<StoredChunk>> {
+        self.select_chunks("c.document_id = $1", document_id).await
+    }
+
+    async fn select_chunks(&self, condition: &'static str, id: i64) -> Result<Vec<StoredChunk>> {
+        let sql = format!(
             "SELECT c.id, c.document_id, c.ordinal, d.path, d.title, d.language, \
              c.heading_path, c.text \
              FROM chunks c JOIN documents d ON d.id = c.document_id \
-             WHERE d.knowledge_base_id = $1 ORDER BY d.path, c.ordinal",
-        )
-        .bind(knowledge_base_id)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE {condition} ORDER BY d.path, c.ordinal"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 let heading: String = row.try_get("heading_path")?;

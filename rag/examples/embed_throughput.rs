@@ -1,8 +1,9 @@
 //! Embedding throughput for `benches/embed_vs_fastembed_python.sh`: chunks the knowledge-base
-//! folder given, writes the chunk texts as JSON (so the Python peer embeds the very same
-//! texts), embeds them with Kefu's embedder and prints `texts`, `seconds`, `texts_per_second`.
+//! folder given, writes the texts as the model sees them (with the model's passage prefix) as
+//! JSON, so the Python peer embeds the very same input, embeds the chunks with Kefu's embedder
+//! and prints `texts`, `seconds`, `texts_per_second`.
 //!
-//! cargo run --release -p rag --example embed_throughput -- KB_DIR MODEL_DIR RUNTIME THREADS OUT.json
+//! cargo run --release -p rag --example embed_throughput -- KB_DIR MODEL_NAME MODEL_DIR RUNTIME THREADS OUT.json
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,9 +26,12 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [kb, model, runtime, threads, out] = args.as_slice() else {
-        return Err("usage: embed_throughput KB_DIR MODEL_DIR RUNTIME THREADS OUT.json".into());
+    let [kb, name, model, runtime, threads, out] = args.as_slice() else {
+        return Err(
+            "usage: embed_throughput KB_DIR MODEL_NAME MODEL_DIR RUNTIME THREADS OUT.json".into(),
+        );
     };
+    let spec = EmbedderSpec::for_model(name).ok_or("unknown model")?;
     let model = Path::new(model);
     let tokens = EmbedderTokens::load(model)?;
     let mut files = Vec::new();
@@ -40,12 +44,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             texts.push(chunk.text);
         }
     }
-    std::fs::write(out, serde_json::to_string(&texts)?)?;
+    // At most MAX_TEXTS (default 800) texts, evenly spread over the folder's documents.
+    let max: usize = std::env::var("MAX_TEXTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(800);
+    if texts.len() > max {
+        let step = texts.len() as f64 / max as f64;
+        texts = (0..max)
+            .map(|i| texts[(i as f64 * step) as usize].clone())
+            .collect();
+    }
+    let prefixed: Vec<String> = texts
+        .iter()
+        .map(|t| format!("{}{t}", spec.passage_prefix))
+        .collect();
+    std::fs::write(out, serde_json::to_string(&prefixed)?)?;
     let options = EmbedderOptions {
         threads: threads.parse()?,
         ..EmbedderOptions::default()
     };
-    let spec = EmbedderSpec::for_model("all-minilm-l6-v2").ok_or("unknown model")?;
     let embedder = Embedder::start(model, Path::new(runtime), spec, options)?;
     embedder.embed_passages(&texts[..texts.len().min(32)])?; // warm-up
     let started = Instant::now();

@@ -39,6 +39,8 @@ pub struct EmbedderSpec {
     pub passage_prefix: String,
     pub mean_pooling: bool,
     pub max_length: usize,
+    /// Length of the vectors the model produces.
+    pub dimension: usize,
 }
 
 impl EmbedderSpec {
@@ -50,12 +52,14 @@ impl EmbedderSpec {
                 passage_prefix: String::new(),
                 mean_pooling: true,
                 max_length: 256,
+                dimension: 384,
             }),
             "multilingual-e5-small" => Some(Self {
                 query_prefix: "query: ".into(),
                 passage_prefix: "passage: ".into(),
                 mean_pooling: true,
                 max_length: 512,
+                dimension: 384,
             }),
             _ => None,
         }
@@ -175,6 +179,10 @@ impl Embedder {
             thread: Some(thread),
             spec,
         })
+    }
+
+    pub fn spec(&self) -> &EmbedderSpec {
+        &self.spec
     }
 
     fn run(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {

@@ -3,10 +3,12 @@
 //! lists are fused (RRF), and retrieval is measured against question files (eval).
 
 pub mod chunk;
+pub mod e5;
 pub mod embed;
 pub mod eval;
 pub mod fusion;
 pub mod keyword;
+pub mod onnx;
 pub mod parse;
 pub mod text;
 pub mod vector;

@@ -1,6 +1,7 @@
 //! The vector store behind one trait. `EdgeStore` is the default: Qdrant's engine in-process
 //! (`qdrant-edge`), on disk in the data directory, surviving restarts, with a payload index on
-//! the knowledge base so each search is filtered to one knowledge base.
+//! the knowledge base so each search is filtered to one knowledge base. `QdrantServerStore`
+//! is the same over gRPC to a Qdrant server, for deployments that outgrow one process.
 
 use std::path::Path;
 
@@ -53,6 +54,8 @@ pub trait VectorStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<VectorHit>>;
     fn delete_document(&self, document_id: i64) -> Result<()>;
+    /// How many points a document has (0 when it was never indexed).
+    fn count_document(&self, document_id: i64) -> Result<usize>;
     /// Builds the search index after a batch of writes (until then searches are exact).
     fn optimize(&self) -> Result<()>;
     /// Makes every write durable.
@@ -121,14 +124,18 @@ impl EdgeStore {
     }
 
     fn check(&self, vector: &[f32]) -> Result<()> {
-        if vector.len() != self.dimension {
-            return Err(VectorError::Dimension {
-                expected: self.dimension,
-                actual: vector.len(),
-            });
-        }
-        Ok(())
+        check_dimension(self.dimension, vector)
     }
+}
+
+fn check_dimension(dimension: usize, vector: &[f32]) -> Result<()> {
+    if vector.len() != dimension {
+        return Err(VectorError::Dimension {
+            expected: dimension,
+            actual: vector.len(),
+        });
+    }
+    Ok(())
 }
 
 impl VectorStore for EdgeStore {
@@ -191,12 +198,214 @@ impl VectorStore for EdgeStore {
             .map_err(store_error)
     }
 
+    fn count_document(&self, document_id: i64) -> Result<usize> {
+        self.shard
+            .count(qdrant_edge::CountRequest {
+                filter: Some(equals(DOCUMENT, document_id)?),
+                exact: true,
+            })
+            .map_err(store_error)
+    }
+
     fn optimize(&self) -> Result<()> {
         self.shard.optimize().map(|_| ()).map_err(store_error)
     }
 
     fn flush(&self) -> Result<()> {
         self.shard.flush();
+        Ok(())
+    }
+}
+
+/// A Qdrant server reached over gRPC (`qdrant-client`): the scale-out backend. One collection
+/// holds every knowledge base (a payload index on the knowledge base filters each search).
+/// The trait is synchronous, so calls run on the store's own small Tokio runtime.
+pub struct QdrantServerStore {
+    client: std::sync::Arc<qdrant_client::Qdrant>,
+    runtime: tokio::runtime::Runtime,
+    collection: String,
+    dimension: usize,
+}
+
+impl std::fmt::Debug for QdrantServerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantServerStore")
+            .field("collection", &self.collection)
+            .field("dimension", &self.dimension)
+            .finish()
+    }
+}
+
+impl QdrantServerStore {
+    /// Connects to the server at `url` (gRPC, e.g. `http://localhost:6334`) and creates the
+    /// collection with its payload indexes when it does not exist.
+    pub fn connect(url: &str, collection: &str, dimension: usize) -> Result<Self> {
+        let client = qdrant_client::Qdrant::from_url(url)
+            .timeout(std::time::Duration::from_secs(30))
+            .skip_compatibility_check()
+            .build()
+            .map_err(|e| store_error(format!("Qdrant server at {url}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kefu-qdrant")
+            .enable_all()
+            .build()
+            .map_err(store_error)?;
+        let store = Self {
+            client: std::sync::Arc::new(client),
+            runtime,
+            collection: collection.to_string(),
+            dimension,
+        };
+        store.ensure_collection(url)?;
+        Ok(store)
+    }
+
+    fn check(&self, vector: &[f32]) -> Result<()> {
+        check_dimension(self.dimension, vector)
+    }
+
+    /// Runs `call` on the store's runtime and waits for it (callable from inside another
+    /// runtime, unlike `block_on`).
+    fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(std::sync::Arc<qdrant_client::Qdrant>, String) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, qdrant_client::QdrantError>>
+            + Send
+            + 'static,
+    {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let future = call(self.client.clone(), self.collection.clone());
+        self.runtime.spawn(async move {
+            let _ = sender.send(future.await);
+        });
+        receiver
+            .recv()
+            .map_err(|_| store_error("the Qdrant client stopped"))?
+            .map_err(|e| store_error(format!("Qdrant server: {e}")))
+    }
+
+    fn ensure_collection(&self, url: &str) -> Result<()> {
+        use qdrant_client::qdrant::{
+            CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, Distance as QDistance,
+            FieldType, VectorParamsBuilder,
+        };
+        let exists = self
+            .call(|c, name| async move { c.collection_exists(name).await })
+            .map_err(|e| store_error(format!("cannot reach the Qdrant server at {url}: {e}")))?;
+        if exists {
+            return Ok(());
+        }
+        let dimension = self.dimension as u64;
+        self.call(move |c, name| async move {
+            c.create_collection(
+                CreateCollectionBuilder::new(name)
+                    .vectors_config(VectorParamsBuilder::new(dimension, QDistance::Cosine)),
+            )
+            .await
+        })?;
+        for field in [KNOWLEDGE_BASE, DOCUMENT] {
+            self.call(move |c, name| async move {
+                c.create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(name, field, FieldType::Integer)
+                        .wait(true),
+                )
+                .await
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn server_equals(field: &str, value: i64) -> qdrant_client::qdrant::Filter {
+    qdrant_client::qdrant::Filter::must([qdrant_client::qdrant::Condition::matches(
+        field.to_string(),
+        value,
+    )])
+}
+
+impl VectorStore for QdrantServerStore {
+    fn upsert(&self, points: &[VectorPoint]) -> Result<()> {
+        use qdrant_client::Payload;
+        use qdrant_client::qdrant::{PointStruct as QPoint, UpsertPointsBuilder};
+        let mut structs = Vec::with_capacity(points.len());
+        for point in points {
+            self.check(&point.vector)?;
+            let mut payload = Payload::new();
+            payload.insert(KNOWLEDGE_BASE, point.knowledge_base_id);
+            payload.insert(DOCUMENT, point.document_id);
+            payload.insert("language", point.language.clone());
+            structs.push(QPoint::new(point.id, point.vector.clone(), payload));
+        }
+        self.call(move |c, name| async move {
+            c.upsert_points(UpsertPointsBuilder::new(name, structs).wait(true))
+                .await
+        })
+        .map(|_| ())
+    }
+
+    fn search(
+        &self,
+        vector: &[f32],
+        knowledge_base_id: i64,
+        limit: usize,
+    ) -> Result<Vec<VectorHit>> {
+        use qdrant_client::qdrant::{QueryPointsBuilder, point_id::PointIdOptions};
+        self.check(vector)?;
+        let query = vector.to_vec();
+        let response = self.call(move |c, name| async move {
+            c.query(
+                QueryPointsBuilder::new(name)
+                    .query(query)
+                    .filter(server_equals(KNOWLEDGE_BASE, knowledge_base_id))
+                    .limit(limit as u64),
+            )
+            .await
+        })?;
+        response
+            .result
+            .into_iter()
+            .map(|p| match p.id.and_then(|id| id.point_id_options) {
+                Some(PointIdOptions::Num(id)) => Ok(VectorHit { id, score: p.score }),
+                other => Err(store_error(format!("unexpected point id {other:?}"))),
+            })
+            .collect()
+    }
+
+    fn delete_document(&self, document_id: i64) -> Result<()> {
+        use qdrant_client::qdrant::DeletePointsBuilder;
+        self.call(move |c, name| async move {
+            c.delete_points(
+                DeletePointsBuilder::new(name)
+                    .points(server_equals(DOCUMENT, document_id))
+                    .wait(true),
+            )
+            .await
+        })
+        .map(|_| ())
+    }
+
+    fn count_document(&self, document_id: i64) -> Result<usize> {
+        use qdrant_client::qdrant::CountPointsBuilder;
+        let response = self.call(move |c, name| async move {
+            c.count(
+                CountPointsBuilder::new(name)
+                    .filter(server_equals(DOCUMENT, document_id))
+                    .exact(true),
+            )
+            .await
+        })?;
+        Ok(response.result.map_or(0, |r| r.count as usize))
+    }
+
+    /// The server builds its index by itself.
+    fn optimize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Writes are acknowledged after they are applied (`wait`).
+    fn flush(&self) -> Result<()> {
         Ok(())
     }
 }

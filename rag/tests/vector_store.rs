@@ -66,7 +66,10 @@ fn search_is_filtered_by_knowledge_base_and_survives_optimize_and_restart() {
     );
 
     // Deleting a document removes its chunks' vectors.
+    assert_eq!(store.count_document(4).unwrap(), 10);
     store.delete_document(4).unwrap(); // ids 41..=50
+    assert_eq!(store.count_document(4).unwrap(), 0);
+    assert_eq!(store.count_document(5).unwrap(), 10);
     let after_delete = ids(&store, &all[42].vector, 1);
     assert!(
         after_delete.iter().all(|id| !(41..=50).contains(id)),

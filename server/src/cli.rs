@@ -10,8 +10,12 @@ use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
 use kefu_model::{ChatMessage, DecoderOptions, LoadOptions, LoadedModel, Role};
 
+use kefu_rag::chunk::ChunkConfig;
+use kefu_rag::fusion::FusionConfig;
+
 use crate::catalog::{self, DEFAULT_MODEL};
 use crate::fetch::{self, Fetcher, Sources};
+use crate::knowledge::{Knowledge, KnowledgeOptions, RetrievalConfig, Retriever};
 
 /// Kefu: a customer-service assistant that learns from its own feedback.
 #[derive(Debug, Parser)]
@@ -38,6 +42,30 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Add or update documents (Markdown, HTML, text, PDF; files or folders) in a knowledge base.
     Ingest(IngestArgs),
+    /// Answer a question from a knowledge base, with numbered citations.
+    Ask(AskArgs),
+    /// Measure retrieval against a question file.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
+}
+
+/// Where the knowledge base lives.
+#[derive(Debug, Args)]
+pub struct KnowledgeArgs {
+    /// Knowledge base (created on first use).
+    #[arg(long, default_value = "default")]
+    pub kb: String,
+    /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
+    #[arg(long, env = "KEFU_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Embedding model: a known name (fetched on first use) or a folder with model.onnx.
+    #[arg(long, env = "KEFU_EMBEDDER", default_value = catalog::DEFAULT_EMBEDDER)]
+    pub embedder: String,
+    /// A Qdrant server's gRPC URL (e.g. http://localhost:6334) instead of the in-process store.
+    #[arg(long, env = "KEFU_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -45,12 +73,78 @@ pub struct IngestArgs {
     /// Files and folders to ingest.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Knowledge base to add them to (created on first use).
-    #[arg(long, default_value = "default")]
-    pub kb: String,
-    /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
-    #[arg(long, env = "KEFU_DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub knowledge: KnowledgeArgs,
+    /// Remove documents ingested from these folders whose files no longer exist.
+    #[arg(long)]
+    pub prune: bool,
+    /// Largest chunk, in the embedder's tokens.
+    #[arg(long, default_value_t = 256)]
+    pub chunk_tokens: usize,
+    /// Tokens of whole sentences repeated between consecutive chunks.
+    #[arg(long, default_value_t = 32)]
+    pub overlap_tokens: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The question.
+    pub question: String,
+    #[command(flatten)]
+    pub knowledge: KnowledgeArgs,
+    /// Chat model: a name (installed or known) or a path.
+    #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Passages given to the model at most.
+    #[arg(long, default_value_t = 4)]
+    pub passages: usize,
+    /// Prompt budget in the chat model's tokens (instructions, passages, question).
+    #[arg(long, default_value_t = 1536)]
+    pub context_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.1)]
+    pub repetition_penalty: f32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Recall@k and MRR (document level) of dense, keyword and fused retrieval.
+    Retrieval(EvalRetrievalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalRetrievalArgs {
+    /// Question file: JSON lines with `question` and `source_doc` (a path suffix of the
+    /// ingested file that answers it); records without `source_doc` are skipped and counted.
+    #[arg(long)]
+    pub qa: PathBuf,
+    #[command(flatten)]
+    pub knowledge: KnowledgeArgs,
+    /// Only records whose `split` is this (e.g. test).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Cut-offs for recall.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    pub k: Vec<usize>,
+    /// Candidates each retriever contributes before fusion.
+    #[arg(long, default_value_t = 50)]
+    pub depth: usize,
+    /// Reciprocal-rank fusion constant.
+    #[arg(long, default_value_t = 60.0)]
+    pub rrf_k: f64,
+    /// Weight of the dense ranking in fusion.
+    #[arg(long, default_value_t = 1.0)]
+    pub dense_weight: f64,
+    /// Weight of the keyword ranking in fusion.
+    #[arg(long, default_value_t = 1.0)]
+    pub keyword_weight: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,7 +216,11 @@ pub fn run(cli: Cli) -> Result<()> {
             ModelsCommand::List => models_list(&cli.home),
         },
         Command::Generate(args) => generate(&cli.home, &args),
-        Command::Ingest(args) => ingest(&cli.home, &args),
+        Command::Ingest(args) => ingest(&cli.home, cli.threads, &args),
+        Command::Ask(args) => ask(&cli.home, cli.threads, &args),
+        Command::Eval {
+            command: EvalCommand::Retrieval(args),
+        } => eval_retrieval(&cli.home, cli.threads, &args),
     }
 }
 
@@ -304,37 +402,61 @@ pub fn database_url(home: &Path, flag: Option<&str>) -> Result<String> {
     Ok(format!("sqlite://{}", home.join("kefu.db").display()))
 }
 
-fn ingest(home: &Path, args: &IngestArgs) -> Result<()> {
-    let url = database_url(home, args.database_url.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    let report = runtime.block_on(async {
-        let database = kefu_db::Database::connect(&url)
-            .await
-            .with_context(|| format!("cannot open the database {url}"))?;
+        .build()?)
+}
+
+async fn open_knowledge(home: &Path, threads: usize, args: &KnowledgeArgs) -> Result<Knowledge> {
+    let url = database_url(home, args.database_url.as_deref())?;
+    let options = KnowledgeOptions {
+        embedder: args.embedder.clone(),
+        threads,
+        qdrant_url: args.qdrant_url.clone(),
+    };
+    Knowledge::open(home, &url, &options).await
+}
+
+fn ingest(home: &Path, threads: usize, args: &IngestArgs) -> Result<()> {
+    if args.chunk_tokens < 16 || args.overlap_tokens >= args.chunk_tokens {
+        bail!("--chunk-tokens must be at least 16 and larger than --overlap-tokens");
+    }
+    let config = ChunkConfig {
+        max_tokens: args.chunk_tokens,
+        overlap_tokens: args.overlap_tokens,
+    };
+    let report = runtime()?.block_on(async {
+        let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
         let report = crate::ingest::ingest(
-            &database,
-            &args.kb,
+            &knowledge,
+            &args.knowledge.kb,
             &args.paths,
-            &kefu_rag::chunk::WordCounter,
-            &kefu_rag::chunk::ChunkConfig::default(),
+            &config,
+            args.prune,
         )
         .await;
-        database.close().await;
+        knowledge.close().await?;
         report
     })?;
     for (path, reason) in &report.failed {
         eprintln!("error: {}: {reason}", path.display());
     }
     println!(
-        "knowledge base `{}`: {} added, {} updated, {} unchanged, {} failed; {} chunks written",
-        args.kb,
+        "knowledge base `{}`: {} added, {} updated, {} unchanged, {} removed, {} failed; \
+         {} chunks written{}",
+        args.knowledge.kb,
         report.added,
         report.updated,
         report.unchanged,
+        report.removed,
         report.failed.len(),
-        report.chunks
+        report.chunks,
+        if report.reindexed > 0 {
+            format!("; vectors rebuilt for {} documents", report.reindexed)
+        } else {
+            String::new()
+        }
     );
     if !report.failed.is_empty() {
         bail!(
@@ -343,4 +465,101 @@ fn ingest(home: &Path, args: &IngestArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn open_retriever(knowledge: &Knowledge, kb: &str) -> Result<Retriever> {
+    let id = knowledge.database.knowledge_base(kb).await?;
+    let retriever = Retriever::load(&knowledge.database, id).await?;
+    if retriever.chunks.is_empty() {
+        bail!(
+            "the knowledge base `{kb}` is empty: add documents with `kefu ingest PATH --kb {kb}`"
+        );
+    }
+    Ok(retriever)
+}
+
+fn ask(home: &Path, threads: usize, args: &AskArgs) -> Result<()> {
+    if args.question.trim().is_empty() {
+        bail!("the question is empty");
+    }
+    let runtime = runtime()?;
+    let (knowledge, retriever) = runtime.block_on(async {
+        let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
+        let retriever = open_retriever(&knowledge, &args.knowledge.kb).await?;
+        anyhow::Ok((knowledge, retriever))
+    })?;
+    let ranked = retriever.search(&knowledge, &args.question, &RetrievalConfig::default())?;
+    let path = resolve_model(home, &args.model)?;
+    let model = LoadedModel::load(&path, &LoadOptions::default())
+        .with_context(|| format!("cannot load the model at {}", path.display()))?;
+    let prompt = crate::answer::grounded_prompt(
+        &model,
+        &retriever,
+        &ranked,
+        &args.question,
+        args.passages,
+        args.context_tokens,
+    )?;
+    let ids = model.chat_prompt(&prompt.messages)?;
+    let params = GenerationParams {
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            repetition_penalty: args.repetition_penalty,
+            ..SamplingConfig::default()
+        },
+        max_tokens: args.max_tokens,
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    model.generate(&ids, &params, |piece| {
+        out.write_all(piece.as_bytes()).is_ok() && out.flush().is_ok()
+    })?;
+    let _ = writeln!(out, "\n\nSources:");
+    for citation in &prompt.citations {
+        let _ = writeln!(out, "{}", citation.line());
+    }
+    runtime.block_on(knowledge.close())
+}
+
+fn eval_retrieval(home: &Path, threads: usize, args: &EvalRetrievalArgs) -> Result<()> {
+    if args.k.is_empty() || args.k.contains(&0) {
+        bail!("--k takes cut-offs of 1 or more, like 1,5,10");
+    }
+    if args.depth == 0 || args.rrf_k < 0.0 || args.dense_weight < 0.0 || args.keyword_weight < 0.0 {
+        bail!("--depth must be positive and --rrf-k and the weights must not be negative");
+    }
+    let (questions, skipped) = crate::evaluate::read_questions(&args.qa, args.split.as_deref())?;
+    let runtime = runtime()?;
+    let (knowledge, retriever) = runtime.block_on(async {
+        let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
+        let retriever = open_retriever(&knowledge, &args.knowledge.kb).await?;
+        anyhow::Ok((knowledge, retriever))
+    })?;
+    let config = RetrievalConfig {
+        depth: args.depth,
+        fusion: FusionConfig { k: args.rrf_k },
+        dense_weight: args.dense_weight,
+        keyword_weight: args.keyword_weight,
+    };
+    let report = crate::evaluate::evaluate(&knowledge, &retriever, &questions, skipped, &config)?;
+    let mut k = args.k.clone();
+    k.sort_unstable();
+    k.dedup();
+    if args.json {
+        println!("{}", report.to_json(&k));
+    } else {
+        println!(
+            "retrieval on `{}` ({}): {} questions; {} records without source_doc skipped; \
+             {} whose source is not ingested",
+            args.knowledge.kb,
+            knowledge.embedder_name,
+            report.questions,
+            report.skipped,
+            report.source_missing
+        );
+        print!("{}", report.to_table(&k));
+    }
+    runtime.block_on(knowledge.close())
 }

