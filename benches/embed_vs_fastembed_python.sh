@@ -19,8 +19,8 @@ if ! "$VENV/bin/python" -c 'import fastembed' 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q fastembed "onnxruntime==1.24.4"
 fi
-cargo build --release -p server >&2
-cargo build --release -p rag --example embed_throughput >&2
+# The whole workspace, as the test script builds it: one feature set, one set of cached artifacts.
+cargo build --release --workspace --all-targets >&2
 "$CARGO_TARGET_DIR/release/kefu" models fetch "$MODEL_NAME" >&2
 "$CARGO_TARGET_DIR/release/kefu" models fetch onnxruntime >&2
 MODEL="$KEFU_HOME/models/$MODEL_NAME"

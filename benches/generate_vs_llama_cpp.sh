@@ -21,7 +21,8 @@ if ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
   "$VENV/bin/pip" install -q "llama-cpp-python==0.3.36"
 fi
 
-cargo build --release -p server >&2
+# The whole workspace, as the test script builds it: one feature set, one set of cached artifacts.
+cargo build --release --workspace --all-targets >&2
 KEFU="$CARGO_TARGET_DIR/release/kefu"
 "$KEFU" models fetch "$MODEL_NAME" >&2
 # Kefu serves the Q8_0 re-quantization of the shipped file; both engines read that same file.
