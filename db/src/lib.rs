@@ -1,7 +1,11 @@
-//! Kefu's database, the only crate with SQL: knowledge bases, documents and chunks so far, on
-//! SQLite (the embedded default) or PostgreSQL, chosen by the URL. The queries are plain SQL
+//! Kefu's database, the only crate with SQL: knowledge bases, documents and chunks;
+//! conversations, messages, served-prompt records and feedback events (`chat`); on SQLite (the embedded default) or PostgreSQL, chosen by the URL. The queries are plain SQL
 //! both engines read the same way (`$n` parameters, `RETURNING`, `ON CONFLICT`), run through
 //! sqlx's `Any` driver; the schemas differ per engine and live in `migrations/<engine>/`.
+
+mod chat;
+
+pub use chat::{Conversation, FeedbackEvent, Message, NewFeedback, ServedPrompt, now_ms};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};

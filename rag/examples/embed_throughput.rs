@@ -39,7 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     let mut texts = Vec::new();
     for file in files {
-        let doc = parse_file(&file)?;
+        // Documents only (the folder may also hold an index or question files).
+        let Ok(doc) = parse_file(&file) else {
+            continue;
+        };
         for chunk in chunk_document(&doc, &ChunkConfig::default(), &tokens) {
             texts.push(chunk.text);
         }

@@ -185,7 +185,22 @@ impl Embedder {
         &self.spec
     }
 
+    /// Embeds `texts` in order. They are sent shortest first, so each batch pads its texts
+    /// to a similar length (a batch is padded to its longest text), and put back in order.
     fn run(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut texts: Vec<Option<String>> = texts.into_iter().map(Some).collect();
+        let sorted: Vec<String> = order.iter().filter_map(|&i| texts[i].take()).collect();
+        let vectors = self.run_in_order(sorted)?;
+        let mut out = vec![Vec::new(); vectors.len()];
+        for (vector, &i) in vectors.into_iter().zip(&order) {
+            out[i] = vector;
+        }
+        Ok(out)
+    }
+
+    fn run_in_order(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
         let (reply, answer) = mpsc::channel();
         self.sender
             .as_ref()

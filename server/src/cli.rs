@@ -42,6 +42,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Add or update documents (Markdown, HTML, text, PDF; files or folders) in a knowledge base.
     Ingest(IngestArgs),
+    /// Run the platform: the HTTP API on embedded defaults (SQLite, in-process vector store,
+    /// default models fetched on first start).
+    Serve(ServeArgs),
     /// Answer a question from a knowledge base, with numbered citations.
     Ask(AskArgs),
     /// Measure retrieval against a question file.
@@ -84,6 +87,32 @@ pub struct IngestArgs {
     /// Tokens of whole sentences repeated between consecutive chunks.
     #[arg(long, default_value_t = 32)]
     pub overlap_tokens: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "KEFU_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, env = "KEFU_PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub knowledge: KnowledgeArgs,
+    /// Chat model: a name (installed or known, fetched on first start) or a path.
+    #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Generation worker threads.
+    #[arg(long, env = "KEFU_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Generations that may wait for a worker; more are answered 503 with Retry-After.
+    #[arg(long, env = "KEFU_QUEUE", default_value_t = 16)]
+    pub queue: usize,
+    /// Longest answer, in tokens.
+    #[arg(long, env = "KEFU_MAX_TOKENS", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "KEFU_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +246,7 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::Generate(args) => generate(&cli.home, &args),
         Command::Ingest(args) => ingest(&cli.home, cli.threads, &args),
+        Command::Serve(args) => serve(&cli.home, cli.threads, &args),
         Command::Ask(args) => ask(&cli.home, cli.threads, &args),
         Command::Eval {
             command: EvalCommand::Retrieval(args),
@@ -476,6 +506,68 @@ async fn open_retriever(knowledge: &Knowledge, kb: &str) -> Result<Retriever> {
         );
     }
     Ok(retriever)
+}
+
+fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
+    if args.workers == 0 || args.queue == 0 || args.max_tokens == 0 || args.max_body_bytes < 1024 {
+        bail!(
+            "--workers, --queue and --max-tokens must be at least 1 and --max-body-bytes at least \
+             1024"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
+        let path = resolve_model(home, &args.model)?;
+        let model = tokio::task::spawn_blocking(move || {
+            LoadedModel::load(&path, &LoadOptions::default())
+                .with_context(|| format!("cannot load the model at {}", path.display()))
+        })
+        .await??;
+        let weights = model.weights_path.clone();
+        let version = tokio::task::spawn_blocking(move || fetch::sha256_file(&weights)).await??;
+        let generator = crate::generator::Generator::start(
+            model,
+            args.model.clone(),
+            version,
+            args.workers,
+            args.queue,
+        )?;
+        let config = crate::http::ApiConfig {
+            default_kb: args.knowledge.kb.clone(),
+            max_body_bytes: args.max_body_bytes,
+            max_tokens: args.max_tokens,
+            ..crate::http::ApiConfig::default()
+        };
+        let state = crate::http::AppState::new(knowledge, generator, config);
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        println!("kefu: listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, crate::http::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        eprintln!("kefu: stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish the requests in flight.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 fn ask(home: &Path, threads: usize, args: &AskArgs) -> Result<()> {

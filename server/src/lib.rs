@@ -6,6 +6,8 @@ pub mod catalog;
 pub mod cli;
 pub mod evaluate;
 pub mod fetch;
+pub mod generator;
+pub mod http;
 pub mod ingest;
 pub mod knowledge;
 pub mod testing;

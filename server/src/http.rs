@@ -1,0 +1,1020 @@
+//! `kefu serve`'s HTTP API (axum): conversations with streamed (Server-Sent Events), grounded,
+//! cited answers; feedback; the OpenAI-compatible `/v1/chat/completions` and `/v1/models`;
+//! health and readiness. Every error is a 4xx / 5xx with a JSON body `{"code", "message"}`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kefu_db::{Database, NewFeedback, ServedPrompt};
+use kefu_model::generate::{FinishReason, GenerationParams};
+use kefu_model::sampling::SamplingConfig;
+use kefu_model::{ChatMessage, Role};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{RwLock, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::answer::{Citation, grounded_prompt};
+use crate::generator::{Event, Generator, QueueFull, Summary};
+use crate::knowledge::{Knowledge, RetrievalConfig, Retriever};
+
+/// Limits and defaults of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Knowledge base of conversations that name none.
+    pub default_kb: String,
+    pub max_body_bytes: usize,
+    /// Longest customer message, in characters.
+    pub max_message_chars: usize,
+    pub max_tokens: usize,
+    pub passages: usize,
+    pub context_tokens: usize,
+    /// Earlier messages of the conversation given to the model.
+    pub history_messages: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            default_kb: "default".into(),
+            max_body_bytes: 64 * 1024,
+            max_message_chars: 4000,
+            max_tokens: 256,
+            passages: 4,
+            context_tokens: 1536,
+            history_messages: 6,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub database: Database,
+    pub knowledge: Arc<Knowledge>,
+    pub generator: Arc<Generator>,
+    pub config: ApiConfig,
+    retrievers: RwLock<HashMap<i64, Arc<Retriever>>>,
+}
+
+impl AppState {
+    pub fn new(knowledge: Knowledge, generator: Generator, config: ApiConfig) -> Arc<Self> {
+        Arc::new(Self {
+            database: knowledge.database.clone(),
+            knowledge: Arc::new(knowledge),
+            generator: Arc::new(generator),
+            config,
+            retrievers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The knowledge base's retriever, loaded on first use.
+    async fn retriever(&self, knowledge_base_id: i64) -> Result<Arc<Retriever>, ApiError> {
+        if let Some(r) = self.retrievers.read().await.get(&knowledge_base_id) {
+            return Ok(r.clone());
+        }
+        let retriever = Arc::new(
+            Retriever::load(&self.database, knowledge_base_id)
+                .await
+                .map_err(ApiError::internal)?,
+        );
+        self.retrievers
+            .write()
+            .await
+            .insert(knowledge_base_id, retriever.clone());
+        Ok(retriever)
+    }
+}
+
+/// An error answer: status, a stable machine-readable code, a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        eprintln!("internal error: {error}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed; the error is in its log",
+        )
+    }
+
+    fn busy() -> Self {
+        Self {
+            retry_after: Some(2),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "every generation slot is taken; retry shortly",
+            )
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid_json",
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+/// `Json<T>` whose rejections are `ApiError`s.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buffer = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buffer);
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/api/conversations", post(create_conversation))
+        .route(
+            "/api/conversations/{id}/messages",
+            post(post_message).get(list_messages),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{message}/regenerate",
+            post(regenerate),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{message}/feedback",
+            post(feedback),
+        )
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .fallback(|| async { ApiError::not_found("no_such_route", "there is no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    state
+        .database
+        .knowledge_base(&state.config.default_kb)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()))?;
+    Ok(Json(json!({
+        "status": "ready",
+        "model": state.generator.name,
+        "model_version": state.generator.version,
+        "queue_depth": state.generator.queue_depth(),
+    })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewConversation {
+    #[serde(default)]
+    knowledge_base: Option<String>,
+}
+
+async fn create_conversation(
+    State(state): State<Arc<AppState>>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        ApiError::new(status, code, rejection.body_text())
+    })?;
+    // The body is optional: none (or `{}`) means the default knowledge base.
+    let request: NewConversation = if body.iter().all(u8::is_ascii_whitespace) {
+        NewConversation::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    let kb_name = request
+        .knowledge_base
+        .unwrap_or_else(|| state.config.default_kb.clone());
+    if kb_name.trim().is_empty() || kb_name.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_knowledge_base",
+            "knowledge_base must be a name of 1 to 200 characters",
+        ));
+    }
+    let kb = state
+        .database
+        .knowledge_base(&kb_name)
+        .await
+        .map_err(ApiError::internal)?;
+    let token = random_hex(24);
+    let conversation = state
+        .database
+        .create_conversation(kb, &random_hex(16), &sha256_hex(&token))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": conversation.public_id,
+            "customer_token": token,
+            "knowledge_base": kb_name,
+        })),
+    ))
+}
+
+/// The conversation `public_id`, if the request carries its customer's token. A wrong token
+/// answers like an unknown id, so ids cannot be probed.
+async fn customer_conversation(
+    state: &AppState,
+    headers: &HeaderMap,
+    public_id: &str,
+) -> Result<kefu_db::Conversation, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the conversation's customer token as `Authorization: Bearer TOKEN`",
+            )
+        })?;
+    let conversation = state
+        .database
+        .conversation(public_id)
+        .await
+        .map_err(ApiError::internal)?;
+    match conversation {
+        Some(c) if c.customer_secret_hash == sha256_hex(token.trim()) => Ok(c),
+        _ => Err(ApiError::not_found(
+            "conversation_not_found",
+            "no such conversation for this customer",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    content: String,
+}
+
+fn check_message(state: &AppState, content: &str) -> Result<(), ApiError> {
+    if content.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_message",
+            "the message is empty",
+        ));
+    }
+    let chars = content.chars().count();
+    if chars > state.config.max_message_chars {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_long",
+            format!(
+                "the message has {chars} characters; the limit is {}",
+                state.config.max_message_chars
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    let messages = state
+        .database
+        .messages(conversation.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "id": conversation.public_id,
+        "status": conversation.status,
+        "messages": messages.iter().map(|m| json!({
+            "id": m.id, "role": m.role, "content": m.content, "reply_to": m.reply_to,
+            "created_ms": m.created_ms,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn post_message(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewMessage>,
+) -> Result<Response, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    check_message(&state, &body.content)?;
+    let history = history(&state, conversation.id, None).await?;
+    let message = state
+        .database
+        .add_message(conversation.id, "customer", &body.content, None)
+        .await
+        .map_err(ApiError::internal)?;
+    answer(state, conversation, message.id, body.content, history).await
+}
+
+async fn regenerate(
+    State(state): State<Arc<AppState>>,
+    Path((id, message_id)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    let message = conversation_message(&state, &conversation, message_id).await?;
+    // Regenerating an answer answers its question again; a question can be named directly.
+    let question_id = match (message.role.as_str(), message.reply_to) {
+        ("customer", _) => message.id,
+        ("assistant", Some(question)) => question,
+        _ => {
+            return Err(ApiError::bad_request(
+                "not_regenerable",
+                "only a customer message or an assistant answer can be regenerated",
+            ));
+        }
+    };
+    let question = conversation_message(&state, &conversation, question_id).await?;
+    let history = history(&state, conversation.id, Some(question_id)).await?;
+    answer(state, conversation, question_id, question.content, history).await
+}
+
+async fn conversation_message(
+    state: &AppState,
+    conversation: &kefu_db::Conversation,
+    message_id: i64,
+) -> Result<kefu_db::Message, ApiError> {
+    match state
+        .database
+        .message(message_id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(m) if m.conversation_id == conversation.id => Ok(m),
+        _ => Err(ApiError::not_found(
+            "message_not_found",
+            "no such message in this conversation",
+        )),
+    }
+}
+
+/// The last messages before `before` (all when `None`), as chat turns.
+async fn history(
+    state: &AppState,
+    conversation_id: i64,
+    before: Option<i64>,
+) -> Result<Vec<ChatMessage>, ApiError> {
+    let messages = state
+        .database
+        .messages(conversation_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let turns: Vec<ChatMessage> = messages
+        .iter()
+        .filter(|m| before.is_none_or(|b| m.id < b))
+        .map(|m| {
+            let role = if m.role == "customer" {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            ChatMessage::new(role, m.content.clone())
+        })
+        .collect();
+    let skip = turns.len().saturating_sub(state.config.history_messages);
+    Ok(turns.into_iter().skip(skip).collect())
+}
+
+/// What retrieval and prompt building produce for one answer.
+struct Prepared {
+    prompt: Vec<u32>,
+    messages: Vec<ChatMessage>,
+    citations: Vec<Citation>,
+    retrieved: Value,
+}
+
+fn sampling_params(state: &AppState) -> GenerationParams {
+    GenerationParams {
+        sampling: SamplingConfig {
+            temperature: 0.0,
+            repetition_penalty: 1.1,
+            ..SamplingConfig::default()
+        },
+        max_tokens: state.config.max_tokens,
+        stop: Vec::new(),
+        ignore_eos: false,
+    }
+}
+
+/// Retrieves, builds the grounded prompt (off the async runtime: embedding and tokenizing are
+/// model work).
+async fn prepare(
+    state: &Arc<AppState>,
+    knowledge_base_id: i64,
+    question: String,
+    history: Vec<ChatMessage>,
+) -> Result<Prepared, ApiError> {
+    let retriever = state.retriever(knowledge_base_id).await?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
+        let ranked = retriever.search(&state.knowledge, &question, &RetrievalConfig::default())?;
+        let model = &state.generator.model;
+        let mut grounded = grounded_prompt(
+            model,
+            &retriever,
+            &ranked,
+            &question,
+            state.config.passages,
+            state.config.context_tokens,
+        )?;
+        // Earlier turns go between the instructions and the question.
+        let question_turn = grounded.messages.pop();
+        grounded.messages.extend(history);
+        grounded.messages.extend(question_turn);
+        let prompt = model.chat_prompt(&grounded.messages)?;
+        let retrieved = json!(
+            grounded
+                .citations
+                .iter()
+                .map(|c| {
+                    let chunk = retriever.chunks.iter().find(|chunk| chunk.id == c.chunk_id);
+                    json!({
+                        "chunk_id": c.chunk_id, "score": c.score, "title": c.title,
+                        "heading": c.heading, "path": c.path,
+                        "text": chunk.map(|chunk| chunk.text.clone()),
+                    })
+                })
+                .collect::<Vec<_>>()
+        );
+        Ok(Prepared {
+            prompt,
+            messages: grounded.messages,
+            citations: grounded.citations,
+            retrieved,
+        })
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| {
+        let text = e.to_string();
+        if text.contains("context") {
+            ApiError::bad_request("prompt_too_long", text)
+        } else {
+            ApiError::internal(text)
+        }
+    })
+}
+
+fn finish_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::EndOfTurn | FinishReason::StopString => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+    }
+}
+
+fn citation_json(c: &Citation) -> Value {
+    json!({"number": c.number, "chunk_id": c.chunk_id, "title": c.title, "heading": c.heading,
+           "path": c.path, "score": c.score})
+}
+
+/// Streams a grounded answer to `question_id` as Server-Sent Events: `token` events
+/// (`{"text"}`), then `done` (`{"message_id", "citations", "finish_reason"}`) once the answer
+/// and its served-prompt record are stored, or `error`.
+async fn answer(
+    state: Arc<AppState>,
+    conversation: kefu_db::Conversation,
+    question_id: i64,
+    question: String,
+    history: Vec<ChatMessage>,
+) -> Result<Response, ApiError> {
+    let prepared = prepare(&state, conversation.knowledge_base_id, question, history).await?;
+    let params = sampling_params(&state);
+    let (events, mut generated) = mpsc::unbounded_channel();
+    state
+        .generator
+        .submit(prepared.prompt.clone(), params.clone(), events)
+        .map_err(|QueueFull| ApiError::busy())?;
+    let (sse, stream) = mpsc::unbounded_channel::<SseEvent>();
+    tokio::spawn(async move {
+        while let Some(event) = generated.recv().await {
+            match event {
+                Event::Token(text) => {
+                    let event = SseEvent::default()
+                        .event("token")
+                        .data(json!({"text": text}).to_string());
+                    if sse.send(event).is_err() {
+                        return; // the client left: dropping `generated` cancels the job
+                    }
+                }
+                Event::Done(summary) => {
+                    let outcome = store_answer(
+                        &state,
+                        &conversation,
+                        question_id,
+                        &prepared,
+                        &params,
+                        &summary,
+                    )
+                    .await;
+                    let event = match outcome {
+                        Ok(message_id) => SseEvent::default().event("done").data(
+                            json!({
+                                "message_id": message_id,
+                                "citations": prepared.citations.iter().map(citation_json).collect::<Vec<_>>(),
+                                "finish_reason": finish_name(summary.finish_reason),
+                            })
+                            .to_string(),
+                        ),
+                        Err(e) => SseEvent::default().event("error").data(
+                            json!({"code": "internal", "message": e.message}).to_string(),
+                        ),
+                    };
+                    let _ = sse.send(event);
+                    return;
+                }
+                Event::Failed(message) => {
+                    let _ = sse.send(SseEvent::default().event("error").data(
+                        json!({"code": "generation_failed", "message": message}).to_string(),
+                    ));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = UnboundedReceiverStream::new(stream).map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn store_answer(
+    state: &AppState,
+    conversation: &kefu_db::Conversation,
+    question_id: i64,
+    prepared: &Prepared,
+    params: &GenerationParams,
+    summary: &Summary,
+) -> Result<i64, ApiError> {
+    let served = ServedPrompt {
+        model_version: state.generator.version.clone(),
+        template_id: "kefu-grounded-v1".into(),
+        sampling: json!({
+            "temperature": params.sampling.temperature,
+            "repetition_penalty": params.sampling.repetition_penalty,
+            "top_k": params.sampling.top_k, "top_p": params.sampling.top_p,
+            "max_tokens": params.max_tokens,
+        })
+        .to_string(),
+        retrieved: prepared.retrieved.to_string(),
+        prompt: json!(prepared.messages).to_string(),
+        prompt_tokens: summary.prompt_tokens as i64,
+        completion_tokens: summary.completion_tokens as i64,
+        first_token_ms: summary.first_token_ms as i64,
+        latency_ms: summary.total_ms as i64,
+        finish_reason: finish_name(summary.finish_reason).into(),
+    };
+    let message = state
+        .database
+        .add_answer(conversation.id, question_id, &summary.text, &served)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(message.id)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    /// `up` or `down`.
+    rating: String,
+    #[serde(default)]
+    reasons: Vec<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn feedback(
+    State(state): State<Arc<AppState>>,
+    Path((id, message_id)): Path<(String, i64)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<FeedbackBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    let message = conversation_message(&state, &conversation, message_id).await?;
+    if message.role != "assistant" {
+        return Err(ApiError::bad_request(
+            "not_an_answer",
+            "feedback is given on the assistant's answers",
+        ));
+    }
+    let rating = match body.rating.as_str() {
+        "up" => 1,
+        "down" => -1,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_rating",
+                format!("rating is `up` or `down`, not `{other}`"),
+            ));
+        }
+    };
+    if body.reasons.len() > 16 || body.reasons.iter().any(|r| r.is_empty() || r.len() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_reasons",
+            "reasons are at most 16 tags of 1 to 64 characters",
+        ));
+    }
+    if body
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > 4000)
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "comment_too_long",
+            "the comment is longer than 4000 characters",
+        ));
+    }
+    let event = state
+        .database
+        .add_feedback(&NewFeedback {
+            message_id,
+            rater_role: "customer".into(),
+            rater: None,
+            rating,
+            reasons: body.reasons,
+            comment: body.comment,
+            corrected_answer: None,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"id": event}))))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": "production", "object": "model", "created": 0, "owned_by": "kefu",
+            "kefu_model": state.generator.name, "kefu_version": state.generator.version,
+        }],
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenAiMessage {
+    role: String,
+    content: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatCompletionRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<OpenAiMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Value>,
+    /// Kefu's extension: ground the answer in this knowledge base (`true` = the default one).
+    #[serde(default)]
+    retrieval: Option<Value>,
+}
+
+fn text_of(content: &Value) -> Result<String, ApiError> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part["type"].as_str(), part["text"].as_str()) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "unsupported_content",
+                            "only text content parts are supported",
+                        ));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        Value::Null => Ok(String::new()),
+        _ => Err(ApiError::bad_request(
+            "invalid_content",
+            "content is a string or a list of text parts",
+        )),
+    }
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model_name = request.model.clone().unwrap_or_else(|| "production".into());
+    if !matches!(model_name.as_str(), "production" | "default" | "") {
+        return Err(ApiError::not_found(
+            "model_not_found",
+            format!("model `{model_name}` is not served; use `production` (or `default`)"),
+        ));
+    }
+    if request.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_messages",
+            "messages must hold at least one message",
+        ));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for m in &request.messages {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_role",
+                    format!("unknown role `{other}`"),
+                ));
+            }
+        };
+        let text = text_of(&m.content)?;
+        check_message(&state, &text).or_else(|e| {
+            if e.code == "empty_message" && role != Role::User {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        messages.push(ChatMessage::new(role, text));
+    }
+    let max_tokens = request
+        .max_completion_tokens
+        .or(request.max_tokens)
+        .unwrap_or(state.config.max_tokens);
+    if max_tokens == 0 || max_tokens > 4096 {
+        return Err(ApiError::bad_request(
+            "invalid_max_tokens",
+            "max_tokens is between 1 and 4096",
+        ));
+    }
+    let temperature = request.temperature.unwrap_or(0.0);
+    if !(0.0..=2.0).contains(&temperature)
+        || request
+            .top_p
+            .is_some_and(|p| !(0.0..=1.0).contains(&p) || p == 0.0)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_sampling",
+            "temperature is between 0 and 2, top_p in (0, 1]",
+        ));
+    }
+    let stop = match &request.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::bad_request("invalid_stop", "stop is a string or strings"))?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_stop",
+                "stop is a string or strings",
+            ));
+        }
+    };
+    let params = GenerationParams {
+        sampling: SamplingConfig {
+            temperature,
+            top_p: request.top_p,
+            seed: request.seed.unwrap_or(299_792_458),
+            repetition_penalty: 1.1,
+            ..SamplingConfig::default()
+        },
+        max_tokens,
+        stop,
+        ignore_eos: false,
+    };
+    // Retrieval: the last user message is the question; the other messages are history.
+    let kb = match &request.retrieval {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(state.config.default_kb.clone()),
+        Some(Value::String(name)) => Some(name.clone()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_retrieval",
+                "retrieval is true, false or a knowledge base name",
+            ));
+        }
+    };
+    let (prompt, citations) = match kb {
+        Some(kb) => {
+            let last_user = messages
+                .iter()
+                .rposition(|m| m.role == Role::User)
+                .ok_or_else(|| {
+                    ApiError::bad_request("no_question", "retrieval needs a user message")
+                })?;
+            let question = messages[last_user].content.clone();
+            let history: Vec<ChatMessage> = messages[..last_user]
+                .iter()
+                .filter(|m| m.role != Role::System)
+                .cloned()
+                .collect();
+            let kb_id = state
+                .database
+                .knowledge_base(&kb)
+                .await
+                .map_err(ApiError::internal)?;
+            let prepared = prepare(&state, kb_id, question, history).await?;
+            (prepared.prompt, prepared.citations)
+        }
+        None => {
+            let model = state.generator.model.clone();
+            let prompt = tokio::task::spawn_blocking(move || model.chat_prompt(&messages))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| ApiError::bad_request("invalid_prompt", e.to_string()))?;
+            (prompt, Vec::new())
+        }
+    };
+    let context = state.generator.model.config().max_position_embeddings;
+    if prompt.len() >= context {
+        return Err(ApiError::bad_request(
+            "prompt_too_long",
+            format!(
+                "the prompt has {} tokens; the model's context is {context}",
+                prompt.len()
+            ),
+        ));
+    }
+    let (events, mut generated) = mpsc::unbounded_channel();
+    state
+        .generator
+        .submit(prompt, params, events)
+        .map_err(|QueueFull| ApiError::busy())?;
+    let id = format!("chatcmpl-{}", random_hex(12));
+    let created = kefu_db::now_ms() / 1000;
+    let citations: Vec<Value> = citations.iter().map(citation_json).collect();
+    if !request.stream {
+        let mut summary = None;
+        while let Some(event) = generated.recv().await {
+            match event {
+                Event::Token(_) => {}
+                Event::Done(s) => summary = Some(s),
+                Event::Failed(message) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "generation_failed",
+                        message,
+                    ));
+                }
+            }
+        }
+        let summary = summary.ok_or_else(|| ApiError::internal("generation ended early"))?;
+        return Ok(Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": "production",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": summary.text},
+                "finish_reason": finish_name(summary.finish_reason),
+            }],
+            "usage": {
+                "prompt_tokens": summary.prompt_tokens,
+                "completion_tokens": summary.completion_tokens,
+                "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+            },
+            "kefu_citations": citations,
+        }))
+        .into_response());
+    }
+    let (sse, stream) = mpsc::unbounded_channel::<SseEvent>();
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Option<&str>| {
+            SseEvent::default().data(
+                json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created,
+                    "model": "production",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                })
+                .to_string(),
+            )
+        };
+        if sse
+            .send(chunk(json!({"role": "assistant", "content": ""}), None))
+            .is_err()
+        {
+            return;
+        }
+        while let Some(event) = generated.recv().await {
+            match event {
+                Event::Token(text) => {
+                    if sse.send(chunk(json!({"content": text}), None)).is_err() {
+                        return;
+                    }
+                }
+                Event::Done(summary) => {
+                    let _ = sse.send(chunk(json!({}), Some(finish_name(summary.finish_reason))));
+                    break;
+                }
+                Event::Failed(message) => {
+                    let _ = sse.send(
+                        SseEvent::default().data(
+                            json!({"error": {"code": "generation_failed", "message": message}})
+                                .to_string(),
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
+        let _ = sse.send(SseEvent::default().data("[DONE]"));
+    });
+    let stream = UnboundedReceiverStream::new(stream).map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream).into_response())
+}

@@ -1,0 +1,406 @@
+//! `kefu serve` end to end over HTTP: the real binary on port 0 with the real default models,
+//! on SQLite and on PostgreSQL. A Debian FAQ question is answered with streamed tokens and a
+//! citation of the right chapter, the answer is stored with what it was served, feedback is
+//! recorded, the OpenAI-compatible API answers (stream and not), and every bad input gets a
+//! 4xx with a JSON `code` while nothing stored changes.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+fn test_home() -> PathBuf {
+    let home = std::env::var("KEFU_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kefu"));
+    assert!(
+        home.join("models/multilingual-e5-small/model.onnx")
+            .exists()
+            && home
+                .join("models/smollm2-135m-instruct/model.gguf")
+                .exists(),
+        "models missing in {}: run ./scripts/test.sh (it fetches them)",
+        home.display()
+    );
+    home
+}
+
+fn shared(relative: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(relative)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `database_url` `None`: the default, SQLite in the data directory.
+fn kefu(home: &Path, database_url: Option<&str>) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    match database_url {
+        Some(url) => command.env("KEFU_DATABASE_URL", url),
+        None => command.env_remove("KEFU_DATABASE_URL"),
+    };
+    command
+        .env("KEFU_HOME", home)
+        .env("HF_ENDPOINT", "")
+        .env("KEFU_PACKAGE_INDEX", "http://127.0.0.1:9/simple");
+    command
+}
+
+/// A running `kefu serve`, stopped (SIGTERM) when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(home: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
+        let mut child = kefu(home, database_url)
+            .args(["serve", "--port", "0", "--max-tokens", "24"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("kefu serve printed its address before exiting")
+                .unwrap();
+            if let Some(address) = line.strip_prefix("kefu: listening on ") {
+                break address.to_string();
+            }
+        };
+        Self { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status (graceful shutdown).
+    fn stop(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        std::mem::forget(self);
+        exit
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// (status, JSON body)
+fn post(url: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let mut request = agent().post(url).header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = agent().get(url);
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call().unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Posts and reads a Server-Sent Events stream: (event name, data) in order.
+fn post_sse(url: &str, token: Option<&str>, body: &Value) -> (u16, Vec<(String, String)>) {
+    let mut request = agent().post(url).header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body.to_string().as_bytes()).unwrap();
+    let status = response.status().as_u16();
+    let mut text = String::new();
+    response
+        .body_mut()
+        .as_reader()
+        .read_to_string(&mut text)
+        .unwrap();
+    let mut events = Vec::new();
+    for block in text.split("\n\n") {
+        let mut name = "message".to_string();
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+            }
+        }
+        if !data.is_empty() {
+            events.push((name, data.join("\n")));
+        }
+    }
+    (status, events)
+}
+
+fn assert_error(result: (u16, Value), status: u16, code: &str) {
+    assert_eq!(result.0, status, "{:?}", result.1);
+    assert_eq!(result.1["code"], code, "{:?}", result.1);
+    assert!(result.1["message"].is_string(), "{:?}", result.1);
+}
+
+fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let ingest = kefu(home.path(), database_url)
+        .args(["ingest", &shared("kb/en")])
+        .output()
+        .unwrap();
+    assert!(
+        ingest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ingest.stderr)
+    );
+
+    let server = Server::start(home.path(), database_url, &[]);
+    assert_eq!(get(&server.url("/healthz"), None).0, 200);
+    let (status, ready) = get(&server.url("/readyz"), None);
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["model_version"].as_str().unwrap().len(), 64);
+
+    let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
+    assert_eq!(status, 201, "{conversation}");
+    let id = conversation["id"].as_str().unwrap().to_string();
+    let token = conversation["customer_token"].as_str().unwrap().to_string();
+    let messages_url = server.url(&format!("/api/conversations/{id}/messages"));
+
+    // A Debian FAQ question: streamed tokens, then the stored answer with its citations.
+    let question = "Which Debian distribution (stable/testing/unstable) is better for me?";
+    let (status, events) = post_sse(&messages_url, Some(&token), &json!({"content": question}));
+    assert_eq!(status, 200, "{events:?}");
+    let tokens: Vec<&(String, String)> = events.iter().filter(|(n, _)| n == "token").collect();
+    assert!(tokens.len() >= 2, "streamed token by token: {events:?}");
+    let (name, done) = events.last().unwrap();
+    assert_eq!(name, "done", "{events:?}");
+    let done: Value = serde_json::from_str(done).unwrap();
+    let citations = done["citations"].as_array().unwrap();
+    assert!(
+        citations.iter().any(|c| c["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("kb/en/debian-faq/choosing.md")),
+        "the chapter on choosing a distribution is cited: {done}"
+    );
+    let answer_id = done["message_id"].as_i64().unwrap();
+    let streamed: String = tokens
+        .iter()
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    let (status, transcript) = get(&messages_url, Some(&token));
+    assert_eq!(status, 200, "{transcript}");
+    let messages = transcript["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{transcript}");
+    assert_eq!(messages[0]["content"], question);
+    assert_eq!(messages[1]["id"], answer_id);
+    assert_eq!(messages[1]["content"].as_str().unwrap(), streamed);
+
+    // Feedback is recorded.
+    let feedback_url = format!("{messages_url}/{answer_id}/feedback");
+    let (status, event) = post(
+        &feedback_url,
+        Some(&token),
+        json!({"rating": "down", "reasons": ["wrong"], "comment": "not Ubuntu"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 201, "{event}");
+
+    // Regenerating an answer gives another answer to the same question.
+    let (status, events) = post_sse(
+        &format!("{messages_url}/{answer_id}/regenerate"),
+        Some(&token),
+        &json!({}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+
+    // Script and SQL text are stored and returned unchanged.
+    let hostile = "<script>alert(1)</script>'; DROP TABLE messages; --";
+    let (status, events) = post_sse(&messages_url, Some(&token), &json!({"content": hostile}));
+    assert_eq!(status, 200, "{events:?}");
+    let (_, transcript) = get(&messages_url, Some(&token));
+    let messages = transcript["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 5, "{transcript}");
+    assert_eq!(messages[3]["content"], hostile);
+
+    // Bad input: 4xx with a JSON code; nothing stored changes.
+    let big = vec![b'x'; 70 * 1024];
+    assert_error(
+        post(&messages_url, Some(&token), &big),
+        413,
+        "body_too_large",
+    );
+    assert_error(
+        post(&messages_url, Some(&token), b"{\"content\": "),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        post(&messages_url, Some(&token), b"{\"content\": \"caf\xe9\"}"),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        post(&messages_url, Some(&token), b"{\"content\": \"   \"}"),
+        400,
+        "empty_message",
+    );
+    let huge = json!({"content": "word ".repeat(1000)}).to_string();
+    assert_error(
+        post(&messages_url, Some(&token), huge.as_bytes()),
+        413,
+        "message_too_long",
+    );
+    assert_error(
+        post(
+            &server.url("/api/conversations/nope/messages"),
+            Some(&token),
+            b"{\"content\": \"hi\"}",
+        ),
+        404,
+        "conversation_not_found",
+    );
+    let (_, other) = post(&server.url("/api/conversations"), None, b"{}");
+    let other_token = other["customer_token"].as_str().unwrap();
+    assert_error(
+        get(&messages_url, Some(other_token)),
+        404,
+        "conversation_not_found",
+    );
+    assert_error(get(&messages_url, None), 401, "unauthorized");
+    assert_error(
+        post(
+            &format!("{messages_url}/999999/feedback"),
+            Some(&token),
+            b"{\"rating\": \"up\"}",
+        ),
+        404,
+        "message_not_found",
+    );
+    assert_error(
+        post(&feedback_url, Some(&token), b"{\"rating\": \"meh\"}"),
+        400,
+        "invalid_rating",
+    );
+    assert_error(get(&server.url("/api/nothing"), None), 404, "no_such_route");
+    let (_, after) = get(&messages_url, Some(&token));
+    assert_eq!(after, transcript, "nothing stored changed");
+
+    // OpenAI-compatible API.
+    let (status, models) = get(&server.url("/v1/models"), None);
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["id"], "production");
+    let (status, completion) = post(
+        &server.url("/v1/chat/completions"),
+        None,
+        json!({"model": "default", "messages": [{"role": "user", "content": "Say hello."}],
+               "max_tokens": 8})
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{completion}");
+    assert_eq!(completion["object"], "chat.completion");
+    assert!(completion["choices"][0]["message"]["content"].is_string());
+    assert!(completion["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    let (status, chunks) = post_sse(
+        &server.url("/v1/chat/completions"),
+        None,
+        &json!({"messages": [{"role": "user", "content": question}], "stream": true,
+                "max_tokens": 8, "retrieval": true}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(chunks.last().unwrap().1, "[DONE]", "{chunks:?}");
+    let first: Value = serde_json::from_str(&chunks[0].1).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_error(
+        post(
+            &server.url("/v1/chat/completions"),
+            None,
+            json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+                .to_string()
+                .as_bytes(),
+        ),
+        404,
+        "model_not_found",
+    );
+    assert_error(
+        post(
+            &server.url("/v1/chat/completions"),
+            None,
+            b"{\"messages\": []}",
+        ),
+        400,
+        "empty_messages",
+    );
+
+    let exit = server.stop();
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+}
+
+#[test]
+fn the_platform_on_sqlite() {
+    the_platform_answers_streams_cites_and_records(None);
+}
+
+#[test]
+fn the_platform_on_postgresql() {
+    let base = std::env::var("KEFU_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("kefu_serve_{}", std::process::id());
+    let admin = format!("{base}/postgres");
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args([admin.as_str(), "-q", "-c", sql])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    assert!(
+        psql(&format!("CREATE DATABASE {name}")),
+        "PostgreSQL must run at {base} (./scripts/test.sh starts it)"
+    );
+    the_platform_answers_streams_cites_and_records(Some(&format!("{base}/{name}")));
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+}
