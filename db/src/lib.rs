@@ -3,8 +3,10 @@
 //! both engines read the same way (`$n` parameters, `RETURNING`, `ON CONFLICT`), run through
 //! sqlx's `Any` driver; the schemas differ per engine and live in `migrations/<engine>/`.
 
+mod accounts;
 mod chat;
 
+pub use accounts::{Session, User};
 pub use chat::{Conversation, FeedbackEvent, Message, NewFeedback, ServedPrompt, now_ms};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

@@ -222,7 +222,8 @@ impl VectorStore for EdgeStore {
 /// The trait is synchronous, so calls run on the store's own small Tokio runtime.
 pub struct QdrantServerStore {
     client: std::sync::Arc<qdrant_client::Qdrant>,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken out to shut it down without blocking).
+    runtime: Option<tokio::runtime::Runtime>,
     collection: String,
     dimension: usize,
 }
@@ -253,7 +254,7 @@ impl QdrantServerStore {
             .map_err(store_error)?;
         let store = Self {
             client: std::sync::Arc::new(client),
-            runtime,
+            runtime: Some(runtime),
             collection: collection.to_string(),
             dimension,
         };
@@ -277,7 +278,11 @@ impl QdrantServerStore {
     {
         let (sender, receiver) = std::sync::mpsc::channel();
         let future = call(self.client.clone(), self.collection.clone());
-        self.runtime.spawn(async move {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| store_error("the Qdrant client stopped"))?;
+        runtime.spawn(async move {
             let _ = sender.send(future.await);
         });
         receiver
@@ -315,6 +320,16 @@ impl QdrantServerStore {
             })?;
         }
         Ok(())
+    }
+}
+
+impl Drop for QdrantServerStore {
+    /// A runtime dropped inside another runtime's async context panics when it waits for its
+    /// threads, so it is shut down without waiting.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -47,6 +47,18 @@ pub enum Command {
     Serve(ServeArgs),
     /// Answer a question from a knowledge base, with numbered citations.
     Ask(AskArgs),
+    /// Manage the people who work in Kefu (admins and agents).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// API tokens for automation (they act as their user).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Write training data derived from feedback, one JSON object per line.
+    Export(ExportArgs),
     /// Measure retrieval against a question file.
     Eval {
         #[command(subcommand)]
@@ -137,6 +149,45 @@ pub struct AskArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 1.1)]
     pub repetition_penalty: f32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user, or change an existing user's role and password. The password is read from
+    /// `KEFU_PASSWORD`, else from the first line of standard input.
+    Add {
+        #[arg(long, value_parser = ["admin", "agent"])]
+        role: String,
+        name: String,
+        #[arg(long, env = "KEFU_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create an API token for a user and print it (it is shown only once).
+    Add {
+        /// The user the token acts as.
+        user: String,
+        #[arg(long, default_value = "automation")]
+        label: String,
+        #[arg(long, env = "KEFU_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(value_enum)]
+    pub kind: crate::export::Kind,
+    #[arg(long, value_enum, default_value = "trl")]
+    pub format: crate::export::Format,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    #[arg(long, env = "KEFU_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +298,23 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&cli.home, &args),
         Command::Ingest(args) => ingest(&cli.home, cli.threads, &args),
         Command::Serve(args) => serve(&cli.home, cli.threads, &args),
+        Command::Users {
+            command:
+                UsersCommand::Add {
+                    role,
+                    name,
+                    database_url,
+                },
+        } => users_add(&cli.home, &role, &name, database_url.as_deref()),
+        Command::Tokens {
+            command:
+                TokensCommand::Add {
+                    user,
+                    label,
+                    database_url,
+                },
+        } => tokens_add(&cli.home, &user, &label, database_url.as_deref()),
+        Command::Export(args) => export(&cli.home, &args),
         Command::Ask(args) => ask(&cli.home, cli.threads, &args),
         Command::Eval {
             command: EvalCommand::Retrieval(args),
@@ -506,6 +574,84 @@ async fn open_retriever(knowledge: &Knowledge, kb: &str) -> Result<Retriever> {
         );
     }
     Ok(retriever)
+}
+
+async fn connect(home: &Path, flag: Option<&str>) -> Result<kefu_db::Database> {
+    let url = database_url(home, flag)?;
+    kefu_db::Database::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))
+}
+
+fn users_add(home: &Path, role: &str, name: &str, database_url: Option<&str>) -> Result<()> {
+    crate::auth::check_role(role).map_err(anyhow::Error::msg)?;
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 {
+        bail!("a user name has 1 to 100 characters");
+    }
+    let password = match std::env::var("KEFU_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            eprintln!("password for {name} (one line on standard input):");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    if password.chars().count() < 8 {
+        bail!("the password must have at least 8 characters");
+    }
+    let hash = crate::auth::hash_password(&password)?;
+    runtime()?.block_on(async {
+        let database = connect(home, database_url).await?;
+        let user = database.upsert_user(name, role, &hash).await?;
+        database.close().await;
+        println!("user `{}` is an {}", user.name, user.role);
+        anyhow::Ok(())
+    })
+}
+
+fn tokens_add(home: &Path, user: &str, label: &str, database_url: Option<&str>) -> Result<()> {
+    runtime()?.block_on(async {
+        let database = connect(home, database_url).await?;
+        let Some(found) = database.user_by_name(user).await? else {
+            bail!("there is no user `{user}`: add one with `kefu users add --role agent {user}`");
+        };
+        let token = format!(
+            "{}{}",
+            crate::auth::API_TOKEN_PREFIX,
+            crate::auth::random_hex(24)
+        );
+        database
+            .create_api_token(&crate::auth::sha256_hex(&token), found.id, label)
+            .await?;
+        database.close().await;
+        println!("{token}");
+        anyhow::Ok(())
+    })
+}
+
+fn export(home: &Path, args: &ExportArgs) -> Result<()> {
+    let examples = runtime()?.block_on(async {
+        let database = connect(home, args.database_url.as_deref()).await?;
+        let examples = crate::export::compile(&database, args.kind, args.format).await;
+        database.close().await;
+        examples
+    })?;
+    let mut text = String::new();
+    for example in &examples {
+        text.push_str(&example.to_string());
+        text.push('\n');
+    }
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("{} examples written to {}", examples.len(), path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {

@@ -123,7 +123,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
-    fn internal(error: impl std::fmt::Display) -> Self {
+    pub fn internal(error: impl std::fmt::Display) -> Self {
         eprintln!("internal error: {error}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -217,6 +217,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/conversations/{id}/messages/{message}/feedback",
             post(feedback),
         )
+        .route("/api/conversations/{id}/handoff", post(request_handoff))
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/logout", post(logout))
+        .route("/api/agent/conversations", get(agent_conversations))
+        .route("/api/agent/conversations/{id}", get(agent_transcript))
+        .route(
+            "/api/agent/conversations/{id}/messages/{message}/feedback",
+            post(agent_feedback),
+        )
+        .route("/api/agent/conversations/{id}/takeover", post(take_over))
+        .route("/api/agent/conversations/{id}/reply", post(agent_reply))
+        .route("/api/admin/users", post(add_user))
+        .route("/api/admin/export/{kind}", get(export))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .fallback(|| async { ApiError::not_found("no_such_route", "there is no such route") })
@@ -389,6 +402,14 @@ async fn post_message(
         .add_message(conversation.id, "customer", &body.content, None)
         .await
         .map_err(ApiError::internal)?;
+    if conversation.status == "agent" {
+        // A person has taken over: the message waits for them; no model answer.
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"message_id": message.id, "status": "agent"})),
+        )
+            .into_response());
+    }
     answer(state, conversation, message.id, body.content, history).await
 }
 
@@ -726,14 +747,19 @@ async fn feedback(
     Ok((StatusCode::CREATED, Json(json!({"id": event}))))
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
+async fn models(
+    State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    crate::auth::staff(&state.database, &method, &headers).await?;
+    Ok(Json(json!({
         "object": "list",
         "data": [{
             "id": "production", "object": "model", "created": 0, "owned_by": "kefu",
             "kefu_model": state.generator.name, "kefu_version": state.generator.version,
         }],
-    }))
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -794,8 +820,11 @@ fn text_of(content: &Value) -> Result<String, ApiError> {
 
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    crate::auth::staff(&state.database, &method, &headers).await?;
     let model_name = request.model.clone().unwrap_or_else(|| "production".into());
     if !matches!(model_name.as_str(), "production" | "default" | "") {
         return Err(ApiError::not_found(
@@ -1017,4 +1046,409 @@ async fn chat_completions(
     });
     let stream = UnboundedReceiverStream::new(stream).map(Ok::<_, Infallible>);
     Ok(Sse::new(stream).into_response())
+}
+
+async fn request_handoff(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    if conversation.status != "agent" {
+        state
+            .database
+            .handoff(conversation.id, "requested", None, "handoff_requested")
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let status = if conversation.status == "agent" {
+        "agent"
+    } else {
+        "handoff_requested"
+    };
+    Ok(Json(json!({"status": status})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    name: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Login>,
+) -> Result<Response, ApiError> {
+    let user = state
+        .database
+        .user_by_name(&body.name)
+        .await
+        .map_err(ApiError::internal)?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let password = body.password.clone();
+    // Verify even for unknown names (against a throwaway hash), so timing does not reveal
+    // which names exist.
+    let ok = tokio::task::spawn_blocking(move || {
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let hash = hash.unwrap_or_else(|| {
+            DUMMY
+                .get_or_init(|| crate::auth::hash_password("no such user").unwrap_or_default())
+                .clone()
+        });
+        crate::auth::verify_password(&password, &hash)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let Some(user) = user.filter(|_| ok) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong name or password",
+        ));
+    };
+    let token = crate::auth::random_hex(32);
+    let csrf = crate::auth::random_hex(16);
+    state
+        .database
+        .create_session(
+            &crate::auth::sha256_hex(&token),
+            user.id,
+            &csrf,
+            kefu_db::now_ms() + crate::auth::SESSION_MS,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    let cookie = format!(
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        crate::auth::SESSION_COOKIE,
+        crate::auth::SESSION_MS / 1000
+    );
+    let mut response =
+        Json(json!({"name": user.name, "role": user.role, "csrf_token": csrf})).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let staff = crate::auth::staff(&state.database, &method, &headers).await?;
+    if staff.by_cookie {
+        let token = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| *k == crate::auth::SESSION_COOKIE)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default();
+        state
+            .database
+            .delete_session(&crate::auth::sha256_hex(&token))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let mut response = Json(json!({"signed_out": true})).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("kefu_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    Ok(response)
+}
+
+async fn agent_conversations(
+    State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    crate::auth::staff(&state.database, &method, &headers).await?;
+    let conversations = state
+        .database
+        .recent_conversations(200)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "conversations": conversations.iter().map(|c| json!({
+            "id": c.public_id, "status": c.status, "created_ms": c.created_ms,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn staff_conversation(
+    state: &AppState,
+    public_id: &str,
+) -> Result<kefu_db::Conversation, ApiError> {
+    state
+        .database
+        .conversation(public_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("conversation_not_found", "no such conversation"))
+}
+
+/// The transcript with, for every answer, the context it was served and its feedback.
+async fn agent_transcript(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    crate::auth::staff(&state.database, &method, &headers).await?;
+    let conversation = staff_conversation(&state, &id).await?;
+    let messages = state
+        .database
+        .messages(conversation.id)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut out = Vec::with_capacity(messages.len());
+    for m in &messages {
+        let mut entry = json!({
+            "id": m.id, "role": m.role, "content": m.content, "reply_to": m.reply_to,
+            "created_ms": m.created_ms,
+        });
+        if m.role == "assistant" {
+            if let Some(served) = state
+                .database
+                .served_prompt(m.id)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                entry["served"] = json!({
+                    "model_version": served.model_version,
+                    "template_id": served.template_id,
+                    "sampling": serde_json::from_str::<Value>(&served.sampling).unwrap_or(Value::Null),
+                    "retrieved": serde_json::from_str::<Value>(&served.retrieved).unwrap_or(Value::Null),
+                    "prompt": serde_json::from_str::<Value>(&served.prompt).unwrap_or(Value::Null),
+                    "prompt_tokens": served.prompt_tokens,
+                    "completion_tokens": served.completion_tokens,
+                    "first_token_ms": served.first_token_ms,
+                    "latency_ms": served.latency_ms,
+                    "finish_reason": served.finish_reason,
+                });
+            }
+            let feedback = state
+                .database
+                .feedback(m.id)
+                .await
+                .map_err(ApiError::internal)?;
+            entry["feedback"] = json!(feedback.iter().map(|e| json!({
+                "id": e.id, "rater_role": e.feedback.rater_role, "rating": e.feedback.rating,
+                "reasons": e.feedback.reasons, "comment": e.feedback.comment,
+                "corrected_answer": e.feedback.corrected_answer, "created_ms": e.created_ms,
+            })).collect::<Vec<_>>());
+        }
+        out.push(entry);
+    }
+    Ok(Json(
+        json!({"id": conversation.public_id, "status": conversation.status, "messages": out}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFeedback {
+    #[serde(default)]
+    rating: Option<String>,
+    #[serde(default)]
+    reasons: Vec<String>,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    corrected_answer: Option<String>,
+}
+
+async fn agent_feedback(
+    State(state): State<Arc<AppState>>,
+    Path((id, message_id)): Path<(String, i64)>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<AgentFeedback>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let staff = crate::auth::staff(&state.database, &method, &headers).await?;
+    let conversation = staff_conversation(&state, &id).await?;
+    let message = conversation_message(&state, &conversation, message_id).await?;
+    if message.role != "assistant" {
+        return Err(ApiError::bad_request(
+            "not_an_answer",
+            "feedback is given on the assistant's answers",
+        ));
+    }
+    let rating = match body.rating.as_deref() {
+        None => 0,
+        Some("up") => 1,
+        Some("down") => -1,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_rating",
+                format!("rating is `up` or `down`, not `{other}`"),
+            ));
+        }
+    };
+    if let Some(corrected) = &body.corrected_answer {
+        check_message(&state, corrected)?;
+    }
+    if rating == 0 && body.corrected_answer.is_none() && body.comment.is_none() {
+        return Err(ApiError::bad_request(
+            "empty_feedback",
+            "give a rating, a corrected answer or a comment",
+        ));
+    }
+    if body.reasons.len() > 16 || body.reasons.iter().any(|r| r.is_empty() || r.len() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_reasons",
+            "reasons are at most 16 tags of 1 to 64 characters",
+        ));
+    }
+    let event = state
+        .database
+        .add_feedback(&NewFeedback {
+            message_id,
+            rater_role: "agent".into(),
+            rater: Some(staff.user.name),
+            rating,
+            reasons: body.reasons,
+            comment: body.comment,
+            corrected_answer: body.corrected_answer,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"id": event}))))
+}
+
+async fn take_over(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let staff = crate::auth::staff(&state.database, &method, &headers).await?;
+    let conversation = staff_conversation(&state, &id).await?;
+    state
+        .database
+        .handoff(conversation.id, "taken", Some(staff.user.id), "agent")
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"status": "agent"})))
+}
+
+async fn agent_reply(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewMessage>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    crate::auth::staff(&state.database, &method, &headers).await?;
+    let conversation = staff_conversation(&state, &id).await?;
+    if conversation.status != "agent" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_taken_over",
+            "take the conversation over before replying",
+        ));
+    }
+    check_message(&state, &body.content)?;
+    let message = state
+        .database
+        .add_message(conversation.id, "agent", &body.content, None)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"message_id": message.id}))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    role: String,
+    password: String,
+}
+
+async fn add_user(
+    State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    crate::auth::admin(&state.database, &method, &headers).await?;
+    crate::auth::check_role(&body.role).map_err(|m| ApiError::bad_request("invalid_role", m))?;
+    if body.name.trim().is_empty() || body.name.len() > 100 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a name has 1 to 100 characters",
+        ));
+    }
+    if body.password.chars().count() < 8 {
+        return Err(ApiError::bad_request(
+            "weak_password",
+            "a password has at least 8 characters",
+        ));
+    }
+    let password = body.password.clone();
+    let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let user = state
+        .database
+        .upsert_user(body.name.trim(), &body.role, &hash)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": user.name, "role": user.role})),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct ExportQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn export(
+    State(state): State<Arc<AppState>>,
+    Path(kind): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ExportQuery>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    crate::auth::admin(&state.database, &method, &headers).await?;
+    let kind = match kind.as_str() {
+        "sft" => crate::export::Kind::Sft,
+        "pairs" => crate::export::Kind::Pairs,
+        "kto" => crate::export::Kind::Kto,
+        other => {
+            return Err(ApiError::not_found(
+                "unknown_export",
+                format!("export `sft`, `pairs` or `kto`, not `{other}`"),
+            ));
+        }
+    };
+    let format = match query.format.as_deref() {
+        None | Some("trl") => crate::export::Format::Trl,
+        Some("llama-factory") => crate::export::Format::LlamaFactory,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_format",
+                format!("format is `trl` or `llama-factory`, not `{other}`"),
+            ));
+        }
+    };
+    let examples = crate::export::compile(&state.database, kind, format)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut body = String::new();
+    for example in examples {
+        body.push_str(&example.to_string());
+        body.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

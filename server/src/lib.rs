@@ -2,9 +2,11 @@
 //! arguments and calls [`cli::run`].
 
 pub mod answer;
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod evaluate;
+pub mod export;
 pub mod fetch;
 pub mod generator;
 pub mod http;

@@ -168,6 +168,71 @@ fn post_sse(url: &str, token: Option<&str>, body: &Value) -> (u16, Vec<(String, 
     (status, events)
 }
 
+/// Who is calling: extra request headers.
+type Identity = Vec<(&'static str, String)>;
+
+fn request(method: &str, url: &str, who: &Identity, body: Option<&Value>) -> (u16, Value) {
+    let agent = agent();
+    let mut response = match method {
+        "GET" => {
+            let mut r = agent.get(url);
+            for (k, v) in who {
+                r = r.header(*k, v);
+            }
+            r.call().unwrap()
+        }
+        _ => {
+            let mut r = agent.post(url).header("content-type", "application/json");
+            for (k, v) in who {
+                r = r.header(*k, v);
+            }
+            r.send(body.unwrap_or(&json!({})).to_string().as_bytes())
+                .unwrap()
+        }
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Signs in; the identity carries the session cookie and the CSRF token.
+fn sign_in(server: &Server, name: &str, password: &str) -> Identity {
+    let mut response = agent()
+        .post(&server.url("/api/auth/login"))
+        .header("content-type", "application/json")
+        .send(
+            json!({"name": name, "password": password})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    vec![
+        ("cookie", session),
+        (
+            "x-csrf-token",
+            body["csrf_token"].as_str().unwrap().to_string(),
+        ),
+    ]
+}
+
+#[track_caller]
 fn assert_error(result: (u16, Value), status: u16, code: &str) {
     assert_eq!(result.0, status, "{:?}", result.1);
     assert_eq!(result.1["code"], code, "{:?}", result.1);
@@ -186,6 +251,42 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
         "{}",
         String::from_utf8_lossy(&ingest.stderr)
     );
+
+    // Staff: an admin and an agent, and an API token for each.
+    for (role, name) in [("admin", "boss"), ("agent", "ann")] {
+        let added = kefu(home.path(), database_url)
+            .args(["users", "add", "--role", role, name])
+            .env("KEFU_PASSWORD", "correct horse battery")
+            .output()
+            .unwrap();
+        assert!(
+            added.status.success(),
+            "{}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+    }
+    let token_of = |user: &str| {
+        let out = kefu(home.path(), database_url)
+            .args(["tokens", "add", user])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let admin_token = token_of("boss");
+    let agent_token = token_of("ann");
+    assert!(agent_token.starts_with("kefu_pat_"), "{agent_token}");
+    let weak = kefu(home.path(), database_url)
+        .args(["users", "add", "--role", "agent", "weak"])
+        .env("KEFU_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("at least 8 characters"));
 
     let server = Server::start(home.path(), database_url, &[]);
     assert_eq!(get(&server.url("/healthz"), None).0, 200);
@@ -245,6 +346,48 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
             .as_bytes(),
     );
     assert_eq!(status, 201, "{event}");
+
+    // An agent reads the transcript with the context each answer was served, and corrects it.
+    let ann = sign_in(&server, "ann", "correct horse battery");
+    let transcript_url = server.url(&format!("/api/agent/conversations/{id}"));
+    let (status, seen) = request("GET", &transcript_url, &ann, None);
+    assert_eq!(status, 200, "{seen}");
+    let served = &seen["messages"][1]["served"];
+    assert_eq!(served["model_version"], ready["model_version"]);
+    assert!(
+        served["retrieved"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("debian-faq/choosing.md")),
+        "{served}"
+    );
+    assert_eq!(seen["messages"][1]["feedback"][0]["rating"], -1);
+    let correction = "Stable is the safest choice for most people; testing and unstable get newer                       packages sooner at the cost of more breakage.";
+    let agent_feedback_url = server.url(&format!(
+        "/api/agent/conversations/{id}/messages/{answer_id}/feedback"
+    ));
+    let no_csrf: Identity = vec![ann[0].clone()];
+    assert_error(
+        request(
+            "POST",
+            &agent_feedback_url,
+            &no_csrf,
+            Some(&json!({"corrected_answer": correction})),
+        ),
+        403,
+        "csrf_token_invalid",
+    );
+    let (status, _) = request(
+        "POST",
+        &agent_feedback_url,
+        &ann,
+        Some(&json!({"rating": "down", "corrected_answer": correction, "reasons": ["wrong"]})),
+    );
+    assert_eq!(status, 201);
 
     // Regenerating an answer gives another answer to the same question.
     let (status, events) = post_sse(
@@ -327,17 +470,155 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
     let (_, after) = get(&messages_url, Some(&token));
     assert_eq!(after, transcript, "nothing stored changed");
 
-    // OpenAI-compatible API.
-    let (status, models) = get(&server.url("/v1/models"), None);
+    // The correction is in the pairs export: chosen against the model's answer, with the
+    // context the model was served.
+    let admin_api: Identity = vec![("authorization", format!("Bearer {admin_token}"))];
+    let (status, pairs) = request(
+        "GET",
+        &server.url("/api/admin/export/pairs"),
+        &admin_api,
+        None,
+    );
+    assert_eq!(status, 200, "{pairs}");
+    // JSON lines (a single line also parses as one JSON value).
+    let pairs = match pairs {
+        Value::String(text) => text,
+        one => one.to_string(),
+    };
+    let pair: Value = pairs
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|p| p["chosen"][0]["content"] == correction)
+        .unwrap_or_else(|| panic!("the correction is a chosen answer: {pairs}"));
+    assert_eq!(pair["rejected"][0]["content"].as_str().unwrap(), streamed);
+    assert_eq!(pair["kefu"]["rejected_message_id"], answer_id);
+    let system = pair["prompt"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("Passages:") && system.contains("[1]"),
+        "{system}"
+    );
+    assert_eq!(
+        pair["prompt"].as_array().unwrap().last().unwrap()["content"],
+        question
+    );
+
+    // Authorization: every staff route with each kind of caller.
+    let boss = sign_in(&server, "boss", "correct horse battery");
+    let customer: Identity = vec![("authorization", format!("Bearer {token}"))];
+    let (_, other) = post(&server.url("/api/conversations"), None, b"{}");
+    let stranger: Identity = vec![(
+        "authorization",
+        format!("Bearer {}", other["customer_token"].as_str().unwrap()),
+    )];
+    let agent_api: Identity = vec![("authorization", format!("Bearer {agent_token}"))];
+    let callers: [(&str, &Identity); 7] = [
+        ("anonymous", &vec![]),
+        ("customer", &customer),
+        ("other customer", &stranger),
+        ("agent", &ann),
+        ("admin", &boss),
+        ("agent API token", &agent_api),
+        ("admin API token", &admin_api),
+    ];
+    let new_user = json!({"name": "temp", "role": "agent", "password": "long enough pass"});
+    // (method, path, body, expected status for each caller in order)
+    let routes: Vec<(&str, String, Option<Value>, [u16; 7])> = vec![
+        (
+            "GET",
+            format!("/api/conversations/{id}/messages"),
+            None,
+            [401, 200, 404, 401, 401, 404, 404],
+        ),
+        (
+            "GET",
+            "/api/agent/conversations".into(),
+            None,
+            [401, 401, 401, 200, 200, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/api/agent/conversations/{id}"),
+            None,
+            [401, 401, 401, 200, 200, 200, 200],
+        ),
+        (
+            "POST",
+            "/api/admin/users".into(),
+            Some(new_user),
+            [401, 401, 401, 403, 201, 403, 201],
+        ),
+        (
+            "GET",
+            "/api/admin/export/kto".into(),
+            None,
+            [401, 401, 401, 403, 200, 403, 200],
+        ),
+        (
+            "GET",
+            "/v1/models".into(),
+            None,
+            [401, 401, 401, 200, 200, 200, 200],
+        ),
+    ];
+    for (method, path, body, expected) in &routes {
+        for ((who, identity), want) in callers.iter().zip(expected) {
+            let (status, answer) = request(method, &server.url(path), identity, body.as_ref());
+            assert_eq!(status, *want, "{method} {path} as {who}: {answer}");
+        }
+    }
+    // An agent takes over: the customer's next message waits for the agent.
+    let (status, _) = request(
+        "POST",
+        &server.url(&format!("/api/conversations/{id}/handoff")),
+        &customer,
+        None,
+    );
+    assert_eq!(status, 200);
+    let reply_url = server.url(&format!("/api/agent/conversations/{id}/reply"));
+    assert_error(
+        request(
+            "POST",
+            &reply_url,
+            &ann,
+            Some(&json!({"content": "Hello, Ann here."})),
+        ),
+        409,
+        "not_taken_over",
+    );
+    let (status, _) = request(
+        "POST",
+        &server.url(&format!("/api/agent/conversations/{id}/takeover")),
+        &ann,
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, _) = request(
+        "POST",
+        &reply_url,
+        &ann,
+        Some(&json!({"content": "Hello, Ann here."})),
+    );
+    assert_eq!(status, 201);
+    let (status, waiting) = post(
+        &messages_url,
+        Some(&token),
+        b"{\"content\": \"Thanks Ann!\"}",
+    );
+    assert_eq!(status, 202, "{waiting}");
+    assert_eq!(waiting["status"], "agent");
+
+    // OpenAI-compatible API (staff only: an API token).
+    let (status, models) = request("GET", &server.url("/v1/models"), &admin_api, None);
     assert_eq!(status, 200);
     assert_eq!(models["data"][0]["id"], "production");
-    let (status, completion) = post(
+    let (status, completion) = request(
+        "POST",
         &server.url("/v1/chat/completions"),
-        None,
-        json!({"model": "default", "messages": [{"role": "user", "content": "Say hello."}],
-               "max_tokens": 8})
-        .to_string()
-        .as_bytes(),
+        &admin_api,
+        Some(
+            &json!({"model": "default", "messages": [{"role": "user", "content": "Say hello."}],
+               "max_tokens": 8}),
+        ),
     );
     assert_eq!(status, 200, "{completion}");
     assert_eq!(completion["object"], "chat.completion");
@@ -345,7 +626,7 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
     assert!(completion["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
     let (status, chunks) = post_sse(
         &server.url("/v1/chat/completions"),
-        None,
+        Some(&admin_token),
         &json!({"messages": [{"role": "user", "content": question}], "stream": true,
                 "max_tokens": 8, "retrieval": true}),
     );
@@ -356,7 +637,7 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
     assert_error(
         post(
             &server.url("/v1/chat/completions"),
-            None,
+            Some(&admin_token),
             json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
                 .to_string()
                 .as_bytes(),
@@ -367,15 +648,46 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
     assert_error(
         post(
             &server.url("/v1/chat/completions"),
-            None,
+            Some(&admin_token),
             b"{\"messages\": []}",
         ),
         400,
         "empty_messages",
     );
+    assert_error(
+        post(
+            &server.url("/v1/chat/completions"),
+            None,
+            b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}",
+        ),
+        401,
+        "unauthorized",
+    );
 
     let exit = server.stop();
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+
+    // The command-line export reads the same feedback.
+    let out = kefu(home.path(), database_url)
+        .args(["export", "pairs", "--format", "llama-factory"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let pair: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|p| p["chosen"]["value"] == correction)
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(pair["rejected"]["value"].as_str().unwrap(), streamed);
+    assert_eq!(
+        pair["conversations"].as_array().unwrap().last().unwrap()["from"],
+        "human"
+    );
 }
 
 #[test]

@@ -1,0 +1,203 @@
+//! Users (admins and agents), their sessions and API tokens, handoffs, and the agents' view of
+//! conversations. Passwords arrive here already hashed; tokens only as hashes.
+
+use sqlx::Row;
+
+use crate::chat::now_ms;
+use crate::{Conversation, Database, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    /// `admin` or `agent`.
+    pub role: String,
+    pub password_hash: String,
+}
+
+/// A signed-in user's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: User,
+    pub csrf_token: String,
+    pub expires_ms: i64,
+}
+
+fn user_from(row: &sqlx::any::AnyRow) -> Result<User> {
+    Ok(User {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: row.try_get("role")?,
+        password_hash: row.try_get("password_hash")?,
+    })
+}
+
+impl Database {
+    /// Adds a user, or replaces the role and password of the user with that name.
+    pub async fn upsert_user(&self, name: &str, role: &str, password_hash: &str) -> Result<User> {
+        let row = sqlx::query(
+            "INSERT INTO users (name, role, password_hash, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET role = excluded.role, \
+             password_hash = excluded.password_hash \
+             RETURNING id, name, role, password_hash",
+        )
+        .bind(name)
+        .bind(role)
+        .bind(password_hash)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        user_from(&row)
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT id, name, role, password_hash FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| user_from(&r)).transpose()
+    }
+
+    pub async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        csrf_token: &str,
+        expires_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(csrf_token)
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The session with this token hash, if it has not expired.
+    pub async fn session(&self, token_hash: &str) -> Result<Option<Session>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.role, u.password_hash, s.csrf_token, s.expires_ms \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let session = Session {
+            user: user_from(&row)?,
+            csrf_token: row.try_get("csrf_token")?,
+            expires_ms: row.try_get("expires_ms")?,
+        };
+        Ok((session.expires_ms > now_ms()).then_some(session))
+    }
+
+    pub async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_api_token(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        label: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, user_id, label, created_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(label)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The user an API token (by hash) belongs to.
+    pub async fn api_token_user(&self, token_hash: &str) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.role, u.password_hash FROM api_tokens t \
+             JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| user_from(&r)).transpose()
+    }
+
+    /// Records a handoff event (`requested`, `taken`, `released`) and sets the conversation's
+    /// status to match, in one transaction.
+    pub async fn handoff(
+        &self,
+        conversation_id: i64,
+        event: &str,
+        user_id: Option<i64>,
+        status: &str,
+    ) -> Result<()> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO handoffs (conversation_id, event, user_id, created_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(conversation_id)
+        .bind(event)
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("UPDATE conversations SET status = $1 WHERE id = $2")
+            .bind(status)
+            .bind(conversation_id)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// The newest conversations first, at most `limit`.
+    pub async fn recent_conversations(&self, limit: i64) -> Result<Vec<Conversation>> {
+        let rows = sqlx::query(
+            "SELECT id, public_id, knowledge_base_id, customer_secret_hash, status, created_ms \
+             FROM conversations ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Conversation {
+                    id: row.try_get("id")?,
+                    public_id: row.try_get("public_id")?,
+                    knowledge_base_id: row.try_get("knowledge_base_id")?,
+                    customer_secret_hash: row.try_get("customer_secret_hash")?,
+                    status: row.try_get("status")?,
+                    created_ms: row.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every assistant answer with at least one feedback event, oldest first: what the
+    /// dataset compiler reads.
+    pub async fn rated_answers(&self) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT m.id FROM messages m JOIN feedback_events f ON f.message_id = m.id \
+             WHERE m.role = 'assistant' ORDER BY m.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+}

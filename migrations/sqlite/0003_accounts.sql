@@ -1,0 +1,31 @@
+-- People who work in Kefu (admins, agents), their sessions and API tokens, and handoffs of
+-- conversations to a human. Secrets are stored only as hashes.
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    csrf_token TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+
+CREATE TABLE api_tokens (
+    token_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE handoffs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    user_id INTEGER REFERENCES users (id),
+    created_ms INTEGER NOT NULL
+);
