@@ -3,7 +3,7 @@
 //! Retry-After), and a job whose listener has gone away is cancelled at its next token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::time::Instant;
 
@@ -42,6 +42,17 @@ struct Job {
     queued_at: Instant,
 }
 
+/// Running totals for `/metrics`.
+#[derive(Debug, Default)]
+pub struct GeneratorMetrics {
+    pub generations: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failed: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub generation_ms: AtomicU64,
+    pub first_token_ms: AtomicU64,
+}
+
 /// The queue is full: try again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
@@ -56,6 +67,7 @@ pub struct Generator {
     sender: SyncSender<Job>,
     waiting: Arc<AtomicUsize>,
     pub capacity: usize,
+    pub metrics: Arc<GeneratorMetrics>,
 }
 
 impl std::fmt::Debug for Generator {
@@ -80,8 +92,10 @@ impl Generator {
         let (sender, receiver) = mpsc::sync_channel::<Job>(capacity.max(1));
         let receiver = Arc::new(std::sync::Mutex::new(receiver));
         let waiting = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(GeneratorMetrics::default());
         for i in 0..workers.max(1) {
             let model = model.clone();
+            let metrics = metrics.clone();
             let receiver = receiver.clone();
             let waiting = waiting.clone();
             std::thread::Builder::new()
@@ -96,7 +110,7 @@ impl Generator {
                             Err(_) => return,
                         };
                         waiting.fetch_sub(1, Ordering::SeqCst);
-                        run(&model, job);
+                        run(&model, job, &metrics);
                     }
                 })?;
         }
@@ -107,6 +121,7 @@ impl Generator {
             sender,
             waiting,
             capacity: capacity.max(1),
+            metrics,
         })
     }
 
@@ -133,13 +148,14 @@ impl Generator {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(QueueFull)
             }
         }
     }
 }
 
-fn run(model: &LoadedModel, job: Job) {
+fn run(model: &LoadedModel, job: Job, metrics: &GeneratorMetrics) {
     let started = Instant::now();
     let queued_ms = (started - job.queued_at).as_millis() as u64;
     if job.events.is_closed() {
@@ -151,16 +167,31 @@ fn run(model: &LoadedModel, job: Job) {
         job.events.send(Event::Token(piece.to_string())).is_ok()
     });
     let event = match result {
-        Ok(generation) => Event::Done(Summary {
-            prompt_tokens: generation.prompt_tokens,
-            completion_tokens: generation.completion_tokens(),
-            finish_reason: generation.finish_reason,
-            text: generation.text,
-            first_token_ms: first_token_ms.unwrap_or_else(|| started.elapsed().as_millis() as u64),
-            total_ms: started.elapsed().as_millis() as u64,
-            queued_ms,
-        }),
-        Err(e) => Event::Failed(e.to_string()),
+        Ok(generation) => {
+            let total_ms = started.elapsed().as_millis() as u64;
+            metrics.generations.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .generated_tokens
+                .fetch_add(generation.completion_tokens() as u64, Ordering::Relaxed);
+            metrics.generation_ms.fetch_add(total_ms, Ordering::Relaxed);
+            metrics
+                .first_token_ms
+                .fetch_add(first_token_ms.unwrap_or(total_ms), Ordering::Relaxed);
+            Event::Done(Summary {
+                prompt_tokens: generation.prompt_tokens,
+                completion_tokens: generation.completion_tokens(),
+                finish_reason: generation.finish_reason,
+                text: generation.text,
+                first_token_ms: first_token_ms
+                    .unwrap_or_else(|| started.elapsed().as_millis() as u64),
+                total_ms,
+                queued_ms,
+            })
+        }
+        Err(e) => {
+            metrics.failed.fetch_add(1, Ordering::Relaxed);
+            Event::Failed(e.to_string())
+        }
     };
     let _ = job.events.send(event);
 }

@@ -60,6 +60,7 @@ impl Default for ApiConfig {
 
 /// What every handler shares.
 pub struct AppState {
+    pub requests: RequestMetrics,
     pub database: Database,
     pub knowledge: Arc<Knowledge>,
     pub generator: Arc<Generator>,
@@ -70,6 +71,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(knowledge: Knowledge, generator: Generator, config: ApiConfig) -> Arc<Self> {
         Arc::new(Self {
+            requests: RequestMetrics::default(),
             database: knowledge.database.clone(),
             knowledge: Arc::new(knowledge),
             generator: Arc::new(generator),
@@ -94,6 +96,102 @@ impl AppState {
             .insert(knowledge_base_id, retriever.clone());
         Ok(retriever)
     }
+}
+
+/// Request counts by status class and total handling time, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    by_class: [std::sync::atomic::AtomicU64; 5],
+    micros: std::sync::atomic::AtomicU64,
+}
+
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+    state.requests.by_class[class].fetch_add(1, Ordering::Relaxed);
+    state
+        .requests
+        .micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    response
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = &state.generator.metrics;
+    let mut out = String::new();
+    let _ = writeln!(out, "# TYPE kefu_http_requests_total counter");
+    for (i, counter) in state.requests.by_class.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "kefu_http_requests_total{{status=\"{}xx\"}} {}",
+            i + 1,
+            counter.load(Relaxed)
+        );
+    }
+    let total: u64 = state
+        .requests
+        .by_class
+        .iter()
+        .map(|c| c.load(Relaxed))
+        .sum();
+    let _ = writeln!(out, "# TYPE kefu_http_request_duration_seconds summary");
+    let _ = writeln!(
+        out,
+        "kefu_http_request_duration_seconds_sum {}",
+        state.requests.micros.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "kefu_http_request_duration_seconds_count {total}");
+    let generations = g.generations.load(Relaxed);
+    let _ = writeln!(out, "# TYPE kefu_time_to_first_token_seconds summary");
+    let _ = writeln!(
+        out,
+        "kefu_time_to_first_token_seconds_sum {}",
+        g.first_token_ms.load(Relaxed) as f64 / 1e3
+    );
+    let _ = writeln!(out, "kefu_time_to_first_token_seconds_count {generations}");
+    let _ = writeln!(out, "# TYPE kefu_generated_tokens_total counter");
+    let _ = writeln!(
+        out,
+        "kefu_generated_tokens_total {}",
+        g.generated_tokens.load(Relaxed)
+    );
+    let _ = writeln!(out, "# TYPE kefu_generation_seconds_total counter");
+    let _ = writeln!(
+        out,
+        "kefu_generation_seconds_total {}",
+        g.generation_ms.load(Relaxed) as f64 / 1e3
+    );
+    let _ = writeln!(out, "# TYPE kefu_generations_total counter");
+    let _ = writeln!(
+        out,
+        "kefu_generations_total{{outcome=\"done\"}} {generations}"
+    );
+    let _ = writeln!(
+        out,
+        "kefu_generations_total{{outcome=\"failed\"}} {}",
+        g.failed.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "kefu_generations_total{{outcome=\"rejected\"}} {}",
+        g.rejected.load(Relaxed)
+    );
+    let _ = writeln!(out, "# TYPE kefu_generation_queue_depth gauge");
+    let _ = writeln!(
+        out,
+        "kefu_generation_queue_depth {}",
+        state.generator.queue_depth()
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 /// An error answer: status, a stable machine-readable code, a message for people.
@@ -204,6 +302,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/conversations", post(create_conversation))
         .route(
             "/api/conversations/{id}/messages",
@@ -234,6 +333,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .fallback(|| async { ApiError::not_found("no_such_route", "there is no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 

@@ -57,7 +57,12 @@ struct Server {
 impl Server {
     fn start(home: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
         let mut child = kefu(home, database_url)
-            .args(["serve", "--port", "0", "--max-tokens", "24"])
+            .args(["serve", "--port", "0"])
+            .args(if extra.contains(&"--max-tokens") {
+                &[][..]
+            } else {
+                &["--max-tokens", "24"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -664,6 +669,29 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
         "unauthorized",
     );
 
+    // Prometheus metrics count what happened.
+    let mut response = agent().get(&server.url("/metrics")).call().unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(
+        value("kefu_generations_total{outcome=\"done\"}") >= 5.0,
+        "{text}"
+    );
+    assert!(value("kefu_generated_tokens_total") >= 10.0, "{text}");
+    assert!(
+        value("kefu_time_to_first_token_seconds_sum") > 0.0,
+        "{text}"
+    );
+    assert!(
+        value("kefu_http_requests_total{status=\"4xx\"}") >= 10.0,
+        "{text}"
+    );
+    assert_eq!(value("kefu_generation_queue_depth"), 0.0);
+
     let exit = server.stop();
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
 
@@ -715,4 +743,60 @@ fn the_platform_on_postgresql() {
     );
     the_platform_answers_streams_cites_and_records(Some(&format!("{base}/{name}")));
     psql(&format!("DROP DATABASE IF EXISTS {name}"));
+}
+
+#[test]
+fn a_full_generation_queue_answers_503_with_retry_after() {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let server = Server::start(
+        home.path(),
+        None,
+        &["--queue", "1", "--workers", "1", "--max-tokens", "96"],
+    );
+    let (_, conversation) = post(&server.url("/api/conversations"), None, b"{}");
+    let id = conversation["id"].as_str().unwrap().to_string();
+    let token = conversation["customer_token"].as_str().unwrap().to_string();
+    let url = server.url(&format!("/api/conversations/{id}/messages"));
+    // Six at once: one runs, one waits, the rest are refused at once.
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let (url, token) = (url.clone(), token.clone());
+                scope.spawn(move || {
+                    let response = agent()
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("authorization", &format!("Bearer {token}"))
+                        .send(
+                            json!({"content": format!("Question {i}: tell me a long story.")})
+                                .to_string()
+                                .as_bytes(),
+                        )
+                        .unwrap();
+                    let retry = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let status = response.status().as_u16();
+                    let mut body = String::new();
+                    let _ = response.into_body().as_reader().read_to_string(&mut body);
+                    (status, retry)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let busy: Vec<_> = statuses.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(!busy.is_empty(), "{statuses:?}");
+    assert!(
+        busy.iter().all(|(_, retry)| retry.is_some()),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().any(|(s, _)| *s == 200), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|(s, _)| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(server.stop().success());
 }
