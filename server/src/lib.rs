@@ -5,6 +5,7 @@ pub mod answer;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod evaluate;
 pub mod export;
 pub mod fetch;

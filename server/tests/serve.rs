@@ -800,3 +800,91 @@ fn a_full_generation_queue_answers_503_with_retry_after() {
     );
     assert!(server.stop().success());
 }
+
+/// The official `openai` Python client (installed into a cached venv on first run) talks to
+/// `/v1/chat/completions`, streaming and not, with an API token as its key.
+#[test]
+fn the_openai_python_client_talks_to_the_api() {
+    let venv = test_home().join("openai-venv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        let made = Command::new("python3")
+            .args(["-m", "venv", venv.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "openai==2.*"])
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install openai failed");
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let added = kefu(home.path(), None)
+        .args(["users", "add", "--role", "agent", "bot"])
+        .env("KEFU_PASSWORD", "a long password")
+        .output()
+        .unwrap();
+    assert!(added.status.success());
+    let token = kefu(home.path(), None)
+        .args(["tokens", "add", "bot"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let server = Server::start(home.path(), None, &[]);
+    let script = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1] + "/v1", api_key=sys.argv[2])
+models = [m.id for m in client.models.list()]
+reply = client.chat.completions.create(
+    model="default", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+stream = client.chat.completions.create(
+    model="production", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
+    stream=True)
+pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+try:
+    client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    refused = None
+except Exception as e:
+    refused = getattr(e, "status_code", None)
+print(json.dumps({
+    "models": models,
+    "text": reply.choices[0].message.content,
+    "finish": reply.choices[0].finish_reason,
+    "completion_tokens": reply.usage.completion_tokens,
+    "streamed": "".join(pieces),
+    "chunks": len(pieces),
+    "refused": refused,
+}))
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script, &server.base, &token])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["models"], json!(["production"]), "{result}");
+    assert!(!result["text"].as_str().unwrap().is_empty(), "{result}");
+    assert!(
+        result["completion_tokens"].as_u64().unwrap() >= 1,
+        "{result}"
+    );
+    assert!(
+        result["chunks"].as_u64().unwrap() >= 2,
+        "streamed in pieces: {result}"
+    );
+    // Greedy decoding: the streamed reply is the same text.
+    assert_eq!(result["streamed"], result["text"], "{result}");
+    assert_eq!(result["refused"], 404, "{result}");
+    assert!(server.stop().success());
+}
