@@ -27,9 +27,10 @@ echo "kefu serve load, default models, max 64 tokens per answer, $(nproc) cpus, 
 printf '%11s %8s %7s %14s %14s %11s\n' concurrency requests errors "ttft p50 ms" "ttft p99 ms" "tokens/s"
 for c in 1 4 16; do
   q=$(( c == 1 ? 8 : (c == 4 ? 2 : 1) ))
-  "$CARGO_TARGET_DIR/release/examples/load" "$BASE" "$c" "$q" | python3 -c '
+  "$CARGO_TARGET_DIR/release/examples/load" "$BASE" "$c" "$q" | python3 -c "
 import json, sys
 r = json.load(sys.stdin)
-print(f"{r[\"concurrency\"]:>11} {r[\"requests\"]:>8} {r[\"errors\"]:>7} {r[\"ttft_p50_ms\"]:>14.0f} {r[\"ttft_p99_ms\"]:>14.0f} {r[\"tokens_per_second\"]:>11.1f}")'
+print('%11d %8d %7d %14.0f %14.0f %11.1f' % (r['concurrency'], r['requests'], r['errors'],
+      r['ttft_p50_ms'], r['ttft_p99_ms'], r['tokens_per_second']))"
 done
 echo "server peak memory: $(grep VmHWM /proc/$PID/status | awk '{print $2/1024 " MiB"}')"
