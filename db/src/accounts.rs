@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use crate::chat::now_ms;
+use crate::chat::{CONVERSATION_COLUMNS, conversation_from, now_ms};
 use crate::{Conversation, Database, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,25 +168,13 @@ impl Database {
 
     /// The newest conversations first, at most `limit`.
     pub async fn recent_conversations(&self, limit: i64) -> Result<Vec<Conversation>> {
-        let rows = sqlx::query(
-            "SELECT id, public_id, knowledge_base_id, customer_secret_hash, status, created_ms \
-             FROM conversations ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Conversation {
-                    id: row.try_get("id")?,
-                    public_id: row.try_get("public_id")?,
-                    knowledge_base_id: row.try_get("knowledge_base_id")?,
-                    customer_secret_hash: row.try_get("customer_secret_hash")?,
-                    status: row.try_get("status")?,
-                    created_ms: row.try_get("created_ms")?,
-                })
-            })
-            .collect()
+        let sql =
+            format!("SELECT {CONVERSATION_COLUMNS} FROM conversations ORDER BY id DESC LIMIT $1");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(conversation_from).collect()
     }
 
     /// Every assistant answer with at least one feedback event, oldest first: what the

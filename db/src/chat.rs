@@ -73,7 +73,7 @@ pub struct FeedbackEvent {
     pub created_ms: i64,
 }
 
-fn conversation_from(row: &sqlx::any::AnyRow) -> Result<Conversation> {
+pub(crate) fn conversation_from(row: &sqlx::any::AnyRow) -> Result<Conversation> {
     Ok(Conversation {
         id: row.try_get("id")?,
         public_id: row.try_get("public_id")?,
@@ -95,7 +95,7 @@ fn message_from(row: &sqlx::any::AnyRow) -> Result<Message> {
     })
 }
 
-const CONVERSATION_COLUMNS: &str =
+pub(crate) const CONVERSATION_COLUMNS: &str =
     "id, public_id, knowledge_base_id, customer_secret_hash, status, created_ms";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, reply_to, created_ms";
 
