@@ -328,6 +328,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/agent/conversations/{id}/takeover", post(take_over))
         .route("/api/agent/conversations/{id}/reply", post(agent_reply))
         .route("/api/admin/users", post(add_user))
+        .route(
+            "/api/admin/knowledge-bases/{kb}/documents",
+            get(list_documents)
+                .post(upload_document)
+                .layer(DefaultBodyLimit::max(
+                    kefu_rag::parse::MAX_FILE_BYTES as usize,
+                )),
+        )
+        .route(
+            "/api/admin/knowledge-bases/{kb}/documents/{document}",
+            axum::routing::delete(delete_document),
+        )
         .route("/api/admin/export/{kind}", get(export))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
@@ -1554,4 +1566,156 @@ async fn export(
         body.push('\n');
     }
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+async fn admin_kb(state: &AppState, name: &str) -> Result<i64, ApiError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_knowledge_base",
+            "a knowledge base name has 1 to 200 characters",
+        ));
+    }
+    state
+        .database
+        .knowledge_base(name)
+        .await
+        .map_err(ApiError::internal)
+}
+
+async fn list_documents(
+    State(state): State<Arc<AppState>>,
+    Path(kb): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    crate::auth::admin(&state.database, &method, &headers).await?;
+    let kb_id = admin_kb(&state, &kb).await?;
+    let documents = state
+        .database
+        .documents(kb_id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "knowledge_base": kb,
+        "documents": documents.iter().map(|d| json!({
+            "id": d.id, "path": d.path, "title": d.title, "language": d.language,
+            "bytes": d.byte_count, "sha256": d.content_hash,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+/// Uploads one document (the raw file as the body, its file name in `?name=`): stored,
+/// chunked and embedded like `kefu ingest`; uploading the same name again replaces it.
+async fn upload_document(
+    State(state): State<Arc<AppState>>,
+    Path(kb): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<UploadQuery>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    crate::auth::admin(&state.database, &method, &headers).await?;
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        ApiError::new(status, code, rejection.body_text())
+    })?;
+    let name = query.name.unwrap_or_default();
+    if name.is_empty() || name.len() > 200 || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "give the file name as ?name=FILE.md (no folders, 1 to 200 characters)",
+        ));
+    }
+    let kb_id = admin_kb(&state, &kb).await?;
+    let key = format!("upload:{kb}/{name}");
+    let knowledge = state.knowledge.clone();
+    let config = kefu_rag::chunk::ChunkConfig::default();
+    // Embedding waits on the embedder's thread: keep it off the async workers' schedule.
+    let outcome = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            let outcome = crate::ingest::ingest_bytes(
+                &knowledge,
+                kb_id,
+                &key,
+                std::path::Path::new(&name),
+                &body,
+                &config,
+            )
+            .await?;
+            knowledge.store.optimize()?;
+            knowledge.store.flush()?;
+            anyhow::Ok(outcome)
+        })
+    })
+    .map_err(ApiError::internal)?;
+    let outcome = outcome.map_err(|e| {
+        let code = match &e {
+            kefu_rag::ParseError::Unsupported(_) => "unsupported_type",
+            kefu_rag::ParseError::TooLarge { .. } => "too_large",
+            _ => "unreadable_document",
+        };
+        ApiError::bad_request(code, format!("{name}: {e}"))
+    })?;
+    state.retrievers.write().await.remove(&kb_id);
+    let (status, what, chunks) = match outcome {
+        crate::ingest::Outcome::Added { chunks } => (StatusCode::CREATED, "added", chunks),
+        crate::ingest::Outcome::Updated { chunks } => (StatusCode::OK, "updated", chunks),
+        crate::ingest::Outcome::Unchanged { .. } => (StatusCode::OK, "unchanged", 0),
+    };
+    let document = state
+        .database
+        .document(kb_id, &key)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        status,
+        Json(json!({"outcome": what, "chunks": chunks, "id": document.map(|d| d.id)})),
+    ))
+}
+
+async fn delete_document(
+    State(state): State<Arc<AppState>>,
+    Path((kb, document_id)): Path<(String, i64)>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    crate::auth::admin(&state.database, &method, &headers).await?;
+    let kb_id = admin_kb(&state, &kb).await?;
+    let documents = state
+        .database
+        .documents(kb_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(document) = documents.iter().find(|d| d.id == document_id) else {
+        return Err(ApiError::not_found(
+            "document_not_found",
+            "no such document in this knowledge base",
+        ));
+    };
+    state
+        .database
+        .delete_document(kb_id, &document.path)
+        .await
+        .map_err(ApiError::internal)?;
+    let knowledge = state.knowledge.clone();
+    let id = document.id;
+    tokio::task::spawn_blocking(move || {
+        knowledge.store.delete_document(id)?;
+        knowledge.store.flush()
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    state.retrievers.write().await.remove(&kb_id);
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -75,6 +75,87 @@ fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// What ingesting one document did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Added {
+        chunks: usize,
+    },
+    Updated {
+        chunks: usize,
+    },
+    /// The same bytes were stored already; `reindexed` when its vectors had to be rebuilt.
+    Unchanged {
+        reindexed: bool,
+    },
+}
+
+/// Stores one document's `bytes` under `key` in knowledge base `kb`: unchanged bytes are
+/// skipped (their vectors rebuilt if they went missing), new or changed ones are parsed (the
+/// format and fallback title come from `name`), chunked, stored and embedded. The outer error
+/// is the database's or the vector store's; the inner one says why the document is unusable.
+/// The caller optimizes and flushes the vector store after a batch.
+pub async fn ingest_bytes(
+    knowledge: &Knowledge,
+    kb: i64,
+    key: &str,
+    name: &Path,
+    bytes: &[u8],
+    config: &ChunkConfig,
+) -> Result<std::result::Result<Outcome, ParseError>> {
+    let database = &knowledge.database;
+    if bytes.len() as u64 > kefu_rag::parse::MAX_FILE_BYTES {
+        return Ok(Err(ParseError::TooLarge {
+            bytes: bytes.len() as u64,
+            limit: kefu_rag::parse::MAX_FILE_BYTES,
+        }));
+    }
+    let hash = sha256_hex(bytes);
+    let existing = database.document(kb, key).await?;
+    if let Some(document) = existing.as_ref().filter(|d| d.content_hash == hash) {
+        // Vectors lost to an interrupted run (or never made by a new embedder) are rebuilt.
+        let chunks = database.document_chunks(document.id).await?;
+        let reindexed = knowledge.store.count_document(document.id)? != chunks.len();
+        if reindexed {
+            knowledge.index_chunks(kb, document.id, &chunks)?;
+        }
+        return Ok(Ok(Outcome::Unchanged { reindexed }));
+    }
+    let fallback_title = name
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parsed = match Format::of(name).and_then(|f| parse_bytes(bytes, f, &fallback_title)) {
+        Ok(parsed) => parsed,
+        Err(e) => return Ok(Err(e)),
+    };
+    let chunks: Vec<NewChunk> = chunk_document(&parsed, config, &knowledge.tokens)
+        .into_iter()
+        .map(|c| NewChunk {
+            heading_path: c.heading_path,
+            text: c.text,
+            token_count: c.tokens as i64,
+        })
+        .collect();
+    let count = chunks.len();
+    let document = NewDocument {
+        path: key.to_string(),
+        title: parsed.title,
+        language: parsed.language.as_str().to_string(),
+        content_hash: hash,
+        byte_count: bytes.len() as i64,
+        chunks,
+    };
+    let document_id = database.replace_document(kb, &document).await?;
+    let stored = database.document_chunks(document_id).await?;
+    knowledge.index_chunks(kb, document_id, &stored)?;
+    Ok(Ok(if existing.is_some() {
+        Outcome::Updated { chunks: count }
+    } else {
+        Outcome::Added { chunks: count }
+    }))
+}
+
 /// The key a file is stored under: its canonical path.
 fn key_of(file: &Path) -> String {
     std::fs::canonicalize(file)
@@ -141,56 +222,25 @@ pub async fn ingest(
                 }
             },
         };
-        let hash = sha256_hex(&bytes);
-        let existing = database.document(kb, &key).await?;
-        if let Some(document) = existing.as_ref().filter(|d| d.content_hash == hash) {
-            report.unchanged += 1;
-            // Vectors lost to an interrupted run (or never made by a new embedder) are rebuilt.
-            let chunks = database.document_chunks(document.id).await?;
-            if knowledge.store.count_document(document.id)? != chunks.len() {
-                knowledge.index_chunks(kb, document.id, &chunks)?;
-                report.reindexed += 1;
+        match ingest_bytes(knowledge, kb, &key, &file, &bytes, config).await? {
+            Ok(Outcome::Added { chunks }) => {
+                report.added += 1;
+                report.chunks += chunks;
                 changed = true;
             }
-            continue;
-        }
-        // The bytes already read (for the hash) are parsed; the file is not read twice.
-        let fallback_title = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parsed = match Format::of(&file).and_then(|f| parse_bytes(&bytes, f, &fallback_title)) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                report.failed.push((file, e.to_string()));
-                continue;
+            Ok(Outcome::Updated { chunks }) => {
+                report.updated += 1;
+                report.chunks += chunks;
+                changed = true;
             }
-        };
-        let chunks: Vec<NewChunk> = chunk_document(&parsed, config, &knowledge.tokens)
-            .into_iter()
-            .map(|c| NewChunk {
-                heading_path: c.heading_path,
-                text: c.text,
-                token_count: c.tokens as i64,
-            })
-            .collect();
-        report.chunks += chunks.len();
-        let document = NewDocument {
-            path: key,
-            title: parsed.title,
-            language: parsed.language.as_str().to_string(),
-            content_hash: hash,
-            byte_count: bytes.len() as i64,
-            chunks,
-        };
-        let document_id = database.replace_document(kb, &document).await?;
-        let stored = database.document_chunks(document_id).await?;
-        knowledge.index_chunks(kb, document_id, &stored)?;
-        changed = true;
-        if existing.is_some() {
-            report.updated += 1;
-        } else {
-            report.added += 1;
+            Ok(Outcome::Unchanged { reindexed }) => {
+                report.unchanged += 1;
+                if reindexed {
+                    report.reindexed += 1;
+                    changed = true;
+                }
+            }
+            Err(e) => report.failed.push((file, e.to_string())),
         }
     }
     bar.finish_and_clear();

@@ -560,6 +560,12 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
         ),
         (
             "GET",
+            "/api/admin/knowledge-bases/default/documents".into(),
+            None,
+            [401, 401, 401, 403, 200, 403, 200],
+        ),
+        (
+            "GET",
             "/v1/models".into(),
             None,
             [401, 401, 401, 200, 200, 200, 200],
@@ -571,6 +577,76 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
             assert_eq!(status, *want, "{method} {path} as {who}: {answer}");
         }
     }
+    // Admins manage documents over the API: upload (embedded like `kefu ingest`), list, delete.
+    let upload = |name: &str, bytes: &[u8], who: &Identity| -> (u16, Value) {
+        let mut r = agent().post(&server.url(&format!(
+            "/api/admin/knowledge-bases/default/documents?name={name}"
+        )));
+        for (k, v) in who {
+            r = r.header(*k, v);
+        }
+        let mut response = r.send(bytes).unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    };
+    let guide = b"# Returns\n\nParcels can be returned within 30 days with the prepaid label.";
+    let (status, added) = upload("returns.md", guide, &admin_api);
+    assert_eq!(status, 201, "{added}");
+    assert!(added["chunks"].as_u64().unwrap() >= 1, "{added}");
+    let (status, again) = upload("returns.md", guide, &admin_api);
+    assert_eq!(
+        (status, again["outcome"].as_str()),
+        (200, Some("unchanged")),
+        "{again}"
+    );
+    assert_error(
+        upload("slides.pptx", b"PK\x03\x04", &admin_api),
+        400,
+        "unsupported_type",
+    );
+    assert_error(
+        upload("empty.md", b"", &admin_api),
+        400,
+        "unreadable_document",
+    );
+    assert_error(
+        upload("bad.txt", b"caf\xe9", &admin_api),
+        400,
+        "unreadable_document",
+    );
+    assert_error(upload("../etc.md", guide, &admin_api), 400, "invalid_name");
+    assert_error(upload("returns.md", guide, &agent_api), 403, "forbidden");
+    let documents_url = server.url("/api/admin/knowledge-bases/default/documents");
+    let (_, listed) = request("GET", &documents_url, &admin_api, None);
+    let uploaded = listed["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "upload:default/returns.md")
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(uploaded["title"], "Returns");
+    let delete = |who: &Identity| {
+        let mut r = agent().delete(&format!("{documents_url}/{}", uploaded["id"]));
+        for (k, v) in who {
+            r = r.header(*k, v);
+        }
+        let mut response = r.call().unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    };
+    assert_error(delete(&agent_api), 403, "forbidden");
+    assert_eq!(delete(&admin_api).0, 204);
+    assert_error(delete(&admin_api), 404, "document_not_found");
+
     // An agent takes over: the customer's next message waits for the agent.
     let (status, _) = request(
         "POST",
