@@ -270,6 +270,18 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
 /// `Json<T>` whose rejections are `ApiError`s.
 pub struct ApiJson<T>(pub T);
 
@@ -377,15 +389,7 @@ async fn create_conversation(
     State(state): State<Arc<AppState>>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "invalid_body"
-        };
-        ApiError::new(status, code, rejection.body_text())
-    })?;
+    let body = body?;
     // The body is optional: none (or `{}`) means the default knowledge base.
     let request: NewConversation = if body.iter().all(u8::is_ascii_whitespace) {
         NewConversation::default()
@@ -1255,15 +1259,7 @@ async fn logout(
 ) -> Result<Response, ApiError> {
     let staff = crate::auth::staff(&state.database, &method, &headers).await?;
     if staff.by_cookie {
-        let token = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|p| p.trim().split_once('='))
-            .find(|(k, _)| *k == crate::auth::SESSION_COOKIE)
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_default();
+        let token = crate::auth::cookie(&headers, crate::auth::SESSION_COOKIE).unwrap_or_default();
         state
             .database
             .delete_session(&crate::auth::sha256_hex(&token))
@@ -1620,15 +1616,7 @@ async fn upload_document(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     crate::auth::admin(&state.database, &method, &headers).await?;
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "invalid_body"
-        };
-        ApiError::new(status, code, rejection.body_text())
-    })?;
+    let body = body?;
     let name = query.name.unwrap_or_default();
     if name.is_empty() || name.len() > 200 || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(ApiError::bad_request(
