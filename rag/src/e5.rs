@@ -32,6 +32,22 @@ pub type Result<T> = std::result::Result<T, E5Error>;
 const QK: usize = 32;
 const Q4_BLOCK_BYTES: usize = 18;
 
+/// Little-endian `u32`s (a trailing partial word is ignored; callers take whole words).
+fn u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// Little-endian `f32`s.
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
 fn corrupt(what: impl Into<String>) -> E5Error {
     E5Error::Corrupt(what.into())
 }
@@ -163,22 +179,15 @@ impl<'a> E5File<'a> {
         let unk = c.u32("unk")?;
         let blob_len =
             usize::try_from(c.u64("piece bytes")?).map_err(|_| corrupt("piece bytes"))?;
-        let offsets: Vec<usize> = c
-            .take(
-                n_pieces
-                    .checked_add(1)
-                    .and_then(|n| n.checked_mul(4))
-                    .ok_or_else(|| corrupt("piece count"))?,
-                "piece offsets",
-            )?
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+        let offset_bytes = n_pieces
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(|| corrupt("piece count"))?;
+        let offsets: Vec<usize> = u32s(c.take(offset_bytes, "piece offsets")?)
+            .into_iter()
+            .map(|o| o as usize)
             .collect();
-        let scores: Vec<f32> = c
-            .take(n_pieces * 4, "piece scores")?
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let scores = f32s(c.take(n_pieces * 4, "piece scores")?);
         let blob = c.take(blob_len, "piece text")?;
         let mut pieces = Vec::with_capacity(n_pieces);
         for i in 0..n_pieces {
@@ -205,11 +214,7 @@ impl<'a> E5File<'a> {
         for _ in 0..n_norm {
             let cp = norm.u32("normalization entry")?;
             let n = norm.take(1, "normalization entry")?[0] as usize;
-            let out = norm
-                .take(n * 4, "normalization entry")?
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
+            let out = u32s(norm.take(n * 4, "normalization entry")?);
             normalization.push((cp, out));
         }
 
@@ -260,11 +265,7 @@ impl<'a> E5File<'a> {
     }
 
     fn floats(&self, name: &str, count: usize) -> Result<Vec<f32>> {
-        Ok(self
-            .tensor(name, 0, count)?
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect())
+        Ok(f32s(self.tensor(name, 0, count)?))
     }
 
     /// A Q4_0 matrix `[rows, cols]` dequantized and transposed to `[cols, rows]` (MatMul's

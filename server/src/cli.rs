@@ -565,7 +565,14 @@ fn ingest(home: &Path, threads: usize, args: &IngestArgs) -> Result<()> {
     Ok(())
 }
 
-async fn open_retriever(knowledge: &Knowledge, kb: &str) -> Result<Retriever> {
+/// The knowledge base `args.kb`, ready to search; an empty one is an error.
+async fn open_retriever(
+    home: &Path,
+    threads: usize,
+    args: &KnowledgeArgs,
+) -> Result<(Knowledge, Retriever)> {
+    let knowledge = open_knowledge(home, threads, args).await?;
+    let kb = &args.kb;
     let id = knowledge.database.knowledge_base(kb).await?;
     let retriever = Retriever::load(&knowledge.database, id).await?;
     if retriever.chunks.is_empty() {
@@ -573,7 +580,7 @@ async fn open_retriever(knowledge: &Knowledge, kb: &str) -> Result<Retriever> {
             "the knowledge base `{kb}` is empty: add documents with `kefu ingest PATH --kb {kb}`"
         );
     }
-    Ok(retriever)
+    Ok((knowledge, retriever))
 }
 
 async fn connect(home: &Path, flag: Option<&str>) -> Result<kefu_db::Database> {
@@ -721,11 +728,8 @@ fn ask(home: &Path, threads: usize, args: &AskArgs) -> Result<()> {
         bail!("the question is empty");
     }
     let runtime = runtime()?;
-    let (knowledge, retriever) = runtime.block_on(async {
-        let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
-        let retriever = open_retriever(&knowledge, &args.knowledge.kb).await?;
-        anyhow::Ok((knowledge, retriever))
-    })?;
+    let (knowledge, retriever) =
+        runtime.block_on(open_retriever(home, threads, &args.knowledge))?;
     let ranked = retriever.search(&knowledge, &args.question, &RetrievalConfig::default())?;
     let path = resolve_model(home, &args.model)?;
     let model = LoadedModel::load(&path, &LoadOptions::default())
@@ -770,11 +774,8 @@ fn eval_retrieval(home: &Path, threads: usize, args: &EvalRetrievalArgs) -> Resu
     }
     let (questions, skipped) = crate::evaluate::read_questions(&args.qa, args.split.as_deref())?;
     let runtime = runtime()?;
-    let (knowledge, retriever) = runtime.block_on(async {
-        let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
-        let retriever = open_retriever(&knowledge, &args.knowledge.kb).await?;
-        anyhow::Ok((knowledge, retriever))
-    })?;
+    let (knowledge, retriever) =
+        runtime.block_on(open_retriever(home, threads, &args.knowledge))?;
     let config = RetrievalConfig {
         depth: args.depth,
         fusion: FusionConfig { k: args.rrf_k },

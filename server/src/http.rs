@@ -20,12 +20,12 @@ use kefu_model::sampling::SamplingConfig;
 use kefu_model::{ChatMessage, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::sync::{RwLock, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::answer::{Citation, grounded_prompt};
+use crate::auth::{random_hex, sha256_hex};
 use crate::generator::{Event, Generator, QueueFull, Summary};
 use crate::knowledge::{Knowledge, RetrievalConfig, Retriever};
 
@@ -296,17 +296,6 @@ where
         let Json(value) = Json::<T>::from_request(request, state).await?;
         Ok(Self(value))
     }
-}
-
-fn sha256_hex(text: &str) -> String {
-    format!("{:x}", Sha256::digest(text.as_bytes()))
-}
-
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buffer = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buffer);
-    buffer.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -653,7 +642,7 @@ async fn prepare(
                 .citations
                 .iter()
                 .map(|c| {
-                    let chunk = retriever.chunks.iter().find(|chunk| chunk.id == c.chunk_id);
+                    let chunk = retriever.chunk_by_id(c.chunk_id);
                     json!({
                         "chunk_id": c.chunk_id, "score": c.score, "title": c.title,
                         "heading": c.heading, "path": c.path,

@@ -274,6 +274,11 @@ impl Retriever {
         })
     }
 
+    /// The chunk with this database id, if it belongs to this knowledge base.
+    pub fn chunk_by_id(&self, id: i64) -> Option<&StoredChunk> {
+        self.position.get(&id).map(|&i| &self.chunks[i])
+    }
+
     /// Dense, keyword and fused rankings of `query`.
     pub fn search(
         &self,
