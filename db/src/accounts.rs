@@ -58,6 +58,33 @@ impl Database {
         row.map(|r| user_from(&r)).transpose()
     }
 
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query("SELECT id, name, role, password_hash FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    /// Removes a user with their sessions and API tokens; false when there was none. Their
+    /// feedback and handoffs stay (handoffs lose the link to the user).
+    pub async fn delete_user(&self, id: i64) -> Result<bool> {
+        let mut transaction = self.pool.begin().await?;
+        for sql in [
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM api_tokens WHERE user_id = $1",
+            "UPDATE handoffs SET user_id = NULL WHERE user_id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *transaction).await?;
+        }
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn create_session(
         &self,
         token_hash: &str,

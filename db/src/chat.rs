@@ -20,6 +20,8 @@ pub struct Conversation {
     pub customer_secret_hash: String,
     pub status: String,
     pub created_ms: i64,
+    /// The widget site it was opened through, if any.
+    pub site_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,7 @@ pub(crate) fn conversation_from(row: &sqlx::any::AnyRow) -> Result<Conversation>
         customer_secret_hash: row.try_get("customer_secret_hash")?,
         status: row.try_get("status")?,
         created_ms: row.try_get("created_ms")?,
+        site_id: row.try_get("site_id")?,
     })
 }
 
@@ -96,7 +99,7 @@ fn message_from(row: &sqlx::any::AnyRow) -> Result<Message> {
 }
 
 pub(crate) const CONVERSATION_COLUMNS: &str =
-    "id, public_id, knowledge_base_id, customer_secret_hash, status, created_ms";
+    "id, public_id, knowledge_base_id, customer_secret_hash, status, created_ms, site_id";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, reply_to, created_ms";
 
 impl Database {
@@ -105,16 +108,18 @@ impl Database {
         knowledge_base_id: i64,
         public_id: &str,
         customer_secret_hash: &str,
+        site_id: Option<i64>,
     ) -> Result<Conversation> {
         let sql = format!(
             "INSERT INTO conversations (public_id, knowledge_base_id, customer_secret_hash, \
-             created_ms) VALUES ($1, $2, $3, $4) RETURNING {CONVERSATION_COLUMNS}"
+             created_ms, site_id) VALUES ($1, $2, $3, $4, $5) RETURNING {CONVERSATION_COLUMNS}"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(public_id)
             .bind(knowledge_base_id)
             .bind(customer_secret_hash)
             .bind(now_ms())
+            .bind(site_id)
             .fetch_one(&self.pool)
             .await?;
         conversation_from(&row)

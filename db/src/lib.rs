@@ -5,9 +5,11 @@
 
 mod accounts;
 mod chat;
+mod sites;
 
 pub use accounts::{Session, User};
 pub use chat::{Conversation, FeedbackEvent, Message, NewFeedback, ServedPrompt, now_ms};
+pub use sites::WidgetSite;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -160,6 +162,34 @@ impl Database {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("id")?)
+    }
+
+    /// The id of the knowledge base `name`, if it exists.
+    pub async fn find_knowledge_base(&self, name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT id FROM knowledge_bases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get("id")?)).transpose()
+    }
+
+    /// Every knowledge base as (id, name, document count), by name.
+    pub async fn knowledge_bases(&self) -> Result<Vec<(i64, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT k.id, k.name, (SELECT COUNT(*) FROM documents d \
+             WHERE d.knowledge_base_id = k.id) AS documents FROM knowledge_bases k ORDER BY k.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("name")?,
+                    r.try_get("documents")?,
+                ))
+            })
+            .collect()
     }
 
     /// The stored document at `path` in a knowledge base, if any.

@@ -208,6 +208,91 @@ async fn a_failed_replacement_changes_nothing(engine: Engine) {
     test.drop_database().await;
 }
 
+async fn sites_users_and_detached_conversations(engine: Engine) {
+    let test = TestDatabase::new(engine, "sites").await;
+    let db = Database::connect(&test.url).await.unwrap();
+    let kb = db.knowledge_base("support").await.unwrap();
+    assert_eq!(db.find_knowledge_base("support").await.unwrap(), Some(kb));
+    assert_eq!(db.find_knowledge_base("nope").await.unwrap(), None);
+    let origins = vec![
+        "https://shop.example".to_string(),
+        "http://localhost:3000".into(),
+    ];
+    let site = db
+        .create_site("shop", "kefu_site_abc", &origins, kb)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(site.allowed_origins, origins);
+    assert!(site.allows("https://shop.example") && !site.allows("https://shop.example.evil"));
+    // A taken name is refused without touching the first site.
+    assert!(
+        db.create_site("shop", "kefu_site_other", &[], kb)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        db.site_by_key("kefu_site_abc").await.unwrap(),
+        Some(site.clone())
+    );
+    assert_eq!(db.site_by_key("kefu_site_other").await.unwrap(), None);
+    assert!(db.set_site_origins(site.id, &origins[..1]).await.unwrap());
+    assert_eq!(
+        db.site(site.id).await.unwrap().unwrap().allowed_origins,
+        origins[..1]
+    );
+    let with_site = db
+        .create_conversation(kb, "c1", "hash1", Some(site.id))
+        .await
+        .unwrap();
+    assert_eq!(with_site.site_id, Some(site.id));
+    let without = db
+        .create_conversation(kb, "c2", "hash2", None)
+        .await
+        .unwrap();
+    assert_eq!(without.site_id, None);
+    assert_eq!(
+        db.knowledge_bases().await.unwrap(),
+        vec![(kb, "support".to_string(), 0)]
+    );
+    // Deleting the site keeps its conversations, detached.
+    assert!(db.delete_site(site.id).await.unwrap());
+    assert!(!db.delete_site(site.id).await.unwrap());
+    assert_eq!(db.conversation("c1").await.unwrap().unwrap().site_id, None);
+
+    let ann = db.upsert_user("ann", "agent", "h").await.unwrap();
+    db.upsert_user("bob", "admin", "h").await.unwrap();
+    db.create_api_token("t", ann.id, "ci").await.unwrap();
+    db.handoff(with_site.id, "taken", Some(ann.id), "agent")
+        .await
+        .unwrap();
+    let names: Vec<String> = db
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["ann", "bob"]);
+    assert!(db.delete_user(ann.id).await.unwrap());
+    assert!(!db.delete_user(ann.id).await.unwrap());
+    assert_eq!(db.api_token_user("t").await.unwrap(), None);
+    assert_eq!(db.users().await.unwrap().len(), 1);
+    db.close().await;
+    test.drop_database().await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_sites_and_users() {
+    sites_users_and_detached_conversations(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_sites_and_users() {
+    sites_users_and_detached_conversations(Engine::Postgres).await;
+}
+
 #[tokio::test]
 async fn sqlite_stores_documents_and_chunks() {
     documents_chunks_and_replacement(Engine::Sqlite).await;

@@ -267,7 +267,15 @@ pub fn requantize(src: &mut GgufFile, dst: &Path, target: GgmlDType) -> Result<(
         .map(String::as_str)
         .zip(tensors.iter())
         .collect();
-    let partial = dst.with_extension("partial");
+    // A name of this process's own: several processes may fill the same cache at once, and
+    // each renames a complete file into place.
+    let partial = dst.with_extension(format!(
+        "partial.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    ));
     {
         let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
         let mut writer = BufWriter::new(file);

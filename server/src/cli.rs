@@ -125,6 +125,12 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "KEFU_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Requests a minute from one IP address (0: no limit); more get 429 with Retry-After.
+    #[arg(long, env = "KEFU_RATE_PER_IP", default_value_t = 600)]
+    pub rate_per_ip: u32,
+    /// Customer requests a minute through one widget site (0: no limit).
+    #[arg(long, env = "KEFU_RATE_PER_SITE", default_value_t = 3000)]
+    pub rate_per_site: u32,
 }
 
 #[derive(Debug, Args)]
@@ -673,6 +679,11 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
+        // Conversations that name no knowledge base (and new widget sites) use this one.
+        knowledge
+            .database
+            .knowledge_base(&args.knowledge.kb)
+            .await?;
         let path = resolve_model(home, &args.model)?;
         let model = tokio::task::spawn_blocking(move || {
             LoadedModel::load(&path, &LoadOptions::default())
@@ -692,6 +703,9 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
             default_kb: args.knowledge.kb.clone(),
             max_body_bytes: args.max_body_bytes,
             max_tokens: args.max_tokens,
+            rate_per_ip: args.rate_per_ip,
+            rate_per_site: args.rate_per_site,
+            data_dir: home.to_path_buf(),
             ..crate::http::ApiConfig::default()
         };
         let state = crate::http::AppState::new(knowledge, generator, config);
@@ -699,7 +713,9 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         println!("kefu: listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, crate::http::router(state))
+        let app = crate::http::router(state)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         eprintln!("kefu: stopped");

@@ -24,6 +24,7 @@ use tokio::sync::{RwLock, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::access::RateLimiter;
 use crate::answer::{Citation, grounded_prompt};
 use crate::auth::{random_hex, sha256_hex};
 use crate::generator::{Event, Generator, QueueFull, Summary};
@@ -42,6 +43,12 @@ pub struct ApiConfig {
     pub context_tokens: usize,
     /// Earlier messages of the conversation given to the model.
     pub history_messages: usize,
+    /// Requests a minute from one IP address (0: no limit).
+    pub rate_per_ip: u32,
+    /// Customer requests a minute through one widget site (0: no limit).
+    pub rate_per_site: u32,
+    /// The data directory: uploaded documents are kept under `uploads/` for re-ingesting.
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +61,9 @@ impl Default for ApiConfig {
             passages: 4,
             context_tokens: 1536,
             history_messages: 6,
+            rate_per_ip: 600,
+            rate_per_site: 3000,
+            data_dir: std::path::PathBuf::from("."),
         }
     }
 }
@@ -65,7 +75,9 @@ pub struct AppState {
     pub knowledge: Arc<Knowledge>,
     pub generator: Arc<Generator>,
     pub config: ApiConfig,
-    retrievers: RwLock<HashMap<i64, Arc<Retriever>>>,
+    pub(crate) retrievers: RwLock<HashMap<i64, Arc<Retriever>>>,
+    pub(crate) ip_limits: RateLimiter<std::net::IpAddr>,
+    pub(crate) site_limits: RateLimiter<i64>,
 }
 
 impl AppState {
@@ -75,6 +87,8 @@ impl AppState {
             database: knowledge.database.clone(),
             knowledge: Arc::new(knowledge),
             generator: Arc::new(generator),
+            ip_limits: RateLimiter::new(config.rate_per_ip),
+            site_limits: RateLimiter::new(config.rate_per_site),
             config,
             retrievers: RwLock::new(HashMap::new()),
         })
@@ -213,11 +227,11 @@ impl ApiError {
         }
     }
 
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
@@ -300,10 +314,8 @@ where
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+    // What a widget may call, from the origins its site allows (CORS).
+    let customer = Router::new()
         .route("/api/conversations", post(create_conversation))
         .route(
             "/api/conversations/{id}/messages",
@@ -318,6 +330,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(feedback),
         )
         .route("/api/conversations/{id}/handoff", post(request_handoff))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::cors,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi))
+        .merge(customer)
         .route("/api/auth/login", post(login))
         .route("/api/auth/logout", post(logout))
         .route("/api/agent/conversations", get(agent_conversations))
@@ -328,29 +351,74 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/agent/conversations/{id}/takeover", post(take_over))
         .route("/api/agent/conversations/{id}/reply", post(agent_reply))
-        .route("/api/admin/users", post(add_user))
+        .route(
+            "/api/admin/users",
+            post(add_user).get(crate::admin::list_users),
+        )
+        .route(
+            "/api/admin/users/{name}",
+            axum::routing::delete(crate::admin::delete_user),
+        )
+        .route(
+            "/api/admin/sites",
+            get(crate::admin::list_sites).post(crate::admin::add_site),
+        )
+        .route(
+            "/api/admin/sites/{site}",
+            axum::routing::put(crate::admin::set_site_origins).delete(crate::admin::delete_site),
+        )
+        .route(
+            "/api/admin/knowledge-bases",
+            get(crate::admin::list_knowledge_bases),
+        )
         .route(
             "/api/admin/knowledge-bases/{kb}/documents",
-            get(list_documents)
-                .post(upload_document)
+            get(crate::admin::list_documents)
+                .post(crate::admin::upload_document)
                 .layer(DefaultBodyLimit::max(
                     kefu_rag::parse::MAX_FILE_BYTES as usize,
                 )),
         )
         .route(
             "/api/admin/knowledge-bases/{kb}/documents/{document}",
-            axum::routing::delete(delete_document),
+            axum::routing::delete(crate::admin::delete_document),
+        )
+        .route(
+            "/api/admin/knowledge-bases/{kb}/documents/{document}/reingest",
+            post(crate::admin::reingest_document),
         )
         .route("/api/admin/export/{kind}", get(export))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .fallback(|| async { ApiError::not_found("no_such_route", "there is no such route") })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::limit_per_ip,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
         ))
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (see /api/openapi.json)",
+    )
+}
+
+/// The OpenAPI 3.1 description of this API (kept in `server/openapi.json`).
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
+        .into_response()
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -376,34 +444,73 @@ struct NewConversation {
 
 async fn create_conversation(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let site = crate::access::requested_site(&state, &headers).await?;
+    crate::access::check_origin(site.as_ref(), &headers)?;
+    if let Some(site) = &site {
+        crate::access::charge_site(&state, site)?;
+    }
     let body = body?;
-    // The body is optional: none (or `{}`) means the default knowledge base.
+    // The body is optional: none (or `{}`) means the site's or the default knowledge base.
     let request: NewConversation = if body.iter().all(u8::is_ascii_whitespace) {
         NewConversation::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
-    let kb_name = request
-        .knowledge_base
-        .unwrap_or_else(|| state.config.default_kb.clone());
-    if kb_name.trim().is_empty() || kb_name.len() > 200 {
+    if let Some(name) = &request.knowledge_base
+        && (name.trim().is_empty() || name.len() > 200)
+    {
         return Err(ApiError::bad_request(
             "invalid_knowledge_base",
             "knowledge_base must be a name of 1 to 200 characters",
         ));
     }
-    let kb = state
-        .database
-        .knowledge_base(&kb_name)
-        .await
-        .map_err(ApiError::internal)?;
+    let named = match &request.knowledge_base {
+        Some(name) => Some(
+            state
+                .database
+                .find_knowledge_base(name)
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| {
+                    ApiError::not_found(
+                        "knowledge_base_not_found",
+                        format!("there is no knowledge base `{name}`"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let kb = match (&site, named) {
+        (Some(site), Some(kb)) if kb != site.knowledge_base_id => {
+            return Err(ApiError::bad_request(
+                "knowledge_base_mismatch",
+                format!(
+                    "the widget site `{}` answers from its own knowledge base",
+                    site.name
+                ),
+            ));
+        }
+        (Some(site), _) => site.knowledge_base_id,
+        (None, Some(kb)) => kb,
+        (None, None) => state
+            .database
+            .knowledge_base(&state.config.default_kb)
+            .await
+            .map_err(ApiError::internal)?,
+    };
     let token = random_hex(24);
     let conversation = state
         .database
-        .create_conversation(kb, &random_hex(16), &sha256_hex(&token))
+        .create_conversation(
+            kb,
+            &random_hex(16),
+            &sha256_hex(&token),
+            site.as_ref().map(|s| s.id),
+        )
         .await
         .map_err(ApiError::internal)?;
     Ok((
@@ -411,18 +518,20 @@ async fn create_conversation(
         Json(json!({
             "id": conversation.public_id,
             "customer_token": token,
-            "knowledge_base": kb_name,
+            "site": site.map(|s| s.name),
         })),
     ))
 }
 
-/// The conversation `public_id`, if the request carries its customer's token. A wrong token
-/// answers like an unknown id, so ids cannot be probed.
+/// The conversation `public_id`, if the request carries its customer's token, comes from an
+/// origin its widget site allows, and names no other site. A wrong token answers like an
+/// unknown id, so ids cannot be probed.
 async fn customer_conversation(
     state: &AppState,
     headers: &HeaderMap,
     public_id: &str,
 ) -> Result<kefu_db::Conversation, ApiError> {
+    let requested = crate::access::requested_site(state, headers).await?;
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -439,13 +548,29 @@ async fn customer_conversation(
         .conversation(public_id)
         .await
         .map_err(ApiError::internal)?;
-    match conversation {
-        Some(c) if c.customer_secret_hash == sha256_hex(token.trim()) => Ok(c),
-        _ => Err(ApiError::not_found(
+    let not_found = || {
+        ApiError::not_found(
             "conversation_not_found",
             "no such conversation for this customer",
-        )),
+        )
+    };
+    let conversation = match conversation {
+        Some(c) if c.customer_secret_hash == sha256_hex(token.trim()) => c,
+        _ => return Err(not_found()),
+    };
+    if requested.is_some() && requested.as_ref().map(|s| s.id) != conversation.site_id {
+        return Err(not_found());
     }
+    let site = match (requested, conversation.site_id) {
+        (Some(site), _) => Some(site),
+        (None, Some(id)) => state.database.site(id).await.map_err(ApiError::internal)?,
+        (None, None) => None,
+    };
+    crate::access::check_origin(site.as_ref(), headers)?;
+    if let Some(site) = &site {
+        crate::access::charge_site(state, site)?;
+    }
+    Ok(conversation)
 }
 
 #[derive(Debug, Deserialize)]
@@ -1553,146 +1678,38 @@ async fn export(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-async fn admin_kb(state: &AppState, name: &str) -> Result<i64, ApiError> {
-    if name.trim().is_empty() || name.len() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_knowledge_base",
-            "a knowledge base name has 1 to 200 characters",
-        ));
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The router's paths, read from this file's `.route("…"` calls.
+    fn routed_paths() -> BTreeSet<String> {
+        let source = include_str!("http.rs");
+        let source = source.split("#[cfg(test)]").next().unwrap();
+        let mut paths = BTreeSet::new();
+        let mut rest = source;
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            let start = rest.find('"').expect("a route path") + 1;
+            let end = start + rest[start..].find('"').expect("a closing quote");
+            paths.insert(rest[start..end].to_string());
+        }
+        paths
     }
-    state
-        .database
-        .knowledge_base(name)
-        .await
-        .map_err(ApiError::internal)
-}
 
-async fn list_documents(
-    State(state): State<Arc<AppState>>,
-    Path(kb): Path<String>,
-    method: axum::http::Method,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    crate::auth::admin(&state.database, &method, &headers).await?;
-    let kb_id = admin_kb(&state, &kb).await?;
-    let documents = state
-        .database
-        .documents(kb_id)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "knowledge_base": kb,
-        "documents": documents.iter().map(|d| json!({
-            "id": d.id, "path": d.path, "title": d.title, "language": d.language,
-            "bytes": d.byte_count, "sha256": d.content_hash,
-        })).collect::<Vec<_>>(),
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-struct UploadQuery {
-    name: Option<String>,
-}
-
-/// Uploads one document (the raw file as the body, its file name in `?name=`): stored,
-/// chunked and embedded like `kefu ingest`; uploading the same name again replaces it.
-async fn upload_document(
-    State(state): State<Arc<AppState>>,
-    Path(kb): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<UploadQuery>,
-    method: axum::http::Method,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    crate::auth::admin(&state.database, &method, &headers).await?;
-    let body = body?;
-    let name = query.name.unwrap_or_default();
-    if name.is_empty() || name.len() > 200 || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "give the file name as ?name=FILE.md (no folders, 1 to 200 characters)",
-        ));
+    #[test]
+    fn the_openapi_document_describes_every_route_and_no_other() {
+        let document: serde_json::Value =
+            serde_json::from_str(include_str!("../openapi.json")).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        let described: BTreeSet<String> = document["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let routed = routed_paths();
+        assert!(routed.len() > 20, "{routed:?}");
+        assert_eq!(described, routed);
     }
-    let kb_id = admin_kb(&state, &kb).await?;
-    let key = format!("upload:{kb}/{name}");
-    let knowledge = state.knowledge.clone();
-    let config = kefu_rag::chunk::ChunkConfig::default();
-    // Embedding waits on the embedder's thread: keep it off the async workers' schedule.
-    let outcome = tokio::task::block_in_place(|| {
-        tokio::runtime::Handle::current().block_on(async {
-            let outcome = crate::ingest::ingest_bytes(
-                &knowledge,
-                kb_id,
-                &key,
-                std::path::Path::new(&name),
-                &body,
-                &config,
-            )
-            .await?;
-            knowledge.store.optimize()?;
-            knowledge.store.flush()?;
-            anyhow::Ok(outcome)
-        })
-    })
-    .map_err(ApiError::internal)?;
-    let outcome = outcome.map_err(|e| {
-        let code = match &e {
-            kefu_rag::ParseError::Unsupported(_) => "unsupported_type",
-            kefu_rag::ParseError::TooLarge { .. } => "too_large",
-            _ => "unreadable_document",
-        };
-        ApiError::bad_request(code, format!("{name}: {e}"))
-    })?;
-    state.retrievers.write().await.remove(&kb_id);
-    let (status, what, chunks) = match outcome {
-        crate::ingest::Outcome::Added { chunks } => (StatusCode::CREATED, "added", chunks),
-        crate::ingest::Outcome::Updated { chunks } => (StatusCode::OK, "updated", chunks),
-        crate::ingest::Outcome::Unchanged { .. } => (StatusCode::OK, "unchanged", 0),
-    };
-    let document = state
-        .database
-        .document(kb_id, &key)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok((
-        status,
-        Json(json!({"outcome": what, "chunks": chunks, "id": document.map(|d| d.id)})),
-    ))
-}
-
-async fn delete_document(
-    State(state): State<Arc<AppState>>,
-    Path((kb, document_id)): Path<(String, i64)>,
-    method: axum::http::Method,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    crate::auth::admin(&state.database, &method, &headers).await?;
-    let kb_id = admin_kb(&state, &kb).await?;
-    let documents = state
-        .database
-        .documents(kb_id)
-        .await
-        .map_err(ApiError::internal)?;
-    let Some(document) = documents.iter().find(|d| d.id == document_id) else {
-        return Err(ApiError::not_found(
-            "document_not_found",
-            "no such document in this knowledge base",
-        ));
-    };
-    state
-        .database
-        .delete_document(kb_id, &document.path)
-        .await
-        .map_err(ApiError::internal)?;
-    let knowledge = state.knowledge.clone();
-    let id = document.id;
-    tokio::task::spawn_blocking(move || {
-        knowledge.store.delete_document(id)?;
-        knowledge.store.flush()
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    state.retrievers.write().await.remove(&kb_id);
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -92,7 +92,8 @@ pub enum Outcome {
 
 /// Stores one document's `bytes` under `key` in knowledge base `kb`: unchanged bytes are
 /// skipped (their vectors rebuilt if they went missing), new or changed ones are parsed (the
-/// format and fallback title come from `name`), chunked, stored and embedded. The outer error
+/// format and fallback title come from `name`), chunked, stored and embedded; `force` treats
+/// unchanged bytes as changed (re-chunked and re-embedded). The outer error
 /// is the database's or the vector store's; the inner one says why the document is unusable.
 /// The caller optimizes and flushes the vector store after a batch.
 pub async fn ingest_bytes(
@@ -102,6 +103,7 @@ pub async fn ingest_bytes(
     name: &Path,
     bytes: &[u8],
     config: &ChunkConfig,
+    force: bool,
 ) -> Result<std::result::Result<Outcome, ParseError>> {
     let database = &knowledge.database;
     if bytes.len() as u64 > kefu_rag::parse::MAX_FILE_BYTES {
@@ -112,7 +114,10 @@ pub async fn ingest_bytes(
     }
     let hash = sha256_hex(bytes);
     let existing = database.document(kb, key).await?;
-    if let Some(document) = existing.as_ref().filter(|d| d.content_hash == hash) {
+    if let Some(document) = existing
+        .as_ref()
+        .filter(|d| d.content_hash == hash && !force)
+    {
         // Vectors lost to an interrupted run (or never made by a new embedder) are rebuilt.
         let chunks = database.document_chunks(document.id).await?;
         let reindexed = knowledge.store.count_document(document.id)? != chunks.len();
@@ -222,7 +227,7 @@ pub async fn ingest(
                 }
             },
         };
-        match ingest_bytes(knowledge, kb, &key, &file, &bytes, config).await? {
+        match ingest_bytes(knowledge, kb, &key, &file, &bytes, config, false).await? {
             Ok(Outcome::Added { chunks }) => {
                 report.added += 1;
                 report.chunks += chunks;

@@ -1,6 +1,8 @@
 //! The `kefu` application: command line, model catalog and fetching. `main.rs` only parses
 //! arguments and calls [`cli::run`].
 
+pub mod access;
+pub mod admin;
 pub mod answer;
 pub mod auth;
 pub mod catalog;

@@ -237,6 +237,21 @@ fn sign_in(server: &Server, name: &str, password: &str) -> Identity {
     ]
 }
 
+/// The first file named `name` under `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}
+
 #[track_caller]
 fn assert_error(result: (u16, Value), status: u16, code: &str) {
     assert_eq!(result.0, status, "{:?}", result.1);
@@ -507,76 +522,9 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
         question
     );
 
-    // Authorization: every staff route with each kind of caller.
-    let boss = sign_in(&server, "boss", "correct horse battery");
+    // Authorization for every route and caller: `every_route_with_every_caller`.
     let customer: Identity = vec![("authorization", format!("Bearer {token}"))];
-    let (_, other) = post(&server.url("/api/conversations"), None, b"{}");
-    let stranger: Identity = vec![(
-        "authorization",
-        format!("Bearer {}", other["customer_token"].as_str().unwrap()),
-    )];
     let agent_api: Identity = vec![("authorization", format!("Bearer {agent_token}"))];
-    let callers: [(&str, &Identity); 7] = [
-        ("anonymous", &vec![]),
-        ("customer", &customer),
-        ("other customer", &stranger),
-        ("agent", &ann),
-        ("admin", &boss),
-        ("agent API token", &agent_api),
-        ("admin API token", &admin_api),
-    ];
-    let new_user = json!({"name": "temp", "role": "agent", "password": "long enough pass"});
-    // (method, path, body, expected status for each caller in order)
-    let routes: Vec<(&str, String, Option<Value>, [u16; 7])> = vec![
-        (
-            "GET",
-            format!("/api/conversations/{id}/messages"),
-            None,
-            [401, 200, 404, 401, 401, 404, 404],
-        ),
-        (
-            "GET",
-            "/api/agent/conversations".into(),
-            None,
-            [401, 401, 401, 200, 200, 200, 200],
-        ),
-        (
-            "GET",
-            format!("/api/agent/conversations/{id}"),
-            None,
-            [401, 401, 401, 200, 200, 200, 200],
-        ),
-        (
-            "POST",
-            "/api/admin/users".into(),
-            Some(new_user),
-            [401, 401, 401, 403, 201, 403, 201],
-        ),
-        (
-            "GET",
-            "/api/admin/export/kto".into(),
-            None,
-            [401, 401, 401, 403, 200, 403, 200],
-        ),
-        (
-            "GET",
-            "/api/admin/knowledge-bases/default/documents".into(),
-            None,
-            [401, 401, 401, 403, 200, 403, 200],
-        ),
-        (
-            "GET",
-            "/v1/models".into(),
-            None,
-            [401, 401, 401, 200, 200, 200, 200],
-        ),
-    ];
-    for (method, path, body, expected) in &routes {
-        for ((who, identity), want) in callers.iter().zip(expected) {
-            let (status, answer) = request(method, &server.url(path), identity, body.as_ref());
-            assert_eq!(status, *want, "{method} {path} as {who}: {answer}");
-        }
-    }
     // Admins manage documents over the API: upload (embedded like `kefu ingest`), list, delete.
     let upload = |name: &str, bytes: &[u8], who: &Identity| -> (u16, Value) {
         let mut r = agent().post(&server.url(&format!(
@@ -630,6 +578,26 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
         .unwrap_or_else(|| panic!("{listed}"))
         .clone();
     assert_eq!(uploaded["title"], "Returns");
+    // Re-ingesting reads the kept upload again and re-embeds it even though it is unchanged;
+    // with the kept copy gone it says so and keeps the document.
+    let reingest_url = format!("{documents_url}/{}/reingest", uploaded["id"]);
+    let (status, again) = request("POST", &reingest_url, &admin_api, None);
+    assert_eq!(
+        (status, again["outcome"].as_str()),
+        (200, Some("updated")),
+        "{again}"
+    );
+    let kept = find_file(&home.path().join("uploads"), "returns.md").expect("the upload is kept");
+    assert_eq!(std::fs::read(&kept).unwrap(), guide);
+    std::fs::rename(&kept, kept.with_extension("moved")).unwrap();
+    assert_error(
+        request("POST", &reingest_url, &admin_api, None),
+        409,
+        "source_missing",
+    );
+    std::fs::rename(kept.with_extension("moved"), &kept).unwrap();
+    let (_, listed_again) = request("GET", &documents_url, &admin_api, None);
+    assert_eq!(listed_again, listed, "a failed re-ingest changes nothing");
     let delete = |who: &Identity| {
         let mut r = agent().delete(&format!("{documents_url}/{}", uploaded["id"]));
         for (k, v) in who {
@@ -646,6 +614,12 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
     assert_error(delete(&agent_api), 403, "forbidden");
     assert_eq!(delete(&admin_api).0, 204);
     assert_error(delete(&admin_api), 404, "document_not_found");
+    assert!(!kept.exists(), "a deleted upload's copy goes too");
+    assert_error(
+        request("POST", &reingest_url, &admin_api, None),
+        404,
+        "document_not_found",
+    );
 
     // An agent takes over: the customer's next message waits for the agent.
     let (status, _) = request(
@@ -963,4 +937,677 @@ print(json.dumps({
     assert_eq!(result["streamed"], result["text"], "{result}");
     assert_eq!(result["refused"], 404, "{result}");
     assert!(server.stop().success());
+}
+
+/// A request body for [`call`].
+enum Body {
+    Empty,
+    Json(Value),
+    Raw(&'static [u8]),
+}
+
+/// Any method, any headers, any body: (status, JSON body or text, Retry-After).
+fn call(method: &str, url: &str, who: &Identity, body: &Body) -> (u16, Value, Option<String>) {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in who {
+        builder = builder.header(*k, v);
+    }
+    let agent = agent();
+    let result = match body {
+        // Bodies go only with the methods that take them.
+        _ if matches!(method, "GET" | "DELETE" | "OPTIONS") => agent.run(builder.body(()).unwrap()),
+        Body::Empty => agent.run(
+            builder
+                .header("content-type", "application/json")
+                .body(&b"{}"[..])
+                .unwrap(),
+        ),
+        Body::Json(value) => agent.run(
+            builder
+                .header("content-type", "application/json")
+                .body(value.to_string().into_bytes())
+                .unwrap(),
+        ),
+        Body::Raw(bytes) => agent.run(builder.body(*bytes).unwrap()),
+    };
+    let mut response = result.unwrap();
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        retry,
+    )
+}
+
+/// A server on SQLite with an admin (`boss`) and an agent (`ann`), each with an API token.
+struct Staffed {
+    _home: tempfile::TempDir,
+    server: Server,
+    boss: Identity,
+    ann: Identity,
+    admin_api: Identity,
+    agent_api: Identity,
+}
+
+fn staffed_server(extra: &[&str]) -> Staffed {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    for (role, name) in [("admin", "boss"), ("agent", "ann")] {
+        let added = kefu(home.path(), None)
+            .args(["users", "add", "--role", role, name])
+            .env("KEFU_PASSWORD", "correct horse battery")
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "{added:?}");
+    }
+    let token_of = |user: &str| {
+        let out = kefu(home.path(), None)
+            .args(["tokens", "add", user])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        vec![("authorization", format!("Bearer {token}"))]
+    };
+    let admin_api = token_of("boss");
+    let agent_api = token_of("ann");
+    let server = Server::start(home.path(), None, extra);
+    let boss = sign_in(&server, "boss", "correct horse battery");
+    let ann = sign_in(&server, "ann", "correct horse battery");
+    Staffed {
+        _home: home,
+        server,
+        boss,
+        ann,
+        admin_api,
+        agent_api,
+    }
+}
+
+const SHOP: &str = "http://shop.test";
+
+/// Adds a widget site for `origins`: (id, key).
+fn add_site(staffed: &Staffed, name: &str, origins: &[&str]) -> (i64, String) {
+    let (status, site, _) = call(
+        "POST",
+        &staffed.server.url("/api/admin/sites"),
+        &staffed.admin_api,
+        &Body::Json(json!({"name": name, "allowed_origins": origins})),
+    );
+    assert_eq!(status, 201, "{site}");
+    let key = site["site_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("kefu_site_"), "{site}");
+    (site["id"].as_i64().unwrap(), key)
+}
+
+/// Every route of the OpenAPI document with every kind of caller: anonymous, the widget
+/// customer of the conversation (site key, from the site's origin), another customer, an
+/// agent and an admin signed in (cookie + CSRF token), and an agent's and an admin's API token.
+#[test]
+fn every_route_with_every_caller() {
+    let staffed = staffed_server(&["--max-tokens", "4"]);
+    let server = &staffed.server;
+    let (_, site_key) = add_site(&staffed, "shop", &[SHOP]);
+    let guide: &'static [u8] = b"# Returns\n\nParcels can be returned within 30 days.";
+    let (status, uploaded, _) = call(
+        "POST",
+        &server.url("/api/admin/knowledge-bases/default/documents?name=returns.md"),
+        &staffed.admin_api,
+        &Body::Raw(guide),
+    );
+    assert_eq!(status, 201, "{uploaded}");
+    let document = uploaded["id"].as_i64().unwrap();
+
+    let widget: Identity = vec![("x-kefu-site", site_key.clone()), ("origin", SHOP.into())];
+    let (status, mine, _) = call(
+        "POST",
+        &server.url("/api/conversations"),
+        &widget,
+        &Body::Empty,
+    );
+    assert_eq!(status, 201, "{mine}");
+    assert_eq!(mine["site"], "shop");
+    let id = mine["id"].as_str().unwrap().to_string();
+    let mut customer = widget.clone();
+    customer.push((
+        "authorization",
+        format!("Bearer {}", mine["customer_token"].as_str().unwrap()),
+    ));
+    let (_, events) = post_sse(
+        &server.url(&format!("/api/conversations/{id}/messages")),
+        Some(mine["customer_token"].as_str().unwrap()),
+        &json!({"content": "How long do I have to return a parcel?"}),
+    );
+    let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    let answer = done["message_id"].as_i64().unwrap();
+    let (_, theirs, _) = call(
+        "POST",
+        &server.url("/api/conversations"),
+        &vec![],
+        &Body::Empty,
+    );
+    let stranger: Identity = vec![(
+        "authorization",
+        format!("Bearer {}", theirs["customer_token"].as_str().unwrap()),
+    )];
+    let (_, spare) = request(
+        "POST",
+        &server.url("/api/admin/sites"),
+        &staffed.admin_api,
+        Some(&json!({"name": "spare", "allowed_origins": ["http://spare.test"]})),
+    );
+    let spare = spare["id"].as_i64().unwrap();
+
+    let callers: [(&str, &Identity); 7] = [
+        ("anonymous", &vec![]),
+        ("customer", &customer),
+        ("other customer", &stranger),
+        ("agent", &staffed.ann),
+        ("admin", &staffed.boss),
+        ("agent API token", &staffed.agent_api),
+        ("admin API token", &staffed.admin_api),
+    ];
+    let all = |status: u16| [status; 7];
+    let own = |status: u16| [401, status, 404, 401, 401, 404, 404];
+    let staff = |status: u16| [401, 401, 401, status, status, status, status];
+    // Admin-only routes; the admin token runs after the admin (a second delete finds nothing).
+    let admins = |first: u16, second: u16| [401, 401, 401, 403, first, 403, second];
+    let question = json!({"content": "And with the prepaid label?"});
+    let routes: Vec<(&str, String, Body, [u16; 7])> = vec![
+        ("GET", "/healthz".into(), Body::Empty, all(200)),
+        ("GET", "/readyz".into(), Body::Empty, all(200)),
+        ("GET", "/metrics".into(), Body::Empty, all(200)),
+        ("GET", "/api/openapi.json".into(), Body::Empty, all(200)),
+        ("POST", "/api/conversations".into(), Body::Empty, all(201)),
+        (
+            "GET",
+            format!("/api/conversations/{id}/messages"),
+            Body::Empty,
+            own(200),
+        ),
+        (
+            "POST",
+            format!("/api/conversations/{id}/messages"),
+            Body::Json(question),
+            own(200),
+        ),
+        (
+            "POST",
+            format!("/api/conversations/{id}/messages/{answer}/regenerate"),
+            Body::Empty,
+            own(200),
+        ),
+        (
+            "POST",
+            format!("/api/conversations/{id}/messages/{answer}/feedback"),
+            Body::Json(json!({"rating": "down", "reasons": ["wrong"]})),
+            own(201),
+        ),
+        (
+            "POST",
+            format!("/api/conversations/{id}/handoff"),
+            Body::Empty,
+            own(200),
+        ),
+        (
+            "POST",
+            "/api/auth/login".into(),
+            Body::Json(json!({"name": "ann", "password": "correct horse battery"})),
+            all(200),
+        ),
+        (
+            "GET",
+            "/api/agent/conversations".into(),
+            Body::Empty,
+            staff(200),
+        ),
+        (
+            "GET",
+            format!("/api/agent/conversations/{id}"),
+            Body::Empty,
+            staff(200),
+        ),
+        (
+            "POST",
+            format!("/api/agent/conversations/{id}/messages/{answer}/feedback"),
+            Body::Json(json!({"rating": "down", "corrected_answer": "Within 30 days."})),
+            staff(201),
+        ),
+        (
+            "POST",
+            format!("/api/agent/conversations/{id}/takeover"),
+            Body::Empty,
+            staff(200),
+        ),
+        (
+            "POST",
+            format!("/api/agent/conversations/{id}/reply"),
+            Body::Json(json!({"content": "Hello, a person here."})),
+            staff(201),
+        ),
+        (
+            "GET",
+            "/api/admin/users".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "POST",
+            "/api/admin/users".into(),
+            Body::Json(json!({"name": "temp", "role": "agent", "password": "long enough pass"})),
+            admins(201, 201),
+        ),
+        (
+            "DELETE",
+            "/api/admin/users/temp".into(),
+            Body::Empty,
+            admins(204, 404),
+        ),
+        (
+            "GET",
+            "/api/admin/sites".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "POST",
+            "/api/admin/sites".into(),
+            Body::Json(json!({"name": "blog", "allowed_origins": ["https://blog.test"]})),
+            admins(201, 409),
+        ),
+        (
+            "PUT",
+            format!("/api/admin/sites/{spare}"),
+            Body::Json(json!({"allowed_origins": ["http://spare.test", "http://b.test"]})),
+            admins(204, 204),
+        ),
+        (
+            "DELETE",
+            format!("/api/admin/sites/{spare}"),
+            Body::Empty,
+            admins(204, 404),
+        ),
+        (
+            "GET",
+            "/api/admin/knowledge-bases".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "GET",
+            "/api/admin/knowledge-bases/default/documents".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "POST",
+            "/api/admin/knowledge-bases/default/documents?name=faq.md".into(),
+            Body::Raw(b"# FAQ\n\nOrders ship within two days."),
+            admins(201, 200),
+        ),
+        (
+            "POST",
+            format!("/api/admin/knowledge-bases/default/documents/{document}/reingest"),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "DELETE",
+            format!("/api/admin/knowledge-bases/default/documents/{document}"),
+            Body::Empty,
+            admins(204, 404),
+        ),
+        (
+            "GET",
+            "/api/admin/export/pairs".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        ("GET", "/v1/models".into(), Body::Empty, staff(200)),
+        (
+            "POST",
+            "/v1/chat/completions".into(),
+            Body::Json(json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})),
+            staff(200),
+        ),
+        // Last: signing out ends the agent's and the admin's sessions.
+        ("POST", "/api/auth/logout".into(), Body::Empty, staff(200)),
+    ];
+
+    // The table covers every operation the OpenAPI document describes, and nothing else.
+    let (_, document_json) = get(&server.url("/api/openapi.json"), None);
+    let mut described: Vec<String> = Vec::new();
+    for (path, operations) in document_json["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            described.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let placeholder = |path: &str| {
+        let path = path.split('?').next().unwrap();
+        path.replace(&id, "{id}")
+            .replace(&format!("/{answer}/"), "/{message}/")
+            .replace(&format!("/documents/{document}"), "/documents/{document}")
+            .replace("/default/", "/{kb}/")
+            .replace("/users/temp", "/users/{name}")
+            .replace(&format!("/sites/{spare}"), "/sites/{site}")
+            .replace("/export/pairs", "/export/{kind}")
+    };
+    let mut tested: Vec<String> = routes
+        .iter()
+        .map(|(m, p, _, _)| format!("{m} {}", placeholder(p)))
+        .collect();
+    described.sort();
+    tested.sort();
+    tested.dedup();
+    assert_eq!(tested, described);
+
+    for (method, path, body, expected) in &routes {
+        for ((who, identity), want) in callers.iter().zip(expected) {
+            let (status, answer, _) = call(method, &server.url(path), identity, body);
+            assert_eq!(status, *want, "{method} {path} as {who}: {answer}");
+            if status >= 400 {
+                assert!(
+                    answer["code"].is_string(),
+                    "{method} {path} as {who}: {answer}"
+                );
+            }
+        }
+    }
+}
+
+/// Widget site keys and allowed origins: the right key from an allowed origin works (with
+/// CORS headers); a wrong key, a disallowed origin, another site's key and a foreign page
+/// without a key are refused with a JSON code, and nothing stored changes.
+#[test]
+fn widget_sites_admit_only_their_origins() {
+    let staffed = staffed_server(&["--max-tokens", "4"]);
+    let server = &staffed.server;
+    let (_, key) = add_site(&staffed, "shop", &[SHOP, "http://localhost:3000"]);
+    let (_, other_key) = add_site(&staffed, "blog", &["https://blog.test"]);
+    let url = server.url("/api/conversations");
+    let from = |origin: &str, key: &str| -> Identity {
+        vec![("origin", origin.into()), ("x-kefu-site", key.into())]
+    };
+
+    // A preflight from an allowed origin gets CORS headers; from another, a JSON refusal.
+    let mut response = agent()
+        .run(
+            ureq::http::Request::builder()
+                .method("OPTIONS")
+                .uri(&url)
+                .header("origin", SHOP)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "content-type, x-kefu-site",
+                )
+                .body(())
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let header = |r: &ureq::http::Response<ureq::Body>, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(
+        header(&response, "access-control-allow-origin").as_deref(),
+        Some(SHOP)
+    );
+    assert!(
+        header(&response, "access-control-allow-headers")
+            .unwrap()
+            .contains("x-kefu-site")
+    );
+    let _ = response.body_mut().read_to_string();
+    let (status, refused, _) = call(
+        "OPTIONS",
+        &url,
+        &vec![("origin", "http://evil.test".into())],
+        &Body::Empty,
+    );
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (403, Some("origin_not_allowed"))
+    );
+
+    // The right key from an allowed origin.
+    let mut response = agent()
+        .run(
+            ureq::http::Request::builder()
+                .method("POST")
+                .uri(&url)
+                .header("origin", SHOP)
+                .header("x-kefu-site", &key)
+                .body(())
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    assert_eq!(
+        header(&response, "access-control-allow-origin").as_deref(),
+        Some(SHOP)
+    );
+    let opened: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let id = opened["id"].as_str().unwrap().to_string();
+    let token = opened["customer_token"].as_str().unwrap().to_string();
+    let mut customer = from(SHOP, &key);
+    customer.push(("authorization", format!("Bearer {token}")));
+    let messages = server.url(&format!("/api/conversations/{id}/messages"));
+    let (status, _, _) = call(
+        "POST",
+        &messages,
+        &customer,
+        &Body::Json(json!({"content": "<script>alert(1)</script>'; DROP TABLE messages; --"})),
+    );
+    assert_eq!(status, 200);
+    let (_, before, _) = call("GET", &messages, &customer, &Body::Empty);
+    assert_eq!(
+        before["messages"][0]["content"], "<script>alert(1)</script>'; DROP TABLE messages; --",
+        "stored and returned as text"
+    );
+
+    let with_token = |mut who: Identity| {
+        who.push(("authorization", format!("Bearer {token}")));
+        who
+    };
+    let ask = Body::Json(json!({"content": "hello"}));
+    let refusals: Vec<(&str, &str, Identity, u16, &str)> = vec![
+        (
+            "POST",
+            url.as_str(),
+            from(SHOP, "kefu_site_0000"),
+            401,
+            "invalid_site_key",
+        ),
+        (
+            "POST",
+            url.as_str(),
+            from(SHOP, "not a key"),
+            401,
+            "invalid_site_key",
+        ),
+        (
+            "POST",
+            url.as_str(),
+            from("http://evil.test", &key),
+            403,
+            "origin_not_allowed",
+        ),
+        (
+            "POST",
+            url.as_str(),
+            vec![("origin", "http://evil.test".into())],
+            403,
+            "origin_not_allowed",
+        ),
+        (
+            "POST",
+            url.as_str(),
+            from("https://blog.test", &key),
+            403,
+            "origin_not_allowed",
+        ),
+        (
+            "POST",
+            &messages,
+            with_token(from("http://evil.test", &key)),
+            403,
+            "origin_not_allowed",
+        ),
+        (
+            "POST",
+            &messages,
+            with_token(vec![("origin", "http://evil.test".into())]),
+            403,
+            "origin_not_allowed",
+        ),
+        (
+            "POST",
+            &messages,
+            with_token(from(SHOP, "kefu_site_0000")),
+            401,
+            "invalid_site_key",
+        ),
+        (
+            "POST",
+            &messages,
+            with_token(from("https://blog.test", &other_key)),
+            404,
+            "conversation_not_found",
+        ),
+        (
+            "GET",
+            &messages,
+            with_token(from("http://evil.test", &key)),
+            403,
+            "origin_not_allowed",
+        ),
+    ];
+    for (method, target, who, status, code) in &refusals {
+        let (got, body, _) = call(method, target, who, &ask);
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (*status, Some(*code)),
+            "{method} {target} {who:?}: {body}"
+        );
+        assert!(body["message"].is_string());
+    }
+    // The same conversation from its site's second origin still works, and nothing changed.
+    let (status, after, _) = call(
+        "GET",
+        &messages,
+        &with_token(from("http://localhost:3000", &key)),
+        &Body::Empty,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(after, before, "refused requests stored nothing");
+    // Conversations opened without a site still work where there is no foreign origin.
+    let (status, _, _) = call("POST", &url, &vec![], &Body::Empty);
+    assert_eq!(status, 201);
+    // Bad site definitions are refused.
+    for (body, code) in [
+        (
+            json!({"name": "x", "allowed_origins": ["shop.test"]}),
+            "invalid_origin",
+        ),
+        (
+            json!({"name": "x", "allowed_origins": ["https://shop.test/path"]}),
+            "invalid_origin",
+        ),
+        (json!({"name": "", "allowed_origins": []}), "invalid_name"),
+        (
+            json!({"name": "x", "allowed_origins": [], "knowledge_base": "nope"}),
+            "knowledge_base_not_found",
+        ),
+        (
+            json!({"name": "shop", "allowed_origins": []}),
+            "site_exists",
+        ),
+        (json!({"name": "x"}), "invalid_json"),
+    ] {
+        let (status, answer, _) = call(
+            "POST",
+            &server.url("/api/admin/sites"),
+            &staffed.admin_api,
+            &Body::Json(body.clone()),
+        );
+        assert!((400..500).contains(&status), "{body}: {answer}");
+        assert_eq!(answer["code"], code, "{body}: {answer}");
+    }
+    // A removed site's key stops working at once.
+    let (_, sites, _) = call(
+        "GET",
+        &server.url("/api/admin/sites"),
+        &staffed.admin_api,
+        &Body::Empty,
+    );
+    assert_eq!(sites["sites"].as_array().unwrap().len(), 2, "{sites}");
+    let shop_id = sites["sites"][0]["id"].as_i64().unwrap();
+    let (status, _, _) = call(
+        "DELETE",
+        &server.url(&format!("/api/admin/sites/{shop_id}")),
+        &staffed.admin_api,
+        &Body::Empty,
+    );
+    assert_eq!(status, 204);
+    let (status, body, _) = call("POST", &url, &from(SHOP, &key), &Body::Empty);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_site_key"))
+    );
+}
+
+/// Too many requests from one address, or through one widget site, are answered 429 with
+/// Retry-After; health checks are not limited.
+#[test]
+fn rate_limits_answer_429_with_retry_after() {
+    let staffed = staffed_server(&["--rate-per-ip", "0", "--rate-per-site", "3"]);
+    let (_, key) = add_site(&staffed, "shop", &[SHOP]);
+    let url = staffed.server.url("/api/conversations");
+    let widget: Identity = vec![("origin", SHOP.into()), ("x-kefu-site", key)];
+    for _ in 0..3 {
+        assert_eq!(call("POST", &url, &widget, &Body::Empty).0, 201);
+    }
+    let (status, body, retry) = call("POST", &url, &widget, &Body::Empty);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    let seconds: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=20).contains(&seconds), "{seconds}");
+    // Without a site (no foreign origin) the site's limit does not apply.
+    assert_eq!(call("POST", &url, &vec![], &Body::Empty).0, 201);
+    drop(staffed);
+
+    let staffed = staffed_server(&["--rate-per-ip", "5"]);
+    let server = &staffed.server;
+    // Signing in the two staff members took two requests.
+    let openapi = server.url("/api/openapi.json");
+    for _ in 0..3 {
+        assert_eq!(call("GET", &openapi, &vec![], &Body::Empty).0, 200);
+    }
+    let (status, body, retry) = call("GET", &openapi, &vec![], &Body::Empty);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert!(retry.is_some());
+    assert_eq!(
+        call("GET", &server.url("/healthz"), &vec![], &Body::Empty).0,
+        200
+    );
+    assert_eq!(
+        call("GET", &server.url("/readyz"), &vec![], &Body::Empty).0,
+        200
+    );
 }
