@@ -18,6 +18,13 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
   fi
 fi
 
+# The browser test drives Debian's chromium through chromedriver; a CJK font renders the
+# widget's Chinese interface in its screenshots.
+if ! command -v chromedriver >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "wenquanyi"; then
+  echo "installing chromium, chromium-driver and a CJK font"
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null
+fi
+
 echo "== formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings

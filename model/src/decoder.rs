@@ -163,16 +163,68 @@ impl Attention {
         cache: Option<&mut candle_nn::kv_cache::KvCache>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (batch, seq_len, _) = x.dims3()?;
-        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+        let [q, k, v] = self.project(x, mode)?;
+        let y = self.attend(&q, &k, &v, rope, mask, offset, cache, mode)?;
+        self.o_proj.forward_one(&y, mode)
+    }
+
+    /// Several sequences, one new position each (`x`: `(batch, 1, hidden)`): the projections
+    /// run once for the whole batch; each sequence attends over its own cache at its own
+    /// position.
+    fn forward_batch(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let mode = Mode::Inference;
+        let [q, k, v] = self.project(x, mode)?;
+        let mut ys = Vec::with_capacity(caches.len());
+        for (b, cache) in caches.iter_mut().enumerate() {
+            let cache = &mut cache.layers[layer];
+            let offset = cache.current_seq_len();
+            ys.push(self.attend(
+                &q.narrow(0, b, 1)?,
+                &k.narrow(0, b, 1)?,
+                &v.narrow(0, b, 1)?,
+                rope,
+                None,
+                offset,
+                Some(cache),
+                mode,
+            )?);
+        }
+        self.o_proj.forward_one(&Tensor::cat(&ys, 0)?, mode)
+    }
+
+    /// q, k, v of `x` `(batch, seq, hidden)`, each `(batch, seq, heads * head_dim)`.
+    fn project(&self, x: &Tensor, mode: Mode) -> Result<[Tensor; 3]> {
+        self.qkv
+            .forward(x, mode)?
+            .try_into()
+            .map_err(|_| Error::InvalidConfig("attention needs q, k and v".into()))
+    }
+
+    /// Attention of projected q, k, v (rotary positions from `offset`, keys and values
+    /// appended to `cache`), before the output projection: `(batch, seq, heads * head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        offset: usize,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (batch, seq_len, _) = q.dims3()?;
+        let split = |t: &Tensor, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((batch, seq_len, heads, self.head_dim))?
                 .transpose(1, 2)?)
         };
-        let [q, k, v]: [Tensor; 3] = self
-            .qkv
-            .forward(x, mode)?
-            .try_into()
-            .map_err(|_| Error::InvalidConfig("attention needs q, k and v".into()))?;
         let q = split(q, self.num_heads)?;
         let k = split(k, self.num_kv_heads)?;
         let v = split(v, self.num_kv_heads)?.contiguous()?;
@@ -202,11 +254,9 @@ impl Attention {
         };
         let probs = probs.reshape((batch, self.num_kv_heads, group * seq_len, kv_len))?;
         let y = probs.matmul(&v.contiguous()?)?;
-        let y = y
-            .reshape((batch, self.num_heads, seq_len, self.head_dim))?
+        Ok(y.reshape((batch, self.num_heads, seq_len, self.head_dim))?
             .transpose(1, 2)?
-            .reshape((batch, seq_len, self.num_heads * self.head_dim))?;
-        self.o_proj.forward_one(&y, mode)
+            .reshape((batch, seq_len, self.num_heads * self.head_dim))?)
     }
 }
 
@@ -508,6 +558,41 @@ impl Decoder {
             let hidden = self.hidden_states(input_ids, Some(cache), Mode::Inference)?;
             let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
             self.lm_head.forward_one(&last, Mode::Inference)
+        })
+    }
+
+    /// Inference for several sequences at once, one new token each (`tokens[b]` follows the
+    /// positions in `caches[b]`): the weights are read once per step for the whole batch,
+    /// which is what makes serving many conversations cheaper than serving them one by one.
+    /// Returns the logits `(batch, vocab)`.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if tokens.len() != caches.len() || tokens.is_empty() {
+            return Err(Error::InvalidParameter(format!(
+                "a batch needs one cache per token ({} tokens, {} caches)",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        let context = self.config.max_position_embeddings;
+        if let Some(full) = caches.iter().find(|c| c.len() + 1 > context) {
+            return Err(Error::PromptTooLong {
+                prompt_tokens: full.len() + 1,
+                context,
+            });
+        }
+        let mode = Mode::Inference;
+        self.device.with_context(|| {
+            let ids = Tensor::new(tokens, &self.device)?.unsqueeze(1)?;
+            let mut x = self.embed_tokens.forward(&ids)?;
+            for (i, block) in self.layers.iter().enumerate() {
+                let h = block.input_layernorm.forward(&x, mode)?;
+                let h = block.self_attn.forward_batch(&h, &self.rope, caches, i)?;
+                x = (x + h)?;
+                let h = block.post_attention_layernorm.forward(&x, mode)?;
+                x = (x + block.mlp.forward(&h, mode)?)?;
+            }
+            let x = self.norm.forward(&x, mode)?.squeeze(1)?;
+            self.lm_head.forward_one(&x, mode)
         })
     }
 

@@ -96,6 +96,23 @@ impl LoadedModel {
         params: &GenerationParams,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        let mut sequence = self.start_sequence(prompt, params)?;
+        while sequence.advance(&mut on_text)? {
+            let input =
+                Tensor::new(&[sequence.last_token()], self.decoder.device())?.unsqueeze(0)?;
+            let logits = self.decoder.forward(&input, &mut sequence.cache)?;
+            sequence.pending = Some(logits.squeeze(0)?.to_vec1()?);
+        }
+        Ok(sequence.finish(on_text))
+    }
+
+    /// Checks `prompt` and `params` and runs the prompt through the model (prefill): the
+    /// returned sequence is ready for its first [`Sequence::advance`].
+    pub fn start_sequence(
+        &self,
+        prompt: &[u32],
+        params: &GenerationParams,
+    ) -> Result<Sequence<'_>> {
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -117,81 +134,174 @@ impl LoadedModel {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let mut sampler = Sampler::new(params.sampling.clone())?;
-        let budget = params.max_tokens.min(context - prompt.len());
-        let device = self.decoder.device();
+        let sampler = Sampler::new(params.sampling.clone())?;
         let mut cache = KvCache::new(self.config());
-        let mut history: Vec<u32> = prompt.to_vec();
-        let mut streamer = TextStreamer::new(&self.tokenizer);
-        let mut sent = 0usize;
-
         let start = Instant::now();
-        let input = Tensor::new(prompt, device)?.unsqueeze(0)?;
-        let mut logits = self.decoder.forward(&input, &mut cache)?;
-        let prefill_seconds = start.elapsed().as_secs_f64();
-        let decode_start = Instant::now();
-        let mut generated = Vec::new();
-        let mut finish_reason = FinishReason::Length;
-        let mut final_text: Option<String> = None;
-        while generated.len() < budget {
-            let mut row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-            let token = sampler.sample(&mut row, &history);
-            if !params.ignore_eos && self.stop_token_ids.contains(&token) {
-                finish_reason = FinishReason::EndOfTurn;
-                break;
-            }
-            generated.push(token);
-            history.push(token);
-            if streamer.push(token)?.is_some() {
-                let text = streamer.text();
-                if let Some(at) = params
-                    .stop
-                    .iter()
-                    .filter(|s| !s.is_empty())
-                    .filter_map(|s| text.find(s.as_str()))
-                    .min()
-                {
-                    if at > sent {
-                        on_text(&text[sent..at]);
-                    }
-                    final_text = Some(text[..at].to_string());
-                    finish_reason = FinishReason::StopString;
-                    break;
-                }
-                let ready = text.len() - partial_stop_suffix(text, &params.stop);
-                if ready > sent {
-                    let keep_going = on_text(&text[sent..ready]);
-                    sent = ready;
-                    if !keep_going {
-                        finish_reason = FinishReason::Cancelled;
-                        break;
-                    }
-                }
-            }
-            if generated.len() == budget {
-                break;
-            }
-            let input = Tensor::new(&[token], device)?.unsqueeze(0)?;
-            logits = self.decoder.forward(&input, &mut cache)?;
+        let input = Tensor::new(prompt, self.decoder.device())?.unsqueeze(0)?;
+        let logits = self.decoder.forward(&input, &mut cache)?;
+        let pending = Some(logits.squeeze(0)?.to_vec1()?);
+        Ok(Sequence {
+            model: self,
+            params: params.clone(),
+            sampler,
+            cache,
+            history: prompt.to_vec(),
+            streamer: TextStreamer::new(&self.tokenizer),
+            budget: params.max_tokens.min(context - prompt.len()),
+            prompt_tokens: prompt.len(),
+            generated: Vec::new(),
+            sent: 0,
+            pending,
+            finish_reason: None,
+            final_text: None,
+            prefill_seconds: start.elapsed().as_secs_f64(),
+            decode_start: Instant::now(),
+        })
+    }
+
+    /// One decoding step for several sequences together (each has just returned `true` from
+    /// [`Sequence::advance`]): one forward pass of the whole batch.
+    pub fn step_batch(&self, sequences: &mut [&mut Sequence<'_>]) -> Result<()> {
+        if let [one] = sequences {
+            // Alone, the plain single-sequence pass.
+            let input = Tensor::new(&[one.last_token()], self.decoder.device())?.unsqueeze(0)?;
+            let logits = self.decoder.forward(&input, &mut one.cache)?;
+            one.pending = Some(logits.squeeze(0)?.to_vec1()?);
+            return Ok(());
         }
-        let text = match final_text {
+        let tokens: Vec<u32> = sequences.iter().map(|s| s.last_token()).collect();
+        let logits = {
+            let mut caches: Vec<&mut KvCache> =
+                sequences.iter_mut().map(|s| &mut s.cache).collect();
+            self.decoder.forward_batch(&tokens, &mut caches)?
+        };
+        for (b, sequence) in sequences.iter_mut().enumerate() {
+            sequence.pending = Some(logits.get(b)?.to_vec1()?);
+        }
+        Ok(())
+    }
+}
+
+/// One generation in progress, stepped by its caller: [`LoadedModel::generate`] steps one
+/// alone; a scheduler steps many together with [`LoadedModel::step_batch`].
+pub struct Sequence<'a> {
+    model: &'a LoadedModel,
+    params: GenerationParams,
+    sampler: Sampler,
+    cache: KvCache,
+    history: Vec<u32>,
+    streamer: TextStreamer<'a>,
+    budget: usize,
+    prompt_tokens: usize,
+    generated: Vec<u32>,
+    /// Bytes of the text already handed to the caller.
+    sent: usize,
+    /// Logits of the next position, waiting to be sampled.
+    pending: Option<Vec<f32>>,
+    finish_reason: Option<FinishReason>,
+    /// The text cut at a stop string.
+    final_text: Option<String>,
+    prefill_seconds: f64,
+    decode_start: Instant,
+}
+
+impl std::fmt::Debug for Sequence<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequence")
+            .field("prompt_tokens", &self.prompt_tokens)
+            .field("generated", &self.generated.len())
+            .field("finish_reason", &self.finish_reason)
+            .finish()
+    }
+}
+
+impl Sequence<'_> {
+    /// The token the next forward pass feeds.
+    pub fn last_token(&self) -> u32 {
+        *self.history.last().expect("a sequence has a prompt")
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+
+    /// Samples the next token from the pending logits and hands any completed text to
+    /// `on_text` (returning `false` cancels). `true`: the sequence needs another forward pass
+    /// of [`Self::last_token`]; `false`: it has finished.
+    pub fn advance(&mut self, mut on_text: impl FnMut(&str) -> bool) -> Result<bool> {
+        if self.finish_reason.is_some() {
+            return Ok(false);
+        }
+        let Some(mut row) = self.pending.take() else {
+            return Err(Error::InvalidParameter(
+                "advance needs the logits of a forward pass".into(),
+            ));
+        };
+        let token = self.sampler.sample(&mut row, &self.history);
+        let stop_token = self.model.stop_token_ids.contains(&token);
+        if !self.params.ignore_eos && stop_token {
+            return Ok(self.end(FinishReason::EndOfTurn));
+        }
+        self.generated.push(token);
+        self.history.push(token);
+        if self.streamer.push(token)?.is_some() {
+            let text = self.streamer.text();
+            let stop_at = self
+                .params
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| text.find(s.as_str()))
+                .min();
+            if let Some(at) = stop_at {
+                if at > self.sent {
+                    on_text(&text[self.sent..at]);
+                }
+                self.final_text = Some(text[..at].to_string());
+                return Ok(self.end(FinishReason::StopString));
+            }
+            let ready = text.len() - partial_stop_suffix(text, &self.params.stop);
+            if ready > self.sent {
+                let keep_going = on_text(&text[self.sent..ready]);
+                self.sent = ready;
+                if !keep_going {
+                    return Ok(self.end(FinishReason::Cancelled));
+                }
+            }
+        }
+        if self.generated.len() >= self.budget {
+            return Ok(self.end(FinishReason::Length));
+        }
+        Ok(true)
+    }
+
+    fn end(&mut self, reason: FinishReason) -> bool {
+        self.finish_reason = Some(reason);
+        false
+    }
+
+    /// The finished generation; text held back (a possible stop-string prefix) goes to
+    /// `on_text` unless the caller cancelled.
+    pub fn finish(self, mut on_text: impl FnMut(&str) -> bool) -> Generation {
+        let finish_reason = self.finish_reason.unwrap_or(FinishReason::Length);
+        let text = match self.final_text {
             Some(text) => text,
             None => {
-                let text = streamer.text().to_string();
-                if finish_reason != FinishReason::Cancelled && text.len() > sent {
-                    on_text(&text[sent..]);
+                let text = self.streamer.text().to_string();
+                if finish_reason != FinishReason::Cancelled && text.len() > self.sent {
+                    on_text(&text[self.sent..]);
                 }
                 text
             }
         };
-        Ok(Generation {
+        Generation {
             text,
-            tokens: generated,
-            prompt_tokens: prompt.len(),
+            tokens: self.generated,
+            prompt_tokens: self.prompt_tokens,
             finish_reason,
-            prefill_seconds,
-            decode_seconds: decode_start.elapsed().as_secs_f64(),
-        })
+            prefill_seconds: self.prefill_seconds,
+            decode_seconds: self.decode_start.elapsed().as_secs_f64(),
+        }
     }
 }
 

@@ -268,3 +268,87 @@ fn bad_generation_input_is_refused_with_a_clear_error() {
     let g = model.generate(&near, &params(50), |_| true).unwrap();
     assert!(g.completion_tokens() <= 2);
 }
+
+/// Several sequences stepped together (one forward pass per step) give the logits and the
+/// greedy tokens each gives alone, on both architectures, with prompts of different lengths.
+#[test]
+fn batched_decoding_matches_one_sequence_at_a_time() {
+    for architecture in [Architecture::Llama, Architecture::Qwen2] {
+        let (_dir, model) = tiny(architecture);
+        let prompts: Vec<Vec<u32>> = ["hello there", "a much longer question about parcels", "hi"]
+            .iter()
+            .map(|text| {
+                model
+                    .chat_prompt(&[ChatMessage::new(Role::User, *text)])
+                    .unwrap()
+            })
+            .collect();
+        let params = GenerationParams {
+            ignore_eos: true,
+            ..params(12)
+        };
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| model.generate(p, &params, |_| true).unwrap().tokens)
+            .collect();
+        let mut sequences: Vec<_> = prompts
+            .iter()
+            .map(|p| model.start_sequence(p, &params).unwrap())
+            .collect();
+        loop {
+            let mut running = Vec::new();
+            for sequence in sequences.iter_mut() {
+                if sequence.advance(|_| true).unwrap() {
+                    running.push(sequence);
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            model.step_batch(&mut running).unwrap();
+        }
+        let together: Vec<Vec<u32>> = sequences
+            .into_iter()
+            .map(|s| s.finish(|_| true).tokens)
+            .collect();
+        assert_eq!(together, alone, "{architecture:?}");
+        assert!(together.iter().all(|t| t.len() == 12));
+
+        // The logits themselves, after different amounts of context.
+        let mut caches: Vec<KvCache> = prompts
+            .iter()
+            .map(|_| KvCache::new(model.config()))
+            .collect();
+        let mut single = Vec::new();
+        for (p, cache) in prompts.iter().zip(caches.iter_mut()) {
+            let input = Tensor::new(p.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            model.decoder.forward(&input, cache).unwrap();
+            let mut alone_cache = cache.clone();
+            let next = Tensor::new(&[7u32], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            single.push(
+                model
+                    .decoder
+                    .forward(&next, &mut alone_cache)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap(),
+            );
+        }
+        let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+        let batched = model.decoder.forward_batch(&[7, 7, 7], &mut refs).unwrap();
+        for (b, expected) in single.iter().enumerate() {
+            let diff = max_abs_diff(&batched.get(b).unwrap(), expected);
+            assert!(diff < 1e-4, "{architecture:?} sequence {b}: {diff}");
+        }
+        assert!(matches!(
+            model.decoder.forward_batch(&[7], &mut []),
+            Err(Error::InvalidParameter(_))
+        ));
+    }
+}

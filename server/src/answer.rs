@@ -21,6 +21,25 @@ pub struct Citation {
     pub heading: String,
     pub path: String,
     pub score: f32,
+    /// The passage's first words, for a citation a reader can check at a glance.
+    pub excerpt: String,
+}
+
+/// At most this many characters of a passage in a citation's excerpt.
+const EXCERPT_CHARS: usize = 240;
+
+/// `text` cut at a word boundary near [`EXCERPT_CHARS`], with an ellipsis when cut.
+fn excerpt(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() <= EXCERPT_CHARS {
+        return text;
+    }
+    let cut: String = text.chars().take(EXCERPT_CHARS).collect();
+    let at = cut
+        .rfind(' ')
+        .filter(|&i| i > EXCERPT_CHARS / 2)
+        .unwrap_or(cut.len());
+    format!("{}…", &cut[..at])
 }
 
 impl Citation {
@@ -38,6 +57,7 @@ impl Citation {
                 .join(" > "),
             path: chunk.path.clone(),
             score,
+            excerpt: excerpt(&chunk.text),
         }
     }
 

@@ -116,6 +116,9 @@ pub struct ServeArgs {
     /// Generation worker threads.
     #[arg(long, env = "KEFU_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Conversations each worker decodes together, one forward pass per step for all.
+    #[arg(long, env = "KEFU_BATCH", default_value_t = 16)]
+    pub batch: usize,
     /// Generations that may wait for a worker; more are answered 503 with Retry-After.
     #[arg(long, env = "KEFU_QUEUE", default_value_t = 16)]
     pub queue: usize,
@@ -668,10 +671,15 @@ fn export(home: &Path, args: &ExportArgs) -> Result<()> {
 }
 
 fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
-    if args.workers == 0 || args.queue == 0 || args.max_tokens == 0 || args.max_body_bytes < 1024 {
+    if args.workers == 0
+        || args.batch == 0
+        || args.queue == 0
+        || args.max_tokens == 0
+        || args.max_body_bytes < 1024
+    {
         bail!(
-            "--workers, --queue and --max-tokens must be at least 1 and --max-body-bytes at least \
-             1024"
+            "--workers, --batch, --queue and --max-tokens must be at least 1 and \
+             --max-body-bytes at least 1024"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -697,6 +705,7 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
             args.model.clone(),
             version,
             args.workers,
+            args.batch,
             args.queue,
         )?;
         let config = crate::http::ApiConfig {

@@ -1,14 +1,20 @@
 //! Model work off the async runtime: generation jobs go through a bounded queue to dedicated
 //! worker threads (first come, first served); a full queue is refused at once (HTTP 503 with
 //! Retry-After), and a job whose listener has gone away is cancelled at its next token.
+//!
+//! Each worker decodes up to `max_batch` conversations together: a new job is admitted
+//! between steps (its prompt runs through the model alone), then every running sequence gets
+//! its next token from one forward pass of the whole batch, so the weights are read once per
+//! step for all of them and every conversation advances at the same pace.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::Instant;
 
 use kefu_model::LoadedModel;
-use kefu_model::generate::{FinishReason, GenerationParams};
+use kefu_model::generate::{FinishReason, GenerationParams, Sequence};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What a running job reports.
@@ -80,12 +86,14 @@ impl std::fmt::Debug for Generator {
 }
 
 impl Generator {
-    /// Starts `workers` threads sharing `model`, behind a queue of `capacity` jobs.
+    /// Starts `workers` threads sharing `model`, each decoding up to `max_batch` sequences
+    /// together, behind a queue of `capacity` jobs.
     pub fn start(
         model: LoadedModel,
         name: String,
         version: String,
         workers: usize,
+        max_batch: usize,
         capacity: usize,
     ) -> std::io::Result<Self> {
         let model = Arc::new(model);
@@ -100,19 +108,7 @@ impl Generator {
             let waiting = waiting.clone();
             std::thread::Builder::new()
                 .name(format!("kefu-generate-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = match receiver.lock() {
-                            Ok(receiver) => match receiver.recv() {
-                                Ok(job) => job,
-                                Err(_) => return,
-                            },
-                            Err(_) => return,
-                        };
-                        waiting.fetch_sub(1, Ordering::SeqCst);
-                        run(&model, job, &metrics);
-                    }
-                })?;
+                .spawn(move || work(&model, &receiver, &waiting, &metrics, max_batch.max(1)))?;
         }
         Ok(Self {
             model,
@@ -155,43 +151,148 @@ impl Generator {
     }
 }
 
-fn run(model: &LoadedModel, job: Job, metrics: &GeneratorMetrics) {
+/// A job being decoded.
+struct Active<'m> {
+    sequence: Sequence<'m>,
+    job: Job,
+    started: Instant,
+    queued_ms: u64,
+    first_token_ms: Option<u64>,
+}
+
+/// One worker: admits jobs between steps and decodes all of its sequences together.
+fn work(
+    model: &LoadedModel,
+    receiver: &Mutex<Receiver<Job>>,
+    waiting: &AtomicUsize,
+    metrics: &GeneratorMetrics,
+    max_batch: usize,
+) {
+    let mut active: Vec<Active<'_>> = Vec::new();
+    loop {
+        // Wait for a job when idle; otherwise take one queued job per step (its prompt runs
+        // alone), so the running conversations keep streaming while newcomers are admitted.
+        let admit_now = if active.is_empty() {
+            1
+        } else {
+            usize::from(active.len() < max_batch)
+        };
+        for _ in 0..admit_now {
+            let job = {
+                let Ok(receiver) = receiver.lock() else {
+                    return;
+                };
+                if active.is_empty() {
+                    match receiver.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                } else {
+                    match receiver.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    }
+                }
+            };
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            if let Some(admitted) = admit(model, job, metrics) {
+                active.push(admitted);
+            }
+        }
+        // Every sequence samples its next token; those still running share one forward pass.
+        let mut running = Vec::with_capacity(active.len());
+        for mut job in active.drain(..) {
+            if job.job.events.is_closed() {
+                continue; // the client left: cancelled
+            }
+            let Active {
+                sequence,
+                job: Job { events, .. },
+                started,
+                first_token_ms,
+                ..
+            } = &mut job;
+            let advanced = sequence.advance(|piece| {
+                first_token_ms.get_or_insert_with(|| started.elapsed().as_millis() as u64);
+                events.send(Event::Token(piece.to_string())).is_ok()
+            });
+            match advanced {
+                Ok(true) => running.push(job),
+                Ok(false) => finish(job, metrics),
+                Err(e) => fail(&job.job, &e.to_string(), metrics),
+            }
+        }
+        active = running;
+        if active.is_empty() {
+            continue;
+        }
+        let mut sequences: Vec<&mut Sequence<'_>> =
+            active.iter_mut().map(|a| &mut a.sequence).collect();
+        if let Err(e) = model.step_batch(&mut sequences) {
+            for job in active.drain(..) {
+                fail(&job.job, &e.to_string(), metrics);
+            }
+        }
+    }
+}
+
+/// Runs a new job's prompt through the model; `None` when the client already left or the
+/// prompt is refused (the client is told).
+fn admit<'m>(model: &'m LoadedModel, job: Job, metrics: &GeneratorMetrics) -> Option<Active<'m>> {
     let started = Instant::now();
     let queued_ms = (started - job.queued_at).as_millis() as u64;
     if job.events.is_closed() {
-        return; // the client left while the job waited
+        return None; // the client left while the job waited
     }
-    let mut first_token_ms = None;
-    let result = model.generate(&job.prompt, &job.params, |piece| {
+    match model.start_sequence(&job.prompt, &job.params) {
+        Ok(sequence) => Some(Active {
+            sequence,
+            job,
+            started,
+            queued_ms,
+            first_token_ms: None,
+        }),
+        Err(e) => {
+            fail(&job, &e.to_string(), metrics);
+            None
+        }
+    }
+}
+
+fn fail(job: &Job, error: &str, metrics: &GeneratorMetrics) {
+    metrics.failed.fetch_add(1, Ordering::Relaxed);
+    let _ = job.events.send(Event::Failed(error.to_string()));
+}
+
+fn finish(active: Active<'_>, metrics: &GeneratorMetrics) {
+    let Active {
+        sequence,
+        job,
+        started,
+        queued_ms,
+        mut first_token_ms,
+    } = active;
+    let generation = sequence.finish(|piece| {
         first_token_ms.get_or_insert_with(|| started.elapsed().as_millis() as u64);
         job.events.send(Event::Token(piece.to_string())).is_ok()
     });
-    let event = match result {
-        Ok(generation) => {
-            let total_ms = started.elapsed().as_millis() as u64;
-            metrics.generations.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .generated_tokens
-                .fetch_add(generation.completion_tokens() as u64, Ordering::Relaxed);
-            metrics.generation_ms.fetch_add(total_ms, Ordering::Relaxed);
-            metrics
-                .first_token_ms
-                .fetch_add(first_token_ms.unwrap_or(total_ms), Ordering::Relaxed);
-            Event::Done(Summary {
-                prompt_tokens: generation.prompt_tokens,
-                completion_tokens: generation.completion_tokens(),
-                finish_reason: generation.finish_reason,
-                text: generation.text,
-                first_token_ms: first_token_ms
-                    .unwrap_or_else(|| started.elapsed().as_millis() as u64),
-                total_ms,
-                queued_ms,
-            })
-        }
-        Err(e) => {
-            metrics.failed.fetch_add(1, Ordering::Relaxed);
-            Event::Failed(e.to_string())
-        }
-    };
-    let _ = job.events.send(event);
+    let total_ms = started.elapsed().as_millis() as u64;
+    let first_token_ms = first_token_ms.unwrap_or(total_ms);
+    metrics.generations.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .generated_tokens
+        .fetch_add(generation.completion_tokens() as u64, Ordering::Relaxed);
+    metrics.generation_ms.fetch_add(total_ms, Ordering::Relaxed);
+    metrics
+        .first_token_ms
+        .fetch_add(first_token_ms, Ordering::Relaxed);
+    let _ = job.events.send(Event::Done(Summary {
+        prompt_tokens: generation.prompt_tokens,
+        completion_tokens: generation.completion_tokens(),
+        finish_reason: generation.finish_reason,
+        text: generation.text,
+        first_token_ms,
+        total_ms,
+        queued_ms,
+    }));
 }

@@ -330,6 +330,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(feedback),
         )
         .route("/api/conversations/{id}/handoff", post(request_handoff))
+        .route("/api/widget/site", get(widget_site))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -350,6 +351,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(agent_feedback),
         )
         .route("/api/agent/conversations/{id}/takeover", post(take_over))
+        .route("/api/agent/conversations/{id}/release", post(release))
         .route("/api/agent/conversations/{id}/reply", post(agent_reply))
         .route(
             "/api/admin/users",
@@ -390,7 +392,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/admin/export/{kind}", get(export))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
-        .fallback(|| async { ApiError::not_found("no_such_route", "there is no such route") })
+        .merge(crate::pages::routes())
+        .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -402,6 +405,23 @@ pub fn router(state: Arc<AppState>) -> Router {
             count_requests,
         ))
         .with_state(state)
+}
+
+async fn no_such_route(headers: HeaderMap) -> Response {
+    if crate::pages::wants_html(&headers) {
+        return crate::pages::error_page(StatusCode::NOT_FOUND, "There is no such page.");
+    }
+    ApiError::not_found("no_such_route", "there is no such route").into_response()
+}
+
+/// What the widget asks before its first question: is its key valid here, from this origin?
+async fn widget_site(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let site = crate::access::requested_site(&state, &headers).await?;
+    crate::access::check_origin(site.as_ref(), &headers)?;
+    Ok(Json(json!({"site": site.map(|s| s.name)})))
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -805,7 +825,7 @@ fn finish_name(reason: FinishReason) -> &'static str {
 
 fn citation_json(c: &Citation) -> Value {
     json!({"number": c.number, "chunk_id": c.chunk_id, "title": c.title, "heading": c.heading,
-           "path": c.path, "score": c.score})
+           "path": c.path, "score": c.score, "excerpt": c.excerpt})
 }
 
 /// Streams a grounded answer to `question_id` as Server-Sent Events: `token` events
@@ -1561,6 +1581,28 @@ async fn take_over(
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({"status": "agent"})))
+}
+
+/// Hands a conversation back to the bot.
+async fn release(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let staff = crate::auth::staff(&state.database, &method, &headers).await?;
+    let conversation = staff_conversation(&state, &id).await?;
+    state
+        .database
+        .handoff(
+            conversation.id,
+            "released",
+            Some(staff.user.id),
+            "assistant",
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"status": "assistant"})))
 }
 
 async fn agent_reply(

@@ -15,4 +15,5 @@ pub mod generator;
 pub mod http;
 pub mod ingest;
 pub mod knowledge;
+pub mod pages;
 pub mod testing;

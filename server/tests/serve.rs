@@ -802,7 +802,16 @@ fn a_full_generation_queue_answers_503_with_retry_after() {
     let server = Server::start(
         home.path(),
         None,
-        &["--queue", "1", "--workers", "1", "--max-tokens", "96"],
+        &[
+            "--queue",
+            "1",
+            "--workers",
+            "1",
+            "--batch",
+            "1",
+            "--max-tokens",
+            "96",
+        ],
     );
     let (_, conversation) = post(&server.url("/api/conversations"), None, b"{}");
     let id = conversation["id"].as_str().unwrap().to_string();
@@ -1123,6 +1132,7 @@ fn every_route_with_every_caller() {
         ("GET", "/readyz".into(), Body::Empty, all(200)),
         ("GET", "/metrics".into(), Body::Empty, all(200)),
         ("GET", "/api/openapi.json".into(), Body::Empty, all(200)),
+        ("GET", "/api/widget/site".into(), Body::Empty, all(200)),
         ("POST", "/api/conversations".into(), Body::Empty, all(201)),
         (
             "GET",
@@ -1189,6 +1199,12 @@ fn every_route_with_every_caller() {
             format!("/api/agent/conversations/{id}/reply"),
             Body::Json(json!({"content": "Hello, a person here."})),
             staff(201),
+        ),
+        (
+            "POST",
+            format!("/api/agent/conversations/{id}/release"),
+            Body::Empty,
+            staff(200),
         ),
         (
             "GET",

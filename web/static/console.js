@@ -1,0 +1,283 @@
+/* Kefu staff pages: sign-in, the agent console and the admin pages. Plain JavaScript over the
+ * JSON API; cookie writes carry the session's CSRF token from the page's meta tag. When the
+ * session has ended, drafts are kept in sessionStorage and the browser goes to the sign-in
+ * page, which brings it back. */
+(function () {
+  "use strict";
+  var csrfMeta = document.querySelector("meta[name=csrf-token]");
+  var csrf = csrfMeta ? csrfMeta.content : "";
+
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    for (var k in attrs || {}) {
+      if (k === "text") node.textContent = attrs[k];
+      else if (k.indexOf("on") === 0) node.addEventListener(k.slice(2), attrs[k]);
+      else node.setAttribute(k, attrs[k]);
+    }
+    (children || []).forEach(function (c) { if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
+    return node;
+  }
+
+  function saveDrafts() {
+    document.querySelectorAll("[data-draft]").forEach(function (t) {
+      if (t.value) sessionStorage.setItem("kefu-draft:" + location.pathname + ":" + t.getAttribute("data-draft"), t.value);
+    });
+  }
+
+  function restoreDrafts() {
+    document.querySelectorAll("[data-draft]").forEach(function (t) {
+      var key = "kefu-draft:" + location.pathname + ":" + t.getAttribute("data-draft");
+      var text = sessionStorage.getItem(key);
+      if (text && !t.value) { t.value = text; sessionStorage.removeItem(key); }
+    });
+  }
+
+  function signInAgain() {
+    saveDrafts();
+    location.href = "/login?expired=1&next=" + encodeURIComponent(location.pathname + location.search);
+  }
+
+  /* JSON API call; a 401 sends the user to sign in (drafts kept). */
+  function api(method, path, body, raw) {
+    var headers = { "X-CSRF-Token": csrf };
+    if (body !== undefined && !raw) headers["Content-Type"] = "application/json";
+    return fetch(path, { method: method, headers: headers, credentials: "same-origin", body: body === undefined ? undefined : raw ? body : JSON.stringify(body) })
+      .then(function (r) {
+        if (r.status === 401) { signInAgain(); throw new Error("signed out"); }
+        var type = r.headers.get("content-type") || "";
+        var parsed = type.indexOf("json") >= 0 ? r.json() : r.text();
+        return parsed.then(function (data) {
+          if (!r.ok) throw new Error((data && data.message) || r.statusText);
+          return data;
+        });
+      });
+  }
+
+  function showError(form, error) {
+    var box = form.querySelector(".error");
+    if (box) { box.textContent = error.message; box.hidden = false; }
+  }
+
+  /* Sign-in page. */
+  var login = document.getElementById("login");
+  if (login) {
+    login.addEventListener("submit", function (e) {
+      e.preventDefault();
+      fetch("/api/auth/login", { method: "POST", headers: { "Content-Type": "application/json" }, credentials: "same-origin",
+        body: JSON.stringify({ name: login.name.value, password: login.password.value }) })
+        .then(function (r) { return r.json().then(function (d) { if (!r.ok) throw new Error(d.message); return d; }); })
+        .then(function () {
+          var next = login.getAttribute("data-next") || "/agent";
+          location.href = next.charAt(0) === "/" && next.charAt(1) !== "/" ? next : "/agent";
+        }, function (error) { showError(login, error); });
+    });
+  }
+
+  var signOut = document.getElementById("sign-out");
+  if (signOut) signOut.addEventListener("click", function () {
+    api("POST", "/api/auth/logout", {}).then(function () { location.href = "/login"; }, function () { location.href = "/login"; });
+  });
+
+  restoreDrafts();
+
+  /* Agent console. */
+  var list = document.getElementById("conversations");
+  if (list) {
+    var current = null, lastList = "", lastTranscript = "";
+    var transcript = document.getElementById("transcript");
+    var head = document.getElementById("transcript-head");
+    var reply = document.getElementById("reply");
+    var statusLabel = { assistant: "bot", handoff_requested: "wants a human", agent: "with an agent" };
+
+    function loadList() {
+      return api("GET", "/api/agent/conversations").then(function (data) {
+        var text = JSON.stringify(data);
+        if (text === lastList) return;
+        lastList = text;
+        list.textContent = "";
+        data.conversations.forEach(function (c) {
+          var button = el("button", { type: "button", "data-id": c.id, "aria-current": String(c.id === current) }, [
+            el("span", { "class": "status status-" + c.status, text: statusLabel[c.status] || c.status }),
+            " " + c.id.slice(0, 8) + " · " + new Date(c.created_ms).toLocaleTimeString()
+          ]);
+          button.addEventListener("click", function () { current = c.id; lastTranscript = ""; loadTranscript(); loadList(); });
+          list.appendChild(el("li", {}, [button]));
+        });
+      });
+    }
+
+    function feedbackLine(f) {
+      var rating = f.rating > 0 ? "thumbs up" : f.rating < 0 ? "thumbs down" : "note";
+      var parts = [f.rater_role + ": " + rating];
+      if (f.reasons && f.reasons.length) parts.push("(" + f.reasons.join(", ") + ")");
+      if (f.comment) parts.push("“" + f.comment + "”");
+      var li = el("li", { "class": "feedback" }, [parts.join(" ")]);
+      if (f.corrected_answer) li.appendChild(el("div", { "class": "correction", text: "Correction: " + f.corrected_answer }));
+      return li;
+    }
+
+    function answerTools(m) {
+      var box = el("div", { "class": "tools" });
+      var up = el("button", { type: "button", text: "Good answer" });
+      var down = el("button", { type: "button", text: "Bad answer" });
+      var area = el("textarea", { rows: "3", "aria-label": "Corrected answer", "data-draft": "correction-" + m.id, placeholder: "Write the answer it should have given" });
+      var save = el("button", { type: "submit", text: "Save correction" });
+      var form = el("form", { "class": "correct" }, [area, save]);
+      up.addEventListener("click", function () { api("POST", "/api/agent/conversations/" + current + "/messages/" + m.id + "/feedback", { rating: "up" }).then(loadTranscript); });
+      down.addEventListener("click", function () { api("POST", "/api/agent/conversations/" + current + "/messages/" + m.id + "/feedback", { rating: "down" }).then(loadTranscript); });
+      form.addEventListener("submit", function (e) {
+        e.preventDefault();
+        if (!area.value.trim()) return;
+        api("POST", "/api/agent/conversations/" + current + "/messages/" + m.id + "/feedback", { rating: "down", corrected_answer: area.value })
+          .then(function () { area.value = ""; lastTranscript = ""; loadTranscript(); }, function (error) { alert(error.message); });
+      });
+      box.appendChild(el("div", {}, [up, " ", down]));
+      box.appendChild(form);
+      return box;
+    }
+
+    function loadTranscript() {
+      if (!current) return Promise.resolve();
+      return api("GET", "/api/agent/conversations/" + current).then(function (c) {
+        var text = JSON.stringify(c);
+        if (text === lastTranscript) return;
+        // Keep what the agent is typing while the transcript refreshes.
+        saveDrafts();
+        lastTranscript = text;
+        head.textContent = "";
+        var actions = el("div", { "class": "actions" });
+        if (c.status === "agent") {
+          actions.appendChild(el("button", { type: "button", id: "hand-back", text: "Hand back to the bot", onclick: function () { api("POST", "/api/agent/conversations/" + current + "/release", {}).then(function () { lastTranscript = ""; loadTranscript(); }); } }));
+        } else {
+          actions.appendChild(el("button", { type: "button", id: "take-over", text: "Take over", onclick: function () { api("POST", "/api/agent/conversations/" + current + "/takeover", {}).then(function () { lastTranscript = ""; loadTranscript(); }); } }));
+        }
+        head.appendChild(el("h2", { text: "Conversation " + c.id.slice(0, 8) + " · " + (statusLabel[c.status] || c.status) }));
+        head.appendChild(actions);
+        reply.hidden = c.status !== "agent";
+        transcript.textContent = "";
+        c.messages.forEach(function (m) {
+          var item = el("li", { "class": "msg msg-" + m.role, "data-message": m.id }, [
+            el("div", { "class": "role", text: m.role }),
+            el("div", { "class": "content", text: m.content })
+          ]);
+          if (m.role === "assistant") {
+            if (m.served) {
+              var passages = (m.served.retrieved || []).map(function (r) {
+                return el("li", {}, [el("strong", { text: (r.title || "") + (r.heading ? " — " + r.heading : "") }), " ", el("span", { "class": "muted", text: "score " + (r.score !== undefined ? Number(r.score).toFixed(3) : "?") }), el("div", { "class": "excerpt", text: r.text || "" })]);
+              });
+              item.appendChild(el("details", { "class": "served" }, [
+                el("summary", { text: "Context it was given (" + passages.length + " passages, model " + String(m.served.model_version).slice(0, 12) + ")" }),
+                el("ol", {}, passages)
+              ]));
+            }
+            if (m.feedback && m.feedback.length) item.appendChild(el("ul", { "class": "feedback-list" }, m.feedback.map(feedbackLine)));
+            item.appendChild(answerTools(m));
+          }
+          transcript.appendChild(item);
+        });
+        restoreDrafts();
+      });
+    }
+
+    reply.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var area = document.getElementById("reply-text");
+      if (!area.value.trim() || !current) return;
+      api("POST", "/api/agent/conversations/" + current + "/reply", { content: area.value }).then(function () {
+        area.value = ""; lastTranscript = ""; loadTranscript();
+      }, function (error) { alert(error.message); });
+    });
+
+    function tick() { loadList().then(loadTranscript).catch(function () { /* retried next tick */ }); }
+    tick();
+    setInterval(tick, 2000);
+  }
+
+  /* Admin: documents. */
+  var upload = document.getElementById("upload");
+  if (upload) {
+    var kb = upload.getAttribute("data-kb");
+    var progress = document.getElementById("upload-progress");
+    var status = document.getElementById("upload-status");
+    upload.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var files = Array.prototype.slice.call(upload.file.files);
+      var done = 0;
+      progress.hidden = false;
+      function next() {
+        if (!files.length) { status.textContent = done + " uploaded"; setTimeout(function () { location.reload(); }, 300); return; }
+        var file = files.shift();
+        status.textContent = "Uploading " + file.name + "…";
+        var request = new XMLHttpRequest();
+        request.open("POST", "/api/admin/knowledge-bases/" + encodeURIComponent(kb) + "/documents?name=" + encodeURIComponent(file.name));
+        request.setRequestHeader("X-CSRF-Token", csrf);
+        request.upload.onprogress = function (p) { if (p.lengthComputable) progress.value = Math.round(100 * p.loaded / p.total); };
+        request.onload = function () {
+          if (request.status === 401) return signInAgain();
+          if (request.status >= 400) {
+            var message = request.statusText;
+            try { message = JSON.parse(request.responseText).message; } catch (err) { /* not JSON */ }
+            status.textContent = file.name + ": " + message;
+            progress.hidden = true;
+            return;
+          }
+          done += 1;
+          next();
+        };
+        request.onerror = function () { status.textContent = file.name + ": the upload failed"; };
+        request.send(file);
+      }
+      next();
+    });
+    document.getElementById("documents").addEventListener("click", function (e) {
+      var action = e.target.getAttribute("data-action");
+      if (!action) return;
+      var row = e.target.closest("tr");
+      var path = "/api/admin/knowledge-bases/" + encodeURIComponent(kb) + "/documents/" + row.getAttribute("data-id");
+      if (action === "delete" && confirm("Delete this document and its passages?")) {
+        api("DELETE", path).then(function () { row.remove(); }, function (error) { alert(error.message); });
+      } else if (action === "reingest") {
+        e.target.disabled = true;
+        api("POST", path + "/reingest", {}).then(function (r) { e.target.textContent = "Re-ingested (" + r.chunks + " passages)"; }, function (error) { alert(error.message); e.target.disabled = false; });
+      }
+    });
+  }
+
+  /* Admin: users. */
+  var addUser = document.getElementById("add-user");
+  if (addUser) {
+    addUser.addEventListener("submit", function (e) {
+      e.preventDefault();
+      api("POST", "/api/admin/users", { name: addUser.name.value, role: addUser.role.value, password: addUser.password.value })
+        .then(function () { location.reload(); }, function (error) { showError(addUser, error); });
+    });
+    document.querySelector("[data-page=users] tbody").addEventListener("click", function (e) {
+      if (e.target.getAttribute("data-action") !== "delete-user") return;
+      var row = e.target.closest("tr");
+      if (confirm("Remove " + row.getAttribute("data-name") + "?")) {
+        api("DELETE", "/api/admin/users/" + encodeURIComponent(row.getAttribute("data-name"))).then(function () { row.remove(); }, function (error) { alert(error.message); });
+      }
+    });
+  }
+
+  /* Admin: widget sites. */
+  var addSite = document.getElementById("add-site");
+  if (addSite) {
+    var origins = function (text) { return text.split(/\s+/).filter(Boolean); };
+    addSite.addEventListener("submit", function (e) {
+      e.preventDefault();
+      api("POST", "/api/admin/sites", { name: addSite.name.value, allowed_origins: origins(addSite.origins.value) })
+        .then(function () { location.reload(); }, function (error) { showError(addSite, error); });
+    });
+    document.querySelector("[data-page=sites] tbody").addEventListener("click", function (e) {
+      var action = e.target.getAttribute("data-action");
+      var row = e.target.closest("tr");
+      if (action === "save-origins") {
+        api("PUT", "/api/admin/sites/" + row.getAttribute("data-id"), { allowed_origins: origins(row.querySelector("input").value) })
+          .then(function () { e.target.textContent = "Saved"; }, function (error) { alert(error.message); });
+      } else if (action === "delete-site" && confirm("Remove this site? Its key stops working at once.")) {
+        api("DELETE", "/api/admin/sites/" + row.getAttribute("data-id")).then(function () { row.remove(); }, function (error) { alert(error.message); });
+      }
+    });
+  }
+})();
