@@ -59,6 +59,11 @@ pub enum Command {
     },
     /// Write training data derived from feedback, one JSON object per line.
     Export(ExportArgs),
+    /// Train a LoRA adapter (supervised fine-tuning so far).
+    Train {
+        #[command(subcommand)]
+        command: crate::train::TrainCommand,
+    },
     /// Measure retrieval against a question file.
     Eval {
         #[command(subcommand)]
@@ -324,6 +329,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
         } => tokens_add(&cli.home, &user, &label, database_url.as_deref()),
         Command::Export(args) => export(&cli.home, &args),
+        Command::Train { command } => crate::train::run(&cli.home, &command),
         Command::Ask(args) => ask(&cli.home, cli.threads, &args),
         Command::Eval {
             command: EvalCommand::Retrieval(args),

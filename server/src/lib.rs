@@ -17,3 +17,4 @@ pub mod ingest;
 pub mod knowledge;
 pub mod pages;
 pub mod testing;
+pub mod train;

@@ -545,6 +545,29 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         "return [...document.querySelectorAll('.msg-agent')].length > 0",
     );
     console.screenshot("agent-console.png");
+    // Hand back to the bot, then take over again (the customer's widget must see the reply).
+    console.click("#hand-back");
+    console.wait(
+        "the take-over button",
+        10,
+        "return document.querySelector('#take-over')",
+    );
+    let (_, listed) = api(
+        "GET",
+        &format!("{base}/api/agent/conversations"),
+        &token,
+        None,
+    );
+    assert_eq!(
+        listed["conversations"][0]["status"], "assistant",
+        "{listed}"
+    );
+    console.click("#take-over");
+    console.wait(
+        "the hand-back button",
+        10,
+        "return document.querySelector('#hand-back')",
+    );
 
     // The customer's widget shows the agent's reply.
     customer.wait(
@@ -648,6 +671,31 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     );
     assert_eq!(ran, json!([true, 0]));
     admin.screenshot("admin-documents.png");
+    // Upload through the page (file chooser, progress, reload), then re-ingest it.
+    let upload_dir = tempfile::tempdir().unwrap();
+    let returns = upload_dir.path().join("returns.md");
+    std::fs::write(
+        &returns,
+        "# Returns policy\n\nParcels can be returned within 30 days.",
+    )
+    .unwrap();
+    admin.type_into("#upload input[type=file]", returns.to_str().unwrap());
+    admin.click("#upload button");
+    admin.wait(
+        "the uploaded document in the table",
+        60,
+        "return [...document.querySelectorAll('#documents tr')].find(r => r.textContent.includes('Returns policy'))",
+    );
+    admin.js(
+        "[...document.querySelectorAll('#documents tr')].find(r => r.textContent.includes('Returns policy'))
+           .querySelector('[data-action=reingest]').click()",
+        json!([]),
+    );
+    admin.wait(
+        "the re-ingest result",
+        60,
+        "return [...document.querySelectorAll('#documents button')].some(b => b.textContent.startsWith('Re-ingested'))",
+    );
     admin.goto(&format!("{base}/admin/users"));
     let names = admin.wait(
         "the users table",

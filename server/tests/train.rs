@@ -1,0 +1,145 @@
+//! `kefu train sft` end to end with the real default model (SmolLM2-135M-Instruct): a few
+//! LoRA steps on Debian FAQ question / answer pairs write a PEFT adapter, metrics and a
+//! checkpoint; `--resume` carries on; bad input is refused with a message and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn test_home() -> PathBuf {
+    let home = std::env::var("KEFU_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kefu"));
+    assert!(
+        home.join("models/smollm2-135m-instruct/model.gguf")
+            .exists(),
+        "models missing in {}: run ./scripts/test.sh (it fetches them)",
+        home.display()
+    );
+    home
+}
+
+fn kefu(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kefu"));
+    command
+        .env("KEFU_HOME", home)
+        .env("HF_ENDPOINT", "")
+        .env("KEFU_PACKAGE_INDEX", "http://127.0.0.1:9/simple");
+    command
+}
+
+/// The first `n` Debian FAQ records of the shared question / answer file.
+fn debian_faq(dir: &Path, n: usize) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/qa/en.jsonl");
+    let text = std::fs::read_to_string(source).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"debian-faq:"))
+        .take(n)
+        .collect();
+    assert_eq!(lines.len(), n);
+    let path = dir.join("faq.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn sft_on_the_default_model_writes_a_peft_adapter_and_resumes() {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let data = debian_faq(home.path(), 12);
+    let output = home.path().join("run");
+    let run = |extra: &[&str]| {
+        kefu(home.path())
+            .args(["train", "sft", "--data"])
+            .arg(&data)
+            .arg("--output")
+            .arg(&output)
+            .args([
+                "--batch",
+                "2",
+                "--max-len",
+                "192",
+                "--rank",
+                "4",
+                "--targets",
+                "q,v",
+            ])
+            .args(["--eval-fraction", "0.2", "--lr", "1e-3"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&["--max-steps", "2", "--eval-every", "1"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(said.contains("2 steps: loss"), "{said}");
+    let adapter = output.join("adapter");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    let tensors = candle_core::safetensors::load(
+        adapter.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    // SmolLM2-135M: 30 layers, q and v, A and B.
+    assert_eq!(tensors.len(), 30 * 2 * 2);
+    let b = &tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"];
+    let moved: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    assert!(moved > 0.0, "B left zero: nothing was learned");
+    let metrics = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    assert!(metrics.contains("\"eval_loss\""));
+
+    // Resuming carries on from step 2.
+    let second = run(&["--max-steps", "3", "--resume"]);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stdout).contains("3 steps"));
+
+    // Bad input: a missing file, a malformed line with --on-bad-line fail, a bad target.
+    let missing = kefu(home.path())
+        .args(["train", "sft", "--data", "/nonexistent.jsonl", "--output"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.jsonl"));
+    let broken = home.path().join("broken.jsonl");
+    std::fs::write(&broken, "{\"question\": \"q\", \"answer\": \"a\"}\n{oops\n").unwrap();
+    let failed = kefu(home.path())
+        .args(["train", "sft", "--on-bad-line", "fail", "--data"])
+        .arg(&broken)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        message.contains("line 2") && message.contains("not JSON"),
+        "{message}"
+    );
+    let wrong = kefu(home.path())
+        .args(["train", "sft", "--targets", "q,wizard", "--data"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wizard"));
+}

@@ -1,0 +1,329 @@
+//! SFT with LoRA on tiny random-weight models of the real architectures (GGUF, quantized base):
+//! the loss falls on a small fixture, only answer tokens count, adapters round-trip through
+//! PEFT's layout with identical logits, a stopped run resumes to the same weights as an
+//! uninterrupted one, and bad data is reported with line numbers.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use kefu_model::testing::{TinySpec, write_tiny_gguf};
+use kefu_model::{Architecture, LoadOptions, LoadedModel};
+use kefu_trainer::TrainError;
+use kefu_trainer::data::{self, OnBadLine, Tokenized};
+use kefu_trainer::lora::{Adapters, LoraConfig};
+use kefu_trainer::sft::{self, SftConfig};
+
+fn tiny(dir: &Path, architecture: Architecture) -> LoadedModel {
+    let path = write_tiny_gguf(dir, &TinySpec::new(architecture));
+    LoadedModel::load(&path, &LoadOptions::default()).unwrap()
+}
+
+fn fixture(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("train.jsonl");
+    let lines = [
+        r#"{"question": "What colour is the sky?", "answer": "blue"}"#,
+        r#"{"instruction": "Name a fruit", "input": "", "output": "apple"}"#,
+        r#"{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}]}"#,
+        r#"{"conversations": [{"from": "human", "value": "Count to three"}, {"from": "gpt", "value": "one two three"}]}"#,
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn tokenized(model: &LoadedModel, path: &Path) -> Vec<Tokenized> {
+    let loaded = data::read_jsonl(path, OnBadLine::Fail).unwrap();
+    loaded
+        .conversations
+        .iter()
+        .map(|c| data::tokenize(model, c, 256).unwrap().unwrap())
+        .collect()
+}
+
+fn config() -> SftConfig {
+    SftConfig {
+        lora: LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        },
+        epochs: 30,
+        learning_rate: 1e-2,
+        batch_size: 2,
+        warmup_ratio: 0.1,
+        ..SftConfig::default()
+    }
+}
+
+#[test]
+fn the_loss_falls_and_only_answer_tokens_count() {
+    for architecture in [Architecture::Llama, Architecture::Qwen2] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = tiny(dir.path(), architecture);
+        let examples = tokenized(&model, &fixture(dir.path()));
+        // The answer's tokens (and the end of turn) are the only targets, at the end.
+        let first = &examples[0];
+        let answer_start = first.targets.iter().position(Option::is_some).unwrap();
+        assert!(answer_start > 3, "the prompt is not a target");
+        assert!(first.targets[answer_start..].iter().all(Option::is_some));
+        assert_eq!(first.input.len(), first.targets.len());
+        let before = sft::mean_loss(&model, &examples, 4).unwrap();
+        let output = dir.path().join("run");
+        let report = sft::train(
+            &mut model,
+            "tiny",
+            &examples,
+            &examples,
+            &config(),
+            &output,
+            false,
+            |_, _, _| true,
+        )
+        .unwrap();
+        let after = sft::mean_loss(&model, &examples, 4).unwrap();
+        assert!(after < before * 0.5, "{architecture:?}: {before} → {after}");
+        assert_eq!(report.steps, 60);
+        assert!(report.last_loss < report.first_loss);
+        let metrics = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = metrics
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 60);
+        assert!(lines.iter().all(|l| l["loss"].is_f64()
+            && l["learning_rate"].is_f64()
+            && l["tokens_per_second"].is_f64()));
+        assert!(lines.last().unwrap()["eval_loss"].is_f64());
+    }
+}
+
+#[test]
+fn adapters_round_trip_through_the_peft_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = tiny(dir.path(), Architecture::Llama);
+    let examples = tokenized(&model, &fixture(dir.path()));
+    let config = SftConfig {
+        epochs: 2,
+        ..config()
+    };
+    let report = sft::train(
+        &mut model,
+        "tiny",
+        &examples,
+        &[],
+        &config,
+        &dir.path().join("run"),
+        false,
+        |_, _, _| true,
+    )
+    .unwrap();
+    let x = Tensor::new(&[[5u32, 9, 77, 120, 3, 44]], &Device::Cpu).unwrap();
+    let trained = model.decoder.forward_all(&x).unwrap();
+
+    let peft: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(report.adapter_dir.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(peft["peft_type"], "LORA");
+    assert_eq!(peft["r"], 4);
+    assert_eq!(peft["lora_alpha"], 8.0);
+    assert_eq!(peft["target_modules"].as_array().unwrap().len(), 7);
+    let tensors = candle_core::safetensors::load(
+        report.adapter_dir.join("adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let a = &tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    let b = &tensors["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"];
+    assert_eq!(a.dims()[0], 4);
+    assert_eq!(b.dims()[1], 4);
+
+    let mut fresh = tiny(dir.path(), Architecture::Llama);
+    let base = fresh.decoder.forward_all(&x).unwrap();
+    Adapters::load(&mut fresh.decoder, &report.adapter_dir).unwrap();
+    let loaded = fresh.decoder.forward_all(&x).unwrap();
+    let diff: f32 = (&loaded - &trained)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff < 1e-5, "{diff}");
+    let moved: f32 = (&base - &trained)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(moved > 1e-3, "training changed the model: {moved}");
+
+    // An adapter for another shape of model is refused with a clear error.
+    let other_dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec {
+        hidden: 32,
+        ..TinySpec::new(Architecture::Llama)
+    };
+    let mut other = LoadedModel::load(
+        &write_tiny_gguf(other_dir.path(), &spec),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let err = Adapters::load(&mut other.decoder, &report.adapter_dir).unwrap_err();
+    assert!(err.to_string().contains("another model"), "{err}");
+}
+
+#[test]
+fn a_stopped_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = {
+        let model = tiny(dir.path(), Architecture::Qwen2);
+        tokenized(&model, &fixture(dir.path()))
+    };
+    let config = SftConfig {
+        epochs: 3,
+        eval_every: 2,
+        ..config()
+    };
+    let weights = |output: &Path| {
+        candle_core::safetensors::load(
+            output.join("adapter/adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+
+    let mut straight = tiny(dir.path(), Architecture::Qwen2);
+    let whole = dir.path().join("whole");
+    sft::train(
+        &mut straight,
+        "tiny",
+        &examples,
+        &examples,
+        &config,
+        &whole,
+        false,
+        |_, _, _| true,
+    )
+    .unwrap();
+
+    let mut first = tiny(dir.path(), Architecture::Qwen2);
+    let split = dir.path().join("split");
+    let err = sft::train(
+        &mut first,
+        "tiny",
+        &examples,
+        &examples,
+        &config,
+        &split,
+        false,
+        |step, _, _| step < 4,
+    )
+    .unwrap_err();
+    assert!(matches!(err, TrainError::Interrupted(4)), "{err}");
+    let progress: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(split.join("checkpoint/progress.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(progress["step"], 4);
+    let mut second = tiny(dir.path(), Architecture::Qwen2);
+    let report = sft::train(
+        &mut second,
+        "tiny",
+        &examples,
+        &examples,
+        &config,
+        &split,
+        true,
+        |_, _, _| true,
+    )
+    .unwrap();
+    assert_eq!(report.steps, 6);
+
+    let (a, b) = (weights(&whole), weights(&split));
+    for (name, tensor) in &a {
+        let diff: f32 = (tensor - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6, "{name}: {diff}");
+    }
+}
+
+#[test]
+fn bad_lines_are_reported_with_their_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &path,
+        "{\"question\": \"q\", \"answer\": \"a\"}\nnot json\n\n{\"foo\": 1}\n{\"question\": \"q\", \"answer\": \"a\"}\n{\"question\": \"q2\", \"answer\": \"\"}\n",
+    )
+    .unwrap();
+    let loaded = data::read_jsonl(&path, OnBadLine::Skip).unwrap();
+    assert_eq!(loaded.conversations.len(), 1);
+    assert_eq!(loaded.duplicates, 1);
+    let lines: Vec<usize> = loaded.skipped.iter().map(|(n, _)| *n).collect();
+    assert_eq!(lines, [2, 4, 6]);
+    assert!(loaded.skipped[0].1.contains("not JSON"));
+    let err = data::read_jsonl(&path, OnBadLine::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2") && err.contains("not JSON"), "{err}");
+    std::fs::write(&path, "").unwrap();
+    assert!(
+        data::read_jsonl(&path, OnBadLine::Skip)
+            .unwrap_err()
+            .to_string()
+            .contains("no usable examples")
+    );
+    std::fs::write(&path, b"\xff\xfe").unwrap();
+    assert!(
+        data::read_jsonl(&path, OnBadLine::Skip)
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8")
+    );
+    assert!(data::read_jsonl(&dir.path().join("missing.jsonl"), OnBadLine::Skip).is_err());
+
+    // Settings out of range.
+    let mut model = tiny(dir.path(), Architecture::Llama);
+    let examples = tokenized(&model, &fixture(dir.path()));
+    for bad in [
+        SftConfig {
+            batch_size: 0,
+            ..config()
+        },
+        SftConfig {
+            learning_rate: 0.0,
+            ..config()
+        },
+        SftConfig {
+            lora: LoraConfig {
+                rank: 0,
+                ..LoraConfig::default()
+            },
+            ..config()
+        },
+    ] {
+        let err = sft::train(
+            &mut model,
+            "tiny",
+            &examples,
+            &[],
+            &bad,
+            &dir.path().join("x"),
+            false,
+            |_, _, _| true,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Config(_)), "{err}");
+    }
+    assert!(LoraConfig::parse_targets("q,v,wizard").is_err());
+    assert_eq!(LoraConfig::parse_targets("q_proj, v").unwrap().len(), 2);
+}
