@@ -1,6 +1,7 @@
-//! `kefu train sft`: LoRA supervised fine-tuning of a chat model on a JSON-lines file (the
-//! shapes `kefu_trainer::data` reads, including `kefu export sft`), with a progress bar, a
-//! metrics file, checkpoints and `--resume`.
+//! `kefu train sft|dpo`: LoRA supervised fine-tuning on question / answer conversations and
+//! direct preference optimization on chosen / rejected pairs (the shapes `kefu_trainer` reads,
+//! the `kefu export` formats included), with a progress bar, a metrics file, checkpoints and
+//! `--resume`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kefu_model::{LoadOptions, LoadedModel};
 use kefu_trainer::data::{self, OnBadLine};
 use kefu_trainer::lora::LoraConfig;
-use kefu_trainer::sft::{self, SftConfig};
+use kefu_trainer::run::TrainConfig;
+use kefu_trainer::sft;
 
 use crate::catalog::DEFAULT_MODEL;
 
@@ -18,6 +20,18 @@ use crate::catalog::DEFAULT_MODEL;
 pub enum TrainCommand {
     /// Supervised fine-tuning with LoRA on question / answer conversations.
     Sft(SftArgs),
+    /// Direct preference optimization with LoRA on chosen / rejected pairs (`kefu export
+    /// pairs`, or `prompt` / `history` / `chosen` / `rejected` JSON lines).
+    Dpo(DpoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DpoArgs {
+    #[command(flatten)]
+    pub stage: SftArgs,
+    /// How far the policy may move from the reference model.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,28 +97,155 @@ pub struct SftArgs {
 pub fn run(home: &Path, command: &TrainCommand) -> Result<()> {
     match command {
         TrainCommand::Sft(args) => train_sft(home, args),
+        TrainCommand::Dpo(args) => train_dpo(home, args),
     }
 }
 
-fn train_sft(home: &Path, args: &SftArgs) -> Result<()> {
+fn on_bad_line(args: &SftArgs) -> OnBadLine {
+    match args.on_bad_line {
+        BadLines::Skip => OnBadLine::Skip,
+        BadLines::Fail => OnBadLine::Fail,
+    }
+}
+
+fn report_skipped(path: &Path, skipped: &[(usize, String)]) {
+    for (line, reason) in skipped.iter().take(20) {
+        eprintln!("{} line {line}: {reason} (skipped)", path.display());
+    }
+    if skipped.len() > 20 {
+        eprintln!("… and {} more bad lines", skipped.len() - 20);
+    }
+}
+
+fn load_model(home: &Path, model: &str) -> Result<LoadedModel> {
+    let path = crate::cli::resolve_model(home, model)?;
+    LoadedModel::load(&path, &LoadOptions::default())
+        .with_context(|| format!("cannot load the model at {}", path.display()))
+}
+
+/// The loop's settings from the command line.
+fn config(args: &SftArgs) -> Result<TrainConfig> {
     if !(0.0..=0.5).contains(&args.eval_fraction) {
         bail!("--eval-fraction is between 0 and 0.5");
     }
-    let targets = LoraConfig::parse_targets(&args.targets)?;
-    let on_bad_line = match args.on_bad_line {
-        BadLines::Skip => OnBadLine::Skip,
-        BadLines::Fail => OnBadLine::Fail,
+    Ok(TrainConfig {
+        lora: LoraConfig {
+            rank: args.rank,
+            alpha: args.alpha,
+            targets: LoraConfig::parse_targets(&args.targets)?,
+        },
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        learning_rate: args.learning_rate,
+        batch_size: args.batch,
+        grad_accum: args.accum,
+        eval_every: args.eval_every,
+        patience: args.patience,
+        seed: args.seed,
+        ..TrainConfig::default()
+    })
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "training [{bar:30}] {pos}/{len} steps, loss {msg}, eta {eta}",
+        )
+        .expect("progress template is valid")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn on_step(bar: &ProgressBar) -> impl FnMut(usize, usize, f64) -> bool + '_ {
+    |step, total, loss| {
+        bar.set_length(total as u64);
+        bar.set_position(step as u64);
+        bar.set_message(format!("{loss:.4}"));
+        true
+    }
+}
+
+fn print_report(report: &kefu_trainer::run::Report) {
+    let figures: String = report
+        .eval_metrics
+        .iter()
+        .map(|(name, value)| format!(", eval {name} {value:.4}"))
+        .collect();
+    println!(
+        "{} steps: loss {:.4} → {:.4}{}{}{}; adapter written to {}",
+        report.steps,
+        report.first_loss,
+        report.last_loss,
+        report
+            .eval_loss
+            .map(|l| format!(", eval loss {l:.4}"))
+            .unwrap_or_default(),
+        figures,
+        if report.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        },
+        report.adapter_dir.display()
+    );
+}
+
+fn train_dpo(home: &Path, args: &DpoArgs) -> Result<()> {
+    let stage = &args.stage;
+    let config = TrainConfig {
+        beta: args.beta,
+        ..config(stage)?
     };
-    let loaded = data::read_jsonl(&args.data, on_bad_line)?;
-    for (line, reason) in loaded.skipped.iter().take(20) {
-        eprintln!("{} line {line}: {reason} (skipped)", args.data.display());
-    }
-    if loaded.skipped.len() > 20 {
-        eprintln!("… and {} more bad lines", loaded.skipped.len() - 20);
-    }
-    let path = crate::cli::resolve_model(home, &args.model)?;
-    let mut model = LoadedModel::load(&path, &LoadOptions::default())
-        .with_context(|| format!("cannot load the model at {}", path.display()))?;
+    let loaded = kefu_trainer::dpo::read_pairs(&stage.data, on_bad_line(stage))?;
+    report_skipped(&stage.data, &loaded.skipped);
+    let mut model = load_model(home, &stage.model)?;
+    let (train, eval) = kefu_trainer::dpo::split(loaded.pairs, stage.eval_fraction);
+    let mut too_long = 0;
+    let mut tokenize = |pairs: &[kefu_trainer::dpo::Preference]| -> Result<Vec<_>> {
+        let mut out = Vec::new();
+        for p in pairs {
+            match kefu_trainer::dpo::tokenize_pair(&model, p, stage.max_len)? {
+                Some(t) => out.push(t),
+                None => too_long += 1,
+            }
+        }
+        Ok(out)
+    };
+    let train = tokenize(&train)?;
+    let eval = tokenize(&eval)?;
+    eprintln!(
+        "{} training and {} eval pairs ({} duplicates dropped, {} bad lines skipped, {} prompts \
+         longer than --max-len {} skipped); computing the reference model's log-probabilities",
+        train.len(),
+        eval.len(),
+        loaded.duplicates,
+        loaded.skipped.len(),
+        too_long,
+        stage.max_len
+    );
+    let bar = progress_bar();
+    let report = kefu_trainer::dpo::train(
+        &mut model,
+        &stage.model,
+        &train,
+        &eval,
+        &config,
+        &stage.output,
+        stage.resume,
+        on_step(&bar),
+    )?;
+    bar.finish_and_clear();
+    print_report(&report);
+    Ok(())
+}
+
+fn train_sft(home: &Path, args: &SftArgs) -> Result<()> {
+    let config = config(args)?;
+    let loaded = data::read_jsonl(&args.data, on_bad_line(args))?;
+    report_skipped(&args.data, &loaded.skipped);
+    let mut model = load_model(home, &args.model)?;
     let (train, eval) = data::split(loaded.conversations, args.eval_fraction);
     let mut too_long = 0;
     let mut tokenize = |conversations: &[data::Conversation]| -> Result<Vec<data::Tokenized>> {
@@ -129,30 +270,7 @@ fn train_sft(home: &Path, args: &SftArgs) -> Result<()> {
         too_long,
         args.max_len
     );
-    let config = SftConfig {
-        lora: LoraConfig {
-            rank: args.rank,
-            alpha: args.alpha,
-            targets,
-        },
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        learning_rate: args.learning_rate,
-        batch_size: args.batch,
-        grad_accum: args.accum,
-        eval_every: args.eval_every,
-        patience: args.patience,
-        seed: args.seed,
-        ..SftConfig::default()
-    };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "training [{bar:30}] {pos}/{len} steps, loss {msg}, {per_sec}, eta {eta}",
-        )
-        .expect("progress template is valid")
-        .progress_chars("=> "),
-    );
+    let bar = progress_bar();
     let report = sft::train(
         &mut model,
         &args.model,
@@ -161,29 +279,9 @@ fn train_sft(home: &Path, args: &SftArgs) -> Result<()> {
         &config,
         &args.output,
         args.resume,
-        |step, total, loss| {
-            bar.set_length(total as u64);
-            bar.set_position(step as u64);
-            bar.set_message(format!("{loss:.4}"));
-            true
-        },
+        on_step(&bar),
     )?;
     bar.finish_and_clear();
-    println!(
-        "{} steps: loss {:.4} → {:.4}{}{}; adapter written to {}",
-        report.steps,
-        report.first_loss,
-        report.last_loss,
-        report
-            .eval_loss
-            .map(|l| format!(", eval loss {l:.4}"))
-            .unwrap_or_default(),
-        if report.stopped_early {
-            " (stopped early)"
-        } else {
-            ""
-        },
-        report.adapter_dir.display()
-    );
+    print_report(&report);
     Ok(())
 }

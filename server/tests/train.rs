@@ -143,3 +143,88 @@ fn sft_on_the_default_model_writes_a_peft_adapter_and_resumes() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wizard"));
 }
+
+/// `kefu train dpo` on the default model with pairs from the shared preference file: the run
+/// reports the DPO figures and writes an adapter; bad pairs are refused with line numbers.
+#[test]
+fn dpo_on_the_default_model_reports_rewards() {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/pairs/en.jsonl");
+    let text = std::fs::read_to_string(source).unwrap();
+    // Short pairs keep the run quick.
+    let lines: Vec<&str> = text.lines().filter(|l| l.len() < 1200).take(10).collect();
+    let data = home.path().join("pairs.jsonl");
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let output = home.path().join("dpo");
+    let run = kefu(home.path())
+        .args(["train", "dpo", "--data"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&output)
+        .args([
+            "--batch",
+            "2",
+            "--max-len",
+            "256",
+            "--rank",
+            "4",
+            "--targets",
+            "q,v",
+        ])
+        .args([
+            "--max-steps",
+            "2",
+            "--eval-fraction",
+            "0.2",
+            "--beta",
+            "0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        said.contains("2 steps") && said.contains("eval reward_accuracy"),
+        "{said}"
+    );
+    assert!(output.join("adapter/adapter_model.safetensors").exists());
+    let metrics = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    // The policy starts as its reference: the first loss is log 2.
+    let loss = first["loss"].as_f64().unwrap();
+    assert!((loss - 2f64.ln()).abs() < 1e-3, "{first}");
+
+    let broken = home.path().join("broken.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"prompt\": \"q\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"q\", \"chosen\": \"a\"}\n",
+    )
+    .unwrap();
+    let failed = kefu(home.path())
+        .args(["train", "dpo", "--on-bad-line", "fail", "--data"])
+        .arg(&broken)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        message.contains("line 2") && message.contains("rejected"),
+        "{message}"
+    );
+    let bad_beta = kefu(home.path())
+        .args(["train", "dpo", "--beta", "0", "--data"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!bad_beta.status.success());
+    assert!(String::from_utf8_lossy(&bad_beta.stderr).contains("beta"));
+}

@@ -128,7 +128,7 @@ pub fn parse_example(value: &Value) -> std::result::Result<Conversation, String>
     )
 }
 
-fn fingerprint(conversation: &Conversation) -> [u8; 32] {
+pub(crate) fn fingerprint(conversation: &Conversation) -> [u8; 32] {
     let mut hash = Sha256::new();
     for m in &conversation.messages {
         hash.update(format!("{:?}\u{0}{}\u{0}", m.role, m.content).as_bytes());
@@ -136,8 +136,27 @@ fn fingerprint(conversation: &Conversation) -> [u8; 32] {
     hash.finalize().into()
 }
 
-/// Reads a JSON-lines file of examples.
+/// Reads a JSON-lines file of SFT examples.
 pub fn read_jsonl(path: &Path, on_bad_line: OnBadLine) -> Result<Loaded> {
+    let (conversations, skipped, duplicates) =
+        read_lines(path, on_bad_line, parse_example, fingerprint)?;
+    Ok(Loaded {
+        conversations,
+        skipped,
+        duplicates,
+    })
+}
+
+/// Items, (line, reason) of the lines left out, and the duplicates dropped.
+type Lines<T> = (Vec<T>, Vec<(usize, String)>, usize);
+
+/// The JSON lines of `path`, each parsed by `parse`; duplicates (by `key`) dropped.
+pub(crate) fn read_lines<T>(
+    path: &Path,
+    on_bad_line: OnBadLine,
+    parse: impl Fn(&Value) -> std::result::Result<T, String>,
+    key: impl Fn(&T) -> [u8; 32],
+) -> Result<Lines<T>> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         TrainError::Data(format!(
@@ -146,7 +165,9 @@ pub fn read_jsonl(path: &Path, on_bad_line: OnBadLine) -> Result<Loaded> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let mut loaded = Loaded::default();
+    let mut items = Vec::new();
+    let mut skipped = Vec::new();
+    let mut duplicates = 0;
     let mut seen = HashSet::new();
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
@@ -155,17 +176,17 @@ pub fn read_jsonl(path: &Path, on_bad_line: OnBadLine) -> Result<Loaded> {
         }
         let parsed = serde_json::from_str::<Value>(line)
             .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| parse_example(&v));
+            .and_then(|v| parse(&v));
         match parsed {
-            Ok(conversation) => {
-                if seen.insert(fingerprint(&conversation)) {
-                    loaded.conversations.push(conversation);
+            Ok(item) => {
+                if seen.insert(key(&item)) {
+                    items.push(item);
                 } else {
-                    loaded.duplicates += 1;
+                    duplicates += 1;
                 }
             }
             Err(reason) => match on_bad_line {
-                OnBadLine::Skip => loaded.skipped.push((number, reason)),
+                OnBadLine::Skip => skipped.push((number, reason)),
                 OnBadLine::Fail => {
                     return Err(TrainError::Data(format!(
                         "{} line {number}: {reason}",
@@ -175,14 +196,14 @@ pub fn read_jsonl(path: &Path, on_bad_line: OnBadLine) -> Result<Loaded> {
             },
         }
     }
-    if loaded.conversations.is_empty() {
+    if items.is_empty() {
         return Err(TrainError::Data(format!(
             "{}: no usable examples ({} lines skipped)",
             path.display(),
-            loaded.skipped.len()
+            skipped.len()
         )));
     }
-    Ok(loaded)
+    Ok((items, skipped, duplicates))
 }
 
 /// Splits by content hash: the same example always lands on the same side, whatever the
@@ -191,9 +212,18 @@ pub fn split(
     conversations: Vec<Conversation>,
     eval_fraction: f64,
 ) -> (Vec<Conversation>, Vec<Conversation>) {
+    split_by(conversations, eval_fraction, fingerprint)
+}
+
+/// [`split`] for any item with a content hash.
+pub fn split_by<T>(
+    items: Vec<T>,
+    eval_fraction: f64,
+    key: impl Fn(&T) -> [u8; 32],
+) -> (Vec<T>, Vec<T>) {
     let threshold = (eval_fraction.clamp(0.0, 0.5) * 10_000.0) as u32;
-    conversations.into_iter().partition(|c| {
-        let hash = fingerprint(c);
+    items.into_iter().partition(|item| {
+        let hash = key(item);
         u32::from_le_bytes([hash[0], hash[1], hash[2], hash[3]]) % 10_000 >= threshold
     })
 }

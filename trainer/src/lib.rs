@@ -4,9 +4,11 @@
 //! loss, checkpoints that resume exactly, and adapters saved and loaded in PEFT's layout.
 
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod lora;
 pub mod optim;
+pub mod run;
 pub mod sft;
 
 pub use error::{Result, TrainError};

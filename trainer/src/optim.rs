@@ -153,7 +153,8 @@ mod tests {
         };
         let mut opt = AdamW::new(std::slice::from_ref(&var), config).unwrap();
         let grad = Tensor::new(&[0.5f32, -4.0], &Device::Cpu).unwrap();
-        opt.update(std::slice::from_ref(&var), &[grad], 0.01).unwrap();
+        opt.update(std::slice::from_ref(&var), &[grad], 0.01)
+            .unwrap();
         // First step: m̂ = g, v̂ = g², so the step is g/(|g|+eps) ≈ sign(g).
         let got = var.as_tensor().to_vec1::<f32>().unwrap();
         let expect = |w: f32, g: f32| w * (1.0 - 0.01 * 0.1) - 0.01 * g / (g.abs() + 1e-8);

@@ -11,7 +11,8 @@ use kefu_model::{Architecture, LoadOptions, LoadedModel};
 use kefu_trainer::TrainError;
 use kefu_trainer::data::{self, OnBadLine, Tokenized};
 use kefu_trainer::lora::{Adapters, LoraConfig};
-use kefu_trainer::sft::{self, SftConfig};
+use kefu_trainer::run::TrainConfig;
+use kefu_trainer::sft;
 
 fn tiny(dir: &Path, architecture: Architecture) -> LoadedModel {
     let path = write_tiny_gguf(dir, &TinySpec::new(architecture));
@@ -39,8 +40,8 @@ fn tokenized(model: &LoadedModel, path: &Path) -> Vec<Tokenized> {
         .collect()
 }
 
-fn config() -> SftConfig {
-    SftConfig {
+fn config() -> TrainConfig {
+    TrainConfig {
         lora: LoraConfig {
             rank: 4,
             alpha: 8.0,
@@ -50,7 +51,7 @@ fn config() -> SftConfig {
         learning_rate: 1e-2,
         batch_size: 2,
         warmup_ratio: 0.1,
-        ..SftConfig::default()
+        ..TrainConfig::default()
     }
 }
 
@@ -101,7 +102,7 @@ fn adapters_round_trip_through_the_peft_layout() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(dir.path(), Architecture::Llama);
     let examples = tokenized(&model, &fixture(dir.path()));
-    let config = SftConfig {
+    let config = TrainConfig {
         epochs: 2,
         ..config()
     };
@@ -182,7 +183,7 @@ fn a_stopped_run_resumes_to_the_same_weights() {
         let model = tiny(dir.path(), Architecture::Qwen2);
         tokenized(&model, &fixture(dir.path()))
     };
-    let config = SftConfig {
+    let config = TrainConfig {
         epochs: 3,
         eval_every: 2,
         ..config()
@@ -295,15 +296,15 @@ fn bad_lines_are_reported_with_their_numbers() {
     let mut model = tiny(dir.path(), Architecture::Llama);
     let examples = tokenized(&model, &fixture(dir.path()));
     for bad in [
-        SftConfig {
+        TrainConfig {
             batch_size: 0,
             ..config()
         },
-        SftConfig {
+        TrainConfig {
             learning_rate: 0.0,
             ..config()
         },
-        SftConfig {
+        TrainConfig {
             lora: LoraConfig {
                 rank: 0,
                 ..LoraConfig::default()

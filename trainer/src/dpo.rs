@@ -1,0 +1,426 @@
+//! Direct preference optimization with LoRA. Pairs come as JSON lines — `prompt` (text, or
+//! messages) with optional `history` and `system`, and `chosen` / `rejected` (text, an
+//! assistant message, or a one-message list: the shared pairs files and both
+//! `kefu export pairs` formats) — or ShareGPT `conversations` with `chosen` / `rejected`
+//! (LLaMA-Factory). The reference is the model DPO starts from (the base; B = 0 makes the
+//! fresh adapter exactly that), its log-probabilities computed once before training. The loss
+//! per pair is `−log σ(β·((π_c − ref_c) − (π_r − ref_r)))` over summed answer log-probabilities;
+//! the run reports reward accuracy, margins and the chosen and rejected rewards.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use kefu_model::{ChatMessage, LoadedModel, Role};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::data::{Conversation, OnBadLine, Tokenized, read_lines, tokenize};
+use crate::error::{Result, TrainError};
+use crate::run::{BatchLoss, Evaluation, Objective, Report, TrainConfig, train_loop};
+use crate::sft::answer_logprobs;
+
+/// A prompt (the conversation so far, ending with the user) and two answers to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preference {
+    pub prompt: Vec<ChatMessage>,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// The pairs of a file, and what was left out.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedPairs {
+    pub pairs: Vec<Preference>,
+    pub skipped: Vec<(usize, String)>,
+    pub duplicates: usize,
+}
+
+fn role_of(name: &str) -> Option<Role> {
+    match name {
+        "system" => Some(Role::System),
+        "user" | "human" => Some(Role::User),
+        "assistant" | "gpt" | "bot" => Some(Role::Assistant),
+        _ => None,
+    }
+}
+
+fn messages(list: &Value, what: &str) -> std::result::Result<Vec<ChatMessage>, String> {
+    let list = list.as_array().ok_or(format!("`{what}` is not a list"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, turn)| {
+            let role = turn
+                .get("role")
+                .or_else(|| turn.get("from"))
+                .and_then(Value::as_str)
+                .ok_or(format!("{what} turn {} has no `role` / `from`", i + 1))?;
+            let role = role_of(role).ok_or(format!(
+                "{what} turn {} has an unknown role `{role}`",
+                i + 1
+            ))?;
+            let content = turn
+                .get("content")
+                .or_else(|| turn.get("value"))
+                .and_then(Value::as_str)
+                .ok_or(format!("{what} turn {} has no text", i + 1))?;
+            Ok(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
+/// An answer: text, `{"role"/"from", "content"/"value"}`, or a list ending with one.
+fn answer(value: Option<&Value>, field: &str) -> std::result::Result<String, String> {
+    let value = value.ok_or(format!("`{field}` is missing"))?;
+    let text = match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(_) => value
+            .get("content")
+            .or_else(|| value.get("value"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        Value::Array(list) => list
+            .last()
+            .and_then(|m| m.get("content").or_else(|| m.get("value")))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => None,
+    }
+    .ok_or(format!("`{field}` is not an answer"))?;
+    if text.trim().is_empty() {
+        return Err(format!("`{field}` is empty"));
+    }
+    Ok(text)
+}
+
+/// One JSON value in any supported shape.
+pub fn parse_preference(value: &Value) -> std::result::Result<Preference, String> {
+    let mut prompt = Vec::new();
+    if let Some(Value::String(system)) = value.get("system")
+        && !system.trim().is_empty()
+    {
+        prompt.push(ChatMessage::new(Role::System, system.clone()));
+    }
+    if let Some(history) = value.get("history")
+        && !history.is_null()
+    {
+        prompt.extend(messages(history, "history")?);
+    }
+    match (value.get("prompt"), value.get("conversations")) {
+        (Some(Value::String(text)), _) => prompt.push(ChatMessage::new(Role::User, text.clone())),
+        (Some(list @ Value::Array(_)), _) => prompt.extend(messages(list, "prompt")?),
+        (None, Some(list)) => prompt.extend(messages(list, "conversations")?),
+        _ => {
+            return Err(
+                "no known fields: expected `prompt` (or `conversations`), `chosen` and `rejected`"
+                    .into(),
+            );
+        }
+    }
+    match prompt.last() {
+        Some(m) if m.role == Role::User && !m.content.trim().is_empty() => {}
+        _ => return Err("the prompt does not end with a user message".into()),
+    }
+    let chosen = answer(value.get("chosen"), "chosen")?;
+    let rejected = answer(value.get("rejected"), "rejected")?;
+    if chosen == rejected {
+        return Err("`chosen` and `rejected` are the same answer".into());
+    }
+    Ok(Preference {
+        prompt,
+        chosen,
+        rejected,
+    })
+}
+
+fn fingerprint(pair: &Preference) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for m in &pair.prompt {
+        hash.update(format!("{:?}\u{0}{}\u{0}", m.role, m.content).as_bytes());
+    }
+    hash.update(pair.chosen.as_bytes());
+    hash.update([0]);
+    hash.update(pair.rejected.as_bytes());
+    hash.finalize().into()
+}
+
+/// Reads a JSON-lines file of preference pairs.
+pub fn read_pairs(path: &Path, on_bad_line: OnBadLine) -> Result<LoadedPairs> {
+    let (pairs, skipped, duplicates) =
+        read_lines(path, on_bad_line, parse_preference, fingerprint)?;
+    Ok(LoadedPairs {
+        pairs,
+        skipped,
+        duplicates,
+    })
+}
+
+/// [`crate::data::split_by`] for pairs.
+pub fn split(pairs: Vec<Preference>, eval_fraction: f64) -> (Vec<Preference>, Vec<Preference>) {
+    crate::data::split_by(pairs, eval_fraction, fingerprint)
+}
+
+/// A pair tokenized with the model's chat template, chosen and rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPair {
+    pub chosen: Tokenized,
+    pub rejected: Tokenized,
+}
+
+/// `None` when the prompt leaves no room for an answer within `max_len`.
+pub fn tokenize_pair(
+    model: &LoadedModel,
+    pair: &Preference,
+    max_len: usize,
+) -> Result<Option<TokenizedPair>> {
+    let with = |answer: &str| {
+        let mut messages = pair.prompt.clone();
+        messages.push(ChatMessage::new(Role::Assistant, answer));
+        tokenize(model, &Conversation { messages }, max_len)
+    };
+    Ok(match (with(&pair.chosen)?, with(&pair.rejected)?) {
+        (Some(chosen), Some(rejected)) => Some(TokenizedPair { chosen, rejected }),
+        _ => None,
+    })
+}
+
+/// The DPO loss of each pair `(n,)` from the summed answer log-probabilities of the policy and
+/// of the reference, and the implicit rewards `β·(π − ref)` of chosen and rejected.
+pub fn dpo_loss(
+    policy_chosen: &Tensor,
+    policy_rejected: &Tensor,
+    reference_chosen: &Tensor,
+    reference_rejected: &Tensor,
+    beta: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let chosen_reward = ((policy_chosen - reference_chosen)? * beta)?;
+    let rejected_reward = ((policy_rejected - reference_rejected)? * beta)?;
+    let margin = (&chosen_reward - &rejected_reward)?;
+    // −log σ(m) = log(1 + e^(−m)), written stably as max(−m, 0) + log(1 + e^(−|m|)).
+    let loss = (margin.neg()?.relu()? + (margin.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    Ok((loss, chosen_reward, rejected_reward))
+}
+
+/// Summed answer log-probabilities of chosen and rejected for `pairs` (one forward pass over
+/// both).
+fn pair_logprobs(model: &LoadedModel, pairs: &[&TokenizedPair]) -> Result<(Tensor, Tensor)> {
+    let mut examples: Vec<&Tokenized> = pairs.iter().map(|p| &p.chosen).collect();
+    examples.extend(pairs.iter().map(|p| &p.rejected));
+    let (logprobs, _) = answer_logprobs(model, &examples)?;
+    let n = pairs.len();
+    Ok((logprobs.narrow(0, 0, n)?, logprobs.narrow(0, n, n)?))
+}
+
+/// Reference log-probabilities (no gradients) of every pair, chosen and rejected.
+fn reference(
+    model: &LoadedModel,
+    pairs: &[TokenizedPair],
+    batch: usize,
+) -> Result<Vec<(f32, f32)>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        let refs: Vec<&TokenizedPair> = chunk.iter().collect();
+        let (chosen, rejected) = pair_logprobs(model, &refs)?;
+        let chosen = chosen.detach().to_vec1::<f32>()?;
+        let rejected = rejected.detach().to_vec1::<f32>()?;
+        out.extend(chosen.into_iter().zip(rejected));
+    }
+    Ok(out)
+}
+
+/// Loss and figures of a batch of pairs against their reference values.
+fn batch_figures(
+    model: &LoadedModel,
+    pairs: &[&TokenizedPair],
+    references: &[(f32, f32)],
+    beta: f64,
+) -> Result<(Tensor, Vec<(&'static str, f64)>)> {
+    let device = model.decoder.device();
+    let (policy_chosen, policy_rejected) = pair_logprobs(model, pairs)?;
+    let ref_chosen: Vec<f32> = references.iter().map(|r| r.0).collect();
+    let ref_rejected: Vec<f32> = references.iter().map(|r| r.1).collect();
+    let n = pairs.len();
+    let (loss, chosen, rejected) = dpo_loss(
+        &policy_chosen,
+        &policy_rejected,
+        &Tensor::from_vec(ref_chosen, n, device)?,
+        &Tensor::from_vec(ref_rejected, n, device)?,
+        beta,
+    )?;
+    let chosen = chosen.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let rejected = rejected.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let correct = chosen.iter().zip(&rejected).filter(|(c, r)| c > r).count() as f64;
+    let figures = vec![
+        ("reward_accuracy", correct),
+        (
+            "margin",
+            chosen.iter().zip(&rejected).map(|(c, r)| c - r).sum(),
+        ),
+        ("chosen_reward", chosen.iter().sum()),
+        ("rejected_reward", rejected.iter().sum()),
+    ];
+    Ok((loss.sum_all()?, figures))
+}
+
+struct Dpo<'a> {
+    train: &'a [TokenizedPair],
+    eval: &'a [TokenizedPair],
+    train_reference: Vec<(f32, f32)>,
+    eval_reference: Vec<(f32, f32)>,
+    beta: f64,
+    batch_size: usize,
+}
+
+impl Objective for Dpo<'_> {
+    fn items(&self) -> usize {
+        self.train.len()
+    }
+
+    fn lengths(&self) -> Vec<usize> {
+        self.train
+            .iter()
+            .map(|p| p.chosen.input.len().max(p.rejected.input.len()))
+            .collect()
+    }
+
+    fn weight(&self, batch: &[usize]) -> f64 {
+        batch.len() as f64
+    }
+
+    fn batch_loss(&self, model: &LoadedModel, batch: &[usize]) -> Result<BatchLoss> {
+        let pairs: Vec<&TokenizedPair> = batch.iter().map(|&i| &self.train[i]).collect();
+        let references: Vec<(f32, f32)> = batch.iter().map(|&i| self.train_reference[i]).collect();
+        let tokens = pairs
+            .iter()
+            .map(|p| p.chosen.input.len() + p.rejected.input.len())
+            .sum();
+        let (loss, figures) = batch_figures(model, &pairs, &references, self.beta)?;
+        Ok((loss, figures, tokens))
+    }
+
+    fn evaluate(&self, model: &LoadedModel) -> Result<Evaluation> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let mut loss = 0f64;
+        let mut totals: Vec<(&'static str, f64)> = Vec::new();
+        for (chunk, refs) in self
+            .eval
+            .chunks(self.batch_size.max(1))
+            .zip(self.eval_reference.chunks(self.batch_size.max(1)))
+        {
+            let pairs: Vec<&TokenizedPair> = chunk.iter().collect();
+            let (sum, figures) = batch_figures(model, &pairs, refs, self.beta)?;
+            loss += sum.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            for (name, value) in figures {
+                match totals.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, total)) => *total += value,
+                    None => totals.push((name, value)),
+                }
+            }
+        }
+        let n = self.eval.len() as f64;
+        Ok(Some((
+            loss / n,
+            totals.into_iter().map(|(name, v)| (name, v / n)).collect(),
+        )))
+    }
+}
+
+/// Trains a LoRA adapter with DPO on `train`, evaluating on `eval` (see [`train_loop`]). The
+/// reference log-probabilities are those of `model` as given (before any adapter).
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    model: &mut LoadedModel,
+    base_name: &str,
+    train: &[TokenizedPair],
+    eval: &[TokenizedPair],
+    config: &TrainConfig,
+    output: &Path,
+    resume: bool,
+    on_step: impl FnMut(usize, usize, f64) -> bool,
+) -> Result<Report> {
+    if config.beta <= 0.0 {
+        return Err(TrainError::Config("beta must be positive".into()));
+    }
+    let objective = Dpo {
+        train,
+        eval,
+        train_reference: reference(model, train, config.batch_size)?,
+        eval_reference: reference(model, eval, config.batch_size)?,
+        beta: config.beta,
+        batch_size: config.batch_size,
+    };
+    train_loop(
+        model, base_name, &objective, config, output, resume, on_step,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use serde_json::json;
+
+    #[test]
+    fn the_loss_equals_the_hand_computed_value() {
+        let t = |v: f32| Tensor::new(&[v], &Device::Cpu).unwrap();
+        // β = 0.5; chosen moved +2 from the reference, rejected −1: margin 0.5·(2 − (−1)) = 1.5.
+        let (loss, chosen, rejected) =
+            dpo_loss(&t(-8.0), &t(-13.0), &t(-10.0), &t(-12.0), 0.5).unwrap();
+        let expected = (1.0 + (-1.5f64).exp()).ln();
+        let got = loss.to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+        assert_eq!(chosen.to_vec1::<f32>().unwrap(), [1.0]);
+        assert_eq!(rejected.to_vec1::<f32>().unwrap(), [-0.5]);
+        // Equal rewards: log 2; a large negative margin stays finite.
+        let (even, _, _) = dpo_loss(&t(-1.0), &t(-1.0), &t(-1.0), &t(-1.0), 0.1).unwrap();
+        assert!((even.to_vec1::<f32>().unwrap()[0] as f64 - 2f64.ln()).abs() < 1e-6);
+        let (far, _, _) = dpo_loss(&t(-500.0), &t(0.0), &t(0.0), &t(-500.0), 1.0).unwrap();
+        assert!((far.to_vec1::<f32>().unwrap()[0] - 1000.0).abs() < 1e-2);
+    }
+
+    #[test]
+    fn every_pair_shape_is_read() {
+        let shapes = [
+            json!({"prompt": "Cancel my order", "history": [], "chosen": "Sure.", "rejected": "No."}),
+            json!({"prompt": "Cancel my order", "history": [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "hello"}], "chosen": "Sure.", "rejected": "No."}),
+            json!({"prompt": [{"role": "system", "content": "Passages: …"},
+                              {"role": "user", "content": "Cancel my order"}],
+                   "chosen": [{"role": "assistant", "content": "Sure."}],
+                   "rejected": [{"role": "assistant", "content": "No."}]}),
+            json!({"system": "Passages: …", "conversations": [{"from": "human", "value": "Cancel my order"}],
+                   "chosen": {"from": "gpt", "value": "Sure."}, "rejected": {"from": "gpt", "value": "No."}}),
+        ];
+        for shape in shapes {
+            let pair = parse_preference(&shape).unwrap_or_else(|e| panic!("{shape}: {e}"));
+            assert_eq!(
+                (pair.chosen.as_str(), pair.rejected.as_str()),
+                ("Sure.", "No.")
+            );
+            assert_eq!(pair.prompt.last().unwrap().content, "Cancel my order");
+        }
+        for (bad, reason) in [
+            (
+                json!({"prompt": "q", "chosen": "a"}),
+                "`rejected` is missing",
+            ),
+            (
+                json!({"prompt": "q", "chosen": "a", "rejected": "a"}),
+                "the same answer",
+            ),
+            (
+                json!({"prompt": "q", "chosen": "", "rejected": "b"}),
+                "empty",
+            ),
+            (json!({"chosen": "a", "rejected": "b"}), "no known fields"),
+            (
+                json!({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"}),
+                "user message",
+            ),
+        ] {
+            let err = parse_preference(&bad).unwrap_err();
+            assert!(err.contains(reason), "{bad}: {err}");
+        }
+    }
+}

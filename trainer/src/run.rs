@@ -1,0 +1,351 @@
+//! The training loop every stage shares: length-bucketed batches in a seeded order per epoch,
+//! AdamW with warmup + cosine decay, gradient accumulation and clipping, eval and early
+//! stopping, a metrics JSON-lines file, and checkpoints (adapter, optimizer state, position)
+//! that a killed run resumes from with the same data order. A stage supplies its loss through
+//! [`Objective`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use kefu_model::LoadedModel;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::lora::{Adapters, LoraConfig};
+use crate::optim::{AdamW, AdamWConfig, clip, learning_rate};
+
+/// Hyper-parameters of one training run (SFT or DPO).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub lora: LoraConfig,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (0: no limit).
+    pub max_steps: usize,
+    pub learning_rate: f64,
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Forward passes per optimizer step.
+    pub grad_accum: usize,
+    /// Fraction of the steps spent warming up.
+    pub warmup_ratio: f64,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Evaluate (and checkpoint) every this many steps (0: at the end of each epoch only).
+    pub eval_every: usize,
+    /// Stop when the eval loss has not improved this many evaluations in a row (0: never).
+    pub patience: usize,
+    /// DPO: how far the policy may move from the reference (the β of the loss).
+    pub beta: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lora: LoraConfig::default(),
+            epochs: 1,
+            max_steps: 0,
+            learning_rate: 2e-4,
+            batch_size: 4,
+            grad_accum: 1,
+            warmup_ratio: 0.05,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            seed: 42,
+            eval_every: 0,
+            patience: 0,
+            beta: 0.1,
+        }
+    }
+}
+
+/// Where a run stands: written with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: usize,
+    pub epoch: usize,
+    /// Batches of this epoch already used.
+    pub batch_in_epoch: usize,
+    pub best_eval_loss: Option<f64>,
+    pub evals_without_improvement: usize,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub steps: usize,
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub eval_loss: Option<f64>,
+    /// The objective's other figures at the last evaluation (DPO: reward accuracy, margins…).
+    pub eval_metrics: Vec<(String, f64)>,
+    pub stopped_early: bool,
+    pub adapter_dir: PathBuf,
+}
+
+/// The batches of one epoch: examples sorted by length and cut into batches (so a batch pads
+/// little), in an order shuffled by `seed` and `epoch`.
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| (lengths[i], i));
+    let mut batches: Vec<Vec<usize>> = order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    batches.shuffle(&mut rng);
+    batches
+}
+
+const CHECKPOINT: &str = "checkpoint";
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("serializable");
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).map_err(|e| TrainError::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Saves adapter, optimizer and progress into `output/checkpoint`, replacing the previous one
+/// only once the new one is complete.
+fn checkpoint(
+    output: &Path,
+    adapters: &Adapters,
+    optimizer: &AdamW,
+    progress: &Progress,
+    base: &str,
+) -> Result<()> {
+    let fresh = output.join(format!("{CHECKPOINT}.partial"));
+    let _ = std::fs::remove_dir_all(&fresh);
+    adapters.save(&fresh, base)?;
+    optimizer.save(&fresh.join("optimizer.safetensors"))?;
+    write_json(&fresh.join("progress.json"), progress)?;
+    let done = output.join(CHECKPOINT);
+    let old = output.join(format!("{CHECKPOINT}.old"));
+    let _ = std::fs::remove_dir_all(&old);
+    if done.exists() {
+        std::fs::rename(&done, &old).map_err(|e| TrainError::io(&done, e))?;
+    }
+    std::fs::rename(&fresh, &done).map_err(|e| TrainError::io(&done, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Named figures of a batch or an evaluation (reward accuracy, margins…).
+pub type Figures = Vec<(&'static str, f64)>;
+/// A batch's summed loss, its figures summed over it, and the tokens it ran.
+pub type BatchLoss = (Tensor, Figures, usize);
+/// The eval loss and figures, `None` without eval data.
+pub type Evaluation = Option<(f64, Figures)>;
+
+/// What a training stage optimizes: SFT's answer loss, DPO's preference loss.
+pub trait Objective {
+    /// Training items (examples or pairs).
+    fn items(&self) -> usize;
+    /// Each item's length in tokens, for length-bucketed batches.
+    fn lengths(&self) -> Vec<usize>;
+    /// How much a batch weighs in the mean a step optimizes (SFT: answer tokens; DPO: pairs).
+    fn weight(&self, batch: &[usize]) -> f64;
+    /// The batch's summed loss (with gradients), named figures summed over it, and the tokens
+    /// it ran through the model.
+    fn batch_loss(&self, model: &LoadedModel, batch: &[usize]) -> Result<BatchLoss>;
+    /// The eval loss and figures, or `None` without eval data.
+    fn evaluate(&self, model: &LoadedModel) -> Result<Evaluation>;
+}
+
+/// Trains a fresh LoRA adapter for `objective` (resuming from `output/checkpoint` when
+/// `resume` and one exists); the final adapter goes to `output/adapter`, metrics to
+/// `output/metrics.jsonl`. `on_step(step, total, loss)` reports progress; returning `false`
+/// stops the run there as if it were killed (the last checkpoint stays).
+#[allow(clippy::too_many_arguments)]
+pub fn train_loop(
+    model: &mut LoadedModel,
+    base_name: &str,
+    objective: &dyn Objective,
+    config: &TrainConfig,
+    output: &Path,
+    resume: bool,
+    mut on_step: impl FnMut(usize, usize, f64) -> bool,
+) -> Result<Report> {
+    if objective.items() == 0 {
+        return Err(TrainError::Data("no training examples".into()));
+    }
+    if config.batch_size == 0
+        || config.grad_accum == 0
+        || config.epochs == 0
+        || config.learning_rate <= 0.0
+    {
+        return Err(TrainError::Config(
+            "batch size, gradient accumulation and epochs must be at least 1 and the learning rate positive".into(),
+        ));
+    }
+    std::fs::create_dir_all(output).map_err(|e| TrainError::io(output, e))?;
+    let saved = output.join(CHECKPOINT);
+    let resuming = resume && saved.join("progress.json").exists();
+    let adapters = if resuming {
+        Adapters::load(&mut model.decoder, &saved)?
+    } else {
+        Adapters::attach(&mut model.decoder, &config.lora, config.seed)?
+    };
+    let vars = adapters.vars();
+    let mut optimizer = AdamW::new(
+        &vars,
+        AdamWConfig {
+            weight_decay: config.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut progress = Progress {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        best_eval_loss: None,
+        evals_without_improvement: 0,
+    };
+    if resuming {
+        optimizer.load(&saved.join("optimizer.safetensors"))?;
+        let path = saved.join("progress.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        progress = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    }
+    let lengths = objective.lengths();
+    let batches_per_epoch = lengths.len().div_ceil(config.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
+    let mut total_steps = steps_per_epoch * config.epochs;
+    if config.max_steps > 0 {
+        total_steps = total_steps.min(config.max_steps);
+    }
+    let warmup = ((total_steps as f64) * config.warmup_ratio).round() as usize;
+    let metrics_path = output.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| TrainError::io(&metrics_path, e))?;
+    let mut first_loss = None;
+    let mut last_loss = f64::NAN;
+    let mut stopped_early = false;
+    let mut eval_loss = None;
+    let mut eval_metrics = Vec::new();
+
+    'epochs: while progress.epoch < config.epochs && progress.step < total_steps {
+        let batches = epoch_batches(&lengths, config.batch_size, config.seed, progress.epoch);
+        while progress.batch_in_epoch < batches.len() && progress.step < total_steps {
+            let started = Instant::now();
+            let group_end = (progress.batch_in_epoch + config.grad_accum).min(batches.len());
+            let group = &batches[progress.batch_in_epoch..group_end];
+            let weight: f64 = group
+                .iter()
+                .map(|b| objective.weight(b))
+                .sum::<f64>()
+                .max(1e-9);
+            let mut grads: Vec<Tensor> = vars
+                .iter()
+                .map(|v| v.as_tensor().zeros_like())
+                .collect::<candle_core::Result<_>>()?;
+            let mut loss_sum = 0f64;
+            let mut seen_tokens = 0usize;
+            let mut figures: Vec<(&'static str, f64)> = Vec::new();
+            for batch in group {
+                let (sum, batch_figures, batch_tokens) = objective.batch_loss(model, batch)?;
+                seen_tokens += batch_tokens;
+                // The step's loss is the mean over the whole accumulated group.
+                let loss = (sum / weight)?;
+                loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                for (name, value) in batch_figures {
+                    match figures.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, total)) => *total += value / weight,
+                        None => figures.push((name, value / weight)),
+                    }
+                }
+                let store = loss.backward()?;
+                for (g, var) in grads.iter_mut().zip(&vars) {
+                    if let Some(grad) = store.get(var.as_tensor()) {
+                        *g = (&*g + grad)?;
+                    }
+                }
+            }
+            clip(&mut grads, config.max_grad_norm)?;
+            let lr = learning_rate(progress.step, warmup, total_steps, config.learning_rate);
+            optimizer.update(&vars, &grads, lr)?;
+            adapters.install(&mut model.decoder)?;
+            progress.step += 1;
+            progress.batch_in_epoch = group_end;
+            first_loss.get_or_insert(loss_sum);
+            last_loss = loss_sum;
+            let seconds = started.elapsed().as_secs_f64();
+            let mut record = serde_json::json!({
+                "step": progress.step, "epoch": progress.epoch, "loss": loss_sum,
+                "learning_rate": lr, "tokens_per_second": seen_tokens as f64 / seconds.max(1e-9),
+            });
+            for (name, value) in &figures {
+                record[*name] = serde_json::json!(value);
+            }
+            let at_end_of_epoch = progress.batch_in_epoch >= batches.len();
+            let evaluate = (config.eval_every > 0
+                && progress.step.is_multiple_of(config.eval_every))
+                || at_end_of_epoch
+                || progress.step == total_steps;
+            if evaluate {
+                if let Some((loss, eval_figures)) = objective.evaluate(model)? {
+                    record["eval_loss"] = serde_json::json!(loss);
+                    for (name, value) in &eval_figures {
+                        record[format!("eval_{name}")] = serde_json::json!(value);
+                    }
+                    eval_metrics = eval_figures
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect();
+                    eval_loss = Some(loss);
+                    if progress.best_eval_loss.is_none_or(|best| loss < best) {
+                        progress.best_eval_loss = Some(loss);
+                        progress.evals_without_improvement = 0;
+                    } else {
+                        progress.evals_without_improvement += 1;
+                    }
+                }
+                if at_end_of_epoch {
+                    progress.epoch += 1;
+                    progress.batch_in_epoch = 0;
+                }
+                checkpoint(output, &adapters, &optimizer, &progress, base_name)?;
+            }
+            writeln!(metrics, "{record}").map_err(|e| TrainError::io(&metrics_path, e))?;
+            if !on_step(progress.step, total_steps, loss_sum) {
+                return Err(TrainError::Interrupted(progress.step));
+            }
+            if config.patience > 0 && progress.evals_without_improvement >= config.patience {
+                stopped_early = true;
+                break 'epochs;
+            }
+            if at_end_of_epoch {
+                continue 'epochs;
+            }
+        }
+        progress.epoch += 1;
+        progress.batch_in_epoch = 0;
+    }
+    let adapter_dir = output.join("adapter");
+    adapters.save(&adapter_dir, base_name)?;
+    Ok(Report {
+        steps: progress.step,
+        first_loss: first_loss.unwrap_or(f64::NAN),
+        last_loss,
+        eval_loss,
+        eval_metrics,
+        stopped_early,
+        adapter_dir,
+    })
+}
