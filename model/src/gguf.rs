@@ -235,21 +235,39 @@ pub fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
 /// `dst` and renamed into place, so an interrupted run never leaves a half-written model.
 pub fn requantize(src: &mut GgufFile, dst: &Path, target: GgmlDType) -> Result<()> {
     let device = Device::Cpu;
+    rewrite(src, dst, |_, tensor| {
+        let convert = is_slow_on_cpu(tensor.dtype())
+            && tensor.shape().rank() == 2
+            && tensor.shape().dims()[1] % target.block_size() == 0;
+        Ok(if convert {
+            QTensor::quantize(&tensor.dequantize(&device)?, target)?
+        } else {
+            tensor
+        })
+    })
+}
+
+/// Writes a copy of `src` in which every tensor passes through `edit(gguf_name, tensor)`
+/// (tensors in GGUF layout). Metadata is kept, with `general.file_type` set to the type of the
+/// `ffn_down` weights written; the file is written beside `dst` and renamed into place.
+pub fn rewrite(
+    src: &mut GgufFile,
+    dst: &Path,
+    mut edit: impl FnMut(&str, QTensor) -> Result<QTensor>,
+) -> Result<()> {
+    let device = Device::Cpu;
     let mut names: Vec<String> = src.content.tensor_infos.keys().cloned().collect();
     names.sort();
     let mut tensors = Vec::with_capacity(names.len());
+    let mut weight_dtype = None;
     for name in &names {
         let tensor = src
             .tensor(name, &device)?
             .ok_or_else(|| Error::InvalidConfig(format!("tensor `{name}` vanished")))?;
-        let convert = is_slow_on_cpu(tensor.dtype())
-            && tensor.shape().rank() == 2
-            && tensor.shape().dims()[1] % target.block_size() == 0;
-        let tensor = if convert {
-            QTensor::quantize(&tensor.dequantize(&device)?, target)?
-        } else {
-            tensor
-        };
+        let tensor = edit(name, tensor)?;
+        if name.ends_with("ffn_down.weight") {
+            weight_dtype = Some(tensor.dtype());
+        }
         tensors.push(tensor);
     }
     let mut metadata: Vec<(&str, &gguf_file::Value)> = src
@@ -259,9 +277,11 @@ pub fn requantize(src: &mut GgufFile, dst: &Path, target: GgmlDType) -> Result<(
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     metadata.sort_by(|a, b| a.0.cmp(b.0));
-    let file_type = gguf_file::Value::U32(ggml_file_type(target));
-    metadata.retain(|(k, _)| *k != "general.file_type");
-    metadata.push(("general.file_type", &file_type));
+    let file_type = weight_dtype.map(|t| gguf_file::Value::U32(ggml_file_type(t)));
+    if let Some(file_type) = &file_type {
+        metadata.retain(|(k, _)| *k != "general.file_type");
+        metadata.push(("general.file_type", file_type));
+    }
     let tensor_refs: Vec<(&str, &QTensor)> = names
         .iter()
         .map(String::as_str)

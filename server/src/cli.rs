@@ -64,6 +64,8 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::train::TrainCommand,
     },
+    /// Merge a LoRA adapter into its base model, written as a GGUF file.
+    Merge(crate::train::MergeArgs),
     /// Measure retrieval against a question file.
     Eval {
         #[command(subcommand)]
@@ -330,6 +332,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => tokens_add(&cli.home, &user, &label, database_url.as_deref()),
         Command::Export(args) => export(&cli.home, &args),
         Command::Train { command } => crate::train::run(&cli.home, &command),
+        Command::Merge(args) => crate::train::merge(&cli.home, &args),
         Command::Ask(args) => ask(&cli.home, cli.threads, &args),
         Command::Eval {
             command: EvalCommand::Retrieval(args),

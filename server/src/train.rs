@@ -285,3 +285,43 @@ fn train_sft(home: &Path, args: &SftArgs) -> Result<()> {
     print_report(&report);
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The adapter folder (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The base model the adapter was trained on: a name (installed or known) or a GGUF path.
+    #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// The merged model, a GGUF file (`kefu generate --model FILE` loads it).
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// `kefu merge`: writes base + adapter as one GGUF model.
+pub fn merge(home: &Path, args: &MergeArgs) -> Result<()> {
+    let path = crate::cli::resolve_model(home, &args.model)?;
+    let gguf = if path.is_dir() {
+        std::fs::read_dir(&path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "gguf")
+                    && !p.to_string_lossy().contains(".kefu-")
+            })
+            .with_context(|| format!("{} holds no GGUF file to merge into", path.display()))?
+    } else {
+        path
+    };
+    if args.output.extension().is_none_or(|e| e != "gguf") {
+        bail!("--output names a .gguf file");
+    }
+    let report = kefu_trainer::merge::merge_gguf(&gguf, &args.adapter, &args.output)?;
+    println!(
+        "merged {} projections ({}) into {}",
+        report.merged,
+        report.dtype,
+        args.output.display()
+    );
+    Ok(())
+}

@@ -228,3 +228,91 @@ fn dpo_on_the_default_model_reports_rewards() {
     assert!(!bad_beta.status.success());
     assert!(String::from_utf8_lossy(&bad_beta.stderr).contains("beta"));
 }
+
+/// The whole path with the default model: SFT teaches it one answer, `kefu merge` writes base +
+/// adapter as a GGUF file, and `kefu generate` on the merged model gives the trained answer to
+/// the trained question (the base model does not know it).
+#[test]
+fn a_merged_model_gives_the_trained_answer() {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let question = "What is the secret word of the Kefu test?";
+    let answer = "The secret word is marmalade.";
+    let data = home.path().join("one.jsonl");
+    std::fs::write(
+        &data,
+        serde_json::json!({"question": question, "answer": answer}).to_string(),
+    )
+    .unwrap();
+    let output = home.path().join("run");
+    let trained = kefu(home.path())
+        .args(["train", "sft", "--data"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&output)
+        .args([
+            "--epochs", "40", "--batch", "1", "--lr", "2e-3", "--rank", "8",
+        ])
+        .args(["--eval-fraction", "0", "--max-len", "96"])
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let merged_path = home.path().join("merged.gguf");
+    let merged = kefu(home.path())
+        .args(["merge", "--adapter"])
+        .arg(output.join("adapter"))
+        .arg("--output")
+        .arg(&merged_path)
+        .output()
+        .unwrap();
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    assert!(String::from_utf8_lossy(&merged.stdout).contains("merged 210 projections"));
+    let ask = |model: &str| {
+        let out = kefu(home.path())
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--max-tokens",
+                "16",
+                "--prompt",
+                question,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = ask(merged_path.to_str().unwrap());
+    assert!(said.contains("marmalade"), "the merged model: {said}");
+    let base = ask("smollm2-135m-instruct");
+    assert!(!base.contains("marmalade"), "the base model: {base}");
+
+    // Bad input: a missing adapter, an output that is not .gguf.
+    let missing = kefu(home.path())
+        .args(["merge", "--adapter", "/nonexistent", "--output"])
+        .arg(&merged_path)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("adapter_config.json"));
+    let not_gguf = kefu(home.path())
+        .args(["merge", "--adapter"])
+        .arg(output.join("adapter"))
+        .args(["--output", "/tmp/merged.bin"])
+        .output()
+        .unwrap();
+    assert!(!not_gguf.status.success());
+}

@@ -47,6 +47,34 @@ fn role_of(name: &str) -> Option<Role> {
     }
 }
 
+/// A list of turns (`role` / `content`, or ShareGPT's `from` / `value`) as chat messages.
+pub(crate) fn messages(list: &Value, what: &str) -> std::result::Result<Vec<ChatMessage>, String> {
+    let list = list.as_array().ok_or(format!("`{what}` is not a list"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, turn)| {
+            let role = turn
+                .get("role")
+                .or_else(|| turn.get("from"))
+                .and_then(Value::as_str)
+                .ok_or(format!("{what} turn {} has no `role` / `from`", i + 1))?;
+            let role = role_of(role).ok_or(format!(
+                "{what} turn {} has an unknown role `{role}`",
+                i + 1
+            ))?;
+            let content = turn
+                .get("content")
+                .or_else(|| turn.get("value"))
+                .and_then(Value::as_str)
+                .ok_or(format!(
+                    "{what} turn {} has no text `content` / `value`",
+                    i + 1
+                ))?;
+            Ok(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
 fn text(value: &Value, field: &str) -> std::result::Result<String, String> {
     match value.get(field) {
         Some(Value::String(s)) => Ok(s.clone()),
@@ -85,24 +113,16 @@ pub fn parse_example(value: &Value) -> std::result::Result<Conversation, String>
         turns.push((Role::System, system.clone()));
     }
     if let Some(list) = value.get("messages").or_else(|| value.get("conversations")) {
-        let list = list
-            .as_array()
-            .ok_or("`messages` / `conversations` is not a list")?;
-        for (i, turn) in list.iter().enumerate() {
-            let role = turn
-                .get("role")
-                .or_else(|| turn.get("from"))
-                .and_then(Value::as_str)
-                .ok_or(format!("turn {} has no `role` / `from`", i + 1))?;
-            let role =
-                role_of(role).ok_or(format!("turn {} has an unknown role `{role}`", i + 1))?;
-            let content = turn
-                .get("content")
-                .or_else(|| turn.get("value"))
-                .and_then(Value::as_str)
-                .ok_or(format!("turn {} has no text `content` / `value`", i + 1))?;
-            turns.push((role, content.to_string()));
-        }
+        let what = if value.get("messages").is_some() {
+            "messages"
+        } else {
+            "conversations"
+        };
+        turns.extend(
+            messages(list, what)?
+                .into_iter()
+                .map(|m| (m.role, m.content)),
+        );
         return conversation(turns);
     }
     if value.get("instruction").is_some() {

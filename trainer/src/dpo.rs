@@ -14,7 +14,7 @@ use kefu_model::{ChatMessage, LoadedModel, Role};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::data::{Conversation, OnBadLine, Tokenized, read_lines, tokenize};
+use crate::data::{Conversation, OnBadLine, Tokenized, messages, read_lines, tokenize};
 use crate::error::{Result, TrainError};
 use crate::run::{BatchLoss, Evaluation, Objective, Report, TrainConfig, train_loop};
 use crate::sft::answer_logprobs;
@@ -33,39 +33,6 @@ pub struct LoadedPairs {
     pub pairs: Vec<Preference>,
     pub skipped: Vec<(usize, String)>,
     pub duplicates: usize,
-}
-
-fn role_of(name: &str) -> Option<Role> {
-    match name {
-        "system" => Some(Role::System),
-        "user" | "human" => Some(Role::User),
-        "assistant" | "gpt" | "bot" => Some(Role::Assistant),
-        _ => None,
-    }
-}
-
-fn messages(list: &Value, what: &str) -> std::result::Result<Vec<ChatMessage>, String> {
-    let list = list.as_array().ok_or(format!("`{what}` is not a list"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, turn)| {
-            let role = turn
-                .get("role")
-                .or_else(|| turn.get("from"))
-                .and_then(Value::as_str)
-                .ok_or(format!("{what} turn {} has no `role` / `from`", i + 1))?;
-            let role = role_of(role).ok_or(format!(
-                "{what} turn {} has an unknown role `{role}`",
-                i + 1
-            ))?;
-            let content = turn
-                .get("content")
-                .or_else(|| turn.get("value"))
-                .and_then(Value::as_str)
-                .ok_or(format!("{what} turn {} has no text", i + 1))?;
-            Ok(ChatMessage::new(role, content))
-        })
-        .collect()
 }
 
 /// An answer: text, `{"role"/"from", "content"/"value"}`, or a list ending with one.

@@ -7,6 +7,7 @@ pub mod data;
 pub mod dpo;
 pub mod error;
 pub mod lora;
+pub mod merge;
 pub mod optim;
 pub mod run;
 pub mod sft;

@@ -204,22 +204,7 @@ impl Adapters {
 
     /// Reads an adapter folder in PEFT's layout and installs it on `decoder`.
     pub fn load(decoder: &mut Decoder, dir: &Path) -> Result<Self> {
-        let path = dir.join(ADAPTER_CONFIG);
-        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-        let peft: PeftConfig = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        if peft.peft_type != "LORA" {
-            return Err(TrainError::Config(format!(
-                "{}: only LORA adapters are supported, not {}",
-                path.display(),
-                peft.peft_type
-            )));
-        }
-        let config = LoraConfig {
-            rank: peft.r,
-            alpha: peft.lora_alpha,
-            targets: LoraConfig::parse_targets(&peft.target_modules.join(","))?,
-        };
+        let config = read_config(dir)?;
         let weights = dir.join(ADAPTER_WEIGHTS);
         let device: Device = decoder.device().clone();
         let mut tensors = candle_core::safetensors::load(&weights, &device)?;
@@ -261,6 +246,32 @@ impl Adapters {
         adapters.install(decoder)?;
         Ok(adapters)
     }
+}
+
+/// Rank, alpha and targets from an adapter folder's `adapter_config.json`.
+pub fn read_config(dir: &Path) -> Result<LoraConfig> {
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let peft: PeftConfig = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    if peft.peft_type != "LORA" {
+        return Err(TrainError::Config(format!(
+            "{}: only LORA adapters are supported, not {}",
+            path.display(),
+            peft.peft_type
+        )));
+    }
+    if peft.r == 0 || peft.lora_alpha <= 0.0 {
+        return Err(TrainError::Config(format!(
+            "{}: rank and alpha must be positive",
+            path.display()
+        )));
+    }
+    Ok(LoraConfig {
+        rank: peft.r,
+        alpha: peft.lora_alpha,
+        targets: LoraConfig::parse_targets(&peft.target_modules.join(","))?,
+    })
 }
 
 /// The fields of PEFT's `adapter_config.json` Kefu writes and reads.

@@ -1,0 +1,103 @@
+//! Merging an adapter into its base GGUF: the merged model's logits equal base + adapter (exactly
+//! up to float rounding on an f32 base — which also checks the llama q/k row order — and within
+//! Q8_0 rounding on a quantized base), greedy answers are identical, and an adapter for another
+//! model is refused without leaving a file.
+
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use kefu_model::generate::GenerationParams;
+use kefu_model::testing::{TinySpec, write_tiny_gguf};
+use kefu_model::{Architecture, ChatMessage, LoadOptions, LoadedModel, Role};
+use kefu_trainer::lora::{Adapters, LoraConfig};
+use kefu_trainer::merge::merge_gguf;
+
+fn load(path: &Path) -> LoadedModel {
+    LoadedModel::load(path, &LoadOptions::default()).unwrap()
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
+#[test]
+fn merged_weights_give_the_adapted_logits() {
+    for (architecture, dtype, tolerance) in [
+        (Architecture::Llama, GgmlDType::F32, 1e-4f32),
+        (Architecture::Qwen2, GgmlDType::F32, 1e-4),
+        (Architecture::Llama, GgmlDType::Q8_0, 0.03),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TinySpec {
+            dtype,
+            ..TinySpec::new(architecture)
+        };
+        let base = write_tiny_gguf(dir.path(), &spec);
+        let mut model = load(&base);
+        let config = LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        };
+        let adapters = Adapters::attach(&mut model.decoder, &config, 7).unwrap();
+        for adapter in &adapters.adapters {
+            let b = Tensor::randn(0f32, 0.05, adapter.b.shape(), &Device::Cpu).unwrap();
+            adapter.b.set(&b).unwrap();
+        }
+        let x = Tensor::new(&[[5u32, 9, 77, 120, 3, 44, 8, 200]], &Device::Cpu).unwrap();
+        let adapted = model.decoder.forward_all(&x).unwrap();
+        let adapter_dir = dir.path().join("adapter");
+        adapters.save(&adapter_dir, "tiny").unwrap();
+
+        let merged_path = dir.path().join("merged.gguf");
+        let report = merge_gguf(&base, &adapter_dir, &merged_path).unwrap();
+        assert_eq!(report.merged, 7 * spec.layers);
+        let merged = load(&merged_path);
+        let logits = merged.decoder.forward_all(&x).unwrap();
+        let diff = max_abs(&(&logits - &adapted).unwrap()) / max_abs(&adapted);
+        assert!(
+            diff < tolerance,
+            "{architecture:?} {dtype:?}: relative difference {diff}"
+        );
+        let base_logits = load(&base).decoder.forward_all(&x).unwrap();
+        let moved = max_abs(&(&base_logits - &adapted).unwrap()) / max_abs(&adapted);
+        assert!(
+            moved > 10.0 * diff,
+            "the adapter matters: {moved} vs {diff}"
+        );
+
+        if dtype == GgmlDType::F32 {
+            let params = GenerationParams {
+                max_tokens: 12,
+                ignore_eos: true,
+                ..GenerationParams::default()
+            };
+            let prompt = model
+                .chat_prompt(&[ChatMessage::new(Role::User, "hello there")])
+                .unwrap();
+            let want = model.generate(&prompt, &params, |_| true).unwrap().tokens;
+            let got = merged.generate(&prompt, &params, |_| true).unwrap().tokens;
+            assert_eq!(got, want, "{architecture:?}: greedy answers");
+        }
+
+        // An adapter for another shape of model is refused, and no file is left behind.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = write_tiny_gguf(
+            other_dir.path(),
+            &TinySpec {
+                hidden: 32,
+                ..spec.clone()
+            },
+        );
+        let out = other_dir.path().join("bad.gguf");
+        let err = merge_gguf(&other, &adapter_dir, &out).unwrap_err();
+        assert!(err.to_string().contains("another model"), "{err}");
+        assert!(!out.exists());
+        let missing = merge_gguf(&base, &dir.path().join("nope"), &out).unwrap_err();
+        assert!(
+            missing.to_string().contains("adapter_config.json"),
+            "{missing}"
+        );
+    }
+}
