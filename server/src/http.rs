@@ -1567,20 +1567,33 @@ async fn agent_feedback(
     Ok((StatusCode::CREATED, Json(json!({"id": event}))))
 }
 
+/// A member of staff moves a conversation between the bot and a person: records the handoff
+/// `event` and sets `status`.
+async fn staff_handoff(
+    state: &AppState,
+    id: &str,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    event: &str,
+    status: &'static str,
+) -> Result<Json<Value>, ApiError> {
+    let staff = crate::auth::staff(&state.database, method, headers).await?;
+    let conversation = staff_conversation(state, id).await?;
+    state
+        .database
+        .handoff(conversation.id, event, Some(staff.user.id), status)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"status": status})))
+}
+
 async fn take_over(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     method: axum::http::Method,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let staff = crate::auth::staff(&state.database, &method, &headers).await?;
-    let conversation = staff_conversation(&state, &id).await?;
-    state
-        .database
-        .handoff(conversation.id, "taken", Some(staff.user.id), "agent")
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({"status": "agent"})))
+    staff_handoff(&state, &id, &method, &headers, "taken", "agent").await
 }
 
 /// Hands a conversation back to the bot.
@@ -1590,19 +1603,7 @@ async fn release(
     method: axum::http::Method,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let staff = crate::auth::staff(&state.database, &method, &headers).await?;
-    let conversation = staff_conversation(&state, &id).await?;
-    state
-        .database
-        .handoff(
-            conversation.id,
-            "released",
-            Some(staff.user.id),
-            "assistant",
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({"status": "assistant"})))
+    staff_handoff(&state, &id, &method, &headers, "released", "assistant").await
 }
 
 async fn agent_reply(
