@@ -76,9 +76,16 @@ pub struct SftArgs {
     /// Longest example in tokens (longer answers are cut; prompts that leave no room skipped).
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
-    /// Share of the examples held out for the eval loss.
+    /// Share of the examples held out for the eval loss (ignored with --eval-split).
     #[arg(long, default_value_t = 0.05)]
     pub eval_fraction: f64,
+    /// Train only on the lines whose `split` field is this (e.g. `train`).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Evaluate on the lines whose `split` field is this (e.g. `test`) instead of a share of
+    /// the training lines.
+    #[arg(long)]
+    pub eval_split: Option<String>,
     /// Evaluate and checkpoint every this many steps (0: once per epoch).
     #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
@@ -198,10 +205,16 @@ fn train_dpo(home: &Path, args: &DpoArgs) -> Result<()> {
         beta: args.beta,
         ..config(stage)?
     };
-    let loaded = kefu_trainer::dpo::read_pairs(&stage.data, on_bad_line(stage))?;
+    let read = |split: Option<&str>| {
+        kefu_trainer::dpo::read_pairs_split(&stage.data, on_bad_line(stage), split)
+    };
+    let loaded = read(stage.split.as_deref())?;
     report_skipped(&stage.data, &loaded.skipped);
+    let (train, eval) = match &stage.eval_split {
+        Some(split) => (loaded.pairs, read(Some(split))?.pairs),
+        None => kefu_trainer::dpo::split(loaded.pairs, stage.eval_fraction),
+    };
     let mut model = load_model(home, &stage.model)?;
-    let (train, eval) = kefu_trainer::dpo::split(loaded.pairs, stage.eval_fraction);
     let mut too_long = 0;
     let mut tokenize = |pairs: &[kefu_trainer::dpo::Preference]| -> Result<Vec<_>> {
         let mut out = Vec::new();
@@ -243,10 +256,16 @@ fn train_dpo(home: &Path, args: &DpoArgs) -> Result<()> {
 
 fn train_sft(home: &Path, args: &SftArgs) -> Result<()> {
     let config = config(args)?;
-    let loaded = data::read_jsonl(&args.data, on_bad_line(args))?;
+    let loaded = data::read_jsonl_split(&args.data, on_bad_line(args), args.split.as_deref())?;
     report_skipped(&args.data, &loaded.skipped);
+    let (train, eval) = match &args.eval_split {
+        Some(split) => (
+            loaded.conversations,
+            data::read_jsonl_split(&args.data, on_bad_line(args), Some(split))?.conversations,
+        ),
+        None => data::split(loaded.conversations, args.eval_fraction),
+    };
     let mut model = load_model(home, &args.model)?;
-    let (train, eval) = data::split(loaded.conversations, args.eval_fraction);
     let mut too_long = 0;
     let mut tokenize = |conversations: &[data::Conversation]| -> Result<Vec<data::Tokenized>> {
         let mut out = Vec::new();

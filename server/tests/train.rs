@@ -37,6 +37,16 @@ fn debian_faq(dir: &Path, n: usize) -> PathBuf {
         .take(n)
         .collect();
     assert_eq!(lines.len(), n);
+    // Every third record is held out as `test` (the file's own split field is overwritten).
+    let lines: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["split"] = serde_json::json!(if i % 3 == 0 { "test" } else { "train" });
+            record.to_string()
+        })
+        .collect();
     let path = dir.join("faq.jsonl");
     std::fs::write(&path, lines.join("\n")).unwrap();
     path
@@ -69,7 +79,16 @@ fn sft_on_the_default_model_writes_a_peft_adapter_and_resumes() {
             .output()
             .unwrap()
     };
-    let first = run(&["--max-steps", "2", "--eval-every", "1"]);
+    let first = run(&[
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--split",
+        "train",
+        "--eval-split",
+        "test",
+    ]);
     assert!(
         first.status.success(),
         "{}",
@@ -77,6 +96,11 @@ fn sft_on_the_default_model_writes_a_peft_adapter_and_resumes() {
     );
     let said = String::from_utf8_lossy(&first.stdout);
     assert!(said.contains("2 steps: loss"), "{said}");
+    let counted = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        counted.contains("8 training and 4 eval examples"),
+        "{counted}"
+    );
     let adapter = output.join("adapter");
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
@@ -102,7 +126,15 @@ fn sft_on_the_default_model_writes_a_peft_adapter_and_resumes() {
     assert!(metrics.contains("\"eval_loss\""));
 
     // Resuming carries on from step 2.
-    let second = run(&["--max-steps", "3", "--resume"]);
+    let second = run(&[
+        "--max-steps",
+        "3",
+        "--resume",
+        "--split",
+        "train",
+        "--eval-split",
+        "test",
+    ]);
     assert!(
         second.status.success(),
         "{}",

@@ -158,8 +158,18 @@ pub(crate) fn fingerprint(conversation: &Conversation) -> [u8; 32] {
 
 /// Reads a JSON-lines file of SFT examples.
 pub fn read_jsonl(path: &Path, on_bad_line: OnBadLine) -> Result<Loaded> {
+    read_jsonl_split(path, on_bad_line, None)
+}
+
+/// Like [`read_jsonl`], keeping only the lines whose `split` field is `split` (when given),
+/// as in `../shared/data/qa/*.jsonl` (`train`, `test`).
+pub fn read_jsonl_split(
+    path: &Path,
+    on_bad_line: OnBadLine,
+    split: Option<&str>,
+) -> Result<Loaded> {
     let (conversations, skipped, duplicates) =
-        read_lines(path, on_bad_line, parse_example, fingerprint)?;
+        read_lines(path, on_bad_line, split, parse_example, fingerprint)?;
     Ok(Loaded {
         conversations,
         skipped,
@@ -174,6 +184,7 @@ type Lines<T> = (Vec<T>, Vec<(usize, String)>, usize);
 pub(crate) fn read_lines<T>(
     path: &Path,
     on_bad_line: OnBadLine,
+    split: Option<&str>,
     parse: impl Fn(&Value) -> std::result::Result<T, String>,
     key: impl Fn(&T) -> [u8; 32],
 ) -> Result<Lines<T>> {
@@ -194,9 +205,13 @@ pub(crate) fn read_lines<T>(
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<Value>(line)
-            .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| parse(&v));
+        let value = serde_json::from_str::<Value>(line).map_err(|e| format!("not JSON: {e}"));
+        if let (Some(want), Ok(value)) = (split, &value)
+            && value.get("split").and_then(Value::as_str) != Some(want)
+        {
+            continue;
+        }
+        let parsed = value.and_then(|v| parse(&v));
         match parsed {
             Ok(item) => {
                 if seen.insert(key(&item)) {
@@ -218,8 +233,11 @@ pub(crate) fn read_lines<T>(
     }
     if items.is_empty() {
         return Err(TrainError::Data(format!(
-            "{}: no usable examples ({} lines skipped)",
+            "{}: no usable examples{} ({} lines skipped)",
             path.display(),
+            split
+                .map(|s| format!(" in split `{s}`"))
+                .unwrap_or_default(),
             skipped.len()
         )));
     }

@@ -112,8 +112,17 @@ fn fingerprint(pair: &Preference) -> [u8; 32] {
 
 /// Reads a JSON-lines file of preference pairs.
 pub fn read_pairs(path: &Path, on_bad_line: OnBadLine) -> Result<LoadedPairs> {
+    read_pairs_split(path, on_bad_line, None)
+}
+
+/// Like [`read_pairs`], keeping only the lines whose `split` field is `split` (when given).
+pub fn read_pairs_split(
+    path: &Path,
+    on_bad_line: OnBadLine,
+    split: Option<&str>,
+) -> Result<LoadedPairs> {
     let (pairs, skipped, duplicates) =
-        read_lines(path, on_bad_line, parse_preference, fingerprint)?;
+        read_lines(path, on_bad_line, split, parse_preference, fingerprint)?;
     Ok(LoadedPairs {
         pairs,
         skipped,

@@ -292,6 +292,24 @@ fn bad_lines_are_reported_with_their_numbers() {
     );
     assert!(data::read_jsonl(&dir.path().join("missing.jsonl"), OnBadLine::Skip).is_err());
 
+    // The `split` field selects lines.
+    std::fs::write(
+        &path,
+        "{\"question\": \"q1\", \"answer\": \"a\", \"split\": \"train\"}\n\
+         {\"question\": \"q2\", \"answer\": \"a\", \"split\": \"test\"}\n\
+         {\"question\": \"q3\", \"answer\": \"a\", \"split\": \"train\"}\n",
+    )
+    .unwrap();
+    let train = data::read_jsonl_split(&path, OnBadLine::Fail, Some("train")).unwrap();
+    let test = data::read_jsonl_split(&path, OnBadLine::Fail, Some("test")).unwrap();
+    assert_eq!(
+        (train.conversations.len(), test.conversations.len()),
+        (2, 1)
+    );
+    assert_eq!(test.conversations[0].messages[0].content, "q2");
+    let none = data::read_jsonl_split(&path, OnBadLine::Fail, Some("dev")).unwrap_err();
+    assert!(none.to_string().contains("split `dev`"), "{none}");
+
     // Settings out of range.
     let mut model = tiny(dir.path(), Architecture::Llama);
     let examples = tokenized(&model, &fixture(dir.path()));
