@@ -237,7 +237,7 @@ pub async fn list_knowledge_bases(
     })))
 }
 
-fn check_kb_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_kb_name(name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.len() > 200 {
         return Err(ApiError::bad_request(
             "invalid_knowledge_base",
@@ -248,7 +248,7 @@ fn check_kb_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// The knowledge base `name`, which must exist.
-async fn existing_kb(state: &AppState, name: &str) -> Result<i64, ApiError> {
+pub(crate) async fn existing_kb(state: &AppState, name: &str) -> Result<i64, ApiError> {
     check_kb_name(name)?;
     state
         .database

@@ -480,28 +480,8 @@ async fn create_conversation(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
-    if let Some(name) = &request.knowledge_base
-        && (name.trim().is_empty() || name.len() > 200)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_knowledge_base",
-            "knowledge_base must be a name of 1 to 200 characters",
-        ));
-    }
     let named = match &request.knowledge_base {
-        Some(name) => Some(
-            state
-                .database
-                .find_knowledge_base(name)
-                .await
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| {
-                    ApiError::not_found(
-                        "knowledge_base_not_found",
-                        format!("there is no knowledge base `{name}`"),
-                    )
-                })?,
-        ),
+        Some(name) => Some(crate::admin::existing_kb(&state, name).await?),
         None => None,
     };
     let kb = match (&site, named) {

@@ -27,6 +27,13 @@ fn kefu(home: &Path) -> Command {
     command
 }
 
+/// Runs `kefu ARGS`, which must fail; its standard error.
+fn refused(home: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let out = kefu(home).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The first `n` Debian FAQ records of the shared question / answer file.
 fn debian_faq(dir: &Path, n: usize) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/qa/en.jsonl");
@@ -143,37 +150,52 @@ fn sft_on_the_default_model_writes_a_peft_adapter_and_resumes() {
     assert!(String::from_utf8_lossy(&second.stdout).contains("3 steps"));
 
     // Bad input: a missing file, a malformed line with --on-bad-line fail, a bad target.
-    let missing = kefu(home.path())
-        .args(["train", "sft", "--data", "/nonexistent.jsonl", "--output"])
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.jsonl"));
+    let missing = refused(
+        home.path(),
+        &[
+            "train".as_ref(),
+            "sft".as_ref(),
+            "--data".as_ref(),
+            "/nonexistent.jsonl".as_ref(),
+            "--output".as_ref(),
+            output.as_ref(),
+        ],
+    );
+    assert!(missing.contains("/nonexistent.jsonl"));
     let broken = home.path().join("broken.jsonl");
     std::fs::write(&broken, "{\"question\": \"q\", \"answer\": \"a\"}\n{oops\n").unwrap();
-    let failed = kefu(home.path())
-        .args(["train", "sft", "--on-bad-line", "fail", "--data"])
-        .arg(&broken)
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(!failed.status.success());
-    let message = String::from_utf8_lossy(&failed.stderr);
+    let failed = refused(
+        home.path(),
+        &[
+            "train".as_ref(),
+            "sft".as_ref(),
+            "--on-bad-line".as_ref(),
+            "fail".as_ref(),
+            "--data".as_ref(),
+            broken.as_ref(),
+            "--output".as_ref(),
+            output.as_ref(),
+        ],
+    );
+    let message = &failed;
     assert!(
         message.contains("line 2") && message.contains("not JSON"),
         "{message}"
     );
-    let wrong = kefu(home.path())
-        .args(["train", "sft", "--targets", "q,wizard", "--data"])
-        .arg(&data)
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(!wrong.status.success());
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wizard"));
+    let wrong = refused(
+        home.path(),
+        &[
+            "train".as_ref(),
+            "sft".as_ref(),
+            "--targets".as_ref(),
+            "q,wizard".as_ref(),
+            "--data".as_ref(),
+            data.as_ref(),
+            "--output".as_ref(),
+            output.as_ref(),
+        ],
+    );
+    assert!(wrong.contains("wizard"));
 }
 
 /// `kefu train dpo` on the default model with pairs from the shared preference file: the run
@@ -237,28 +259,38 @@ fn dpo_on_the_default_model_reports_rewards() {
         "{\"prompt\": \"q\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"q\", \"chosen\": \"a\"}\n",
     )
     .unwrap();
-    let failed = kefu(home.path())
-        .args(["train", "dpo", "--on-bad-line", "fail", "--data"])
-        .arg(&broken)
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(!failed.status.success());
-    let message = String::from_utf8_lossy(&failed.stderr);
+    let failed = refused(
+        home.path(),
+        &[
+            "train".as_ref(),
+            "dpo".as_ref(),
+            "--on-bad-line".as_ref(),
+            "fail".as_ref(),
+            "--data".as_ref(),
+            broken.as_ref(),
+            "--output".as_ref(),
+            output.as_ref(),
+        ],
+    );
+    let message = &failed;
     assert!(
         message.contains("line 2") && message.contains("rejected"),
         "{message}"
     );
-    let bad_beta = kefu(home.path())
-        .args(["train", "dpo", "--beta", "0", "--data"])
-        .arg(&data)
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(!bad_beta.status.success());
-    assert!(String::from_utf8_lossy(&bad_beta.stderr).contains("beta"));
+    let bad_beta = refused(
+        home.path(),
+        &[
+            "train".as_ref(),
+            "dpo".as_ref(),
+            "--beta".as_ref(),
+            "0".as_ref(),
+            "--data".as_ref(),
+            data.as_ref(),
+            "--output".as_ref(),
+            output.as_ref(),
+        ],
+    );
+    assert!(bad_beta.contains("beta"));
 }
 
 /// The whole path with the default model: SFT teaches it one answer, `kefu merge` writes base +
@@ -333,18 +365,25 @@ fn a_merged_model_gives_the_trained_answer() {
     assert!(!base.contains("marmalade"), "the base model: {base}");
 
     // Bad input: a missing adapter, an output that is not .gguf.
-    let missing = kefu(home.path())
-        .args(["merge", "--adapter", "/nonexistent", "--output"])
-        .arg(&merged_path)
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("adapter_config.json"));
-    let not_gguf = kefu(home.path())
-        .args(["merge", "--adapter"])
-        .arg(output.join("adapter"))
-        .args(["--output", "/tmp/merged.bin"])
-        .output()
-        .unwrap();
-    assert!(!not_gguf.status.success());
+    let missing = refused(
+        home.path(),
+        &[
+            "merge".as_ref(),
+            "--adapter".as_ref(),
+            "/nonexistent".as_ref(),
+            "--output".as_ref(),
+            merged_path.as_ref(),
+        ],
+    );
+    assert!(missing.contains("adapter_config.json"));
+    refused(
+        home.path(),
+        &[
+            "merge".as_ref(),
+            "--adapter".as_ref(),
+            output.join("adapter").as_ref(),
+            "--output".as_ref(),
+            "/tmp/merged.bin".as_ref(),
+        ],
+    );
 }

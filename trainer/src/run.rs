@@ -279,8 +279,8 @@ pub fn train_loop(
             }
             clip(&mut grads, config.max_grad_norm)?;
             let lr = learning_rate(progress.step, warmup, total_steps, config.learning_rate);
+            // The decoder's adapters share these variables' storage: the update is in place.
             optimizer.update(&vars, &grads, lr)?;
-            adapters.install(&mut model.decoder)?;
             progress.step += 1;
             progress.batch_in_epoch = group_end;
             first_loss.get_or_insert(loss_sum);
