@@ -8,7 +8,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-pub use crate::linear::{Linear, Lora, Weight};
+pub use crate::linear::{Linear, Lora, LoraDropout, Weight};
 use crate::linear::{Mode, ProjectionGroup};
 
 /// Where the decoder's weights come from. Names are Hugging Face names
@@ -346,11 +346,17 @@ pub struct DecoderOptions {
     /// activations in 256-wide blocks instead of 32-wide ones, so logits move by quantization
     /// noise; `false` keeps the reference kernels (parity tests use that).
     pub fast_kernels: bool,
+    /// Hold every weight matrix as dense f32 instead of the stored blocks: LoRA on a float
+    /// base (no quantization in the frozen weights; about 4× the memory of Q8_0).
+    pub dense: bool,
 }
 
 impl Default for DecoderOptions {
     fn default() -> Self {
-        Self { fast_kernels: true }
+        Self {
+            fast_kernels: true,
+            dense: false,
+        }
     }
 }
 
@@ -393,7 +399,13 @@ impl Decoder {
             }
             source.get(name)?.map(|w| w.dequantize(device)).transpose()
         };
-        let embed_weight = source.require("model.embed_tokens.weight")?;
+        let densify = |weight: Weight| -> Result<Weight> {
+            Ok(match weight {
+                Weight::Quantized(_) if options.dense => Weight::Dense(weight.dequantize(device)?),
+                other => other,
+            })
+        };
+        let embed_weight = densify(source.require("model.embed_tokens.weight")?)?;
         check_dims(
             "model.embed_tokens.weight",
             embed_weight.dims(),
@@ -410,7 +422,7 @@ impl Decoder {
                 let mut weights = Vec::with_capacity(specs.len());
                 for (name, shape, with_bias) in specs {
                     let full = format!("{p}.{name}.weight");
-                    let weight = source.require(&full)?;
+                    let weight = densify(source.require(&full)?)?;
                     check_dims(&full, weight.dims(), shape)?;
                     let b = if *with_bias {
                         bias(source, &format!("{p}.{name}.bias"))?
@@ -450,7 +462,7 @@ impl Decoder {
             });
         }
         let lm_head_weight = match source.get("lm_head.weight")? {
-            Some(w) if !config.tie_word_embeddings => w,
+            Some(w) if !config.tie_word_embeddings => densify(w)?,
             _ => embed_weight.clone(),
         };
         let embed_tokens = match embed_weight {

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
-use candle_core::quantized::{GgmlDType, QStorage, QTensor, gguf_file};
+pub use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{QStorage, QTensor, gguf_file};
 
 use crate::config::{Architecture, Config};
 use crate::decoder::{Weight, WeightSource};
@@ -240,6 +241,31 @@ pub fn requantize(src: &mut GgufFile, dst: &Path, target: GgmlDType) -> Result<(
             && tensor.shape().rank() == 2
             && tensor.shape().dims()[1] % target.block_size() == 0;
         Ok(if convert {
+            QTensor::quantize(&tensor.dequantize(&device)?, target)?
+        } else {
+            tensor
+        })
+    })
+}
+
+/// Whether `dtype` holds 4-bit blocks.
+pub fn is_4bit(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K)
+}
+
+/// Writes a copy of `src` with every projection of the transformer blocks (2-D, rows a whole
+/// number of `target` blocks) quantized to `target`; embeddings, norms and the output head
+/// stay as they are. The trainer uses it for a 4-bit base (QLoRA).
+pub fn quantize_projections(src: &mut GgufFile, dst: &Path, target: GgmlDType) -> Result<()> {
+    let device = Device::Cpu;
+    rewrite(src, dst, |name, tensor| {
+        let dims = tensor.shape().dims();
+        let projection = name.starts_with("blk.")
+            && name.ends_with(".weight")
+            && dims.len() == 2
+            && !name.contains("norm")
+            && dims[1] % target.block_size() == 0;
+        Ok(if projection && tensor.dtype() != target {
             QTensor::quantize(&tensor.dequantize(&device)?, target)?
         } else {
             tensor

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 pub mod linear;
@@ -15,7 +16,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, Role};
 pub use config::{Architecture, Config};
-pub use decoder::{Decoder, DecoderOptions, KvCache, Lora};
+pub use decoder::{Decoder, DecoderOptions, KvCache, Lora, LoraDropout};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, Generation, GenerationParams};
 pub use loader::{LoadOptions, LoadedModel, ModelFormat};

@@ -5,10 +5,12 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 
@@ -44,8 +46,9 @@ impl Weight {
     }
 }
 
-/// A low-rank adapter on one projection: `y = x·Wᵀ + scale·(x·Aᵀ)·Bᵀ`, `scale = α / r`.
-/// Only the adapter path is scaled.
+/// A low-rank adapter on one projection: `y = x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ`,
+/// `scale = α / r`. Only the adapter path is scaled, and only its input sees dropout (in
+/// training; inference never drops).
 #[derive(Debug, Clone)]
 pub struct Lora {
     /// `(rank, in_features)`
@@ -53,6 +56,49 @@ pub struct Lora {
     /// `(out_features, rank)`
     pub b: Tensor,
     pub scale: f64,
+    pub dropout: Option<LoraDropout>,
+}
+
+/// Dropout on an adapter's input: each value is zeroed with probability `p` and the rest are
+/// scaled by `1 / (1 − p)`. The masks come from one seeded generator shared by every adapter
+/// of a model, so a run that reseeds it per step draws the same masks when resumed.
+#[derive(Debug, Clone)]
+pub struct LoraDropout {
+    pub p: f32,
+    pub rng: Arc<Mutex<StdRng>>,
+}
+
+impl LoraDropout {
+    pub fn new(p: f32, seed: u64) -> Self {
+        Self {
+            p,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
+        }
+    }
+
+    /// Restarts the masks from `seed` (a trainer calls this at every step).
+    pub fn reseed(&self, seed: u64) {
+        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = StdRng::seed_from_u64(seed);
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let keep = 1.0 - self.p;
+        let scaled = 1.0 / keep;
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            (0..x.elem_count())
+                .map(|_| {
+                    if rng.random::<f32>() < keep {
+                        scaled
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
 }
 
 /// What belongs to one projection besides its base weight: bias and adapter.
@@ -74,11 +120,19 @@ impl Linear {
     }
 
     /// Adds the bias and the adapter path to this projection's base output `y`.
-    fn finish(&self, mut y: Tensor, x: &Tensor) -> Result<Tensor> {
+    fn finish(&self, mut y: Tensor, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
         if let Some(lora) = &self.lora {
+            let dropped;
+            let x = match (&lora.dropout, mode) {
+                (Some(dropout), Mode::Training) if dropout.p > 0.0 => {
+                    dropped = dropout.apply(x)?;
+                    &dropped
+                }
+                _ => x,
+            };
             let down = x.broadcast_matmul(&lora.a.t()?)?;
             let up = down.broadcast_matmul(&lora.b.t()?)?;
             y = (y + (up * lora.scale)?)?;
@@ -362,14 +416,14 @@ impl ProjectionGroup {
                 (weight, _) => weight.forward(input)?,
             };
             if stack.parts.len() == 1 {
-                outputs.push(self.parts[stack.parts.start].finish(y, x)?);
+                outputs.push(self.parts[stack.parts.start].finish(y, x, mode)?);
                 continue;
             }
             let mut offset = 0;
             for part in &self.parts[stack.parts.clone()] {
                 let piece = y.narrow(D::Minus1, offset, part.out_features)?;
                 offset += part.out_features;
-                outputs.push(part.finish(piece, x)?);
+                outputs.push(part.finish(piece, x, mode)?);
             }
         }
         Ok(outputs)
@@ -424,6 +478,39 @@ mod tests {
         // d(sum(r ⊙ x·Wᵀ))/dx = r·W, with W as dequantized.
         let expected = r.broadcast_matmul(&dense).unwrap();
         assert!(max_diff(got, &expected) < 1e-4);
+    }
+
+    #[test]
+    fn adapter_dropout_acts_in_training_only_and_repeats_after_a_reseed() {
+        let device = Device::Cpu;
+        let (weight, _) = quantized(16, 64, GgmlDType::Q8_0);
+        let mut group = ProjectionGroup::new(vec![(weight, None)], false).unwrap();
+        let dropout = LoraDropout::new(0.5, 7);
+        group.part_mut(0).unwrap().lora = Some(Lora {
+            a: Tensor::randn(0f32, 1.0, (4, 64), &device).unwrap(),
+            b: Tensor::randn(0f32, 1.0, (16, 4), &device).unwrap(),
+            scale: 2.0,
+            dropout: Some(dropout.clone()),
+        });
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &device).unwrap();
+        let first = group.forward_one(&x, Mode::Inference).unwrap();
+        let second = group.forward_one(&x, Mode::Inference).unwrap();
+        assert_eq!(max_diff(&first, &second), 0.0, "inference never drops");
+        dropout.reseed(11);
+        let trained = group.forward_one(&x, Mode::Training).unwrap();
+        assert!(max_diff(&trained, &first) > 1e-3, "training drops");
+        let other = group.forward_one(&x, Mode::Training).unwrap();
+        assert!(
+            max_diff(&trained, &other) > 1e-3,
+            "each pass draws a fresh mask"
+        );
+        dropout.reseed(11);
+        let again = group.forward_one(&x, Mode::Training).unwrap();
+        assert_eq!(
+            max_diff(&trained, &again),
+            0.0,
+            "a reseed repeats the masks"
+        );
     }
 
     #[test]

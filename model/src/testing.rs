@@ -7,7 +7,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::config::{Architecture, Config};
+use crate::config::Architecture;
 use crate::decoder::WeightSource;
 use crate::gguf::{GgufFile, GgufSource};
 
@@ -277,38 +277,7 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
     path
 }
 
-/// Hugging Face names of every tensor of a model with this configuration.
-pub fn hf_tensor_names(config: &Config) -> Vec<String> {
-    let mut names = vec![
-        "model.embed_tokens.weight".to_string(),
-        "model.norm.weight".to_string(),
-    ];
-    if !config.tie_word_embeddings {
-        names.push("lm_head.weight".into());
-    }
-    for i in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        for module in [
-            "input_layernorm.weight",
-            "post_attention_layernorm.weight",
-            "self_attn.q_proj.weight",
-            "self_attn.k_proj.weight",
-            "self_attn.v_proj.weight",
-            "self_attn.o_proj.weight",
-            "mlp.gate_proj.weight",
-            "mlp.up_proj.weight",
-            "mlp.down_proj.weight",
-        ] {
-            names.push(format!("{p}.{module}"));
-        }
-        if config.attention_bias {
-            for module in ["q_proj", "k_proj", "v_proj"] {
-                names.push(format!("{p}.self_attn.{module}.bias"));
-            }
-        }
-    }
-    names
-}
+pub use crate::export::hf_tensor_names;
 
 /// Converts a GGUF model into a Hugging Face folder (config, tokenizer, tokenizer config, two
 /// safetensors shards with their index) and returns the dense tensors by name.

@@ -196,6 +196,7 @@ fn lora_with_zero_b_is_exactly_the_base_and_every_adapter_gets_a_gradient() {
                 a: a.as_tensor().clone(),
                 b: b.as_tensor().clone(),
                 scale: 16.0 / rank as f64,
+                dropout: None,
             });
             vars.push((a, b));
         }

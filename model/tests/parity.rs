@@ -25,6 +25,7 @@ fn kefu_logits(path: &Path, prompt: &[u32], more: &[u32]) -> Vec<Tensor> {
     // checked against this one in `fast_kernels_keep_the_default_models_greedy_answers`.
     let exact = DecoderOptions {
         fast_kernels: false,
+        ..DecoderOptions::default()
     };
     let decoder = Decoder::load_with(
         &mut GgufSource::new(&mut file, config.clone(), Device::Cpu),
@@ -282,7 +283,10 @@ fn fast_kernels_keep_the_default_models_perplexity() {
     let path = default_model_path();
     let load = |fast_kernels, requantize| {
         let options = LoadOptions {
-            decoder: DecoderOptions { fast_kernels },
+            decoder: DecoderOptions {
+                fast_kernels,
+                ..DecoderOptions::default()
+            },
             requantize,
             ..LoadOptions::default()
         };

@@ -31,6 +31,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (the training flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Obtain and list models.
@@ -59,12 +61,12 @@ pub enum Command {
     },
     /// Write training data derived from feedback, one JSON object per line.
     Export(ExportArgs),
-    /// Train a LoRA adapter (supervised fine-tuning so far).
+    /// Train LoRA adapters: continued pre-training, SFT, DPO, or a recipe's stages in order.
     Train {
         #[command(subcommand)]
         command: crate::train::TrainCommand,
     },
-    /// Merge a LoRA adapter into its base model, written as a GGUF file.
+    /// Merge a LoRA adapter into its base model: a GGUF file or Hugging Face weights.
     Merge(crate::train::MergeArgs),
     /// Measure retrieval against a question file.
     Eval {
@@ -456,6 +458,7 @@ fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
         requantize: !args.no_requantize,
         decoder: DecoderOptions {
             fast_kernels: !args.exact_kernels,
+            ..DecoderOptions::default()
         },
         ..LoadOptions::default()
     };

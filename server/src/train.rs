@@ -1,40 +1,40 @@
-//! `kefu train sft|dpo`: LoRA supervised fine-tuning on question / answer conversations and
-//! direct preference optimization on chosen / rejected pairs (the shapes `kefu_trainer` reads,
-//! the `kefu export` formats included), with a progress bar, a metrics file, checkpoints and
-//! `--resume`.
+//! `kefu train cpt|sft|dpo|run` and `kefu merge`: LoRA continued pre-training on documents,
+//! supervised fine-tuning on question / answer conversations and direct preference optimization
+//! on chosen / rejected pairs (the shapes `kefu_trainer` reads, the `kefu export` formats
+//! included), from flags or a TOML recipe, with a progress bar, a metrics file, checkpoints and
+//! `--resume`; and merging an adapter into GGUF or Hugging Face weights.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use kefu_model::{LoadOptions, LoadedModel};
-use kefu_trainer::data::{self, OnBadLine};
+use kefu_model::gguf::{GgmlDType, GgufFile};
+use kefu_model::{DecoderOptions, LoadOptions, LoadedModel};
+use kefu_trainer::data::{self, OnBadLine, Tokenized};
 use kefu_trainer::lora::LoraConfig;
-use kefu_trainer::run::TrainConfig;
-use kefu_trainer::sft;
+use kefu_trainer::recipe::{LoraSection, Recipe, Stage, StageKind};
+use kefu_trainer::run::{Report, TrainConfig};
+use kefu_trainer::{cpt, dpo, sft};
 
 use crate::catalog::DEFAULT_MODEL;
 
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
+    /// Continued pre-training with LoRA on documents (.md, .html, .txt, .pdf; a folder is read
+    /// recursively): the language-model loss over every token; reports held-out perplexity.
+    Cpt(StageArgs),
     /// Supervised fine-tuning with LoRA on question / answer conversations.
-    Sft(SftArgs),
+    Sft(StageArgs),
     /// Direct preference optimization with LoRA on chosen / rejected pairs (`kefu export
     /// pairs`, or `prompt` / `history` / `chosen` / `rejected` JSON lines).
-    Dpo(DpoArgs),
+    Dpo(StageArgs),
+    /// Every stage a recipe holds, in the order cpt → sft → dpo; each stage starts from the
+    /// model the previous one merged (so DPO's reference is the SFT model).
+    Run(RunArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct DpoArgs {
-    #[command(flatten)]
-    pub stage: SftArgs,
-    /// How far the policy may move from the reference model.
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f64,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BadLines {
     /// Report bad lines and go on.
     Skip,
@@ -42,76 +42,317 @@ pub enum BadLines {
     Fail,
 }
 
-#[derive(Debug, Args)]
-pub struct SftArgs {
-    /// JSON lines: alpaca, `messages`, ShareGPT `conversations` or `question` / `answer`.
+/// How the frozen base is held while adapters train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BaseWeights {
+    /// Q8_0 blocks (what the server runs; the default).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks (QLoRA): the model file's own 4-bit weights, or a Q4_0 copy of them.
+    Q4,
+    /// Dense f32 (about 4× the memory of Q8_0).
+    F32,
+}
+
+impl BaseWeights {
+    fn parse(name: &str) -> Result<Self> {
+        <Self as ValueEnum>::from_str(name, true)
+            .map_err(|_| anyhow::anyhow!("base weights are q8_0, q4 or f32, not `{name}`"))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BaseWeights::Q8_0 => "q8_0",
+            BaseWeights::Q4 => "q4",
+            BaseWeights::F32 => "f32",
+        }
+    }
+}
+
+/// One stage's settings. Each flag overrides the recipe's value; without either, the default
+/// shown applies.
+#[derive(Debug, Args, Default)]
+pub struct StageArgs {
+    /// TOML recipe whose `[cpt]`, `[sft]` or `[dpo]` section (and shared settings) to use.
     #[arg(long)]
-    pub data: PathBuf,
-    /// Base chat model: a name (installed or known) or a path.
-    #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: String,
-    /// Output folder: `adapter/` (PEFT layout), `checkpoint/`, `metrics.jsonl`.
+    pub recipe: Option<PathBuf>,
+    /// CPT: documents (a folder or a file); SFT: JSON lines (alpaca, `messages`, ShareGPT
+    /// `conversations` or `question` / `answer`); DPO: preference pairs.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Base chat model: a name (installed or known) or a path [default: smollm2-135m-instruct].
+    #[arg(long, env = "KEFU_MODEL")]
+    pub model: Option<String>,
+    /// Start from the base with this adapter merged in (e.g. DPO after SFT: the SFT adapter,
+    /// which then is also DPO's reference).
+    #[arg(long)]
+    pub start_adapter: Option<PathBuf>,
+    /// Output folder: `adapter/` (PEFT layout), `checkpoint/`, `metrics.jsonl`, `recipe.toml`.
     #[arg(long)]
     pub output: PathBuf,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
-    /// Stop after this many optimizer steps (0: run every epoch).
-    #[arg(long, default_value_t = 0)]
-    pub max_steps: usize,
-    #[arg(long = "lr", default_value_t = 2e-4)]
-    pub learning_rate: f64,
-    /// Sequences per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
-    /// Forward passes per optimizer step.
-    #[arg(long, default_value_t = 1)]
-    pub accum: usize,
-    #[arg(long, default_value_t = 8)]
-    pub rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    pub alpha: f64,
-    /// Projections that get adapters: q,k,v,o,gate,up,down.
-    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
-    pub targets: String,
-    /// Longest example in tokens (longer answers are cut; prompts that leave no room skipped).
-    #[arg(long, default_value_t = 1024)]
-    pub max_len: usize,
-    /// Share of the examples held out for the eval loss (ignored with --eval-split).
-    #[arg(long, default_value_t = 0.05)]
-    pub eval_fraction: f64,
-    /// Train only on the lines whose `split` field is this (e.g. `train`).
+    /// How the frozen base is held [default: q8_0].
+    #[arg(long, value_enum)]
+    pub base_weights: Option<BaseWeights>,
+    /// [default: 1]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps; 0 runs every epoch [default: 0].
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Peak learning rate [default: 2e-4].
+    #[arg(long = "lr")]
+    pub learning_rate: Option<f64>,
+    /// Sequences per forward pass [default: 4].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Forward passes per optimizer step [default: 1].
+    #[arg(long)]
+    pub accum: Option<usize>,
+    /// Share of the steps spent warming up [default: 0.05].
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
+    /// LoRA rank [default: 8].
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// LoRA alpha (the adapter path is scaled by alpha / rank) [default: 16].
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Share of each adapter's input dropped in training [default: 0].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Projections that get adapters [default: q,k,v,o,gate,up,down].
+    #[arg(long)]
+    pub targets: Option<String>,
+    /// SFT / DPO: longest example in tokens (longer answers are cut; prompts that leave no
+    /// room skipped) [default: 1024]. CPT: the block length [default: 512].
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Share held out for evaluation (ignored with --eval-split) [default: 0.05].
+    #[arg(long)]
+    pub eval_fraction: Option<f64>,
+    /// Evaluate on at most this many held-out items, spread evenly over them; 0: all
+    /// [default: 0].
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// SFT / DPO: train only on the lines whose `split` field is this (e.g. `train`).
     #[arg(long)]
     pub split: Option<String>,
-    /// Evaluate on the lines whose `split` field is this (e.g. `test`) instead of a share of
-    /// the training lines.
+    /// SFT / DPO: evaluate on the lines whose `split` field is this (e.g. `test`) instead of a
+    /// share of the training lines.
     #[arg(long)]
     pub eval_split: Option<String>,
-    /// Evaluate and checkpoint every this many steps (0: once per epoch).
-    #[arg(long, default_value_t = 0)]
-    pub eval_every: usize,
-    /// Stop when the eval loss has not improved this many evaluations in a row (0: never).
-    #[arg(long, default_value_t = 0)]
-    pub patience: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, value_enum, default_value_t = BadLines::Skip)]
-    pub on_bad_line: BadLines,
+    /// Evaluate and checkpoint every this many steps; 0: once per epoch [default: 0].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Stop when the eval loss has not improved this many evaluations in a row; 0: never
+    /// [default: 0].
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// [default: 42]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// [default: skip]
+    #[arg(long, value_enum)]
+    pub on_bad_line: Option<BadLines>,
+    /// DPO: how far the policy may move from the reference model [default: 0.1].
+    #[arg(long)]
+    pub beta: Option<f64>,
     /// Carry on from `OUTPUT/checkpoint` (same data and settings).
     #[arg(long)]
     pub resume: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The TOML recipe: its stages run in the order cpt → sft → dpo.
+    #[arg(long)]
+    pub recipe: PathBuf,
+    /// Output folder: one sub-folder per stage, each with its adapter and merged `model.gguf`.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Base chat model, overriding the recipe's.
+    #[arg(long, env = "KEFU_MODEL")]
+    pub model: Option<String>,
+}
+
 pub fn run(home: &Path, command: &TrainCommand) -> Result<()> {
     match command {
-        TrainCommand::Sft(args) => train_sft(home, args),
-        TrainCommand::Dpo(args) => train_dpo(home, args),
+        TrainCommand::Cpt(args) => stage(home, StageKind::Cpt, args).map(|_| ()),
+        TrainCommand::Sft(args) => stage(home, StageKind::Sft, args).map(|_| ()),
+        TrainCommand::Dpo(args) => stage(home, StageKind::Dpo, args).map(|_| ()),
+        TrainCommand::Run(args) => run_recipe(home, args).map(|_| ()),
     }
 }
 
-fn on_bad_line(args: &SftArgs) -> OnBadLine {
-    match args.on_bad_line {
-        BadLines::Skip => OnBadLine::Skip,
-        BadLines::Fail => OnBadLine::Fail,
+/// A stage's settings with every default applied.
+#[derive(Debug, Clone)]
+struct Settings {
+    kind: StageKind,
+    model: String,
+    base_weights: BaseWeights,
+    data: PathBuf,
+    config: TrainConfig,
+    max_len: usize,
+    eval_fraction: f64,
+    eval_limit: usize,
+    split: Option<String>,
+    eval_split: Option<String>,
+    on_bad_line: BadLines,
+}
+
+impl Settings {
+    /// Flags over the recipe over the defaults; refuses settings that make no sense for the
+    /// stage before anything is loaded.
+    fn resolve(kind: StageKind, args: &StageArgs, recipe: &Recipe) -> Result<Self> {
+        let empty = Stage::default();
+        let section = recipe.stage(kind).unwrap_or(&empty);
+        let lora = recipe.lora.clone().unwrap_or_default();
+        let name = kind.name();
+        if kind != StageKind::Dpo && args.beta.is_some() {
+            bail!("--beta is a DPO setting");
+        }
+        if kind == StageKind::Cpt && (args.split.is_some() || args.eval_split.is_some()) {
+            bail!("CPT reads documents, which have no split field; use --eval-fraction");
+        }
+        let data = args
+            .data
+            .clone()
+            .or_else(|| section.data.clone())
+            .with_context(|| format!("name the data: --data or `data` in the recipe's [{name}]"))?;
+        let base_weights = match (args.base_weights, &recipe.base_weights) {
+            (Some(weights), _) => weights,
+            (None, Some(name)) => BaseWeights::parse(name)?,
+            (None, None) => BaseWeights::Q8_0,
+        };
+        let targets = match (&args.targets, &lora.targets) {
+            (Some(list), _) => list.clone(),
+            (None, Some(list)) => list.join(","),
+            (None, None) => "q,k,v,o,gate,up,down".into(),
+        };
+        let on_bad_line = match (args.on_bad_line, &section.on_bad_line) {
+            (Some(rule), _) => rule,
+            (None, Some(rule)) if rule == "fail" => BadLines::Fail,
+            _ => BadLines::Skip,
+        };
+        let eval_fraction = args.eval_fraction.or(section.eval_fraction).unwrap_or(0.05);
+        if !(0.0..=0.5).contains(&eval_fraction) {
+            bail!("the eval fraction is between 0 and 0.5, not {eval_fraction}");
+        }
+        let default_len = if kind == StageKind::Cpt { 512 } else { 1024 };
+        let config = TrainConfig {
+            lora: LoraConfig {
+                rank: args.rank.or(lora.rank).unwrap_or(8),
+                alpha: args.alpha.or(lora.alpha).unwrap_or(16.0),
+                dropout: args.dropout.or(lora.dropout).unwrap_or(0.0),
+                targets: LoraConfig::parse_targets(&targets)?,
+            },
+            epochs: args.epochs.or(section.epochs).unwrap_or(1),
+            max_steps: args.max_steps.or(section.max_steps).unwrap_or(0),
+            learning_rate: args.learning_rate.or(section.lr).unwrap_or(2e-4),
+            batch_size: args.batch.or(section.batch).unwrap_or(4),
+            grad_accum: args.accum.or(section.accum).unwrap_or(1),
+            warmup_ratio: args.warmup_ratio.or(section.warmup_ratio).unwrap_or(0.05),
+            max_grad_norm: section.max_grad_norm.unwrap_or(1.0),
+            weight_decay: section.weight_decay.unwrap_or(0.0),
+            seed: args.seed.or(recipe.seed).unwrap_or(42),
+            eval_every: args.eval_every.or(section.eval_every).unwrap_or(0),
+            patience: args.patience.or(section.patience).unwrap_or(0),
+            beta: args.beta.or(section.beta).unwrap_or(0.1),
+        };
+        if !(0.0..1.0).contains(&config.lora.dropout) {
+            bail!(
+                "LoRA dropout is a share in [0, 1), not {}",
+                config.lora.dropout
+            );
+        }
+        if !(0.0..=1.0).contains(&config.warmup_ratio) {
+            bail!("the warmup ratio is between 0 and 1");
+        }
+        if config.beta <= 0.0 {
+            bail!("beta must be positive");
+        }
+        Ok(Self {
+            kind,
+            model: args
+                .model
+                .clone()
+                .or_else(|| recipe.model.clone())
+                .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            base_weights,
+            data,
+            config,
+            max_len: args.max_len.or(section.max_len).unwrap_or(default_len),
+            eval_fraction,
+            eval_limit: args.eval_limit.or(section.eval_limit).unwrap_or(0),
+            split: args.split.clone().or_else(|| section.split.clone()),
+            eval_split: args
+                .eval_split
+                .clone()
+                .or_else(|| section.eval_split.clone()),
+            on_bad_line,
+        })
+    }
+
+    /// The settings as a recipe of this one stage (written beside the output).
+    fn recipe(&self) -> Recipe {
+        let c = &self.config;
+        let stage = Stage {
+            data: Some(self.data.clone()),
+            epochs: Some(c.epochs),
+            max_steps: Some(c.max_steps),
+            lr: Some(c.learning_rate),
+            batch: Some(c.batch_size),
+            accum: Some(c.grad_accum),
+            warmup_ratio: Some(c.warmup_ratio),
+            max_grad_norm: Some(c.max_grad_norm),
+            weight_decay: Some(c.weight_decay),
+            max_len: Some(self.max_len),
+            eval_fraction: Some(self.eval_fraction),
+            eval_every: Some(c.eval_every),
+            eval_limit: Some(self.eval_limit),
+            patience: Some(c.patience),
+            split: self.split.clone(),
+            eval_split: self.eval_split.clone(),
+            on_bad_line: Some(
+                match self.on_bad_line {
+                    BadLines::Skip => "skip",
+                    BadLines::Fail => "fail",
+                }
+                .into(),
+            ),
+            beta: (self.kind == StageKind::Dpo).then_some(c.beta),
+        };
+        let mut recipe = Recipe {
+            model: Some(self.model.clone()),
+            base_weights: Some(self.base_weights.name().into()),
+            seed: Some(c.seed),
+            lora: Some(LoraSection {
+                rank: Some(c.lora.rank),
+                alpha: Some(c.lora.alpha),
+                dropout: Some(c.lora.dropout),
+                targets: Some(
+                    c.lora
+                        .targets
+                        .iter()
+                        .map(|t| t.module_name().trim_end_matches("_proj").to_string())
+                        .collect(),
+                ),
+            }),
+            ..Recipe::default()
+        };
+        match self.kind {
+            StageKind::Cpt => recipe.cpt = Some(stage),
+            StageKind::Sft => recipe.sft = Some(stage),
+            StageKind::Dpo => recipe.dpo = Some(stage),
+        }
+        recipe
+    }
+
+    fn bad_lines(&self) -> OnBadLine {
+        match self.on_bad_line {
+            BadLines::Skip => OnBadLine::Skip,
+            BadLines::Fail => OnBadLine::Fail,
+        }
     }
 }
 
@@ -124,33 +365,59 @@ fn report_skipped(path: &Path, skipped: &[(usize, String)]) {
     }
 }
 
-fn load_model(home: &Path, model: &str) -> Result<LoadedModel> {
-    let path = crate::cli::resolve_model(home, model)?;
-    LoadedModel::load(&path, &LoadOptions::default())
-        .with_context(|| format!("cannot load the model at {}", path.display()))
+/// The GGUF file behind a model path (a folder holding one, or the file).
+fn gguf_of(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "gguf") && !p.to_string_lossy().contains(".kefu-")
+        })
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} holds no GGUF file", path.display()))
 }
 
-/// The loop's settings from the command line.
-fn config(args: &SftArgs) -> Result<TrainConfig> {
-    if !(0.0..=0.5).contains(&args.eval_fraction) {
-        bail!("--eval-fraction is between 0 and 0.5");
-    }
-    Ok(TrainConfig {
-        lora: LoraConfig {
-            rank: args.rank,
-            alpha: args.alpha,
-            targets: LoraConfig::parse_targets(&args.targets)?,
+/// Loads the base as `weights` asks; `scratch` holds a 4-bit copy when the file is not 4-bit.
+fn load_base(path: &Path, weights: BaseWeights, scratch: &Path) -> Result<LoadedModel> {
+    let mut path = path.to_path_buf();
+    let options = match weights {
+        BaseWeights::Q8_0 => LoadOptions::default(),
+        BaseWeights::F32 => LoadOptions {
+            requantize: false,
+            decoder: DecoderOptions {
+                dense: true,
+                ..DecoderOptions::default()
+            },
+            ..LoadOptions::default()
         },
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        learning_rate: args.learning_rate,
-        batch_size: args.batch,
-        grad_accum: args.accum,
-        eval_every: args.eval_every,
-        patience: args.patience,
-        seed: args.seed,
-        ..TrainConfig::default()
-    })
+        BaseWeights::Q4 => {
+            let gguf = gguf_of(&path).context("--base-weights q4 needs a GGUF model")?;
+            let mut file = GgufFile::open(&gguf)?;
+            if !file.weight_dtype().is_some_and(kefu_model::gguf::is_4bit) {
+                let copy = scratch.join("base-q4_0.gguf");
+                eprintln!(
+                    "writing a 4-bit (Q4_0) copy of the base to {}",
+                    copy.display()
+                );
+                kefu_model::gguf::quantize_projections(&mut file, &copy, GgmlDType::Q4_0)?;
+                path = copy;
+            } else {
+                path = gguf;
+            }
+            LoadOptions {
+                requantize: false,
+                ..LoadOptions::default()
+            }
+        }
+    };
+    LoadedModel::load(&path, &options)
+        .with_context(|| format!("cannot load the model at {}", path.display()))
 }
 
 fn progress_bar() -> ProgressBar {
@@ -174,7 +441,7 @@ fn on_step(bar: &ProgressBar) -> impl FnMut(usize, usize, f64) -> bool + '_ {
     }
 }
 
-fn print_report(report: &kefu_trainer::run::Report) {
+fn print_report(report: &Report) {
     let figures: String = report
         .eval_metrics
         .iter()
@@ -197,145 +464,337 @@ fn print_report(report: &kefu_trainer::run::Report) {
         },
         report.adapter_dir.display()
     );
+    if let Some((loss, figures)) = &report.base_eval {
+        let figures: String = figures
+            .iter()
+            .map(|(name, value)| format!(", {name} {value:.4}"))
+            .collect();
+        println!("before training: eval loss {loss:.4}{figures}");
+    }
 }
 
-fn train_dpo(home: &Path, args: &DpoArgs) -> Result<()> {
-    let stage = &args.stage;
-    let config = TrainConfig {
-        beta: args.beta,
-        ..config(stage)?
-    };
-    let read = |split: Option<&str>| {
-        kefu_trainer::dpo::read_pairs_split(&stage.data, on_bad_line(stage), split)
-    };
-    let loaded = read(stage.split.as_deref())?;
-    report_skipped(&stage.data, &loaded.skipped);
-    let (train, eval) = match &stage.eval_split {
-        Some(split) => (loaded.pairs, read(Some(split))?.pairs),
-        None => kefu_trainer::dpo::split(loaded.pairs, stage.eval_fraction),
-    };
-    let mut model = load_model(home, &stage.model)?;
-    let mut too_long = 0;
-    let mut tokenize = |pairs: &[kefu_trainer::dpo::Preference]| -> Result<Vec<_>> {
-        let mut out = Vec::new();
-        for p in pairs {
-            match kefu_trainer::dpo::tokenize_pair(&model, p, stage.max_len)? {
-                Some(t) => out.push(t),
-                None => too_long += 1,
-            }
-        }
-        Ok(out)
-    };
-    let train = tokenize(&train)?;
-    let eval = tokenize(&eval)?;
-    eprintln!(
-        "{} training and {} eval pairs ({} duplicates dropped, {} bad lines skipped, {} prompts \
-         longer than --max-len {} skipped); computing the reference model's log-probabilities",
-        train.len(),
-        eval.len(),
-        loaded.duplicates,
-        loaded.skipped.len(),
-        too_long,
-        stage.max_len
-    );
-    let bar = progress_bar();
-    let report = kefu_trainer::dpo::train(
-        &mut model,
-        &stage.model,
-        &train,
-        &eval,
-        &config,
-        &stage.output,
-        stage.resume,
-        on_step(&bar),
-    )?;
-    bar.finish_and_clear();
-    print_report(&report);
-    Ok(())
+/// At most `limit` held-out items (0: all), spread evenly over the list so that every part of
+/// the file (often one source after another) is represented.
+fn limited<T>(items: Vec<T>, limit: usize) -> Vec<T> {
+    let n = items.len();
+    if limit == 0 || limit >= n {
+        return items;
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| (i * limit) % n < limit)
+        .map(|(_, item)| item)
+        .collect()
 }
 
-fn train_sft(home: &Path, args: &SftArgs) -> Result<()> {
-    let config = config(args)?;
-    let loaded = data::read_jsonl_split(&args.data, on_bad_line(args), args.split.as_deref())?;
-    report_skipped(&args.data, &loaded.skipped);
-    let (train, eval) = match &args.eval_split {
-        Some(split) => (
-            loaded.conversations,
-            data::read_jsonl_split(&args.data, on_bad_line(args), Some(split))?.conversations,
-        ),
-        None => data::split(loaded.conversations, args.eval_fraction),
-    };
-    let mut model = load_model(home, &args.model)?;
-    let mut too_long = 0;
-    let mut tokenize = |conversations: &[data::Conversation]| -> Result<Vec<data::Tokenized>> {
-        let mut out = Vec::new();
-        for c in conversations {
-            match data::tokenize(&model, c, args.max_len)? {
-                Some(t) => out.push(t),
-                None => too_long += 1,
+/// The text of every readable document under `path`; unreadable ones are reported (and
+/// skipped, or fatal with `--on-bad-line fail`).
+fn read_documents(path: &Path, rule: OnBadLine) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        let mut pending = vec![path.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read the folder {}", dir.display()))?
+            {
+                let entry = entry?.path();
+                if entry.is_dir() {
+                    pending.push(entry);
+                } else if kefu_rag::parse::Format::of(&entry).is_ok() {
+                    files.push(entry);
+                }
             }
         }
-        Ok(out)
+    } else if path.exists() {
+        files.push(path.to_path_buf());
+    } else {
+        bail!("{}: no such file or folder", path.display());
+    }
+    files.sort();
+    let mut texts = Vec::new();
+    for file in &files {
+        match kefu_rag::parse::parse_file(file) {
+            Ok(doc) => {
+                let mut text = format!("# {}\n\n", doc.title);
+                for section in doc.sections {
+                    if let Some(heading) = section.heading_path.last() {
+                        text.push_str(&format!("## {heading}\n\n"));
+                    }
+                    text.push_str(&section.text);
+                    text.push_str("\n\n");
+                }
+                texts.push(text);
+            }
+            Err(e) if rule == OnBadLine::Fail => bail!("{}: {e}", file.display()),
+            Err(e) => eprintln!("{}: {e} (skipped)", file.display()),
+        }
+    }
+    if texts.is_empty() {
+        bail!(
+            "{} holds no readable documents (.md, .markdown, .html, .htm, .txt, .pdf)",
+            path.display()
+        );
+    }
+    Ok(texts)
+}
+
+/// Trains one stage from flags and an optional recipe.
+fn stage(home: &Path, kind: StageKind, args: &StageArgs) -> Result<Report> {
+    let recipe = match &args.recipe {
+        Some(path) => Recipe::read(path)?,
+        None => Recipe::default(),
     };
-    let train = tokenize(&train)?;
-    let eval = tokenize(&eval)?;
-    eprintln!(
-        "{} training and {} eval examples ({} duplicates dropped, {} bad lines skipped, {} \
-         prompts longer than --max-len {} skipped)",
-        train.len(),
-        eval.len(),
-        loaded.duplicates,
-        loaded.skipped.len(),
-        too_long,
-        args.max_len
-    );
-    let bar = progress_bar();
-    let report = sft::train(
-        &mut model,
-        &args.model,
-        &train,
-        &eval,
-        &config,
+    let settings = Settings::resolve(kind, args, &recipe)?;
+    train_stage(
+        home,
+        &settings,
+        args.start_adapter.as_deref(),
         &args.output,
         args.resume,
-        on_step(&bar),
-    )?;
+    )
+}
+
+fn train_stage(
+    home: &Path,
+    settings: &Settings,
+    start_adapter: Option<&Path>,
+    output: &Path,
+    resume: bool,
+) -> Result<Report> {
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    // Read (and refuse) the data before spending time on the model.
+    let rule = settings.bad_lines();
+    let data = &settings.data;
+    enum Items {
+        Documents(Vec<String>),
+        Conversations(data::Loaded, Vec<data::Conversation>),
+        Pairs(dpo::LoadedPairs, Vec<dpo::Preference>),
+    }
+    let split = settings.split.as_deref();
+    let items = match settings.kind {
+        StageKind::Cpt => Items::Documents(read_documents(data, rule)?),
+        StageKind::Sft => {
+            let loaded = data::read_jsonl_split(data, rule, split)?;
+            report_skipped(data, &loaded.skipped);
+            let eval = match &settings.eval_split {
+                Some(s) => data::read_jsonl_split(data, rule, Some(s))?.conversations,
+                None => Vec::new(),
+            };
+            Items::Conversations(loaded, eval)
+        }
+        StageKind::Dpo => {
+            let loaded = dpo::read_pairs_split(data, rule, split)?;
+            report_skipped(data, &loaded.skipped);
+            let eval = match &settings.eval_split {
+                Some(s) => dpo::read_pairs_split(data, rule, Some(s))?.pairs,
+                None => Vec::new(),
+            };
+            Items::Pairs(loaded, eval)
+        }
+    };
+    settings.recipe().write(&output.join("recipe.toml"))?;
+
+    let mut base = crate::cli::resolve_model(home, &settings.model)?;
+    if let Some(adapter) = start_adapter {
+        let merged = output.join("start.gguf");
+        eprintln!(
+            "merging the starting adapter {} into {}",
+            adapter.display(),
+            merged.display()
+        );
+        kefu_trainer::merge::merge_gguf(&gguf_of(&base)?, adapter, &merged)?;
+        base = merged;
+    }
+    let mut model = load_base(&base, settings.base_weights, output)?;
+    let config = &settings.config;
+    let bar = progress_bar();
+    let limit = settings.eval_limit;
+    let max_len = settings.max_len;
+    let mut too_long = 0;
+    let report = match items {
+        Items::Documents(texts) => {
+            let blocks = cpt::blocks(&model, &texts, max_len)?;
+            let (train, eval) = cpt::split(blocks, settings.eval_fraction);
+            let eval = limited(eval, limit);
+            eprintln!(
+                "{} documents: {} training and {} held-out blocks of {max_len} tokens",
+                texts.len(),
+                train.len(),
+                eval.len()
+            );
+            sft::train(
+                &mut model,
+                &settings.model,
+                &train,
+                &eval,
+                config,
+                output,
+                resume,
+                on_step(&bar),
+            )?
+        }
+        Items::Conversations(loaded, eval) => {
+            let (train, eval) = if settings.eval_split.is_some() {
+                (loaded.conversations, eval)
+            } else {
+                data::split(loaded.conversations, settings.eval_fraction)
+            };
+            let eval = limited(eval, limit);
+            let mut tokenize = |list: &[data::Conversation]| -> Result<Vec<Tokenized>> {
+                let mut out = Vec::new();
+                for c in list {
+                    match data::tokenize(&model, c, max_len)? {
+                        Some(t) => out.push(t),
+                        None => too_long += 1,
+                    }
+                }
+                Ok(out)
+            };
+            let train = tokenize(&train)?;
+            let eval = tokenize(&eval)?;
+            eprintln!(
+                "{} training and {} eval examples ({} duplicates dropped, {} bad lines skipped, \
+                 {too_long} prompts longer than --max-len {max_len} skipped)",
+                train.len(),
+                eval.len(),
+                loaded.duplicates,
+                loaded.skipped.len(),
+            );
+            sft::train(
+                &mut model,
+                &settings.model,
+                &train,
+                &eval,
+                config,
+                output,
+                resume,
+                on_step(&bar),
+            )?
+        }
+        Items::Pairs(loaded, eval) => {
+            let (train, eval) = if settings.eval_split.is_some() {
+                (loaded.pairs, eval)
+            } else {
+                dpo::split(loaded.pairs, settings.eval_fraction)
+            };
+            let eval = limited(eval, limit);
+            let mut tokenize = |pairs: &[dpo::Preference]| -> Result<Vec<_>> {
+                let mut out = Vec::new();
+                for p in pairs {
+                    match dpo::tokenize_pair(&model, p, max_len)? {
+                        Some(t) => out.push(t),
+                        None => too_long += 1,
+                    }
+                }
+                Ok(out)
+            };
+            let train = tokenize(&train)?;
+            let eval = tokenize(&eval)?;
+            eprintln!(
+                "{} training and {} eval pairs ({} duplicates dropped, {} bad lines skipped, \
+                 {too_long} prompts longer than --max-len {max_len} skipped); computing the \
+                 reference model's log-probabilities",
+                train.len(),
+                eval.len(),
+                loaded.duplicates,
+                loaded.skipped.len(),
+            );
+            dpo::train(
+                &mut model,
+                &settings.model,
+                &train,
+                &eval,
+                config,
+                output,
+                resume,
+                on_step(&bar),
+            )?
+        }
+    };
     bar.finish_and_clear();
     print_report(&report);
-    Ok(())
+    Ok(report)
+}
+
+/// Runs every stage of a recipe; returns the final merged model.
+pub fn run_recipe(home: &Path, args: &RunArgs) -> Result<PathBuf> {
+    let recipe = Recipe::read(&args.recipe)?;
+    let stages = recipe.stages();
+    if stages.is_empty() {
+        bail!(
+            "{} holds no stage: add [cpt], [sft] or [dpo]",
+            args.recipe.display()
+        );
+    }
+    let mut model = args
+        .model
+        .clone()
+        .or_else(|| recipe.model.clone())
+        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    // Check every stage's settings before the first one spends any time.
+    let mut planned = Vec::new();
+    for kind in &stages {
+        let flags = StageArgs {
+            output: args.output.join(kind.name()),
+            model: Some(model.clone()),
+            ..StageArgs::default()
+        };
+        planned.push((Settings::resolve(*kind, &flags, &recipe)?, flags.output));
+    }
+    let count = planned.len();
+    for (i, (mut settings, output)) in planned.into_iter().enumerate() {
+        eprintln!(
+            "stage {}/{count}: {} from {model}",
+            i + 1,
+            settings.kind.name()
+        );
+        settings.model = model.clone();
+        let report = train_stage(home, &settings, None, &output, false)?;
+        let base = gguf_of(&crate::cli::resolve_model(home, &model)?)?;
+        let merged = output.join("model.gguf");
+        kefu_trainer::merge::merge_gguf(&base, &report.adapter_dir, &merged)?;
+        println!(
+            "{}: merged model written to {}",
+            settings.kind.name(),
+            merged.display()
+        );
+        model = merged.to_string_lossy().into_owned();
+    }
+    Ok(PathBuf::from(model))
 }
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
     /// The adapter folder (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    /// Without one, the base is converted as it is.
     #[arg(long)]
-    pub adapter: PathBuf,
+    pub adapter: Option<PathBuf>,
     /// The base model the adapter was trained on: a name (installed or known) or a GGUF path.
     #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// The merged model, a GGUF file (`kefu generate --model FILE` loads it).
+    /// Where to write: a `.gguf` file (for `kefu serve` / `kefu generate`), or a folder for
+    /// Hugging Face weights (f32 safetensors, config.json, tokenizer.json).
     #[arg(long)]
     pub output: PathBuf,
 }
 
-/// `kefu merge`: writes base + adapter as one GGUF model.
+/// `kefu merge`: writes base + adapter as one GGUF model or one Hugging Face folder.
 pub fn merge(home: &Path, args: &MergeArgs) -> Result<()> {
-    let path = crate::cli::resolve_model(home, &args.model)?;
-    let gguf = if path.is_dir() {
-        std::fs::read_dir(&path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "gguf")
-                    && !p.to_string_lossy().contains(".kefu-")
-            })
-            .with_context(|| format!("{} holds no GGUF file to merge into", path.display()))?
-    } else {
-        path
-    };
-    if args.output.extension().is_none_or(|e| e != "gguf") {
-        bail!("--output names a .gguf file");
+    let gguf = gguf_of(&crate::cli::resolve_model(home, &args.model)?)?;
+    let to_gguf = args.output.extension().is_some_and(|e| e == "gguf");
+    if !to_gguf && args.output.is_file() {
+        bail!(
+            "--output names a .gguf file or a folder for Hugging Face weights, not the file {}",
+            args.output.display()
+        );
     }
-    let report = kefu_trainer::merge::merge_gguf(&gguf, &args.adapter, &args.output)?;
+    let report = match (&args.adapter, to_gguf) {
+        (Some(adapter), true) => kefu_trainer::merge::merge_gguf(&gguf, adapter, &args.output)?,
+        (None, true) => bail!("name the --adapter to merge (a GGUF base needs no conversion)"),
+        (adapter, false) => kefu_trainer::merge::merge_hf(&gguf, adapter.as_deref(), &args.output)?,
+    };
     println!(
         "merged {} projections ({}) into {}",
         report.merged,

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::{Conversation, OnBadLine, Tokenized, messages, read_lines, tokenize};
 use crate::error::{Result, TrainError};
-use crate::run::{BatchLoss, Evaluation, Objective, Report, TrainConfig, train_loop};
+use crate::run::{BatchLoss, Evaluation, Objective, Report, TrainConfig, train_loop, used_items};
 use crate::sft::answer_logprobs;
 
 /// A prompt (the conversation so far, ending with the user) and two answers to it.
@@ -186,21 +186,34 @@ fn pair_logprobs(model: &LoadedModel, pairs: &[&TokenizedPair]) -> Result<(Tenso
     Ok((logprobs.narrow(0, 0, n)?, logprobs.narrow(0, n, n)?))
 }
 
-/// Reference log-probabilities (no gradients) of every pair, chosen and rejected.
+/// Reference log-probabilities (no gradients), chosen and rejected, of the pairs `used` marks
+/// (`None` for the others, which the run never reaches).
 fn reference(
     model: &LoadedModel,
     pairs: &[TokenizedPair],
+    used: &[bool],
     batch: usize,
-) -> Result<Vec<(f32, f32)>> {
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch.max(1)) {
-        let refs: Vec<&TokenizedPair> = chunk.iter().collect();
+) -> Result<Vec<Option<(f32, f32)>>> {
+    let mut out = vec![None; pairs.len()];
+    let wanted: Vec<usize> = (0..pairs.len()).filter(|&i| used[i]).collect();
+    for chunk in wanted.chunks(batch.max(1)) {
+        let refs: Vec<&TokenizedPair> = chunk.iter().map(|&i| &pairs[i]).collect();
         let (chosen, rejected) = pair_logprobs(model, &refs)?;
         let chosen = chosen.detach().to_vec1::<f32>()?;
         let rejected = rejected.detach().to_vec1::<f32>()?;
-        out.extend(chosen.into_iter().zip(rejected));
+        for ((&i, c), r) in chunk.iter().zip(chosen).zip(rejected) {
+            out[i] = Some((c, r));
+        }
     }
     Ok(out)
+}
+
+fn reference_of(references: &[Option<(f32, f32)>], i: usize) -> Result<(f32, f32)> {
+    references[i].ok_or_else(|| {
+        TrainError::Config(format!(
+            "pair {i} has no reference log-probabilities (changed settings on --resume?)"
+        ))
+    })
 }
 
 /// Loss and figures of a batch of pairs against their reference values.
@@ -237,10 +250,15 @@ fn batch_figures(
     Ok((loss.sum_all()?, figures))
 }
 
+/// A pair's length for batching: its longer sequence.
+fn pair_length(pair: &TokenizedPair) -> usize {
+    pair.chosen.input.len().max(pair.rejected.input.len())
+}
+
 struct Dpo<'a> {
     train: &'a [TokenizedPair],
     eval: &'a [TokenizedPair],
-    train_reference: Vec<(f32, f32)>,
+    train_reference: Vec<Option<(f32, f32)>>,
     eval_reference: Vec<(f32, f32)>,
     beta: f64,
     batch_size: usize,
@@ -252,10 +270,7 @@ impl Objective for Dpo<'_> {
     }
 
     fn lengths(&self) -> Vec<usize> {
-        self.train
-            .iter()
-            .map(|p| p.chosen.input.len().max(p.rejected.input.len()))
-            .collect()
+        self.train.iter().map(pair_length).collect()
     }
 
     fn weight(&self, batch: &[usize]) -> f64 {
@@ -264,7 +279,10 @@ impl Objective for Dpo<'_> {
 
     fn batch_loss(&self, model: &LoadedModel, batch: &[usize]) -> Result<BatchLoss> {
         let pairs: Vec<&TokenizedPair> = batch.iter().map(|&i| &self.train[i]).collect();
-        let references: Vec<(f32, f32)> = batch.iter().map(|&i| self.train_reference[i]).collect();
+        let references: Vec<(f32, f32)> = batch
+            .iter()
+            .map(|&i| reference_of(&self.train_reference, i))
+            .collect::<Result<_>>()?;
         let tokens = pairs
             .iter()
             .map(|p| p.chosen.input.len() + p.rejected.input.len())
@@ -318,11 +336,17 @@ pub fn train(
     if config.beta <= 0.0 {
         return Err(TrainError::Config("beta must be positive".into()));
     }
+    let lengths: Vec<usize> = train.iter().map(pair_length).collect();
+    let used = used_items(&lengths, config);
+    let eval_reference = reference(model, eval, &vec![true; eval.len()], config.batch_size)?
+        .into_iter()
+        .flatten()
+        .collect();
     let objective = Dpo {
         train,
         eval,
-        train_reference: reference(model, train, config.batch_size)?,
-        eval_reference: reference(model, eval, config.batch_size)?,
+        train_reference: reference(model, train, &used, config.batch_size)?,
+        eval_reference,
         beta: config.beta,
         batch_size: config.batch_size,
     };

@@ -1,14 +1,18 @@
-//! Kefu's trainer: LoRA adapters on the shared decoder (the same code the server runs), trained
-//! on the CPU. So far: supervised fine-tuning from JSON-lines files in the common shapes, an
-//! AdamW optimizer with warmup and cosine decay, gradient accumulation and clipping, eval
-//! loss, checkpoints that resume exactly, and adapters saved and loaded in PEFT's layout.
+//! Kefu's trainer: LoRA adapters on the shared decoder (the same code the server runs, on a
+//! quantized or float base), trained on the CPU: continued pre-training on documents,
+//! supervised fine-tuning and DPO from JSON-lines files in the common shapes, one loop with
+//! AdamW, warmup and cosine decay, gradient accumulation and clipping, eval and early stopping,
+//! checkpoints that resume exactly; adapters in PEFT's layout; TOML recipes; merging into GGUF
+//! or Hugging Face weights.
 
+pub mod cpt;
 pub mod data;
 pub mod dpo;
 pub mod error;
 pub mod lora;
 pub mod merge;
 pub mod optim;
+pub mod recipe;
 pub mod run;
 pub mod sft;
 

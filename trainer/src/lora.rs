@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use kefu_model::Lora;
 use kefu_model::decoder::{Decoder, Target};
+use kefu_model::{Lora, LoraDropout};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -15,11 +15,13 @@ use crate::error::{Result, TrainError};
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
-/// Rank, scale and where adapters go.
+/// Rank, scale, dropout and where adapters go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f64,
+    /// Share of each adapter's input zeroed in training (0: none).
+    pub dropout: f64,
     pub targets: Vec<Target>,
 }
 
@@ -28,6 +30,7 @@ impl Default for LoraConfig {
         Self {
             rank: 8,
             alpha: 16.0,
+            dropout: 0.0,
             targets: Target::ALL.to_vec(),
         }
     }
@@ -81,6 +84,22 @@ pub struct Adapter {
 pub struct Adapters {
     pub config: LoraConfig,
     pub adapters: Vec<Adapter>,
+    /// The mask generator every adapter shares (`None` without dropout).
+    dropout: Option<LoraDropout>,
+}
+
+fn check_dropout(p: f64) -> Result<()> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(TrainError::Config(format!(
+            "LoRA dropout is a share in [0, 1), not {p}"
+        )))
+    }
+}
+
+fn dropout_for(config: &LoraConfig) -> Option<LoraDropout> {
+    (config.dropout > 0.0).then(|| LoraDropout::new(config.dropout as f32, 0))
 }
 
 fn module(layer: usize, target: Target) -> String {
@@ -102,6 +121,7 @@ impl Adapters {
         if config.rank == 0 || config.alpha <= 0.0 {
             return Err(TrainError::Config("rank and alpha must be positive".into()));
         }
+        check_dropout(config.dropout)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let device = decoder.device().clone();
         let mut adapters = Vec::new();
@@ -128,6 +148,7 @@ impl Adapters {
         let adapters = Self {
             config: config.clone(),
             adapters,
+            dropout: dropout_for(config),
         };
         adapters.install(decoder)?;
         Ok(adapters)
@@ -144,9 +165,18 @@ impl Adapters {
                 a: adapter.a.as_tensor().clone(),
                 b: adapter.b.as_tensor().clone(),
                 scale,
+                dropout: self.dropout.clone(),
             });
         }
         Ok(())
+    }
+
+    /// Restarts the dropout masks from `seed`: the loop calls this before every step, so a
+    /// resumed run draws the masks the uninterrupted one drew.
+    pub fn reseed(&self, seed: u64) {
+        if let Some(dropout) = &self.dropout {
+            dropout.reseed(seed);
+        }
     }
 
     /// Every trainable variable, A then B per adapter.
@@ -184,7 +214,7 @@ impl Adapters {
             task_type: "CAUSAL_LM".into(),
             r: self.config.rank,
             lora_alpha: self.config.alpha,
-            lora_dropout: 0.0,
+            lora_dropout: self.config.dropout,
             bias: "none".into(),
             target_modules: self
                 .config
@@ -242,7 +272,12 @@ impl Adapters {
                 });
             }
         }
-        let adapters = Self { config, adapters };
+        let dropout = dropout_for(&config);
+        let adapters = Self {
+            config,
+            adapters,
+            dropout,
+        };
         adapters.install(decoder)?;
         Ok(adapters)
     }
@@ -267,9 +302,11 @@ pub fn read_config(dir: &Path) -> Result<LoraConfig> {
             path.display()
         )));
     }
+    check_dropout(peft.lora_dropout)?;
     Ok(LoraConfig {
         rank: peft.r,
         alpha: peft.lora_alpha,
+        dropout: peft.lora_dropout,
         targets: LoraConfig::parse_targets(&peft.target_modules.join(","))?,
     })
 }

@@ -81,6 +81,9 @@ pub struct Report {
     pub eval_loss: Option<f64>,
     /// The objective's other figures at the last evaluation (DPO: reward accuracy, margins…).
     pub eval_metrics: Vec<(String, f64)>,
+    /// The eval loss and figures of the starting model, before the first step (`None` when
+    /// resumed or without eval data).
+    pub base_eval: Option<(f64, Vec<(String, f64)>)>,
     pub stopped_early: bool,
     pub adapter_dir: PathBuf,
 }
@@ -106,6 +109,38 @@ pub fn epoch_batches(
     );
     batches.shuffle(&mut rng);
     batches
+}
+
+/// How many optimizer steps a run of `items` items takes (epochs, accumulation, `max_steps`).
+pub fn total_steps(items: usize, config: &TrainConfig) -> usize {
+    let batches_per_epoch = items.div_ceil(config.batch_size.max(1));
+    let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum.max(1));
+    let total = steps_per_epoch * config.epochs;
+    if config.max_steps > 0 {
+        total.min(config.max_steps)
+    } else {
+        total
+    }
+}
+
+/// Which items a run will use (before any early stop): with `max_steps` short of an epoch,
+/// only some. DPO computes reference log-probabilities for these alone.
+pub fn used_items(lengths: &[usize], config: &TrainConfig) -> Vec<bool> {
+    let mut used = vec![false; lengths.len()];
+    let mut steps_left = total_steps(lengths.len(), config);
+    for epoch in 0..config.epochs {
+        let batches = epoch_batches(lengths, config.batch_size, config.seed, epoch);
+        for group in batches.chunks(config.grad_accum.max(1)) {
+            if steps_left == 0 {
+                return used;
+            }
+            steps_left -= 1;
+            for &i in group.iter().flatten() {
+                used[i] = true;
+            }
+        }
+    }
+    used
 }
 
 const CHECKPOINT: &str = "checkpoint";
@@ -221,12 +256,7 @@ pub fn train_loop(
             .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
     }
     let lengths = objective.lengths();
-    let batches_per_epoch = lengths.len().div_ceil(config.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
-    let mut total_steps = steps_per_epoch * config.epochs;
-    if config.max_steps > 0 {
-        total_steps = total_steps.min(config.max_steps);
-    }
+    let total_steps = total_steps(lengths.len(), config);
     let warmup = ((total_steps as f64) * config.warmup_ratio).round() as usize;
     let metrics_path = output.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -239,11 +269,33 @@ pub fn train_loop(
     let mut stopped_early = false;
     let mut eval_loss = None;
     let mut eval_metrics = Vec::new();
+    let mut base_eval = None;
+    if progress.step == 0
+        && let Some((loss, figures)) = objective.evaluate(model)?
+    {
+        let mut record = serde_json::json!({ "step": 0, "eval_loss": loss });
+        for (name, value) in &figures {
+            record[format!("eval_{name}")] = serde_json::json!(value);
+        }
+        writeln!(metrics, "{record}").map_err(|e| TrainError::io(&metrics_path, e))?;
+        base_eval = Some((
+            loss,
+            figures
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+        ));
+    }
 
     'epochs: while progress.epoch < config.epochs && progress.step < total_steps {
         let batches = epoch_batches(&lengths, config.batch_size, config.seed, progress.epoch);
         while progress.batch_in_epoch < batches.len() && progress.step < total_steps {
             let started = Instant::now();
+            adapters.reseed(
+                config
+                    .seed
+                    .wrapping_add((progress.step as u64).wrapping_mul(0x9e37_79b9)),
+            );
             let group_end = (progress.batch_in_epoch + config.grad_accum).min(batches.len());
             let group = &batches[progress.batch_in_epoch..group_end];
             let weight: f64 = group
@@ -345,7 +397,35 @@ pub fn train_loop(
         last_loss,
         eval_loss,
         eval_metrics,
+        base_eval,
         stopped_early,
         adapter_dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_items_are_those_the_steps_reach() {
+        let lengths = [5, 9, 3, 7, 1, 8, 2];
+        let config = |max_steps, grad_accum, epochs| TrainConfig {
+            batch_size: 2,
+            grad_accum,
+            max_steps,
+            epochs,
+            ..TrainConfig::default()
+        };
+        assert_eq!(total_steps(7, &config(0, 1, 1)), 4);
+        assert_eq!(total_steps(7, &config(0, 2, 3)), 6);
+        assert_eq!(total_steps(7, &config(3, 1, 5)), 3);
+        assert!(used_items(&lengths, &config(0, 1, 1)).iter().all(|&u| u));
+        let one_step = used_items(&lengths, &config(1, 1, 1));
+        let first = &epoch_batches(&lengths, 2, 42, 0)[0];
+        let expected: Vec<bool> = (0..7).map(|i| first.contains(&i)).collect();
+        assert_eq!(one_step, expected);
+        let accumulated = used_items(&lengths, &config(1, 2, 1));
+        assert_eq!(accumulated.iter().filter(|&&u| u).count(), 4);
+    }
 }

@@ -104,10 +104,8 @@ impl Objective for Sft<'_> {
         if self.eval.is_empty() {
             return Ok(None);
         }
-        Ok(Some((
-            mean_loss(model, self.eval, self.batch_size)?,
-            Vec::new(),
-        )))
+        let loss = mean_loss(model, self.eval, self.batch_size)?;
+        Ok(Some((loss, vec![("perplexity", loss.exp())])))
     }
 }
 

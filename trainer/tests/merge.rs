@@ -1,7 +1,8 @@
 //! Merging an adapter into its base GGUF: the merged model's logits equal base + adapter (exactly
 //! up to float rounding on an f32 base — which also checks the llama q/k row order — and within
 //! Q8_0 rounding on a quantized base), greedy answers are identical, and an adapter for another
-//! model is refused without leaving a file.
+//! model is refused without leaving a file. The Hugging Face export (f32 safetensors, config,
+//! tokenizer, chat template) loads back with the adapted logits on every base.
 
 use std::path::Path;
 
@@ -9,9 +10,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use kefu_model::generate::GenerationParams;
 use kefu_model::testing::{TinySpec, write_tiny_gguf};
-use kefu_model::{Architecture, ChatMessage, LoadOptions, LoadedModel, Role};
+use kefu_model::{Architecture, ChatMessage, DecoderOptions, LoadOptions, LoadedModel, Role};
 use kefu_trainer::lora::{Adapters, LoraConfig};
-use kefu_trainer::merge::merge_gguf;
+use kefu_trainer::merge::{merge_gguf, merge_hf};
 
 fn load(path: &Path) -> LoadedModel {
     LoadedModel::load(path, &LoadOptions::default()).unwrap()
@@ -86,6 +87,69 @@ fn merged_weights_give_the_adapted_logits() {
             assert_eq!(got, want, "{architecture:?}: greedy answers");
         }
 
+        // The Hugging Face export holds the merged weights in f32: exact on every base.
+        let hf = dir.path().join("hf");
+        let report = merge_hf(&base, Some(&adapter_dir), &hf).unwrap();
+        assert_eq!(report.merged, 7 * spec.layers);
+        for file in [
+            "model.safetensors",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            assert!(hf.join(file).exists(), "{file}");
+        }
+        let tokenizer_config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(hf.join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            tokenizer_config["chat_template"]
+                .as_str()
+                .unwrap()
+                .contains("im_start")
+        );
+        let exported = LoadedModel::load(
+            &hf,
+            &LoadOptions {
+                requantize: false,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        // The reference: the base held dense (no activation quantization in any product, as
+        // in the export) with the adapter installed.
+        let mut dense = LoadedModel::load(
+            &base,
+            &LoadOptions {
+                requantize: false,
+                decoder: DecoderOptions {
+                    dense: true,
+                    ..DecoderOptions::default()
+                },
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        Adapters::load(&mut dense.decoder, &adapter_dir).unwrap();
+        let dense_adapted = dense.decoder.forward_all(&x).unwrap();
+        let near = max_abs(&(&dense_adapted - &adapted).unwrap()) / max_abs(&adapted);
+        assert!(near < 0.05, "dense and block weights agree roughly: {near}");
+        let logits = exported.decoder.forward_all(&x).unwrap();
+        let diff = max_abs(&(&logits - &dense_adapted).unwrap()) / max_abs(&dense_adapted);
+        eprintln!("{architecture:?} {dtype:?}: Hugging Face export differs by {diff}");
+        assert!(diff < 1e-4, "{architecture:?} {dtype:?}: {diff}");
+        let prompt = [ChatMessage::new(Role::User, "hello there")];
+        assert_eq!(
+            exported.chat_prompt(&prompt).unwrap(),
+            model.chat_prompt(&prompt).unwrap(),
+            "the export keeps the chat template"
+        );
+        // Without an adapter the export is the base as it is.
+        let plain = dir.path().join("plain");
+        assert_eq!(merge_hf(&base, None, &plain).unwrap().merged, 0);
+
         // An adapter for another shape of model is refused, and no file is left behind.
         let other_dir = tempfile::tempdir().unwrap();
         let other = write_tiny_gguf(
@@ -99,6 +163,10 @@ fn merged_weights_give_the_adapted_logits() {
         let err = merge_gguf(&other, &adapter_dir, &out).unwrap_err();
         assert!(err.to_string().contains("another model"), "{err}");
         assert!(!out.exists());
+        let out_dir = other_dir.path().join("bad-hf");
+        let err = merge_hf(&other, Some(&adapter_dir), &out_dir).unwrap_err();
+        assert!(err.to_string().contains("another model"), "{err}");
+        assert!(!out_dir.exists());
         let missing = merge_gguf(&base, &dir.path().join("nope"), &out).unwrap_err();
         assert!(
             missing.to_string().contains("adapter_config.json"),

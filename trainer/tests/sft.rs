@@ -89,11 +89,17 @@ fn the_loss_falls_and_only_answer_tokens_count() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 60);
+        // The starting model's evaluation, then one line per step.
+        assert_eq!(lines.len(), 61);
+        assert_eq!(lines[0]["step"], 0);
+        let base_eval = lines[0]["eval_loss"].as_f64().unwrap();
+        assert!((base_eval - report.base_eval.as_ref().unwrap().0).abs() < 1e-12);
+        let lines = &lines[1..];
         assert!(lines.iter().all(|l| l["loss"].is_f64()
             && l["learning_rate"].is_f64()
             && l["tokens_per_second"].is_f64()));
-        assert!(lines.last().unwrap()["eval_loss"].is_f64());
+        let last_eval = lines.last().unwrap()["eval_loss"].as_f64().unwrap();
+        assert!(last_eval < base_eval, "{base_eval} → {last_eval}");
     }
 }
 
@@ -183,9 +189,14 @@ fn a_stopped_run_resumes_to_the_same_weights() {
         let model = tiny(dir.path(), Architecture::Qwen2);
         tokenized(&model, &fixture(dir.path()))
     };
+    // With adapter dropout: the masks are drawn again the same way after the resume.
     let config = TrainConfig {
         epochs: 3,
         eval_every: 2,
+        lora: LoraConfig {
+            dropout: 0.1,
+            ..config().lora
+        },
         ..config()
     };
     let weights = |output: &Path| {
@@ -255,6 +266,11 @@ fn a_stopped_run_resumes_to_the_same_weights() {
             .unwrap();
         assert!(diff < 1e-6, "{name}: {diff}");
     }
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(split.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["lora_dropout"], 0.1);
 }
 
 #[test]

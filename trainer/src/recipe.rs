@@ -1,0 +1,270 @@
+//! Training recipes: one TOML file naming the base model, the LoRA settings and, per stage
+//! (`[cpt]`, `[sft]`, `[dpo]`), the data and hyper-parameters. Unknown keys and settings that
+//! belong to another stage are refused when the file is read, before any model is loaded.
+//! Every field is optional: a flag given on the command line wins over the recipe, the recipe
+//! over the built-in default, and the settings a run used are written beside its output.
+//!
+//! ```toml
+//! model = "smollm2-135m-instruct"
+//! base_weights = "q8_0"   # q8_0, q4 (QLoRA on the 4-bit file) or f32
+//! seed = 42
+//!
+//! [lora]
+//! rank = 8
+//! alpha = 16.0
+//! dropout = 0.05
+//! targets = ["q", "k", "v", "o", "gate", "up", "down"]
+//!
+//! [sft]
+//! data = "qa.jsonl"
+//! split = "train"
+//! eval_split = "test"
+//! max_steps = 200
+//! lr = 2e-4
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// The stages a recipe may hold, in the order a full run takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    Cpt,
+    Sft,
+    Dpo,
+}
+
+impl StageKind {
+    pub const ALL: [StageKind; 3] = [StageKind::Cpt, StageKind::Sft, StageKind::Dpo];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Cpt => "cpt",
+            StageKind::Sft => "sft",
+            StageKind::Dpo => "dpo",
+        }
+    }
+}
+
+/// A whole recipe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Base chat model: a catalog name, an installed name or a path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// How the frozen base is held: `q8_0`, `q4` or `f32`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_weights: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpt: Option<Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sft: Option<Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<Stage>,
+}
+
+/// `[lora]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    /// Projections: q, k, v, o, gate, up, down (or their PEFT names, `q_proj`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
+}
+
+/// `[cpt]`, `[sft]` or `[dpo]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// CPT: a folder of documents (or one file); SFT and DPO: a JSON-lines file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accum: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// SFT / DPO: longest example in tokens; CPT: the block length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_fraction: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
+    /// Evaluate on at most this many held-out items (0: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// SFT / DPO: train on the lines whose `split` field is this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// SFT / DPO: evaluate on the lines whose `split` field is this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_split: Option<String>,
+    /// `skip` or `fail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_bad_line: Option<String>,
+    /// DPO only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+}
+
+impl Recipe {
+    /// Parses and checks a recipe; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let recipe: Recipe =
+            toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        recipe.check(origin)?;
+        Ok(recipe)
+    }
+
+    /// Reads and checks the recipe file at `path`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The recipe as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a recipe serializes")
+    }
+
+    /// Writes the recipe to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_toml()).map_err(|e| TrainError::io(path, e))
+    }
+
+    pub fn stage(&self, kind: StageKind) -> Option<&Stage> {
+        match kind {
+            StageKind::Cpt => self.cpt.as_ref(),
+            StageKind::Sft => self.sft.as_ref(),
+            StageKind::Dpo => self.dpo.as_ref(),
+        }
+    }
+
+    /// The stages present, in the order a full run takes them.
+    pub fn stages(&self) -> Vec<StageKind> {
+        StageKind::ALL
+            .into_iter()
+            .filter(|k| self.stage(*k).is_some())
+            .collect()
+    }
+
+    fn check(&self, origin: &str) -> Result<()> {
+        let fail = |msg: String| Err(TrainError::Config(format!("{origin}: {msg}")));
+        if let Some(weights) = &self.base_weights
+            && !["q8_0", "q4", "f32"].contains(&weights.as_str())
+        {
+            return fail(format!("base_weights is q8_0, q4 or f32, not `{weights}`"));
+        }
+        for kind in StageKind::ALL {
+            let Some(stage) = self.stage(kind) else {
+                continue;
+            };
+            let name = kind.name();
+            if stage.beta.is_some() && kind != StageKind::Dpo {
+                return fail(format!("[{name}] beta is a DPO setting"));
+            }
+            if kind == StageKind::Cpt && (stage.split.is_some() || stage.eval_split.is_some()) {
+                return fail(
+                    "[cpt] reads documents, which have no split field; use eval_fraction".into(),
+                );
+            }
+            if let Some(rule) = &stage.on_bad_line
+                && rule != "skip"
+                && rule != "fail"
+            {
+                return fail(format!(
+                    "[{name}] on_bad_line is skip or fail, not `{rule}`"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_recipe_reads_and_writes_back_the_same() {
+        let text = r#"
+            model = "smollm2-135m-instruct"
+            base_weights = "q4"
+            seed = 7
+            [lora]
+            rank = 16
+            alpha = 32.0
+            dropout = 0.05
+            targets = ["q", "v"]
+            [cpt]
+            data = "kb/en"
+            max_len = 256
+            [sft]
+            data = "qa.jsonl"
+            split = "train"
+            eval_split = "test"
+            lr = 1e-4
+            [dpo]
+            data = "pairs.jsonl"
+            beta = 0.2
+        "#;
+        let recipe = Recipe::parse(text, "r.toml").unwrap();
+        assert_eq!(recipe.lora.as_ref().unwrap().rank, Some(16));
+        assert_eq!(recipe.dpo.as_ref().unwrap().beta, Some(0.2));
+        assert_eq!(
+            recipe.stages(),
+            vec![StageKind::Cpt, StageKind::Sft, StageKind::Dpo]
+        );
+        let again = Recipe::parse(&recipe.to_toml(), "again").unwrap();
+        assert_eq!(again, recipe);
+    }
+
+    #[test]
+    fn unknown_keys_and_misplaced_settings_are_refused_with_their_names() {
+        for (text, needle) in [
+            ("modle = \"x\"", "modle"),
+            ("[lora]\nrank = 8\nranks = 4", "ranks"),
+            ("[sft]\nlearning_rate = 0.1", "learning_rate"),
+            ("[kto]\ndata = \"x\"", "kto"),
+            ("[sft]\nbeta = 0.1", "beta is a DPO setting"),
+            ("[cpt]\nsplit = \"train\"", "no split field"),
+            ("base_weights = \"q2\"", "q8_0, q4 or f32"),
+            ("[dpo]\non_bad_line = \"ignore\"", "skip or fail"),
+            ("[sft]\nbatch = \"four\"", "batch"),
+            ("seed = ", "r.toml"),
+        ] {
+            let error = Recipe::parse(text, "r.toml").unwrap_err().to_string();
+            assert!(error.contains(needle), "{text:?}: {error}");
+            assert!(error.contains("r.toml"), "{text:?}: {error}");
+        }
+    }
+}
