@@ -1,15 +1,19 @@
 //! Kefu's database, the only crate with SQL: knowledge bases, documents and chunks;
-//! conversations, messages, served-prompt records and feedback events (`chat`); on SQLite (the embedded default) or PostgreSQL, chosen by the URL. The queries are plain SQL
+//! conversations, messages, served-prompt records and feedback events (`chat`); accounts;
+//! widget sites; model versions, labels and training jobs (`training`); on SQLite (the
+//! embedded default) or PostgreSQL, chosen by the URL. The queries are plain SQL
 //! both engines read the same way (`$n` parameters, `RETURNING`, `ON CONFLICT`), run through
 //! sqlx's `Any` driver; the schemas differ per engine and live in `migrations/<engine>/`.
 
 mod accounts;
 mod chat;
 mod sites;
+mod training;
 
 pub use accounts::{Session, User};
 pub use chat::{Conversation, FeedbackEvent, Message, NewFeedback, ServedPrompt, now_ms};
 pub use sites::WidgetSite;
+pub use training::{CANDIDATE, JobStatus, ModelVersion, PREVIOUS, PRODUCTION, TrainingJob};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};

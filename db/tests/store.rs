@@ -2,7 +2,10 @@
 //! 127.0.0.1:5432 (a fresh database per test, dropped afterwards; `KEFU_TEST_POSTGRES` names
 //! another server).
 
-use kefu_db::{Database, DbError, Engine, NewChunk, NewDocument};
+use kefu_db::{
+    CANDIDATE, Database, DbError, Engine, JobStatus, ModelVersion, NewChunk, NewDocument, PREVIOUS,
+    PRODUCTION,
+};
 
 fn postgres_server() -> String {
     std::env::var("KEFU_TEST_POSTGRES")
@@ -281,6 +284,122 @@ async fn sites_users_and_detached_conversations(engine: Engine) {
     assert_eq!(db.users().await.unwrap().len(), 1);
     db.close().await;
     test.drop_database().await;
+}
+
+/// Versions, labels that move, and the job queue with its leases.
+async fn registry_and_job_queue(engine: Engine) {
+    let test = TestDatabase::new(engine, "registry").await;
+    let db = Database::connect(&test.url).await.unwrap();
+    let version = |id: &str, parent: Option<&str>| ModelVersion {
+        id: id.into(),
+        path: format!("registry/{id}/model.gguf"),
+        parent_id: parent.map(str::to_string),
+        job_id: None,
+        report: "{}".into(),
+        created_ms: 1,
+    };
+    db.register_version(&version("base", None)).await.unwrap();
+    // Versions are immutable: registering an id again keeps the first record.
+    let again = ModelVersion {
+        path: "elsewhere".into(),
+        ..version("base", None)
+    };
+    assert_eq!(
+        db.register_version(&again).await.unwrap().path,
+        "registry/base/model.gguf"
+    );
+    db.register_version(&version("v2", Some("base")))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.rollback().await.unwrap(),
+        None,
+        "nothing to roll back to"
+    );
+    assert_eq!(db.promote("base").await.unwrap(), None);
+    assert_eq!(db.promote("v2").await.unwrap().as_deref(), Some("base"));
+    let label = |l: &'static str| {
+        let db = db.clone();
+        async move { db.labelled(l).await.unwrap().map(|v| v.id) }
+    };
+    assert_eq!(label(PRODUCTION).await.as_deref(), Some("v2"));
+    assert_eq!(label(PREVIOUS).await.as_deref(), Some("base"));
+    assert_eq!(
+        db.rollback().await.unwrap(),
+        Some(("v2".to_string(), "base".to_string()))
+    );
+    assert_eq!(label(PRODUCTION).await.as_deref(), Some("base"));
+    assert_eq!(label(PREVIOUS).await.as_deref(), Some("v2"));
+    db.set_label(CANDIDATE, "v2").await.unwrap();
+    assert_eq!(db.labels().await.unwrap().len(), 3);
+    assert_eq!(db.model_versions().await.unwrap().len(), 2);
+
+    // One job at a time per model: a second trigger gets the queued one back.
+    let first = db.enqueue_job("m", "admin", None).await.unwrap().unwrap();
+    assert_eq!(first.status, JobStatus::Queued);
+    let second = db.enqueue_job("m", "threshold", None).await.unwrap();
+    assert_eq!(second.unwrap_err().id, first.id);
+    let other_model = db.enqueue_job("other", "admin", None).await.unwrap();
+    assert!(other_model.is_ok());
+    assert!(db.cancel_job(other_model.unwrap().id).await.unwrap());
+
+    // A worker claims it; a second worker finds nothing.
+    let claimed = db.claim_job("w1", 60_000, 2).await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.id, claimed.status, claimed.attempts),
+        (first.id, JobStatus::Running, 1)
+    );
+    assert!(db.claim_job("w2", 60_000, 2).await.unwrap().is_none());
+    assert!(
+        db.heartbeat_job(first.id, "w1", 60_000, "{\"step\": 3}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.heartbeat_job(first.id, "w2", 60_000, "{}")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        db.job(first.id).await.unwrap().unwrap().progress,
+        "{\"step\": 3}"
+    );
+
+    // The worker dies: once its lease runs out, the job is queued again for another worker…
+    assert!(db.heartbeat_job(first.id, "w1", -1, "{}").await.unwrap());
+    let retried = db.claim_job("w2", -1, 2).await.unwrap().unwrap();
+    assert_eq!((retried.id, retried.attempts), (first.id, 2));
+    assert!(retried.error.unwrap().contains("lease"));
+    // …and failed with a reason when its attempts are spent.
+    assert!(db.claim_job("w3", 60_000, 2).await.unwrap().is_none());
+    let failed = db.job(first.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert!(failed.error.unwrap().contains("no attempts left"));
+    // The dead worker's late report changes nothing.
+    assert!(!db.finish_job(first.id, "w2", Ok(Some("v3"))).await.unwrap());
+
+    let next = db.enqueue_job("m", "admin", None).await.unwrap().unwrap();
+    let claimed = db.claim_job("w1", 60_000, 2).await.unwrap().unwrap();
+    assert_eq!(claimed.id, next.id);
+    assert!(db.finish_job(next.id, "w1", Ok(Some("v2"))).await.unwrap());
+    let done = db.last_succeeded_job("m").await.unwrap().unwrap();
+    assert_eq!(
+        (done.id, done.result_version.as_deref()),
+        (next.id, Some("v2"))
+    );
+    assert_eq!(db.jobs(10).await.unwrap().len(), 3);
+    db.close().await;
+    test.drop_database().await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_versions_labels_and_jobs() {
+    registry_and_job_queue(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_versions_labels_and_jobs() {
+    registry_and_job_queue(Engine::Postgres).await;
 }
 
 #[tokio::test]

@@ -239,6 +239,44 @@ impl CustomOp1 for FrozenQuantizedMatMul {
     }
 }
 
+/// `x·Wᵀ` for a frozen dense `W`: the backward pass computes the input's gradient only.
+/// (candle's matmul backward also computes — and keeps until the end of the pass — a gradient
+/// for the weight, broadcast over the batch: gigabytes for a frozen f32 base.)
+#[derive(Debug)]
+struct FrozenDenseMatMul {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenDenseMatMul {
+    fn name(&self) -> &'static str {
+        "frozen-dense-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let data = storage.as_slice::<f32>()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-dense-matmul needs a contiguous input")
+        };
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.broadcast_matmul(&self.weight)?))
+    }
+}
+
 /// Projections that read the same input.
 #[derive(Debug, Clone)]
 pub(crate) struct ProjectionGroup {
@@ -413,6 +451,11 @@ impl ProjectionGroup {
                         weight: weight.clone(),
                     })?
                 }
+                (QMatMul::Tensor(weight), Mode::Training) => {
+                    input.contiguous()?.apply_op1(FrozenDenseMatMul {
+                        weight: weight.clone(),
+                    })?
+                }
                 (weight, _) => weight.forward(input)?,
             };
             if stack.parts.len() == 1 {
@@ -510,6 +553,28 @@ mod tests {
             max_diff(&trained, &again),
             0.0,
             "a reseed repeats the masks"
+        );
+    }
+
+    #[test]
+    fn a_frozen_dense_matmul_passes_the_input_gradient_only() {
+        let device = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (48, 64), &device).unwrap();
+        let group = ProjectionGroup::new(vec![(Weight::Dense(w.clone()), None)], false).unwrap();
+        let x = candle_core::Var::randn(0f32, 1.0, (2, 3, 64), &device).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (2, 3, 48), &device).unwrap();
+        let y = group.forward_one(x.as_tensor(), Mode::Training).unwrap();
+        let inference = group.forward_one(x.as_tensor(), Mode::Inference).unwrap();
+        assert!(max_diff(&y, &inference) < 1e-5);
+        let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let expected = r.broadcast_matmul(&w).unwrap();
+        assert!(max_diff(grads.get(x.as_tensor()).unwrap(), &expected) < 1e-4);
+        let QMatMul::Tensor(stored) = &group.stacks[0].weight else {
+            panic!("a dense weight stays dense")
+        };
+        assert!(
+            grads.get(stored).is_none(),
+            "no gradient for the frozen weight"
         );
     }
 

@@ -513,3 +513,232 @@ mod tests {
         assert!(!ok("https://shop example"));
     }
 }
+
+fn version_json(version: &kefu_db::ModelVersion, labels: &[(String, String)]) -> Value {
+    let report: Value = serde_json::from_str(&version.report).unwrap_or(Value::Null);
+    json!({
+        "id": version.id, "path": version.path, "parent": version.parent_id,
+        "job": version.job_id, "created_ms": version.created_ms, "report": report,
+        "labels": labels.iter().filter(|(_, v)| *v == version.id).map(|(l, _)| l)
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The registry: every version with its labels and report, and what this server serves.
+pub async fn list_models(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    let versions = state
+        .database
+        .model_versions()
+        .await
+        .map_err(ApiError::internal)?;
+    let labels = state.database.labels().await.map_err(ApiError::internal)?;
+    let serving = state.generator().version.clone();
+    Ok(Json(json!({
+        "serving": serving,
+        "serving_refused": labels.iter().find(|(l, _)| l == kefu_db::PRODUCTION)
+            .and_then(|(_, v)| state.serving.refused(v)),
+        "labels": labels.iter().map(|(l, v)| (l.clone(), json!(v)))
+            .collect::<serde_json::Map<_, _>>(),
+        "versions": versions.iter().map(|v| version_json(v, &labels)).collect::<Vec<_>>(),
+    })))
+}
+
+/// Labels a version `production` (the old one becomes `previous`); every server follows.
+pub async fn promote_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    let version = state
+        .database
+        .model_version(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "model_version_not_found",
+                format!("no model version `{id}`"),
+            )
+        })?;
+    let previous = state
+        .database
+        .promote(&version.id)
+        .await
+        .map_err(ApiError::internal)?;
+    state.serving.wake.notify_one();
+    Ok(Json(json!({
+        "production": version.id,
+        "previous": previous.filter(|p| *p != version.id),
+    })))
+}
+
+/// Puts `previous` back into production (and the current one into `previous`).
+pub async fn rollback_model(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    let swapped = state
+        .database
+        .rollback()
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_previous_version",
+                "there is no previous model version to roll back to",
+            )
+        })?;
+    state.serving.wake.notify_one();
+    Ok(Json(
+        json!({"production": swapped.1, "previous": swapped.0}),
+    ))
+}
+
+/// The one chat model jobs train (one job at a time for it).
+pub const TRAINED_MODEL: &str = "production";
+
+fn job_json(job: &kefu_db::TrainingJob) -> Value {
+    json!({
+        "id": job.id, "status": job.status.as_str(), "trigger": job.trigger,
+        "attempts": job.attempts, "error": job.error, "version": job.result_version,
+        "progress": serde_json::from_str::<Value>(&job.progress).unwrap_or(Value::Null),
+        "created_ms": job.created_ms, "started_ms": job.started_ms,
+        "finished_ms": job.finished_ms,
+    })
+}
+
+/// Queues a training job (the worker takes it): 202 with the job; 409 `job_in_progress` with
+/// the queued or running one; 422 `nothing_to_learn` when the feedback log holds nothing new.
+pub async fn start_training(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let me = admin(&state.database, &method, &headers).await?;
+    if let Some(active) = state
+        .database
+        .active_job(TRAINED_MODEL)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Ok((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "code": "job_in_progress",
+                "message": format!("job {} is {} already; one job runs at a time", active.id,
+                    active.status.as_str()),
+                "job": job_json(&active),
+            })),
+        ));
+    }
+    let (examples, pairs, fresh) = crate::worker::new_material(&state.database, TRAINED_MODEL)
+        .await
+        .map_err(ApiError::internal)?;
+    if examples + pairs == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_to_learn",
+            "no corrected or rated answers yet: nothing to learn",
+        ));
+    }
+    if !fresh {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_to_learn",
+            "no feedback since the last training job: nothing new to learn",
+        ));
+    }
+    match state
+        .database
+        .enqueue_job(TRAINED_MODEL, "admin", Some(me.user.id))
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(job) => Ok((StatusCode::ACCEPTED, Json(job_json(&job)))),
+        Err(active) => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "code": "job_in_progress",
+                "message": format!("job {} is {} already; one job runs at a time", active.id,
+                    active.status.as_str()),
+                "job": job_json(&active),
+            })),
+        )),
+    }
+}
+
+pub async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    let jobs = state.database.jobs(50).await.map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({"jobs": jobs.iter().map(job_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn find_job(state: &AppState, id: i64) -> Result<kefu_db::TrainingJob, ApiError> {
+    state
+        .database
+        .job(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("job_not_found", format!("no training job {id}")))
+}
+
+/// A job with its progress, and the report of the version it made.
+pub async fn get_job(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    let job = find_job(&state, id).await?;
+    let mut out = job_json(&job);
+    if let Some(version) = &job.result_version
+        && let Some(version) = state
+            .database
+            .model_version(version)
+            .await
+            .map_err(ApiError::internal)?
+    {
+        out["report"] = serde_json::from_str(&version.report).unwrap_or(Value::Null);
+    }
+    Ok(Json(out))
+}
+
+pub async fn cancel_job(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    let job = find_job(&state, id).await?;
+    if !state
+        .database
+        .cancel_job(id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_finished",
+            format!("job {id} has already {}", job.status.as_str()),
+        ));
+    }
+    Ok(Json(job_json(&find_job(&state, id).await?)))
+}

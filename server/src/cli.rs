@@ -66,6 +66,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::train::TrainCommand,
     },
+    /// The training worker.
+    Trainer {
+        #[command(subcommand)]
+        command: TrainerCommand,
+    },
     /// Merge a LoRA adapter into its base model: a GGUF file or Hugging Face weights.
     Merge(crate::train::MergeArgs),
     /// Measure retrieval against a question file.
@@ -143,6 +148,20 @@ pub struct ServeArgs {
     /// Customer requests a minute through one widget site (0: no limit).
     #[arg(long, env = "KEFU_RATE_PER_SITE", default_value_t = 3000)]
     pub rate_per_site: u32,
+    /// How often to check which version is labelled `production` (milliseconds); a label
+    /// moved through this server's admin API is followed at once.
+    #[arg(long, env = "KEFU_FOLLOW_MS", default_value_t = 2000)]
+    pub follow_ms: u64,
+    /// Run the training worker as a child process (`embedded`, restarted when it dies), or
+    /// leave training to `kefu trainer work` elsewhere (`off`).
+    #[arg(long, env = "KEFU_TRAINER", value_enum, default_value_t = TrainerMode::Embedded)]
+    pub trainer: TrainerMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainerMode {
+    Embedded,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +275,26 @@ pub enum ModelsCommand {
     },
     /// List known and installed models.
     List,
+    /// Add a GGUF model (e.g. from `kefu merge`) to the registry as a version named by its
+    /// content hash, labelled `candidate` (or `production` with --promote: every running
+    /// `kefu serve` on the same database switches to it).
+    Register {
+        /// The model file.
+        file: PathBuf,
+        /// Label it `production` at once (the current one becomes `previous`).
+        #[arg(long)]
+        promote: bool,
+        /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
+        #[arg(long, env = "KEFU_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainerCommand {
+    /// Take queued training jobs from the database and run them: snapshot the feedback, run
+    /// the recipe, gate, register and promote (`kefu serve` runs one of these as a child).
+    Work(crate::worker::WorkArgs),
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +351,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models { command } => match command {
             ModelsCommand::Fetch { model } => models_fetch(&cli.home, &model),
             ModelsCommand::List => models_list(&cli.home),
+            ModelsCommand::Register {
+                file,
+                promote,
+                database_url,
+            } => models_register(&cli.home, &file, promote, database_url.as_deref()),
         },
         Command::Generate(args) => generate(&cli.home, &args),
         Command::Ingest(args) => ingest(&cli.home, cli.threads, &args),
@@ -335,6 +379,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export(&cli.home, &args),
         Command::Train { command } => crate::train::run(&cli.home, &command),
         Command::Merge(args) => crate::train::merge(&cli.home, &args),
+        Command::Trainer {
+            command: TrainerCommand::Work(args),
+        } => crate::worker::work(&cli.home, &args),
         Command::Ask(args) => ask(&cli.home, cli.threads, &args),
         Command::Eval {
             command: EvalCommand::Retrieval(args),
@@ -519,6 +566,31 @@ pub fn database_url(home: &Path, flag: Option<&str>) -> Result<String> {
     std::fs::create_dir_all(home)
         .with_context(|| format!("cannot create the data directory {}", home.display()))?;
     Ok(format!("sqlite://{}", home.join("kefu.db").display()))
+}
+
+fn models_register(home: &Path, file: &Path, promote: bool, url: Option<&str>) -> Result<()> {
+    let url = database_url(home, url)?;
+    let version = crate::registry::import(home, file, None, None)?;
+    runtime()?.block_on(async {
+        let database = kefu_db::Database::connect(&url).await?;
+        let version = database.register_version(&version).await?;
+        if promote {
+            let previous = database.promote(&version.id).await?;
+            println!(
+                "version {} is production{}",
+                version.id,
+                previous
+                    .filter(|p| *p != version.id)
+                    .map(|p| format!(" (previous: {p})"))
+                    .unwrap_or_default()
+            );
+        } else {
+            database.set_label(kefu_db::CANDIDATE, &version.id).await?;
+            println!("version {} is the candidate", version.id);
+        }
+        database.close().await;
+        anyhow::Ok(())
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -712,14 +784,21 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
         .await??;
         let weights = model.weights_path.clone();
         let version = tokio::task::spawn_blocking(move || fetch::sha256_file(&weights)).await??;
+        let settings = crate::registry::GeneratorSettings {
+            name: args.model.clone(),
+            workers: args.workers,
+            max_batch: args.batch,
+            capacity: args.queue,
+        };
         let generator = crate::generator::Generator::start(
             model,
-            args.model.clone(),
+            settings.name.clone(),
             version,
-            args.workers,
-            args.batch,
-            args.queue,
+            settings.workers,
+            settings.max_batch,
+            settings.capacity,
         )?;
+        crate::registry::register_serving(&knowledge.database, &generator).await?;
         let config = crate::http::ApiConfig {
             default_kb: args.knowledge.kb.clone(),
             max_body_bytes: args.max_body_bytes,
@@ -729,16 +808,35 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
             data_dir: home.to_path_buf(),
             ..crate::http::ApiConfig::default()
         };
-        let state = crate::http::AppState::new(knowledge, generator, config);
+        let serving = crate::registry::Serving::new(generator, settings);
+        let state = crate::http::AppState::new(knowledge, serving, config);
+        // Serve what `production` names (another replica or an earlier run may have moved it).
+        if let Err(e) = crate::registry::follow_once(&state.serving, &state.database, home).await {
+            eprintln!("kefu: keeps serving {}: {e:#}", state.generator().version);
+        }
+        tokio::spawn(crate::registry::follow(
+            state.clone(),
+            home.to_path_buf(),
+            std::time::Duration::from_millis(args.follow_ms.max(50)),
+        ));
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let stop_worker = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if args.trainer == TrainerMode::Embedded {
+            crate::worker::supervise(
+                home.to_path_buf(),
+                database_url(home, args.knowledge.database_url.as_deref())?,
+                stop_worker.clone(),
+            );
+        }
         println!("kefu: listening on http://{}", listener.local_addr()?);
         let app = crate::http::router(state)
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
         eprintln!("kefu: stopped");
         anyhow::Ok(())
     })

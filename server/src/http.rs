@@ -73,7 +73,8 @@ pub struct AppState {
     pub requests: RequestMetrics,
     pub database: Database,
     pub knowledge: Arc<Knowledge>,
-    pub generator: Arc<Generator>,
+    /// The generator serving now; hot-swapped when `production` moves.
+    pub serving: crate::registry::Serving,
     pub config: ApiConfig,
     pub(crate) retrievers: RwLock<HashMap<i64, Arc<Retriever>>>,
     pub(crate) ip_limits: RateLimiter<std::net::IpAddr>,
@@ -81,17 +82,26 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(knowledge: Knowledge, generator: Generator, config: ApiConfig) -> Arc<Self> {
+    pub fn new(
+        knowledge: Knowledge,
+        serving: crate::registry::Serving,
+        config: ApiConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
             requests: RequestMetrics::default(),
             database: knowledge.database.clone(),
             knowledge: Arc::new(knowledge),
-            generator: Arc::new(generator),
+            serving,
             ip_limits: RateLimiter::new(config.rate_per_ip),
             site_limits: RateLimiter::new(config.rate_per_site),
             config,
             retrievers: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The generator a new request uses (and keeps until it ends, across a hot-swap).
+    pub fn generator(&self) -> Arc<Generator> {
+        self.serving.current()
     }
 
     /// The knowledge base's retriever, loaded on first use.
@@ -140,7 +150,8 @@ async fn count_requests(
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let g = &state.generator.metrics;
+    let generator = state.generator();
+    let g = &generator.metrics;
     let mut out = String::new();
     let _ = writeln!(out, "# TYPE kefu_http_requests_total counter");
     for (i, counter) in state.requests.by_class.iter().enumerate() {
@@ -203,7 +214,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let _ = writeln!(
         out,
         "kefu_generation_queue_depth {}",
-        state.generator.queue_depth()
+        generator.queue_depth()
+    );
+    let _ = writeln!(out, "# TYPE kefu_model_swaps_total counter");
+    let _ = writeln!(
+        out,
+        "kefu_model_swaps_total {}",
+        state.serving.swaps.load(Relaxed)
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
@@ -373,6 +390,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/admin/knowledge-bases",
             get(crate::admin::list_knowledge_bases),
         )
+        .route("/api/admin/models", get(crate::admin::list_models))
+        .route(
+            "/api/admin/models/rollback",
+            post(crate::admin::rollback_model),
+        )
+        .route(
+            "/api/admin/models/{version}/promote",
+            post(crate::admin::promote_model),
+        )
+        .route(
+            "/api/admin/training/jobs",
+            get(crate::admin::list_jobs).post(crate::admin::start_training),
+        )
+        .route("/api/admin/training/jobs/{job}", get(crate::admin::get_job))
+        .route(
+            "/api/admin/training/jobs/{job}/cancel",
+            post(crate::admin::cancel_job),
+        )
         .route(
             "/api/admin/knowledge-bases/{kb}/documents",
             get(crate::admin::list_documents)
@@ -447,11 +482,12 @@ async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiErr
         .knowledge_base(&state.config.default_kb)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()))?;
+    let generator = state.generator();
     Ok(Json(json!({
         "status": "ready",
-        "model": state.generator.name,
-        "model_version": state.generator.version,
-        "queue_depth": state.generator.queue_depth(),
+        "model": generator.name,
+        "model_version": generator.version,
+        "queue_depth": generator.queue_depth(),
     })))
 }
 
@@ -740,15 +776,17 @@ fn sampling_params(state: &AppState) -> GenerationParams {
 /// model work).
 async fn prepare(
     state: &Arc<AppState>,
+    generator: &Arc<Generator>,
     knowledge_base_id: i64,
     question: String,
     history: Vec<ChatMessage>,
 ) -> Result<Prepared, ApiError> {
     let retriever = state.retriever(knowledge_base_id).await?;
     let state = state.clone();
+    let generator = generator.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
         let ranked = retriever.search(&state.knowledge, &question, &RetrievalConfig::default())?;
-        let model = &state.generator.model;
+        let model = &generator.model;
         let mut grounded = grounded_prompt(
             model,
             &retriever,
@@ -818,11 +856,19 @@ async fn answer(
     question: String,
     history: Vec<ChatMessage>,
 ) -> Result<Response, ApiError> {
-    let prepared = prepare(&state, conversation.knowledge_base_id, question, history).await?;
+    // One generator for the whole answer: a hot-swap mid-stream does not move it.
+    let generator = state.generator();
+    let prepared = prepare(
+        &state,
+        &generator,
+        conversation.knowledge_base_id,
+        question,
+        history,
+    )
+    .await?;
     let params = sampling_params(&state);
     let (events, mut generated) = mpsc::unbounded_channel();
-    state
-        .generator
+    generator
         .submit(prepared.prompt.clone(), params.clone(), events)
         .map_err(|QueueFull| ApiError::busy())?;
     let (sse, stream) = mpsc::unbounded_channel::<SseEvent>();
@@ -840,6 +886,7 @@ async fn answer(
                 Event::Done(summary) => {
                     let outcome = store_answer(
                         &state,
+                        &generator.version,
                         &conversation,
                         question_id,
                         &prepared,
@@ -880,6 +927,7 @@ async fn answer(
 
 async fn store_answer(
     state: &AppState,
+    model_version: &str,
     conversation: &kefu_db::Conversation,
     question_id: i64,
     prepared: &Prepared,
@@ -887,7 +935,7 @@ async fn store_answer(
     summary: &Summary,
 ) -> Result<i64, ApiError> {
     let served = ServedPrompt {
-        model_version: state.generator.version.clone(),
+        model_version: model_version.to_string(),
         template_id: "kefu-grounded-v1".into(),
         sampling: json!({
             "temperature": params.sampling.temperature,
@@ -986,11 +1034,12 @@ async fn models(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     crate::auth::staff(&state.database, &method, &headers).await?;
+    let generator = state.generator();
     Ok(Json(json!({
         "object": "list",
         "data": [{
             "id": "production", "object": "model", "created": 0, "owned_by": "kefu",
-            "kefu_model": state.generator.name, "kefu_version": state.generator.version,
+            "kefu_model": generator.name, "kefu_version": generator.version,
         }],
     })))
 }
@@ -1058,6 +1107,7 @@ async fn chat_completions(
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     crate::auth::staff(&state.database, &method, &headers).await?;
+    let generator = state.generator();
     let model_name = request.model.clone().unwrap_or_else(|| "production".into());
     if !matches!(model_name.as_str(), "production" | "default" | "") {
         return Err(ApiError::not_found(
@@ -1173,11 +1223,11 @@ async fn chat_completions(
                 .knowledge_base(&kb)
                 .await
                 .map_err(ApiError::internal)?;
-            let prepared = prepare(&state, kb_id, question, history).await?;
+            let prepared = prepare(&state, &generator, kb_id, question, history).await?;
             (prepared.prompt, prepared.citations)
         }
         None => {
-            let model = state.generator.model.clone();
+            let model = generator.model.clone();
             let prompt = tokio::task::spawn_blocking(move || model.chat_prompt(&messages))
                 .await
                 .map_err(ApiError::internal)?
@@ -1185,7 +1235,7 @@ async fn chat_completions(
             (prompt, Vec::new())
         }
     };
-    let context = state.generator.model.config().max_position_embeddings;
+    let context = generator.model.config().max_position_embeddings;
     if prompt.len() >= context {
         return Err(ApiError::bad_request(
             "prompt_too_long",
@@ -1196,8 +1246,7 @@ async fn chat_completions(
         ));
     }
     let (events, mut generated) = mpsc::unbounded_channel();
-    state
-        .generator
+    generator
         .submit(prompt, params, events)
         .map_err(|QueueFull| ApiError::busy())?;
     let id = format!("chatcmpl-{}", random_hex(12));

@@ -16,5 +16,7 @@ pub mod http;
 pub mod ingest;
 pub mod knowledge;
 pub mod pages;
+pub mod registry;
 pub mod testing;
 pub mod train;
+pub mod worker;

@@ -432,12 +432,19 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-fn on_step(bar: &ProgressBar) -> impl FnMut(usize, usize, f64) -> bool + '_ {
-    |step, total, loss| {
+/// What a stage reports after each step: `(step, total steps, loss)`; `false` stops the run
+/// (its last checkpoint stays).
+pub type Watch<'a> = dyn FnMut(usize, usize, f64) -> bool + 'a;
+
+fn on_step<'a>(
+    bar: &'a ProgressBar,
+    watch: &'a mut Watch<'_>,
+) -> impl FnMut(usize, usize, f64) -> bool + 'a {
+    move |step, total, loss| {
         bar.set_length(total as u64);
         bar.set_position(step as u64);
         bar.set_message(format!("{loss:.4}"));
-        true
+        watch(step, total, loss)
     }
 }
 
@@ -552,6 +559,7 @@ fn stage(home: &Path, kind: StageKind, args: &StageArgs) -> Result<Report> {
         args.start_adapter.as_deref(),
         &args.output,
         args.resume,
+        &mut |_, _, _| true,
     )
 }
 
@@ -561,6 +569,7 @@ fn train_stage(
     start_adapter: Option<&Path>,
     output: &Path,
     resume: bool,
+    watch: &mut Watch<'_>,
 ) -> Result<Report> {
     std::fs::create_dir_all(output)
         .with_context(|| format!("cannot create {}", output.display()))?;
@@ -632,7 +641,7 @@ fn train_stage(
                 config,
                 output,
                 resume,
-                on_step(&bar),
+                on_step(&bar, watch),
             )?
         }
         Items::Conversations(loaded, eval) => {
@@ -670,7 +679,7 @@ fn train_stage(
                 config,
                 output,
                 resume,
-                on_step(&bar),
+                on_step(&bar, watch),
             )?
         }
         Items::Pairs(loaded, eval) => {
@@ -709,7 +718,7 @@ fn train_stage(
                 config,
                 output,
                 resume,
-                on_step(&bar),
+                on_step(&bar, watch),
             )?
         }
     };
@@ -718,51 +727,91 @@ fn train_stage(
     Ok(report)
 }
 
-/// Runs every stage of a recipe; returns the final merged model.
-pub fn run_recipe(home: &Path, args: &RunArgs) -> Result<PathBuf> {
-    let recipe = Recipe::read(&args.recipe)?;
+/// One stage of a recipe run: what it started from, its report, and the merged model it wrote.
+#[derive(Debug, Clone)]
+pub struct StageRun {
+    pub kind: StageKind,
+    /// The GGUF model the stage trained on.
+    pub base: PathBuf,
+    pub report: Report,
+    /// Base + adapter, the next stage's starting point.
+    pub merged: PathBuf,
+}
+
+/// Runs every stage of `recipe` from `model`, each in `output/<stage>/` and each starting from
+/// the model the previous one merged. `watch(stage, step, total, loss)` sees every step and
+/// may stop the run.
+pub fn run_stages(
+    home: &Path,
+    recipe: &Recipe,
+    model: &str,
+    output: &Path,
+    watch: &mut dyn FnMut(StageKind, usize, usize, f64) -> bool,
+) -> Result<Vec<StageRun>> {
     let stages = recipe.stages();
     if stages.is_empty() {
-        bail!(
-            "{} holds no stage: add [cpt], [sft] or [dpo]",
-            args.recipe.display()
-        );
+        bail!("the recipe holds no stage: add [cpt], [sft] or [dpo]");
     }
-    let mut model = args
-        .model
-        .clone()
-        .or_else(|| recipe.model.clone())
-        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
     // Check every stage's settings before the first one spends any time.
     let mut planned = Vec::new();
     for kind in &stages {
         let flags = StageArgs {
-            output: args.output.join(kind.name()),
-            model: Some(model.clone()),
+            output: output.join(kind.name()),
+            model: Some(model.to_string()),
             ..StageArgs::default()
         };
-        planned.push((Settings::resolve(*kind, &flags, &recipe)?, flags.output));
+        planned.push((Settings::resolve(*kind, &flags, recipe)?, flags.output));
     }
     let count = planned.len();
+    let mut model = model.to_string();
+    let mut runs = Vec::new();
     for (i, (mut settings, output)) in planned.into_iter().enumerate() {
-        eprintln!(
-            "stage {}/{count}: {} from {model}",
-            i + 1,
-            settings.kind.name()
-        );
+        let kind = settings.kind;
+        eprintln!("stage {}/{count}: {} from {model}", i + 1, kind.name());
         settings.model = model.clone();
-        let report = train_stage(home, &settings, None, &output, false)?;
+        let report = train_stage(
+            home,
+            &settings,
+            None,
+            &output,
+            false,
+            &mut |step, total, loss| watch(kind, step, total, loss),
+        )?;
         let base = gguf_of(&crate::cli::resolve_model(home, &model)?)?;
         let merged = output.join("model.gguf");
         kefu_trainer::merge::merge_gguf(&base, &report.adapter_dir, &merged)?;
         println!(
             "{}: merged model written to {}",
-            settings.kind.name(),
+            kind.name(),
             merged.display()
         );
         model = merged.to_string_lossy().into_owned();
+        runs.push(StageRun {
+            kind,
+            base,
+            report,
+            merged,
+        });
     }
-    Ok(PathBuf::from(model))
+    Ok(runs)
+}
+
+/// `kefu train run`: every stage of a recipe; returns the final merged model.
+pub fn run_recipe(home: &Path, args: &RunArgs) -> Result<PathBuf> {
+    let recipe = Recipe::read(&args.recipe)?;
+    if recipe.stages().is_empty() {
+        bail!(
+            "{} holds no stage: add [cpt], [sft] or [dpo]",
+            args.recipe.display()
+        );
+    }
+    let model = args
+        .model
+        .clone()
+        .or_else(|| recipe.model.clone())
+        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    let runs = run_stages(home, &recipe, &model, &args.output, &mut |_, _, _, _| true)?;
+    Ok(runs.last().expect("at least one stage").merged.clone())
 }
 
 #[derive(Debug, Args)]

@@ -717,6 +717,21 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     let missing = console.js("return document.querySelector('h1').textContent", json!([]));
     assert!(missing.as_str().unwrap().starts_with("404"), "{missing}");
 
+    // Training on the agent's correction starts now (a short recipe; the embedded worker runs it
+    // while the rest goes on); the training page shows it at the end.
+    std::fs::write(
+        home.path().join("recipe.toml"),
+        "[sft]\nepochs = 3\nlr = 1e-3\nbatch = 1\nmax_len = 2048\n",
+    )
+    .unwrap();
+    let (status, job) = api(
+        "POST",
+        &format!("{base}/api/admin/training/jobs"),
+        &token,
+        None,
+    );
+    assert_eq!(status, 202, "{job}");
+
     // The widget on a second origin: works with its site's key; a wrong or missing key shows
     // "unavailable".
     let (status, site) = api(
@@ -799,4 +814,30 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     }
     let _ = agent().get(&format!("{shop}/quit")).call();
     let _ = server2.join();
+
+    // The training page: the job's loss curve and its evaluation report, and the versions.
+    admin.goto(&format!("{base}/admin/training"));
+    let ended = admin.wait(
+        "the training job to end",
+        900,
+        "const r = document.querySelector('#jobs tr[data-job]'); const s = r && r.getAttribute('data-status'); return (s === 'succeeded' || s === 'failed') && s",
+    );
+    assert_eq!(ended, json!("succeeded"));
+    admin.click("#jobs tr[data-job] button");
+    admin.wait(
+        "the loss curve and the report",
+        30,
+        "return document.querySelector('#loss-chart polyline[data-stage=sft]') && document.querySelectorAll('#report tbody tr').length === 4 && document.querySelectorAll('#greedy tbody tr').length === 1",
+    );
+    let points = admin.js(
+        "return document.querySelector('#loss-chart polyline').getAttribute('points').split(' ').length",
+        json!([]),
+    );
+    assert_eq!(points, json!(3), "one point per step");
+    let versions = admin.js(
+        "return document.querySelectorAll('#versions tbody tr').length",
+        json!([]),
+    );
+    assert_eq!(versions, json!(2), "the base and the trained version");
+    admin.screenshot("admin-training.png");
 }

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -56,7 +57,12 @@ struct Server {
 
 impl Server {
     fn start(home: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
-        let mut child = kefu(home, database_url)
+        Self::spawn(kefu(home, database_url), extra)
+    }
+
+    /// `kefu serve` through a prepared command (its environment set).
+    fn spawn(mut command: Command, extra: &[&str]) -> Self {
+        let mut child = command
             .args(["serve", "--port", "0"])
             .args(if extra.contains(&"--max-tokens") {
                 &[][..]
@@ -1059,7 +1065,7 @@ fn add_site(staffed: &Staffed, name: &str, origins: &[&str]) -> (i64, String) {
 /// agent and an admin signed in (cookie + CSRF token), and an agent's and an admin's API token.
 #[test]
 fn every_route_with_every_caller() {
-    let staffed = staffed_server(&["--max-tokens", "4"]);
+    let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off"]);
     let server = &staffed.server;
     let (_, site_key) = add_site(&staffed, "shop", &[SHOP]);
     let guide: &'static [u8] = b"# Returns\n\nParcels can be returned within 30 days.";
@@ -1127,6 +1133,8 @@ fn every_route_with_every_caller() {
     // Admin-only routes; the admin token runs after the admin (a second delete finds nothing).
     let admins = |first: u16, second: u16| [401, 401, 401, 403, first, 403, second];
     let question = json!({"content": "And with the prepaid label?"});
+    let (_, ready, _) = call("GET", &server.url("/readyz"), &vec![], &Body::Empty);
+    let serving = ready["model_version"].as_str().unwrap().to_string();
     let routes: Vec<(&str, String, Body, [u16; 7])> = vec![
         ("GET", "/healthz".into(), Body::Empty, all(200)),
         ("GET", "/readyz".into(), Body::Empty, all(200)),
@@ -1256,6 +1264,50 @@ fn every_route_with_every_caller() {
         ),
         (
             "GET",
+            "/api/admin/models".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "POST",
+            format!("/api/admin/models/{serving}/promote"),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        // One version only: nothing to roll back to.
+        (
+            "POST",
+            "/api/admin/models/rollback".into(),
+            Body::Empty,
+            admins(409, 409),
+        ),
+        // No worker runs here (`--trainer off`): the job stays queued.
+        (
+            "POST",
+            "/api/admin/training/jobs".into(),
+            Body::Empty,
+            admins(202, 409),
+        ),
+        (
+            "GET",
+            "/api/admin/training/jobs".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "GET",
+            "/api/admin/training/jobs/1".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "POST",
+            "/api/admin/training/jobs/1/cancel".into(),
+            Body::Empty,
+            admins(200, 409),
+        ),
+        (
+            "GET",
             "/api/admin/knowledge-bases/default/documents".into(),
             Body::Empty,
             admins(200, 200),
@@ -1312,6 +1364,8 @@ fn every_route_with_every_caller() {
             .replace("/users/temp", "/users/{name}")
             .replace(&format!("/sites/{spare}"), "/sites/{site}")
             .replace("/export/pairs", "/export/{kind}")
+            .replace(&format!("/models/{serving}/"), "/models/{version}/")
+            .replace("/training/jobs/1", "/training/jobs/{job}")
     };
     let mut tested: Vec<String> = routes
         .iter()
@@ -1626,4 +1680,521 @@ fn rate_limits_answer_429_with_retry_after() {
         call("GET", &server.url("/readyz"), &vec![], &Body::Empty).0,
         200
     );
+}
+
+/// A fresh PostgreSQL database for one test: its URL, and a guard that drops it.
+fn postgres_database(label: &str) -> (String, impl Drop) {
+    struct Dropper(String, String);
+    impl Drop for Dropper {
+        fn drop(&mut self) {
+            let _ = Command::new("psql")
+                .args([self.0.as_str(), "-q", "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.1))
+                .status();
+        }
+    }
+    let base = std::env::var("KEFU_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("kefu_{label}_{}", std::process::id());
+    let admin = format!("{base}/postgres");
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args([admin.as_str(), "-q", "-c", sql])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    assert!(
+        psql(&format!("CREATE DATABASE {name}")),
+        "PostgreSQL must run at {base} (./scripts/test.sh starts it)"
+    );
+    (format!("{base}/{name}"), Dropper(admin, name))
+}
+
+/// Hot-swap across two replicas on one PostgreSQL: a trained model registered as a version and
+/// promoted through one replica's admin API is loaded, warmed up and switched to by both, while
+/// a stream of questions goes on with no failed request (p99 latency printed); answers name the
+/// version that produced them; rollback through the other replica brings the old version back;
+/// a corrupt registered file is refused and production keeps serving.
+#[test]
+fn replicas_follow_the_production_label_without_a_failed_request() {
+    let (url, _guard) = postgres_database("swap");
+    // Each replica has its own data directory (its own embedded vector store); they share the
+    // database and the registry's folder.
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let other_home = tempfile::tempdir().unwrap();
+    let registry = home.join("shared-registry");
+    for dir in [home, other_home.path()] {
+        std::os::unix::fs::symlink(test_home().join("models"), dir.join("models")).unwrap();
+    }
+    let with_registry = |dir: &Path| {
+        let mut command = kefu(dir, Some(&url));
+        command.env("KEFU_REGISTRY", &registry);
+        command
+    };
+    let run = |args: &[&str]| {
+        let out = with_registry(home)
+            .args(args)
+            .env("KEFU_PASSWORD", "correct horse battery")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["users", "add", "--role", "admin", "boss"]);
+    let admin: Identity = vec![(
+        "authorization",
+        format!("Bearer {}", run(&["tokens", "add", "boss"]).trim()),
+    )];
+    // A trained version: one SFT step, merged.
+    let data = home.join("one.jsonl");
+    std::fs::write(
+        &data,
+        r#"{"question": "Where is my parcel?", "answer": "At the depot."}"#,
+    )
+    .unwrap();
+    run(&[
+        "train",
+        "sft",
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        home.join("run").to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--rank",
+        "2",
+        "--targets",
+        "q,v",
+        "--eval-fraction",
+        "0",
+        "--lr",
+        "1e-2",
+        "--max-len",
+        "64",
+    ]);
+    let merged = home.join("trained.gguf");
+    run(&[
+        "merge",
+        "--adapter",
+        home.join("run/adapter").to_str().unwrap(),
+        "--output",
+        merged.to_str().unwrap(),
+    ]);
+
+    let extra = ["--max-tokens", "6", "--follow-ms", "200"];
+    let first = Server::spawn(with_registry(home), &extra);
+    let second = Server::spawn(with_registry(other_home.path()), &extra);
+    let version_of = |server: &Server| {
+        let (_, ready) = get(&server.url("/readyz"), None);
+        ready["model_version"].as_str().unwrap().to_string()
+    };
+    let original = version_of(&first);
+    assert_eq!(version_of(&second), original);
+    let said = run(&["models", "register", merged.to_str().unwrap()]);
+    let trained = said
+        .strip_prefix("version ")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(said.contains("candidate"), "{said}");
+    assert_ne!(trained, original);
+    let (status, models) = request("GET", &first.url("/api/admin/models"), &admin, None);
+    assert_eq!(status, 200, "{models}");
+    assert_eq!(models["labels"]["production"], original.as_str());
+    assert_eq!(models["labels"]["candidate"], trained.as_str());
+    assert_eq!(models["serving"], original.as_str());
+
+    // Questions keep coming while the label moves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let base = first.url("");
+        std::thread::spawn(move || {
+            let mut results = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let (status, conversation) =
+                    post(&format!("{base}/api/conversations"), None, b"{}");
+                assert_eq!(status, 201, "{conversation}");
+                let id = conversation["id"].as_str().unwrap().to_string();
+                let token = conversation["customer_token"].as_str().unwrap().to_string();
+                let (status, events) = post_sse(
+                    &format!("{base}/api/conversations/{id}/messages"),
+                    Some(&token),
+                    &json!({"content": "Where is my parcel?"}),
+                );
+                let done = events.last().filter(|(name, _)| name == "done").is_some();
+                results.push((started, started.elapsed(), status == 200 && done, id));
+            }
+            results
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let promoted_at = Instant::now();
+    let (status, promoted) = request(
+        "POST",
+        &first.url(&format!("/api/admin/models/{trained}/promote")),
+        &admin,
+        None,
+    );
+    assert_eq!(status, 200, "{promoted}");
+    assert_eq!(promoted["previous"], original.as_str());
+    let wait_for = |server: &Server, version: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while version_of(server) != version {
+            assert!(
+                Instant::now() < deadline,
+                "{} never served {version}",
+                server.base
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&first, &trained);
+    wait_for(&second, &trained);
+    let swapped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = load.join().unwrap();
+    assert!(
+        results.iter().all(|r| r.2),
+        "a request failed during the swap"
+    );
+    let p99 = |mut times: Vec<Duration>| {
+        times.sort();
+        times
+            .get((times.len() * 99 / 100).min(times.len().saturating_sub(1)))
+            .copied()
+    };
+    let before: Vec<Duration> = results
+        .iter()
+        .filter(|r| r.0 < promoted_at)
+        .map(|r| r.1)
+        .collect();
+    let during: Vec<Duration> = results
+        .iter()
+        .filter(|r| r.0 + r.1 >= promoted_at && r.0 <= swapped_at)
+        .map(|r| r.1)
+        .collect();
+    eprintln!(
+        "{} requests, none failed; p99 before the swap {:?} ({} requests), during it {:?} ({})",
+        results.len(),
+        p99(before.clone()),
+        before.len(),
+        p99(during.clone()),
+        during.len()
+    );
+    // The stored answers name the version that produced them: the last one, the new version.
+    let last = &results.last().unwrap().3;
+    let (status, transcript) = request(
+        "GET",
+        &first.url(&format!("/api/agent/conversations/{last}")),
+        &admin,
+        None,
+    );
+    assert_eq!(status, 200, "{transcript}");
+    let answered = transcript["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap();
+    assert_eq!(answered["served"]["model_version"], trained.as_str());
+
+    // Rollback through the other replica: both go back.
+    let (status, rolled) = request(
+        "POST",
+        &second.url("/api/admin/models/rollback"),
+        &admin,
+        None,
+    );
+    assert_eq!(status, 200, "{rolled}");
+    assert_eq!(rolled["production"], original.as_str());
+    wait_for(&second, &original);
+    wait_for(&first, &original);
+
+    // A corrupt file in the registry is refused; production keeps serving.
+    let file = registry.join(format!("{trained}/model.gguf"));
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let (status, _) = request(
+        "POST",
+        &first.url(&format!("/api/admin/models/{trained}/promote")),
+        &admin,
+        None,
+    );
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        let (_, models) = request("GET", &first.url("/api/admin/models"), &admin, None);
+        if let Some(reason) = models["serving_refused"].as_str() {
+            break reason.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt version was not refused: {models}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(refusal.contains("corrupt"), "{refusal}");
+    assert_eq!(version_of(&first), original);
+    let (status, conversation) = post(&first.url("/api/conversations"), None, b"{}");
+    assert_eq!(status, 201);
+    let (status, events) = post_sse(
+        &first.url(&format!(
+            "/api/conversations/{}/messages",
+            conversation["id"].as_str().unwrap()
+        )),
+        conversation["customer_token"].as_str(),
+        &json!({"content": "Still there?"}),
+    );
+    assert_eq!((status, events.last().unwrap().0.as_str()), (200, "done"));
+
+    // Bad input: an unknown version; a file that is not a model.
+    let (status, missing) = request(
+        "POST",
+        &first.url("/api/admin/models/0000/promote"),
+        &admin,
+        None,
+    );
+    assert_error((status, missing), 404, "model_version_not_found");
+    let junk = home.join("junk.gguf");
+    std::fs::write(&junk, b"GGUF but not really").unwrap();
+    let out = kefu(home, Some(&url))
+        .args(["models", "register", junk.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.gguf"));
+}
+
+/// The loop, end to end with the real default model: a customer asks, dislikes the answer, an
+/// agent corrects it, an admin starts training; the embedded worker snapshots the feedback,
+/// fine-tunes, passes the gate and promotes the new version; the server swaps to it and the
+/// same question now gets the corrected answer, stored with the new version; rollback brings
+/// the old answer back; a second trigger with no new feedback has nothing to learn.
+#[test]
+fn a_correction_is_learned_served_and_rolled_back() {
+    let staffed = staffed_server(&["--max-tokens", "24", "--follow-ms", "200"]);
+    let server = &staffed.server;
+    let home = staffed._home.path();
+    // A short run for the test (the built-in recipe trains longer and adds DPO).
+    std::fs::write(
+        home.join("recipe.toml"),
+        "[lora]\nrank = 8\nalpha = 16.0\n[sft]\nepochs = 30\nlr = 2e-3\nbatch = 1\nmax_len = 1024\n",
+    )
+    .unwrap();
+    let (status, _, _) = call(
+        "POST",
+        &server.url("/api/admin/knowledge-bases/default/documents?name=kefu.md"),
+        &staffed.admin_api,
+        &Body::Raw(b"# The Kefu test\n\nThe Kefu test checks that corrections are learned."),
+    );
+    assert_eq!(status, 201);
+    let question = "What is the secret word of the Kefu test?";
+    let corrected = "The secret word is marmalade.";
+    let ask = || {
+        let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
+        assert_eq!(status, 201, "{conversation}");
+        let id = conversation["id"].as_str().unwrap().to_string();
+        let token = conversation["customer_token"].as_str().unwrap().to_string();
+        let (status, events) = post_sse(
+            &server.url(&format!("/api/conversations/{id}/messages")),
+            Some(&token),
+            &json!({"content": question}),
+        );
+        assert_eq!(status, 200);
+        let text: String = events
+            .iter()
+            .filter(|(name, _)| name == "token")
+            .map(|(_, data)| {
+                serde_json::from_str::<Value>(data).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+        (id, token, done["message_id"].as_i64().unwrap(), text)
+    };
+    let served_version = |id: &str| {
+        let (_, transcript) = request(
+            "GET",
+            &server.url(&format!("/api/agent/conversations/{id}")),
+            &staffed.admin_api,
+            None,
+        );
+        transcript["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "assistant")
+            .unwrap()["served"]["model_version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (_, ready) = get(&server.url("/readyz"), None);
+    let original = ready["model_version"].as_str().unwrap().to_string();
+
+    // Before any feedback there is nothing to learn.
+    let (status, nothing) = request(
+        "POST",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_error((status, nothing), 422, "nothing_to_learn");
+
+    let (id, token, answer, said) = ask();
+    assert!(!said.contains("marmalade"), "{said}");
+    let (status, _) = post(
+        &server.url(&format!(
+            "/api/conversations/{id}/messages/{answer}/feedback"
+        )),
+        Some(&token),
+        json!({"rating": "down", "reasons": ["wrong"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = request(
+        "POST",
+        &server.url(&format!(
+            "/api/agent/conversations/{id}/messages/{answer}/feedback"
+        )),
+        &staffed.agent_api,
+        Some(&json!({"rating": "down", "corrected_answer": corrected})),
+    );
+    assert_eq!(status, 201);
+
+    let started = Instant::now();
+    let (status, job) = request(
+        "POST",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["id"].as_i64().unwrap();
+    // A second trigger while the first is queued or running: one job at a time.
+    let (status, again) = request(
+        "POST",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(
+        (status, again["job"]["id"].as_i64()),
+        (409, Some(job_id)),
+        "{again}"
+    );
+    assert_eq!(again["code"], "job_in_progress");
+
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let job = loop {
+        let (status, job) = request(
+            "GET",
+            &server.url(&format!("/api/admin/training/jobs/{job_id}")),
+            &staffed.admin_api,
+            None,
+        );
+        assert_eq!(status, 200, "{job}");
+        match job["status"].as_str().unwrap() {
+            "succeeded" => break job,
+            "failed" | "cancelled" => panic!("the job ended: {job}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {job}");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let version = job["version"].as_str().unwrap().to_string();
+    let report = &job["report"];
+    assert_eq!(report["passed"], true, "{report}");
+    assert!(
+        report["regression"]["loss_ratio"].as_f64().unwrap() < 1.0,
+        "{report}"
+    );
+    assert_eq!(report["dataset"]["regression_examples"], 1, "{report}");
+    assert!(
+        !job["progress"]["curve"].as_array().unwrap().is_empty(),
+        "{job}"
+    );
+    // The server follows the label the worker moved.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, ready) = get(&server.url("/readyz"), None);
+        if ready["model_version"] == version.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served {version}: {ready}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "from the trigger to serving the new version: {:?}",
+        started.elapsed()
+    );
+    let (id, _, _, said) = ask();
+    assert!(said.contains("marmalade"), "the trained version: {said}");
+    assert_eq!(served_version(&id), version);
+
+    // Nothing new since that job.
+    let (status, nothing) = request(
+        "POST",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_error((status, nothing), 422, "nothing_to_learn");
+
+    // Rollback: the old version and its answer come back.
+    let (status, rolled) = request(
+        "POST",
+        &server.url("/api/admin/models/rollback"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 200, "{rolled}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, ready) = get(&server.url("/readyz"), None);
+        if ready["model_version"] == original.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never went back to {original}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (id, _, _, said) = ask();
+    assert!(!said.contains("marmalade"), "after the rollback: {said}");
+    assert_eq!(served_version(&id), original);
+    let (status, jobs) = request(
+        "GET",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+    let (status, missing) = request(
+        "GET",
+        &server.url("/api/admin/training/jobs/999"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_error((status, missing), 404, "job_not_found");
+    let (status, finished) = request(
+        "POST",
+        &server.url(&format!("/api/admin/training/jobs/{job_id}/cancel")),
+        &staffed.admin_api,
+        None,
+    );
+    assert_error((status, finished), 409, "job_finished");
 }

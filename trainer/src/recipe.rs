@@ -70,6 +70,23 @@ pub struct Recipe {
     pub sft: Option<Stage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dpo: Option<Stage>,
+    /// What a candidate must show before it becomes production (the training worker's gate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateSection>,
+}
+
+/// `[gate]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateSection {
+    /// The candidate's answer loss on the regression set (every corrected question) over
+    /// production's may be at most this [default: 1.0: match or beat production].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_loss_ratio: Option<f64>,
+    /// The merged weights' logits against base + adapter, both in f32: the largest
+    /// root-mean-square difference allowed, relative to the logits' RMS [default: 0.001].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parity_tolerance: Option<f64>,
 }
 
 /// `[lora]`

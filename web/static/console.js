@@ -280,4 +280,121 @@
       }
     });
   }
+  /* Admin: training jobs with their loss curves and gate reports, model versions. */
+  var training = document.querySelector("[data-page=training]");
+  if (training) {
+    var status = document.getElementById("training-status");
+    var selected = null;
+    var short = function (v) { return v ? v.slice(0, 12) : ""; };
+    var when = function (ms) { return ms ? new Date(ms).toLocaleString() : ""; };
+    var fixed = function (x) { return typeof x === "number" ? x.toFixed(4) : "—"; };
+    var colours = { cpt: "#7a4fb5", sft: "#1f6feb", dpo: "#d9480f" };
+
+    function drawCurve(points) {
+      var svg = document.getElementById("loss-chart");
+      while (svg.firstChild) svg.removeChild(svg.firstChild);
+      var ns = "http://www.w3.org/2000/svg";
+      var line = function (attrs) { var n = document.createElementNS(ns, attrs.tag); for (var k in attrs) if (k !== "tag") n.setAttribute(k, attrs[k]); svg.appendChild(n); return n; };
+      if (!points.length) { var t = line({ tag: "text", x: 20, y: 110 }); t.textContent = "No steps yet"; return; }
+      var losses = points.map(function (p) { return p.loss; });
+      var lo = Math.min.apply(null, losses), hi = Math.max.apply(null, losses);
+      if (hi - lo < 1e-9) { hi = lo + 1; }
+      var w = 560, h = 180, x0 = 36, y0 = 10;
+      line({ tag: "line", x1: x0, y1: y0 + h, x2: x0 + w, y2: y0 + h, stroke: "#888" });
+      line({ tag: "line", x1: x0, y1: y0, x2: x0, y2: y0 + h, stroke: "#888" });
+      [hi, lo].forEach(function (v, i) { var t = line({ tag: "text", x: 2, y: i ? y0 + h : y0 + 10, "font-size": 10 }); t.textContent = v.toFixed(2); });
+      var n = points.length;
+      var stages = {};
+      points.forEach(function (p, i) { (stages[p.stage] = stages[p.stage] || []).push([x0 + (n === 1 ? 0 : i * w / (n - 1)), y0 + h - (p.loss - lo) / (hi - lo) * h]); });
+      var legend = 0;
+      Object.keys(stages).forEach(function (stage) {
+        line({ tag: "polyline", fill: "none", stroke: colours[stage] || "#333", "stroke-width": 2, points: stages[stage].map(function (xy) { return xy.join(","); }).join(" "), "data-stage": stage });
+        var t = line({ tag: "text", x: x0 + w - 60, y: y0 + 12 + 14 * legend++, fill: colours[stage] || "#333", "font-size": 12 });
+        t.textContent = stage.toUpperCase();
+      });
+    }
+
+    function curveOf(job) {
+      if (job.progress && job.progress.curve) return job.progress.curve;
+      var points = [];
+      ((job.report && job.report.stages) || []).forEach(function (s) {
+        (s.metrics || []).forEach(function (m) { if (typeof m.loss === "number") points.push({ stage: s.stage, step: m.step, loss: m.loss }); });
+      });
+      return points;
+    }
+
+    function showReport(report) {
+      var body = document.querySelector("#report tbody");
+      var greedy = document.querySelector("#greedy tbody");
+      body.textContent = ""; greedy.textContent = "";
+      if (!report) { body.appendChild(el("tr", {}, [el("td", { colspan: 4, text: "The report appears when the job has finished." })])); return; }
+      var r = report.regression || {};
+      var verdict = function (ok) { return el("td", { class: ok ? "pass" : "fail", text: ok ? "pass" : "fail" }); };
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Answer loss on corrected questions (" + (r.examples || 0) + ")" }), el("td", { text: fixed(r.production_loss) }), el("td", { text: fixed(r.candidate_loss) }),
+        verdict(r.loss_ratio === null || r.loss_ratio === undefined || r.loss_ratio <= r.max_loss_ratio)]));
+      var p = report.parity || {};
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Merged weights against base + adapter (relative RMS logit difference, f32; the served Q8_0 file's drift and top-1 agreement)" }), el("td", { text: "—" }), el("td", { text: (p.relative_rms_difference || 0).toExponential(2) + " (≤ " + p.tolerance + "); " + fixed(p.served_q8_0_relative_rms_difference) + ", " + fixed(p.served_q8_0_top1_agreement) }), verdict(p.relative_rms_difference <= p.tolerance)]));
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Chat template renders prompts as production does" }), el("td", { text: "—" }), el("td", { text: report.template_parity ? "same" : "different" }), verdict(report.template_parity)]));
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Gate" }), el("td", { text: short(report.production) }), el("td", { text: "" }), verdict(report.passed)]));
+      (r.greedy || []).forEach(function (g) {
+        greedy.appendChild(el("tr", {}, [el("td", { text: g.question || "" }), el("td", { text: g.expected }), el("td", { class: g.matches ? "pass" : "fail", text: g.candidate })]));
+      });
+    }
+
+    function showJob(id) {
+      return api("GET", "/api/admin/training/jobs/" + id).then(function (job) {
+        document.getElementById("job-detail").hidden = false;
+        document.getElementById("job-title").textContent = "Job " + job.id + ": " + job.status + (job.error ? " (" + job.error + ")" : "");
+        drawCurve(curveOf(job));
+        showReport(job.report);
+      });
+    }
+
+    function loadJobs() {
+      return api("GET", "/api/admin/training/jobs").then(function (data) {
+        var body = document.querySelector("#jobs tbody");
+        body.textContent = "";
+        data.jobs.forEach(function (job) {
+          var p = job.progress || {};
+          var progress = p.stage ? p.stage + (p.total ? " " + p.step + "/" + p.total + ", loss " + fixed(p.loss) : "") : "";
+          var open = el("button", { type: "button", text: "Job " + job.id, onclick: function () { selected = job.id; showJob(job.id); } });
+          body.appendChild(el("tr", { "data-job": job.id, "data-status": job.status }, [el("td", {}, [open]), el("td", { text: job.status + (job.error ? ": " + job.error : "") }), el("td", { text: progress }), el("td", { text: when(job.started_ms) }), el("td", {}, [el("code", { text: short(job.version) })])]));
+        });
+        if (selected === null && data.jobs.length) selected = data.jobs[0].id;
+        if (selected !== null) return showJob(selected);
+      });
+    }
+
+    function loadVersions() {
+      return api("GET", "/api/admin/models").then(function (data) {
+        var body = document.querySelector("#versions tbody");
+        body.textContent = "";
+        data.versions.forEach(function (v) {
+          var labels = v.labels.join(", ") + (v.id === data.serving ? " (serving here)" : "");
+          var gate = v.report && typeof v.report.passed === "boolean" ? (v.report.passed ? "passed" : "failed") : "—";
+          var actions = el("td");
+          if (v.labels.indexOf("production") < 0) {
+            actions.appendChild(el("button", { type: "button", "data-action": "promote", text: "Promote", onclick: function () {
+              if (!confirm("Serve version " + short(v.id) + " to every customer?")) return;
+              api("POST", "/api/admin/models/" + v.id + "/promote", {}).then(function () { status.textContent = "Version " + short(v.id) + " is production"; refresh(); }, function (e) { status.textContent = e.message; });
+            } }));
+          }
+          body.appendChild(el("tr", { "data-version": v.id }, [el("td", {}, [el("code", { text: short(v.id), title: v.id })]), el("td", { text: labels }), el("td", { text: when(v.created_ms) }), el("td", { text: gate }), actions]));
+        });
+        if (data.serving_refused) status.textContent = "The production version was refused: " + data.serving_refused;
+      });
+    }
+
+    function refresh() { return Promise.all([loadJobs(), loadVersions()]).catch(function (e) { status.textContent = e.message; }); }
+
+    document.getElementById("train-now").addEventListener("click", function () {
+      api("POST", "/api/admin/training/jobs", {}).then(function (job) { status.textContent = "Job " + job.id + " queued"; selected = job.id; refresh(); }, function (e) { status.textContent = e.message; });
+    });
+    document.getElementById("roll-back").addEventListener("click", function () {
+      if (!confirm("Put the previous version back into production?")) return;
+      api("POST", "/api/admin/models/rollback", {}).then(function (r) { status.textContent = "Rolled back to " + short(r.production); refresh(); }, function (e) { status.textContent = e.message; });
+    });
+    refresh();
+    setInterval(refresh, 3000);
+  }
 })();

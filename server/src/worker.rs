@@ -1,0 +1,550 @@
+//! `kefu trainer work`: the training worker, a process of its own (`kefu serve` starts one as a
+//! child and restarts it when it dies). It claims a queued job with a lease, renews the lease
+//! while it works (a killed worker's job goes back to the queue, or fails with a reason), and:
+//! 1. snapshots the feedback into a dataset (`jobs/<id>/data/`: SFT examples from corrected and
+//!    liked answers, preference pairs; every example keeps its lineage: question, answer,
+//!    feedback ids and the model version that answered);
+//! 2. runs the recipe (`<home>/recipe.toml`, or the built-in one) from the production model:
+//!    SFT, then DPO when there are pairs enough, each stage merged into the next one's start;
+//! 3. runs the evaluation gate: on the regression set (every question an agent corrected) the
+//!    candidate's answer loss against production's and its greedy answers, merged-versus-adapter
+//!    logit parity, chat-template parity;
+//! 4. registers the merged model as a version with its report, labels it `candidate`, and
+//!    promotes it to `production` when the gate passes (every server follows the label).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use kefu_db::{CANDIDATE, Database, PRODUCTION, TrainingJob};
+use kefu_model::generate::GenerationParams;
+use kefu_model::sampling::SamplingConfig;
+use kefu_model::{LoadOptions, LoadedModel};
+use kefu_trainer::data::{self, Conversation, OnBadLine};
+use kefu_trainer::lora::Adapters;
+use kefu_trainer::recipe::{Recipe, Stage};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::export::{Format, Kind};
+use crate::train::StageRun;
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
+    #[arg(long, env = "KEFU_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Take at most one job, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// How often to look for a queued job, in milliseconds.
+    #[arg(long, env = "KEFU_WORKER_POLL_MS", default_value_t = 2000)]
+    pub poll_ms: u64,
+    /// How long a claimed job stays this worker's without a heartbeat, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub lease_seconds: u64,
+    /// Attempts a job gets before a lost lease fails it.
+    #[arg(long, default_value_t = 2)]
+    pub max_attempts: i64,
+}
+
+/// The model the worker trains when nothing says otherwise.
+const BUILT_IN_RECIPE: &str = r#"
+[lora]
+rank = 16
+alpha = 32.0
+targets = ["q", "k", "v", "o", "gate", "up", "down"]
+
+[sft]
+epochs = 8
+lr = 1e-3
+batch = 2
+max_len = 2048
+eval_fraction = 0.0
+
+[dpo]
+epochs = 2
+lr = 2e-4
+batch = 2
+max_len = 2048
+eval_fraction = 0.0
+beta = 0.1
+"#;
+
+/// Set for a worker that `kefu serve` started: it ends when the server does.
+const EMBEDDED: &str = "KEFU_WORKER_EMBEDDED";
+
+/// Fewer pairs than this and the DPO stage is left out.
+const MIN_PAIRS: usize = 8;
+
+pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
+    let url = crate::cli::database_url(home, args.database_url.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let database = Database::connect(&url).await?;
+        let owner = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+            std::process::id()
+        );
+        let lease_ms = (args.lease_seconds.max(2) * 1000) as i64;
+        eprintln!("kefu trainer: {owner} waiting for jobs");
+        // Started by `kefu serve`: end with it (a killed server must not leave a worker behind).
+        let parent = std::env::var_os(EMBEDDED).map(|_| std::os::unix::process::parent_id());
+        loop {
+            if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+                eprintln!("kefu trainer: kefu serve is gone; stopping");
+                break;
+            }
+            let job = database
+                .claim_job(&owner, lease_ms, args.max_attempts)
+                .await?;
+            match job {
+                Some(job) => {
+                    eprintln!("kefu trainer: job {} started", job.id);
+                    let outcome = process(home, &database, &job, &owner, lease_ms, parent).await;
+                    let finished = match &outcome {
+                        Ok(version) => {
+                            eprintln!("kefu trainer: job {} made version {version}", job.id);
+                            database
+                                .finish_job(job.id, &owner, Ok(Some(version)))
+                                .await?
+                        }
+                        Err(e) => {
+                            let reason = format!("{e:#}");
+                            eprintln!("kefu trainer: job {} failed: {reason}", job.id);
+                            database.finish_job(job.id, &owner, Err(&reason)).await?
+                        }
+                    };
+                    if !finished {
+                        eprintln!(
+                            "kefu trainer: job {} was no longer ours (cancelled or taken back)",
+                            job.id
+                        );
+                    }
+                    if args.once {
+                        break;
+                    }
+                }
+                None if args.once => break,
+                None => tokio::time::sleep(Duration::from_millis(args.poll_ms.max(50))).await,
+            }
+        }
+        database.close().await;
+        anyhow::Ok(())
+    })
+}
+
+/// Writes `examples` as JSON lines; their sha256.
+fn write_lines(path: &Path, examples: &[Value]) -> Result<String> {
+    let mut text = String::new();
+    for example in examples {
+        text.push_str(&example.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+}
+
+/// The recipe a job runs: `<home>/recipe.toml` or the built-in one, pointed at the snapshot.
+fn job_recipe(
+    home: &Path,
+    sft: &Path,
+    pairs: &Path,
+    sft_count: usize,
+    pair_count: usize,
+) -> Result<Recipe> {
+    let file = home.join("recipe.toml");
+    let mut recipe = if file.exists() {
+        Recipe::read(&file)?
+    } else {
+        Recipe::parse(BUILT_IN_RECIPE, "the built-in recipe")?
+    };
+    // The feedback log is what a job learns from; CPT needs documents a job does not snapshot.
+    recipe.cpt = None;
+    let point = |stage: &mut Option<Stage>, data: &Path, keep: bool| {
+        if keep {
+            let section = stage.get_or_insert_with(Stage::default);
+            section.data = Some(data.to_path_buf());
+        } else {
+            *stage = None;
+        }
+    };
+    point(&mut recipe.sft, sft, sft_count > 0);
+    point(&mut recipe.dpo, pairs, pair_count >= MIN_PAIRS);
+    if recipe.stages().is_empty() {
+        bail!("nothing to learn: {sft_count} SFT examples and {pair_count} pairs");
+    }
+    Ok(recipe)
+}
+
+/// One job, from snapshot to registered version; returns the version's id.
+async fn process(
+    home: &Path,
+    database: &Database,
+    job: &TrainingJob,
+    owner: &str,
+    lease_ms: i64,
+    parent: Option<u32>,
+) -> Result<String> {
+    let production = database
+        .labelled(PRODUCTION)
+        .await?
+        .context("no model is labelled production (start kefu serve once)")?;
+    let production_path = crate::registry::version_path(home, &production);
+    let dir = home.join("jobs").join(job.id.to_string());
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let sft = crate::export::compile(database, Kind::Sft, Format::Trl).await?;
+    let pairs = crate::export::compile(database, Kind::Pairs, Format::Trl).await?;
+    let sft_path = data_dir.join("sft.jsonl");
+    let pairs_path = data_dir.join("pairs.jsonl");
+    let sft_hash = write_lines(&sft_path, &sft)?;
+    let pairs_hash = write_lines(&pairs_path, &pairs)?;
+    let recipe = job_recipe(home, &sft_path, &pairs_path, sft.len(), pairs.len())?;
+    recipe.write(&dir.join("recipe.toml"))?;
+    // The regression set: every question an agent corrected, with the corrected answer.
+    let regression: Vec<Value> = sft
+        .iter()
+        .filter(|e| e["kefu"]["chosen_message_id"].is_null())
+        .cloned()
+        .collect();
+    let regression_path = data_dir.join("regression.jsonl");
+    write_lines(&regression_path, &regression)?;
+
+    let progress = Arc::new(Mutex::new(json!({"stage": "starting"})));
+    let lost = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let database = database.clone();
+        let progress = progress.clone();
+        let lost = lost.clone();
+        let owner = owner.to_string();
+        let id = job.id;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis((lease_ms / 4).max(200) as u64)).await;
+                if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                let report = progress
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .to_string();
+                match database.heartbeat_job(id, &owner, lease_ms, &report).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => eprintln!("kefu trainer: heartbeat failed (will retry): {e}"),
+                }
+            }
+        })
+    };
+    let work = {
+        let home = home.to_path_buf();
+        let output = dir.join("train");
+        let production_path = production_path.clone();
+        let progress = progress.clone();
+        let lost = lost.clone();
+        tokio::task::spawn_blocking(move || -> Result<(Vec<StageRun>, Value)> {
+            let mut curves: Vec<Value> = Vec::new();
+            let runs = crate::train::run_stages(
+                &home,
+                &recipe,
+                &production_path.to_string_lossy(),
+                &output,
+                &mut |kind, step, total, loss| {
+                    curves.push(json!({"stage": kind.name(), "step": step, "loss": loss}));
+                    *progress.lock().unwrap_or_else(|e| e.into_inner()) = json!({
+                        "stage": kind.name(), "step": step, "total": total, "loss": loss,
+                        "curve": curves,
+                    });
+                    !lost.load(Ordering::SeqCst)
+                },
+            )?;
+            *progress.lock().unwrap_or_else(|e| e.into_inner()) =
+                json!({"stage": "gate", "curve": curves});
+            let report = gate(&production_path, &runs, &regression_path, &recipe)?;
+            Ok((runs, report))
+        })
+    };
+    let result = work.await;
+    heartbeat.abort();
+    let (runs, mut report) = result??;
+    let stages: Vec<Value> = runs
+        .iter()
+        .map(|run| {
+            let r = &run.report;
+            json!({
+                "stage": run.kind.name(), "steps": r.steps, "first_loss": r.first_loss,
+                "last_loss": r.last_loss, "eval_loss": r.eval_loss,
+                "metrics": std::fs::read_to_string(r.adapter_dir.with_file_name("metrics.jsonl"))
+                    .unwrap_or_default().lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    report["stages"] = json!(stages);
+    report["dataset"] = json!({
+        "sft_examples": sft.len(), "pairs": pairs.len(), "regression_examples": regression.len(),
+        "sft_sha256": sft_hash, "pairs_sha256": pairs_hash,
+        "folder": data_dir.strip_prefix(home).unwrap_or(&data_dir),
+    });
+    report["production"] = json!(production.id);
+    let last = &runs.last().context("the recipe ran no stage")?.merged;
+    let home_owned = home.to_path_buf();
+    let merged = last.clone();
+    let parent = production.id.clone();
+    let job_id = job.id;
+    let mut version = tokio::task::spawn_blocking(move || {
+        crate::registry::import(&home_owned, &merged, Some(parent), Some(job_id))
+    })
+    .await??;
+    let passed = report["passed"].as_bool().unwrap_or(false);
+    version.report = report.to_string();
+    let version = database.register_version(&version).await?;
+    database.set_label(CANDIDATE, &version.id).await?;
+    if passed && version.id != production.id {
+        database.promote(&version.id).await?;
+        eprintln!(
+            "kefu trainer: version {} passed the gate and is production",
+            version.id
+        );
+    } else {
+        eprintln!(
+            "kefu trainer: version {} stays a candidate (gate: {passed})",
+            version.id
+        );
+    }
+    Ok(version.id)
+}
+
+fn load(path: &Path) -> Result<LoadedModel> {
+    LoadedModel::load(
+        path,
+        &LoadOptions {
+            requantize: false,
+            ..LoadOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot load {}", path.display()))
+}
+
+fn normalized(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The evaluation gate: a JSON report with `passed`.
+fn gate(
+    production_path: &Path,
+    runs: &[StageRun],
+    regression_path: &Path,
+    recipe: &Recipe,
+) -> Result<Value> {
+    let settings = recipe.gate.clone().unwrap_or_default();
+    let max_ratio = settings.max_loss_ratio.unwrap_or(1.0);
+    let tolerance = settings.parity_tolerance.unwrap_or(1e-3);
+    let last = runs.last().context("no stage ran")?;
+    let candidate = load(&last.merged)?;
+    let production = load(production_path)?;
+    let conversations: Vec<Conversation> =
+        data::read_jsonl(regression_path, OnBadLine::Skip)?.conversations;
+
+    // The regression set: answer loss against production's, and greedy answers.
+    let tokenized = |model: &LoadedModel| -> Result<Vec<data::Tokenized>> {
+        let mut out = Vec::new();
+        for c in &conversations {
+            out.extend(data::tokenize(model, c, 4096)?);
+        }
+        Ok(out)
+    };
+    let (production_loss, candidate_loss) = if conversations.is_empty() {
+        (None, None)
+    } else {
+        (
+            Some(kefu_trainer::sft::mean_loss(
+                &production,
+                &tokenized(&production)?,
+                2,
+            )?),
+            Some(kefu_trainer::sft::mean_loss(
+                &candidate,
+                &tokenized(&candidate)?,
+                2,
+            )?),
+        )
+    };
+    let ratio = match (production_loss, candidate_loss) {
+        (Some(p), Some(c)) if p > 0.0 => Some(c / p),
+        _ => None,
+    };
+    let params = GenerationParams {
+        sampling: SamplingConfig {
+            temperature: 0.0,
+            repetition_penalty: 1.1,
+            ..SamplingConfig::default()
+        },
+        max_tokens: 96,
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let mut greedy = Vec::new();
+    for c in conversations.iter().take(5) {
+        let (answer, context) = c.messages.split_last().context("an empty example")?;
+        let prompt = candidate.chat_prompt(context)?;
+        let said = candidate.generate(&prompt, &params, |_| true)?.text;
+        greedy.push(json!({
+            "question": context.last().map(|m| m.content.clone()),
+            "expected": answer.content, "candidate": said,
+            "matches": normalized(&said).contains(&normalized(&answer.content)),
+        }));
+    }
+
+    // The merge's arithmetic: base + adapter against the merged weights, both held in f32 (a
+    // Hugging Face export of the merge). The served file re-rounds the merged projections to
+    // Q8_0; its drift from base + adapter is reported beside it.
+    let dense = LoadOptions {
+        requantize: false,
+        decoder: kefu_model::DecoderOptions {
+            dense: true,
+            ..kefu_model::DecoderOptions::default()
+        },
+        ..LoadOptions::default()
+    };
+    let mut adapted = LoadedModel::load(&last.base, &dense)
+        .with_context(|| format!("cannot load {}", last.base.display()))?;
+    Adapters::load(&mut adapted.decoder, &last.report.adapter_dir)?;
+    let exact_dir = last.merged.with_file_name("merged-f32");
+    kefu_trainer::merge::merge_hf(&last.base, Some(&last.report.adapter_dir), &exact_dir)?;
+    let exact = load(&exact_dir)?;
+    let sample = conversations
+        .first()
+        .map(|c| c.messages.clone())
+        .unwrap_or_else(|| {
+            vec![kefu_model::ChatMessage::new(
+                kefu_model::Role::User,
+                "Hello",
+            )]
+        });
+    let ids = candidate.chat_prompt(&sample)?;
+    let input = candidate_core_input(&ids)?;
+    let reference = adapted.decoder.forward_all(&input)?;
+    let rms = |t: &candle_core::Tensor| -> Result<f64> {
+        Ok(t.sqr()?.mean_all()?.to_scalar::<f32>()?.sqrt() as f64)
+    };
+    let top1 = |logits: &candle_core::Tensor| -> Result<f64> {
+        let a = logits
+            .argmax(candle_core::D::Minus1)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        let b = reference
+            .argmax(candle_core::D::Minus1)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        Ok(a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64)
+    };
+    let scale = rms(&reference)?.max(1e-6);
+    let merged = exact.decoder.forward_all(&input)?;
+    let parity = rms(&(&merged - &reference)?)? / scale;
+    let served = candidate.decoder.forward_all(&input)?;
+    let drift = rms(&(&served - &reference)?)? / scale;
+    let served_top1 = top1(&served)?;
+    drop(exact);
+    let _ = std::fs::remove_dir_all(&exact_dir);
+
+    // The candidate renders prompts exactly as production does.
+    let template_parity = candidate.chat_prompt(&sample)? == production.chat_prompt(&sample)?;
+
+    let loss_ok = ratio.is_none_or(|r| r <= max_ratio);
+    let passed = loss_ok && parity <= tolerance && template_parity;
+    Ok(json!({
+        "passed": passed,
+        "regression": {
+            "examples": conversations.len(), "production_loss": production_loss,
+            "candidate_loss": candidate_loss, "loss_ratio": ratio, "max_loss_ratio": max_ratio,
+            "greedy": greedy,
+        },
+        "parity": {"relative_rms_difference": parity, "tolerance": tolerance,
+                   "served_q8_0_relative_rms_difference": drift,
+                   "served_q8_0_top1_agreement": served_top1},
+        "template_parity": template_parity,
+    }))
+}
+
+/// Token ids as a `(1, len)` tensor for a forward pass.
+fn candidate_core_input(ids: &[u32]) -> Result<candle_core::Tensor> {
+    Ok(candle_core::Tensor::new(ids, &candle_core::Device::Cpu)?.unsqueeze(0)?)
+}
+
+/// Whether there is something new to learn since the last job that succeeded: the number of
+/// SFT examples and pairs the feedback log gives now, and whether any feedback came after that
+/// job started.
+pub async fn new_material(database: &Database, model: &str) -> Result<(usize, usize, bool)> {
+    let sft = crate::export::compile(database, Kind::Sft, Format::Trl).await?;
+    let pairs = crate::export::compile(database, Kind::Pairs, Format::Trl).await?;
+    let since = database
+        .last_succeeded_job(model)
+        .await?
+        .and_then(|j| j.started_ms)
+        .unwrap_or(0);
+    let fresh = database.feedback_since(since).await? > 0;
+    Ok((sft.len(), pairs.len(), fresh))
+}
+
+/// `kefu serve`'s embedded worker: a child process, restarted when it dies.
+pub fn supervise(home: PathBuf, database_url: String, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(exe) = std::env::current_exe() else {
+            eprintln!("kefu: cannot find this program to start the training worker");
+            return;
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let child = std::process::Command::new(&exe)
+                .env("KEFU_HOME", &home)
+                .env("KEFU_DATABASE_URL", &database_url)
+                .env(EMBEDDED, "1")
+                .args(["trainer", "work"])
+                .stdin(std::process::Stdio::null())
+                // The server's standard output may be a pipe its reader has closed; the worker
+                // reports on standard error.
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(child) => child,
+                Err(e) => {
+                    eprintln!("kefu: cannot start the training worker: {e}");
+                    std::thread::sleep(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        eprintln!("kefu: the training worker stopped ({status}); restarting it");
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+                    Err(_) => break,
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}
