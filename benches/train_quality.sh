@@ -18,6 +18,7 @@ export KEFU_HOME=${KEFU_HOME:-$HOME/.cache/kefu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}
 SHARED=${SHARED_DATA:-$(cd .. && pwd)/shared/data}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 
 cargo build --release -p server >&2
 KEFU="$CARGO_TARGET_DIR/release/kefu"

@@ -495,25 +495,6 @@ pub async fn delete_document(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins_are_scheme_host_and_port_only() {
-        let ok = |o: &str| check_origins(&[o.to_string()]).is_ok();
-        assert!(ok("https://shop.example"));
-        assert!(ok("http://localhost:3000"));
-        assert!(ok("http://[::1]:8080"));
-        assert!(!ok("shop.example"));
-        assert!(!ok("https://shop.example/"));
-        assert!(!ok("https://shop.example/path"));
-        assert!(!ok("ftp://shop.example"));
-        assert!(!ok("https://"));
-        assert!(!ok("https://shop example"));
-    }
-}
-
 fn version_json(version: &kefu_db::ModelVersion, labels: &[(String, String)]) -> Value {
     let report: Value = serde_json::from_str(&version.report).unwrap_or(Value::Null);
     json!({
@@ -741,4 +722,23 @@ pub async fn cancel_job(
         ));
     }
     Ok(Json(job_json(&find_job(&state, id).await?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        let ok = |o: &str| check_origins(&[o.to_string()]).is_ok();
+        assert!(ok("https://shop.example"));
+        assert!(ok("http://localhost:3000"));
+        assert!(ok("http://[::1]:8080"));
+        assert!(!ok("shop.example"));
+        assert!(!ok("https://shop.example/"));
+        assert!(!ok("https://shop.example/path"));
+        assert!(!ok("ftp://shop.example"));
+        assert!(!ok("https://"));
+        assert!(!ok("https://shop example"));
+    }
 }
