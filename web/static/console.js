@@ -356,7 +356,8 @@
         body.textContent = "";
         data.jobs.forEach(function (job) {
           var p = job.progress || {};
-          var progress = p.stage ? p.stage + (p.total ? " " + p.step + "/" + p.total + ", loss " + fixed(p.loss) : "") : "";
+          var live = job.status === "running" || job.status === "queued";
+          var progress = !live ? (p.curve ? p.curve.length + " steps" : "") : p.stage ? p.stage + (p.total ? " " + p.step + "/" + p.total + ", loss " + fixed(p.loss) : "") : "";
           var open = el("button", { type: "button", text: "Job " + job.id, onclick: function () { selected = job.id; showJob(job.id); } });
           body.appendChild(el("tr", { "data-job": job.id, "data-status": job.status }, [el("td", {}, [open]), el("td", { text: job.status + (job.error ? ": " + job.error : "") }), el("td", { text: progress }), el("td", { text: when(job.started_ms) }), el("td", {}, [el("code", { text: short(job.version) })])]));
         });
