@@ -781,24 +781,8 @@ fn the_platform_on_sqlite() {
 
 #[test]
 fn the_platform_on_postgresql() {
-    let base = std::env::var("KEFU_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("kefu_serve_{}", std::process::id());
-    let admin = format!("{base}/postgres");
-    let psql = |sql: &str| {
-        Command::new("psql")
-            .args([admin.as_str(), "-q", "-c", sql])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    psql(&format!("DROP DATABASE IF EXISTS {name}"));
-    assert!(
-        psql(&format!("CREATE DATABASE {name}")),
-        "PostgreSQL must run at {base} (./scripts/test.sh starts it)"
-    );
-    the_platform_answers_streams_cites_and_records(Some(&format!("{base}/{name}")));
-    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    let (url, _guard) = postgres_database("serve");
+    the_platform_answers_streams_cites_and_records(Some(&url));
 }
 
 #[test]
