@@ -598,6 +598,19 @@ fn job_json(job: &kefu_db::TrainingJob) -> Value {
     })
 }
 
+/// 409 `job_in_progress`, with the queued or running job.
+fn in_progress(active: &kefu_db::TrainingJob) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::CONFLICT,
+        Json(json!({
+            "code": "job_in_progress",
+            "message": format!("job {} is {} already; one job runs at a time", active.id,
+                active.status.as_str()),
+            "job": job_json(active),
+        })),
+    )
+}
+
 /// Queues a training job (the worker takes it): 202 with the job; 409 `job_in_progress` with
 /// the queued or running one; 422 `nothing_to_learn` when the feedback log holds nothing new.
 pub async fn start_training(
@@ -612,15 +625,7 @@ pub async fn start_training(
         .await
         .map_err(ApiError::internal)?
     {
-        return Ok((
-            StatusCode::CONFLICT,
-            Json(json!({
-                "code": "job_in_progress",
-                "message": format!("job {} is {} already; one job runs at a time", active.id,
-                    active.status.as_str()),
-                "job": job_json(&active),
-            })),
-        ));
+        return Ok(in_progress(&active));
     }
     let (examples, pairs, fresh) = crate::worker::new_material(&state.database, TRAINED_MODEL)
         .await
@@ -646,15 +651,7 @@ pub async fn start_training(
         .map_err(ApiError::internal)?
     {
         Ok(job) => Ok((StatusCode::ACCEPTED, Json(job_json(&job)))),
-        Err(active) => Ok((
-            StatusCode::CONFLICT,
-            Json(json!({
-                "code": "job_in_progress",
-                "message": format!("job {} is {} already; one job runs at a time", active.id,
-                    active.status.as_str()),
-                "job": job_json(&active),
-            })),
-        )),
+        Err(active) => Ok(in_progress(&active)),
     }
 }
 

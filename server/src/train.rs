@@ -546,6 +546,22 @@ fn read_documents(path: &Path, rule: OnBadLine) -> Result<Vec<String>> {
     Ok(texts)
 }
 
+/// Tokenizes every item; those that do not fit (`None`) are counted in `too_long`.
+fn tokenize_all<T, U>(
+    items: &[T],
+    tokenize: impl Fn(&T) -> kefu_trainer::Result<Option<U>>,
+    too_long: &mut usize,
+) -> Result<Vec<U>> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match tokenize(item)? {
+            Some(t) => out.push(t),
+            None => *too_long += 1,
+        }
+    }
+    Ok(out)
+}
+
 /// Trains one stage from flags and an optional recipe.
 fn stage(home: &Path, kind: StageKind, args: &StageArgs) -> Result<Report> {
     let recipe = match &args.recipe {
@@ -651,18 +667,9 @@ fn train_stage(
                 data::split(loaded.conversations, settings.eval_fraction)
             };
             let eval = limited(eval, limit);
-            let mut tokenize = |list: &[data::Conversation]| -> Result<Vec<Tokenized>> {
-                let mut out = Vec::new();
-                for c in list {
-                    match data::tokenize(&model, c, max_len)? {
-                        Some(t) => out.push(t),
-                        None => too_long += 1,
-                    }
-                }
-                Ok(out)
-            };
-            let train = tokenize(&train)?;
-            let eval = tokenize(&eval)?;
+            let tokenize = |c: &data::Conversation| data::tokenize(&model, c, max_len);
+            let train: Vec<Tokenized> = tokenize_all(&train, tokenize, &mut too_long)?;
+            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
             eprintln!(
                 "{} training and {} eval examples ({} duplicates dropped, {} bad lines skipped, \
                  {too_long} prompts longer than --max-len {max_len} skipped)",
@@ -689,18 +696,9 @@ fn train_stage(
                 dpo::split(loaded.pairs, settings.eval_fraction)
             };
             let eval = limited(eval, limit);
-            let mut tokenize = |pairs: &[dpo::Preference]| -> Result<Vec<_>> {
-                let mut out = Vec::new();
-                for p in pairs {
-                    match dpo::tokenize_pair(&model, p, max_len)? {
-                        Some(t) => out.push(t),
-                        None => too_long += 1,
-                    }
-                }
-                Ok(out)
-            };
-            let train = tokenize(&train)?;
-            let eval = tokenize(&eval)?;
+            let tokenize = |p: &dpo::Preference| dpo::tokenize_pair(&model, p, max_len);
+            let train = tokenize_all(&train, tokenize, &mut too_long)?;
+            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
             eprintln!(
                 "{} training and {} eval pairs ({} duplicates dropped, {} bad lines skipped, \
                  {too_long} prompts longer than --max-len {max_len} skipped); computing the \
