@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -69,7 +69,7 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         Ok(match mode {
             Mode::Inference => candle_nn::ops::rms_norm(x, &self.weight, self.eps)?,
-            Mode::Training => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)?,
+            Mode::Training => crate::fused::rms_norm(x, &self.weight, self.eps)?,
         })
     }
 }
@@ -78,10 +78,12 @@ impl RmsNorm {
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// `−sin`: the inverse rotation, for the backward pass.
+    neg_sin: Tensor,
 }
 
 impl Rope {
-    fn new(config: &Config, device: &Device) -> Result<Self> {
+    fn new(config: &Config, device: &Device, dtype: DType) -> Result<Self> {
         let head_dim = config.head_dim();
         let inv_freq: Vec<f32> = (0..head_dim)
             .step_by(2)
@@ -92,9 +94,11 @@ impl Rope {
             .to_dtype(DType::F32)?
             .reshape((config.max_position_embeddings, 1))?;
         let angles = positions.matmul(&inv_freq)?;
+        let sin = angles.sin()?.to_dtype(dtype)?;
         Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            cos: angles.cos()?.to_dtype(dtype)?,
+            neg_sin: sin.neg()?,
+            sin,
         })
     }
 
@@ -106,7 +110,10 @@ impl Rope {
         let x = x.contiguous()?;
         Ok(match mode {
             Mode::Inference => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
-            Mode::Training => candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?,
+            Mode::Training => {
+                let neg_sin = self.neg_sin.narrow(0, offset, seq_len)?;
+                crate::fused::rope(&x, &cos, &sin, &neg_sin)?
+            }
         })
     }
 }
@@ -250,7 +257,7 @@ impl Attention {
         };
         let probs = match mode {
             Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Training => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Mode::Training => crate::fused::softmax(&scores)?,
         };
         let probs = probs.reshape((batch, self.num_kv_heads, group * seq_len, kv_len))?;
         let y = probs.matmul(&v.contiguous()?)?;
@@ -349,6 +356,9 @@ pub struct DecoderOptions {
     /// Hold every weight matrix as dense f32 instead of the stored blocks: LoRA on a float
     /// base (no quantization in the frozen weights; about 4× the memory of Q8_0).
     pub dense: bool,
+    /// The element type of dense weights and of activations: f32 on the CPU, bf16 on a GPU.
+    /// Logits always come out as f32.
+    pub dtype: DType,
 }
 
 impl Default for DecoderOptions {
@@ -356,6 +366,7 @@ impl Default for DecoderOptions {
         Self {
             fast_kernels: true,
             dense: false,
+            dtype: DType::F32,
         }
     }
 }
@@ -370,6 +381,7 @@ pub struct Decoder {
     lm_head: ProjectionGroup,
     rope: Rope,
     device: Device,
+    dtype: DType,
 }
 
 impl Decoder {
@@ -386,8 +398,9 @@ impl Decoder {
     ) -> Result<Self> {
         config.validate()?;
         let head_dim = config.head_dim();
+        let dtype = options.dtype;
         let norm = |source: &mut dyn WeightSource, name: &str| -> Result<RmsNorm> {
-            let weight = source.require(name)?.dequantize(device)?;
+            let weight = source.require(name)?.dequantize(device)?.to_dtype(dtype)?;
             Ok(RmsNorm {
                 weight,
                 eps: config.rms_norm_eps as f32,
@@ -397,12 +410,16 @@ impl Decoder {
             if !config.attention_bias {
                 return Ok(None);
             }
-            source.get(name)?.map(|w| w.dequantize(device)).transpose()
+            source
+                .get(name)?
+                .map(|w| Ok(w.dequantize(device)?.to_dtype(dtype)?))
+                .transpose()
         };
+        // Dense matrices (all of them with `options.dense`) in the compute type, on `device`.
         let densify = |weight: Weight| -> Result<Weight> {
             Ok(match weight {
-                Weight::Quantized(_) if options.dense => Weight::Dense(weight.dequantize(device)?),
-                other => other,
+                Weight::Quantized(_) if !options.dense => weight,
+                other => Weight::Dense(other.dequantize(device)?.to_dtype(dtype)?),
             })
         };
         let embed_weight = densify(source.require("model.embed_tokens.weight")?)?;
@@ -467,7 +484,7 @@ impl Decoder {
         };
         let embed_tokens = match embed_weight {
             Weight::Quantized(q) => Embedding::Quantized(q),
-            Weight::Dense(t) => Embedding::Dense(t.to_dtype(DType::F32)?),
+            Weight::Dense(t) => Embedding::Dense(t.to_dtype(dtype)?),
         };
         Ok(Self {
             config: config.clone(),
@@ -475,8 +492,9 @@ impl Decoder {
             layers,
             norm: norm(source, "model.norm.weight")?,
             lm_head: ProjectionGroup::new(vec![(lm_head_weight, None)], options.fast_kernels)?,
-            rope: Rope::new(config, device)?,
+            rope: Rope::new(config, device, dtype)?,
             device: device.clone(),
+            dtype,
         })
     }
 
@@ -520,11 +538,9 @@ impl Decoder {
                 })
             })
             .collect();
-        Ok(Some(Tensor::from_vec(
-            mask,
-            (seq_len, kv_len),
-            &self.device,
-        )?))
+        Ok(Some(
+            Tensor::from_vec(mask, (seq_len, kv_len), &self.device)?.to_dtype(self.dtype)?,
+        ))
     }
 
     fn hidden_states(
@@ -569,7 +585,7 @@ impl Decoder {
         self.device.with_context(|| {
             let hidden = self.hidden_states(input_ids, Some(cache), Mode::Inference)?;
             let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
-            self.lm_head.forward_one(&last, Mode::Inference)
+            logits_f32(self.lm_head.forward_one(&last, Mode::Inference)?)
         })
     }
 
@@ -604,7 +620,7 @@ impl Decoder {
                 x = (x + block.mlp.forward(&h, mode)?)?;
             }
             let x = self.norm.forward(&x, mode)?.squeeze(1)?;
-            self.lm_head.forward_one(&x, mode)
+            logits_f32(self.lm_head.forward_one(&x, mode)?)
         })
     }
 
@@ -613,7 +629,7 @@ impl Decoder {
     pub fn forward_all(&self, input_ids: &Tensor) -> Result<Tensor> {
         self.device.with_context(|| {
             let hidden = self.hidden_states(input_ids, None, Mode::Inference)?;
-            self.lm_head.forward_one(&hidden, Mode::Inference)
+            logits_f32(self.lm_head.forward_one(&hidden, Mode::Inference)?)
         })
     }
 
@@ -621,8 +637,55 @@ impl Decoder {
     /// adapter (training).
     pub fn forward_train(&self, input_ids: &Tensor) -> Result<Tensor> {
         let hidden = self.hidden_states(input_ids, None, Mode::Training)?;
-        self.lm_head.forward_one(&hidden, Mode::Training)
+        logits_f32(self.lm_head.forward_one(&hidden, Mode::Training)?)
     }
+
+    /// Training: the log-probability of `targets[b, s]` (`u32`, the token that follows position
+    /// `s`) at every position, `(batch, seq)` f32, differentiable down to every adapter. The
+    /// logits are computed a chunk of positions at a time, forward and backward, and never
+    /// exist for the whole batch (see [`crate::loss`]).
+    pub fn target_logprobs(&self, input_ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let chunk = crate::loss::chunk_positions(self.config.vocab_size);
+        self.target_logprobs_in_chunks(input_ids, targets, chunk)
+    }
+
+    /// [`Decoder::target_logprobs`] with `chunk` positions per piece of the output projection.
+    pub fn target_logprobs_in_chunks(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        chunk: usize,
+    ) -> Result<Tensor> {
+        let chunk = chunk.max(1);
+        let hidden = self.hidden_states(input_ids, None, Mode::Training)?;
+        let (batch, seq_len, width) = hidden.dims3()?;
+        let flat = hidden.reshape((batch * seq_len, width))?.contiguous()?;
+        let targets = targets.flatten_all()?.to_dtype(DType::U32)?;
+        let values = crate::loss::target_values(&self.lm_head, &flat, &targets, chunk)?;
+        let weight = self
+            .lm_head
+            .base_weight(0)?
+            .to_dtype(self.dtype)?
+            .contiguous()?;
+        let op = crate::loss::TargetLogprobs {
+            head: self.lm_head.clone(),
+            weight,
+            targets,
+            values,
+            chunk,
+        };
+        Ok(flat.apply_op1(op)?.reshape((batch, seq_len))?)
+    }
+
+    /// The element type of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// Logits leave the decoder as f32 whatever the compute type (bf16 on a GPU).
+fn logits_f32(logits: Tensor) -> Result<Tensor> {
+    Ok(logits.to_dtype(DType::F32)?)
 }
 
 fn check_dims(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {

@@ -7,15 +7,19 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
+use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape, Storage, Tensor,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 
-/// Whether a forward pass may use fused kernels (inference) or must record gradients
-/// (training: candle's fused RMSNorm, RoPE and softmax have no backward pass).
+/// Whether a forward pass only computes (inference) or records what gradients need
+/// (training: frozen matrices pass gradients to their input only, and the fused RMSNorm, RoPE
+/// and softmax kernels carry the backward passes of `crate::fused`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Inference,
@@ -37,11 +41,11 @@ impl Weight {
         }
     }
 
-    /// The weight as a dense f32 tensor.
+    /// The weight as a dense f32 tensor on `device`.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
         Ok(match self {
             Weight::Quantized(q) => q.dequantize(device)?,
-            Weight::Dense(t) => t.to_dtype(DType::F32)?,
+            Weight::Dense(t) => t.to_dtype(DType::F32)?.to_device(device)?,
         })
     }
 }
@@ -133,8 +137,10 @@ impl Linear {
                 }
                 _ => x,
             };
-            let down = x.broadcast_matmul(&lora.a.t()?)?;
-            let up = down.broadcast_matmul(&lora.b.t()?)?;
+            // The adapter keeps f32 master weights; it computes in the activations' type
+            // (a no-op on the CPU), and the cast passes gradients back in f32.
+            let down = x.broadcast_matmul(&lora.a.to_dtype(x.dtype())?.t()?)?;
+            let up = down.broadcast_matmul(&lora.b.to_dtype(x.dtype())?.t()?)?;
             y = (y + (up * lora.scale)?)?;
         }
         Ok(y)
@@ -201,8 +207,9 @@ struct Stack {
 }
 
 /// `x·Wᵀ` for a frozen quantized `W` that still passes gradients to `x`, so adapters in earlier
-/// layers learn through a quantized base (QLoRA). The backward pass dequantizes this one
-/// matrix for the moment it is needed; the model as a whole stays quantized.
+/// layers learn through a quantized base (QLoRA). The forward pass is candle's quantized
+/// product; the backward pass dequantizes this one matrix for the moment it is needed, so the
+/// model as a whole stays quantized.
 #[derive(Debug)]
 struct FrozenQuantizedMatMul {
     weight: Arc<QTensor>,
@@ -218,14 +225,16 @@ impl CustomOp1 for FrozenQuantizedMatMul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = storage.as_slice::<f32>()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-quantized-matmul needs a contiguous input")
-        };
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let y = QMatMul::from_arc(self.weight.clone())?.forward(&x)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        self.weight.cpu_fwd(storage, layout)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.weight.cuda_fwd(storage, layout)
     }
 
     fn bwd(
@@ -234,17 +243,47 @@ impl CustomOp1 for FrozenQuantizedMatMul {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let weight = self.weight.dequantize(grad_res.device())?;
+        let weight = self
+            .weight
+            .dequantize(grad_res.device())?
+            .to_dtype(grad_res.dtype())?;
         Ok(Some(grad_res.broadcast_matmul(&weight)?))
     }
 }
 
 /// `x·Wᵀ` for a frozen dense `W`: the backward pass computes the input's gradient only.
 /// (candle's matmul backward also computes — and keeps until the end of the pass — a gradient
-/// for the weight, broadcast over the batch: gigabytes for a frozen f32 base.)
+/// for the weight, broadcast over the batch: gigabytes for a frozen f32 base, and a third more
+/// matrix work per step.)
 #[derive(Debug)]
 struct FrozenDenseMatMul {
+    /// `(out, in)`, contiguous.
     weight: Tensor,
+}
+
+impl FrozenDenseMatMul {
+    /// One backend's product of a contiguous `x` `(…, in)` with the transposed weight.
+    fn product<S: BackendStorage>(
+        &self,
+        x: &S,
+        x_layout: &Layout,
+        weight: &S,
+        weight_layout: &Layout,
+    ) -> candle_core::Result<(S, Shape)> {
+        if !x_layout.is_contiguous() || !weight_layout.is_contiguous() {
+            candle_core::bail!("frozen-dense-matmul needs contiguous operands")
+        }
+        let (n, k) = weight_layout.shape().dims2()?;
+        let mut dims = x_layout.dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("frozen-dense-matmul: input {dims:?} does not match ({n}, {k})")
+        }
+        let m = x_layout.shape().elem_count() / k;
+        let lhs = Layout::contiguous_with_offset((m, k), x_layout.start_offset());
+        let y = x.matmul(weight, (1, m, n, k), &lhs, &weight_layout.transpose(0, 1)?)?;
+        *dims.last_mut().expect("checked above") = n;
+        Ok((y, Shape::from(dims)))
+    }
 }
 
 impl CustomOp1 for FrozenDenseMatMul {
@@ -257,14 +296,24 @@ impl CustomOp1 for FrozenDenseMatMul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = storage.as_slice::<f32>()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-dense-matmul needs a contiguous input")
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        let Storage::Cpu(weight) = &*weight else {
+            candle_core::bail!("frozen-dense-matmul: the weight is not on the CPU")
         };
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        self.product(storage, layout, weight, weight_layout)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        let Storage::Cuda(weight) = &*weight else {
+            candle_core::bail!("frozen-dense-matmul: the weight is not on the GPU")
+        };
+        self.product(storage, layout, weight, weight_layout)
     }
 
     fn bwd(
@@ -384,21 +433,9 @@ impl ProjectionGroup {
                     (QMatMul::from_arc(stacked)?, in_features)
                 }
             }
-            Weight::Dense(_) => {
-                let dense: Vec<Tensor> = members
-                    .iter()
-                    .map(|w| {
-                        w.dequantize(&Device::Cpu)
-                            .and_then(|t| Ok(t.to_dtype(DType::F32)?))
-                    })
-                    .collect::<Result<_>>()?;
-                let dense = if dense.len() == 1 {
-                    dense.into_iter().next().expect("one member")
-                } else {
-                    Tensor::cat(&dense, 0)?
-                };
-                (QMatMul::Tensor(dense), in_features)
-            }
+            // Dense matrices are never stacked: each is its own stack, kept in the type and on
+            // the device it came in (the decoder's compute type).
+            Weight::Dense(dense) => (QMatMul::Tensor(dense.contiguous()?), in_features),
         };
         Ok(Stack {
             weight,

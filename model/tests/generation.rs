@@ -227,6 +227,82 @@ fn lora_with_zero_b_is_exactly_the_base_and_every_adapter_gets_a_gradient() {
 }
 
 #[test]
+fn chunked_target_logprobs_match_the_full_logits_and_their_gradients() {
+    for architecture in [Architecture::Llama, Architecture::Qwen2] {
+        let (_dir, mut model) = tiny(architecture);
+        let mut vars = Vec::new();
+        for layer in 0..model.config().num_hidden_layers {
+            for target in Target::ALL {
+                let linear = model.decoder.linear_mut(layer, target).unwrap();
+                let (out_f, in_f) = (linear.out_features(), linear.in_features());
+                let a = Var::randn(0f32, 0.1, (4, in_f), &Device::Cpu).unwrap();
+                let b = Var::randn(0f32, 0.05, (out_f, 4), &Device::Cpu).unwrap();
+                linear.lora = Some(Lora {
+                    a: a.as_tensor().clone(),
+                    b: b.as_tensor().clone(),
+                    scale: 2.0,
+                    dropout: None,
+                });
+                vars.extend([a, b]);
+            }
+        }
+        let x = Tensor::new(
+            &[[5u32, 9, 77, 120, 3, 44], [8, 8, 31, 2, 90, 17]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let targets = Tensor::new(
+            &[[9u32, 77, 120, 3, 44, 2], [8, 31, 2, 90, 17, 5]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        // Unequal weights per position, as a masked, per-sequence loss gives.
+        let weights = Tensor::new(
+            &[
+                [0f32, 0.0, 1.0, 1.0, 1.0, 0.5],
+                [0.0, 1.0, 1.0, 2.0, 0.0, 1.0],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let full = {
+            let logits = model.decoder.forward_train(&x).unwrap();
+            candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)
+                .unwrap()
+                .gather(&targets.unsqueeze(2).unwrap(), 2)
+                .unwrap()
+                .squeeze(2)
+                .unwrap()
+        };
+        // Three chunks of four positions.
+        let chunked = model
+            .decoder
+            .target_logprobs_in_chunks(&x, &targets, 4)
+            .unwrap();
+        assert!(
+            max_abs_diff(&full, &chunked) < 1e-4,
+            "{architecture:?} values"
+        );
+        let grads = |values: &Tensor| {
+            let loss = (values * &weights).unwrap().sum_all().unwrap();
+            let store = loss.backward().unwrap();
+            vars.iter()
+                .map(|v| store.get(v.as_tensor()).unwrap().clone())
+                .collect::<Vec<_>>()
+        };
+        for (i, (e, a)) in grads(&full).iter().zip(grads(&chunked)).enumerate() {
+            let scale: f32 = e.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(scale > 0.0, "{architecture:?} var {i} has no gradient");
+            let diff = max_abs_diff(e, &a);
+            assert!(
+                diff <= 1e-3 * scale,
+                "{architecture:?} var {i}: {diff} of {scale}"
+            );
+        }
+    }
+}
+
+#[test]
 fn bad_generation_input_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let spec = TinySpec {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
-use kefu_model::{ChatMessage, DecoderOptions, LoadOptions, LoadedModel, Role};
+use kefu_model::{ChatMessage, DecoderOptions, Generation, LoadOptions, LoadedModel, Role};
 
 use kefu_rag::chunk::ChunkConfig;
 use kefu_rag::fusion::FusionConfig;
@@ -340,6 +340,14 @@ pub struct GenerateArgs {
     /// Generate exactly --max-tokens tokens, past the end of the turn (for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Where to run: cpu, or cuda / cuda:N in a CUDA build (bf16 weights).
+    #[arg(long, env = "KEFU_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Answer the prompt this many times at once, one forward pass per step for the whole
+    /// batch (for benchmarks: --verbose reports the batch's tokens per second); the first
+    /// answer is printed.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Print timing figures to stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -501,6 +509,10 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
 fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
     let prompt = read_prompt(args)?;
     let path = resolve_model(home, &args.model)?;
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let device = kefu_model::parse_device(&args.device)?;
     let options = LoadOptions {
         requantize: !args.no_requantize,
         decoder: DecoderOptions {
@@ -508,7 +520,8 @@ fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
             ..DecoderOptions::default()
         },
         ..LoadOptions::default()
-    };
+    }
+    .on(&device);
     let load_start = std::time::Instant::now();
     let model = LoadedModel::load(&path, &options)
         .with_context(|| format!("cannot load the model at {}", path.display()))?;
@@ -536,6 +549,9 @@ fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
     };
+    if args.batch > 1 {
+        return generate_batch(&model, &ids, &params, args.batch, args.verbose);
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let generation = model.generate(&ids, &params, |piece| {
@@ -553,6 +569,69 @@ fn generate(home: &Path, args: &GenerateArgs) -> Result<()> {
             generation.prompt_tokens,
             generation.completion_tokens(),
             generation.finish_reason
+        );
+    }
+    Ok(())
+}
+
+/// `kefu generate --batch N`: N answers to one prompt, stepped together; prints the first.
+fn generate_batch(
+    model: &LoadedModel,
+    ids: &[u32],
+    params: &GenerationParams,
+    batch: usize,
+    verbose: bool,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut sequences = (0..batch)
+        .map(|_| model.start_sequence(ids, params))
+        .collect::<kefu_model::Result<Vec<_>>>()?;
+    let prefill_seconds = started.elapsed().as_secs_f64();
+    let decode_start = std::time::Instant::now();
+    let mut first = String::new();
+    loop {
+        let mut active = Vec::with_capacity(batch);
+        for (i, sequence) in sequences.iter_mut().enumerate() {
+            let going = sequence.advance(&mut |piece: &str| {
+                if i == 0 {
+                    first.push_str(piece);
+                }
+                true
+            })?;
+            if going {
+                active.push(sequence);
+            }
+        }
+        if active.is_empty() {
+            break;
+        }
+        model.step_batch(&mut active)?;
+    }
+    let decode_seconds = decode_start.elapsed().as_secs_f64();
+    let generations: Vec<Generation> = sequences
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.finish(|piece: &str| {
+                if i == 0 {
+                    first.push_str(piece);
+                }
+                true
+            })
+        })
+        .collect();
+    println!("{first}");
+    if verbose {
+        let tokens: usize = generations
+            .iter()
+            .map(|g| g.completion_tokens().saturating_sub(1))
+            .sum();
+        eprintln!(
+            "[batch {batch}: prompt {} tokens each, prefill {:.2}s; generated {tokens} tokens \
+             after the first, decode {:.1} tok/s]",
+            ids.len(),
+            prefill_seconds,
+            tokens as f64 / decode_seconds.max(1e-9)
         );
     }
     Ok(())

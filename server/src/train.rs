@@ -93,6 +93,10 @@ pub struct StageArgs {
     /// How the frozen base is held [default: q8_0].
     #[arg(long, value_enum)]
     pub base_weights: Option<BaseWeights>,
+    /// Where to train: cpu, or cuda / cuda:N in a CUDA build (bf16 base, f32 adapters;
+    /// --base-weights does not apply there) [default: cpu].
+    #[arg(long, env = "KEFU_DEVICE")]
+    pub device: Option<String>,
     /// [default: 1]
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -173,6 +177,9 @@ pub struct RunArgs {
     /// Base chat model, overriding the recipe's.
     #[arg(long, env = "KEFU_MODEL")]
     pub model: Option<String>,
+    /// Where to train: cpu, or cuda / cuda:N in a CUDA build [default: cpu].
+    #[arg(long, env = "KEFU_DEVICE")]
+    pub device: Option<String>,
 }
 
 pub fn run(home: &Path, command: &TrainCommand) -> Result<()> {
@@ -190,6 +197,7 @@ struct Settings {
     kind: StageKind,
     model: String,
     base_weights: BaseWeights,
+    device: String,
     data: PathBuf,
     config: TrainConfig,
     max_len: usize,
@@ -279,6 +287,7 @@ impl Settings {
                 .or_else(|| recipe.model.clone())
                 .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
             base_weights,
+            device: args.device.clone().unwrap_or_else(|| "cpu".into()),
             data,
             config,
             max_len: args.max_len.or(section.max_len).unwrap_or(default_len),
@@ -383,8 +392,19 @@ fn gguf_of(path: &Path) -> Result<PathBuf> {
         .with_context(|| format!("{} holds no GGUF file", path.display()))
 }
 
-/// Loads the base as `weights` asks; `scratch` holds a 4-bit copy when the file is not 4-bit.
-fn load_base(path: &Path, weights: BaseWeights, scratch: &Path) -> Result<LoadedModel> {
+/// Loads the base as `weights` asks, on `device`; `scratch` holds a 4-bit copy when the file is
+/// not 4-bit. On a GPU the base is dense bf16 whatever `weights` says.
+fn load_base(
+    path: &Path,
+    weights: BaseWeights,
+    device: &str,
+    scratch: &Path,
+) -> Result<LoadedModel> {
+    let device = kefu_model::parse_device(device)?;
+    if !device.is_cpu() {
+        return LoadedModel::load(path, &LoadOptions::default().on(&device))
+            .with_context(|| format!("cannot load the model at {}", path.display()));
+    }
     let mut path = path.to_path_buf();
     let options = match weights {
         BaseWeights::Q8_0 => LoadOptions::default(),
@@ -632,7 +652,7 @@ fn train_stage(
         kefu_trainer::merge::merge_gguf(&gguf_of(&base)?, adapter, &merged)?;
         base = merged;
     }
-    let mut model = load_base(&base, settings.base_weights, output)?;
+    let mut model = load_base(&base, settings.base_weights, &settings.device, output)?;
     let config = &settings.config;
     let bar = progress_bar();
     let limit = settings.eval_limit;
@@ -737,12 +757,13 @@ pub struct StageRun {
 }
 
 /// Runs every stage of `recipe` from `model`, each in `output/<stage>/` and each starting from
-/// the model the previous one merged. `watch(stage, step, total, loss)` sees every step and
-/// may stop the run.
+/// the model the previous one merged, on `device` (`None`: the CPU). `watch(stage, step,
+/// total, loss)` sees every step and may stop the run.
 pub fn run_stages(
     home: &Path,
     recipe: &Recipe,
     model: &str,
+    device: Option<&str>,
     output: &Path,
     watch: &mut dyn FnMut(StageKind, usize, usize, f64) -> bool,
 ) -> Result<Vec<StageRun>> {
@@ -756,6 +777,7 @@ pub fn run_stages(
         let flags = StageArgs {
             output: output.join(kind.name()),
             model: Some(model.to_string()),
+            device: device.map(str::to_string),
             ..StageArgs::default()
         };
         planned.push((Settings::resolve(*kind, &flags, recipe)?, flags.output));
@@ -808,7 +830,14 @@ pub fn run_recipe(home: &Path, args: &RunArgs) -> Result<PathBuf> {
         .clone()
         .or_else(|| recipe.model.clone())
         .unwrap_or_else(|| DEFAULT_MODEL.to_string());
-    let runs = run_stages(home, &recipe, &model, &args.output, &mut |_, _, _, _| true)?;
+    let runs = run_stages(
+        home,
+        &recipe,
+        &model,
+        args.device.as_deref(),
+        &args.output,
+        &mut |_, _, _, _| true,
+    )?;
     Ok(runs.last().expect("at least one stage").merged.clone())
 }
 

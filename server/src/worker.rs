@@ -261,6 +261,7 @@ async fn process(
                 &home,
                 &recipe,
                 &production_path.to_string_lossy(),
+                None,
                 &output,
                 &mut |kind, step, total, loss| {
                     curves.push(json!({"stage": kind.name(), "step": step, "loss": loss}));

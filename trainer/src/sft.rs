@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use kefu_model::LoadedModel;
 
 use crate::data::Tokenized;
@@ -41,9 +41,7 @@ fn collate(examples: &[&Tokenized], device: &Device) -> Result<(Tensor, Tensor, 
 pub fn answer_logprobs(model: &LoadedModel, examples: &[&Tokenized]) -> Result<(Tensor, usize)> {
     let device = model.decoder.device();
     let (input, targets, mask, counted) = collate(examples, device)?;
-    let logits = model.decoder.forward_train(&input)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = log_probs.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
+    let picked = model.decoder.target_logprobs(&input, &targets)?;
     Ok(((picked * mask)?.sum(1)?, counted))
 }
 

@@ -1,0 +1,262 @@
+//! GPU correctness, in a CUDA build (`--features cuda`) on a machine with an NVIDIA GPU: the
+//! GPU's bf16 logits against the CPU's f32 ones, LoRA gradients against the CPU's, and a short
+//! SFT run whose loss curve follows the CPU run's. The model is `KEFU_CUDA_TEST_MODEL` (a GGUF
+//! file or Hugging Face folder) when set, else a tiny random-weight llama. Each test prints its
+//! figures (`--nocapture` shows them).
+#![cfg(feature = "cuda")]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use kefu_model::testing::{TinySpec, write_tiny_gguf};
+use kefu_model::{Architecture, DecoderOptions, LoadOptions, LoadedModel};
+use kefu_trainer::data::{Conversation, Tokenized, tokenize};
+use kefu_trainer::lora::{Adapters, LoraConfig};
+use kefu_trainer::run::TrainConfig;
+use kefu_trainer::sft;
+
+fn model_path(dir: &Path) -> PathBuf {
+    match std::env::var_os("KEFU_CUDA_TEST_MODEL") {
+        Some(path) => PathBuf::from(path),
+        None => write_tiny_gguf(dir, &TinySpec::new(Architecture::Llama)),
+    }
+}
+
+fn gpu() -> Device {
+    kefu_model::parse_device("cuda").expect("a CUDA device")
+}
+
+/// The reference: dense f32 weights and candle's reference kernels on the CPU.
+fn on_cpu(path: &Path) -> LoadedModel {
+    let options = LoadOptions {
+        requantize: false,
+        decoder: DecoderOptions {
+            dense: true,
+            fast_kernels: false,
+            ..DecoderOptions::default()
+        },
+        ..LoadOptions::default()
+    };
+    LoadedModel::load(path, &options).unwrap()
+}
+
+fn on_gpu(path: &Path) -> LoadedModel {
+    LoadedModel::load(path, &LoadOptions::default().on(&gpu())).unwrap()
+}
+
+fn examples(model: &LoadedModel) -> Vec<Tokenized> {
+    let topics = [
+        (
+            "How do I reset my password?",
+            "Open Settings, choose Security, then Reset password.",
+        ),
+        (
+            "Can I change my delivery address?",
+            "Yes, until the parcel ships: open the order.",
+        ),
+        (
+            "Where is my invoice?",
+            "Invoices are under Account, Billing, Invoices.",
+        ),
+        (
+            "Do you ship abroad?",
+            "We ship to every country of the European Union.",
+        ),
+        (
+            "How long is the warranty?",
+            "Two years from the day of delivery.",
+        ),
+        (
+            "Can I pay by card?",
+            "Yes: Visa, Mastercard and American Express.",
+        ),
+        (
+            "How do I cancel an order?",
+            "Open the order and press Cancel before it ships.",
+        ),
+        (
+            "Is there a phone line?",
+            "Call us on weekdays from nine to five.",
+        ),
+    ];
+    topics
+        .iter()
+        .map(|(q, a)| {
+            let conversation = Conversation {
+                messages: vec![
+                    kefu_model::ChatMessage::new(kefu_model::Role::User, *q),
+                    kefu_model::ChatMessage::new(kefu_model::Role::Assistant, *a),
+                ],
+            };
+            tokenize(model, &conversation, 128).unwrap().unwrap()
+        })
+        .collect()
+}
+
+fn relative_difference(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let norm = a.sqr().unwrap().sum_all().unwrap();
+    (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap().max(1e-30)).sqrt()
+}
+
+#[test]
+fn gpu_logits_match_the_cpu_within_bf16_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_path(dir.path());
+    let cpu = on_cpu(&path);
+    let gpu_model = on_gpu(&path);
+    assert_eq!(gpu_model.decoder.dtype(), candle_core::DType::BF16);
+    let ids = &examples(&cpu)[0].input;
+    let input = |device: &Device| Tensor::new(ids.as_slice(), device).unwrap().unsqueeze(0);
+    let expected = cpu
+        .decoder
+        .forward_all(&input(&Device::Cpu).unwrap())
+        .unwrap();
+    let actual = gpu_model
+        .decoder
+        .forward_all(&input(&gpu()).unwrap())
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    let relative = relative_difference(&expected, &actual);
+    let top = |t: &Tensor| {
+        t.squeeze(0)
+            .unwrap()
+            .argmax(1)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+    };
+    let (a, b) = (top(&expected), top(&actual));
+    let agreement = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f32 / a.len() as f32;
+    println!(
+        "logits over {} positions: relative L2 difference {relative:.5}, top-1 agreement {agreement:.3}",
+        ids.len()
+    );
+    assert!(relative < 0.03, "relative difference {relative}");
+    // Random weights give nearly flat logits, where bf16 noise may reorder near-ties: the
+    // agreement is reported, and only a broken path (agreement near chance) fails here.
+    assert!(agreement >= 0.5, "top-1 agreement {agreement}");
+    // The incremental path (KV cache on the GPU) gives the last position's logits too.
+    let mut cache = kefu_model::KvCache::new(gpu_model.config());
+    let last = gpu_model
+        .decoder
+        .forward(&input(&gpu()).unwrap(), &mut cache)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    let full_last = actual.squeeze(0).unwrap().get(ids.len() - 1).unwrap();
+    let cached = relative_difference(&full_last, &last.squeeze(0).unwrap());
+    println!("cached forward against the full pass, last position: {cached:.5}");
+    assert!(cached < 0.03, "cached path differs by {cached}");
+}
+
+#[test]
+fn lora_gradients_on_the_gpu_match_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_path(dir.path());
+    let mut cpu = on_cpu(&path);
+    let config = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        ..LoraConfig::default()
+    };
+    // B = 0 would leave A without a gradient: give B values, then share the adapter.
+    let adapters = Adapters::attach(&mut cpu.decoder, &config, 7).unwrap();
+    for (i, var) in adapters.vars().iter().enumerate() {
+        if i % 2 == 1 {
+            let values = Tensor::randn(0f32, 0.02, var.shape(), &Device::Cpu).unwrap();
+            var.set(&values).unwrap();
+        }
+    }
+    let saved = dir.path().join("adapter");
+    adapters.save(&saved, "test").unwrap();
+    let mut gpu_model = on_gpu(&path);
+    let gpu_adapters = Adapters::load(&mut gpu_model.decoder, &saved).unwrap();
+    let batch = examples(&cpu);
+    let refs: Vec<&Tokenized> = batch.iter().take(4).collect();
+    let gradients = |model: &LoadedModel, adapters: &Adapters| -> Vec<Tensor> {
+        let (nll, count) = sft::answer_nll(model, &refs).unwrap();
+        let loss = (nll / count as f64).unwrap();
+        let store = loss.backward().unwrap();
+        adapters
+            .vars()
+            .iter()
+            .map(|v| {
+                store
+                    .get(v.as_tensor())
+                    .expect("every adapter has a gradient")
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+            })
+            .collect()
+    };
+    let expected = gradients(&cpu, &adapters);
+    let actual = gradients(&gpu_model, &gpu_adapters);
+    let mut worst = 0f32;
+    for (e, a) in expected.iter().zip(&actual) {
+        assert!(
+            e.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+        worst = worst.max(relative_difference(e, a));
+    }
+    println!(
+        "{} adapter gradients: worst relative L2 difference {worst:.4}",
+        expected.len()
+    );
+    assert!(worst < 0.1, "a gradient differs by {worst}");
+}
+
+#[test]
+fn a_short_sft_run_on_the_gpu_follows_the_cpu_loss_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_path(dir.path());
+    let config = TrainConfig {
+        lora: LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            ..LoraConfig::default()
+        },
+        epochs: 3,
+        learning_rate: 2e-3,
+        batch_size: 4,
+        warmup_ratio: 0.0,
+        ..TrainConfig::default()
+    };
+    let curve = |mut model: LoadedModel, name: &str| -> Vec<f64> {
+        let data = examples(&model);
+        let output = dir.path().join(name);
+        sft::train(
+            &mut model,
+            "test",
+            &data,
+            &[],
+            &config,
+            &output,
+            false,
+            |_, _, _| true,
+        )
+        .unwrap();
+        std::fs::read_to_string(output.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["loss"].as_f64())
+            .collect()
+    };
+    let expected = curve(on_cpu(&path), "cpu");
+    let actual = curve(on_gpu(&path), "gpu");
+    println!("loss per step, CPU: {expected:.4?}");
+    println!("loss per step, GPU: {actual:.4?}");
+    assert_eq!(expected.len(), actual.len());
+    assert!(expected.last() < expected.first(), "the CPU loss falls");
+    for (e, a) in expected.iter().zip(&actual) {
+        assert!((e - a).abs() <= 0.03 * e.abs().max(1.0), "{e} against {a}");
+    }
+}
