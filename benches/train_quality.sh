@@ -8,12 +8,14 @@
 #
 #   bash benches/train_quality.sh                 # about 30 minutes on 2 cores
 #   SFT_STEPS=20 DPO_STEPS=10 CPT_STEPS=10 bash benches/train_quality.sh
+#   STAGES="dpo cpt" bash benches/train_quality.sh    # some stages only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SFT_STEPS=${SFT_STEPS:-60}
 DPO_STEPS=${DPO_STEPS:-40}
 CPT_STEPS=${CPT_STEPS:-40}
 EVAL_LIMIT=${EVAL_LIMIT:-120}
+STAGES=${STAGES:-sft dpo cpt}
 export KEFU_HOME=${KEFU_HOME:-$HOME/.cache/kefu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}
 SHARED=${SHARED_DATA:-$(cd .. && pwd)/shared/data}
@@ -31,7 +33,12 @@ run() {
   "$KEFU" train "$@" --output "$OUT/$name" "${common[@]}" | tee "$OUT/$name.txt"
   echo "$name: $((SECONDS - started)) s" | tee -a "$OUT/$name.txt"
 }
-run sft sft --data "$SHARED/qa/en.jsonl" --split train --eval-split test --max-steps "$SFT_STEPS"
-run dpo dpo --data "$SHARED/pairs/en.jsonl" --split train --eval-split test --max-steps "$DPO_STEPS"
-run cpt cpt --data "$SHARED/kb/en" --eval-fraction 0.1 --max-steps "$CPT_STEPS"
+for stage in $STAGES; do
+  case $stage in
+    sft) run sft sft --data "$SHARED/qa/en.jsonl" --split train --eval-split test --max-steps "$SFT_STEPS" ;;
+    dpo) run dpo dpo --data "$SHARED/pairs/en.jsonl" --split train --eval-split test --max-steps "$DPO_STEPS" ;;
+    cpt) run cpt cpt --data "$SHARED/kb/en" --eval-fraction 0.1 --max-steps "$CPT_STEPS" ;;
+    *) echo "unknown stage $stage (sft, dpo, cpt)" >&2; exit 2 ;;
+  esac
+done
 echo "outputs in $OUT"

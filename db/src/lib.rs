@@ -13,7 +13,9 @@ mod training;
 pub use accounts::{Session, User};
 pub use chat::{Conversation, FeedbackEvent, Message, NewFeedback, ServedPrompt, now_ms};
 pub use sites::WidgetSite;
-pub use training::{CANDIDATE, JobStatus, ModelVersion, PREVIOUS, PRODUCTION, TrainingJob};
+pub use training::{
+    CANDIDATE, JobStatus, ModelVersion, PREVIOUS, PRODUCTION, TrainingJob, TrainingSchedule,
+};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};

@@ -59,6 +59,22 @@ impl JobStatus {
     }
 }
 
+/// The automatic triggers of training jobs: a schedule and a threshold (`None`: off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrainingSchedule {
+    /// Start a job when this many minutes passed since the last one began.
+    pub every_minutes: Option<i64>,
+    /// Start a job once this many feedback events (ratings, corrections) arrived since the
+    /// last job began.
+    pub after_new_feedback: Option<i64>,
+}
+
+impl TrainingSchedule {
+    pub fn is_off(&self) -> bool {
+        self.every_minutes.is_none() && self.after_new_feedback.is_none()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrainingJob {
     pub id: i64,
@@ -461,6 +477,55 @@ impl Database {
     }
 
     /// Feedback events recorded at or after `since_ms`.
+    /// The newest job of `model`, whatever its status.
+    pub async fn last_job(&self, model: &str) -> Result<Option<TrainingJob>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM training_jobs WHERE model = $1 ORDER BY id DESC LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(model)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| job_from(&r)).transpose()
+    }
+
+    /// When the worker starts jobs for `model` by itself (both off when never set).
+    pub async fn training_schedule(&self, model: &str) -> Result<TrainingSchedule> {
+        let row = sqlx::query(
+            "SELECT every_minutes, after_new_feedback FROM training_schedules WHERE model = $1",
+        )
+        .bind(model)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => TrainingSchedule {
+                every_minutes: row.try_get("every_minutes")?,
+                after_new_feedback: row.try_get("after_new_feedback")?,
+            },
+            None => TrainingSchedule::default(),
+        })
+    }
+
+    pub async fn set_training_schedule(
+        &self,
+        model: &str,
+        schedule: &TrainingSchedule,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO training_schedules (model, every_minutes, after_new_feedback, updated_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (model) DO UPDATE SET \
+             every_minutes = excluded.every_minutes, \
+             after_new_feedback = excluded.after_new_feedback, updated_ms = excluded.updated_ms",
+        )
+        .bind(model)
+        .bind(schedule.every_minutes)
+        .bind(schedule.after_new_feedback)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn feedback_since(&self, since_ms: i64) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM feedback_events WHERE created_ms >= $1")
             .bind(since_ms)

@@ -4,7 +4,7 @@
 
 use kefu_db::{
     CANDIDATE, Database, DbError, Engine, JobStatus, ModelVersion, NewChunk, NewDocument, PREVIOUS,
-    PRODUCTION,
+    PRODUCTION, TrainingSchedule,
 };
 
 fn postgres_server() -> String {
@@ -388,6 +388,26 @@ async fn registry_and_job_queue(engine: Engine) {
         (next.id, Some("v2"))
     );
     assert_eq!(db.jobs(10).await.unwrap().len(), 3);
+    assert_eq!(db.last_job("m").await.unwrap().unwrap().id, next.id);
+    assert!(db.last_job("nobody").await.unwrap().is_none());
+
+    // Automatic triggers: off until set, then kept per model and replaced as a whole.
+    assert!(db.training_schedule("m").await.unwrap().is_off());
+    let schedule = TrainingSchedule {
+        every_minutes: Some(1440),
+        after_new_feedback: Some(25),
+    };
+    db.set_training_schedule("m", &schedule).await.unwrap();
+    assert_eq!(db.training_schedule("m").await.unwrap(), schedule);
+    assert!(db.training_schedule("other").await.unwrap().is_off());
+    let threshold_only = TrainingSchedule {
+        every_minutes: None,
+        after_new_feedback: Some(3),
+    };
+    db.set_training_schedule("m", &threshold_only)
+        .await
+        .unwrap();
+    assert_eq!(db.training_schedule("m").await.unwrap(), threshold_only);
     db.close().await;
     test.drop_database().await;
 }

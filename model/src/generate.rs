@@ -101,7 +101,7 @@ impl LoadedModel {
             let input =
                 Tensor::new(&[sequence.last_token()], self.decoder.device())?.unsqueeze(0)?;
             let logits = self.decoder.forward(&input, &mut sequence.cache)?;
-            sequence.pending = Some(logits.squeeze(0)?.to_vec1()?);
+            sequence.pending = Some(sequence.next_of(&logits.squeeze(0)?)?);
         }
         Ok(sequence.finish(on_text))
     }
@@ -139,7 +139,7 @@ impl LoadedModel {
         let start = Instant::now();
         let input = Tensor::new(prompt, self.decoder.device())?.unsqueeze(0)?;
         let logits = self.decoder.forward(&input, &mut cache)?;
-        let pending = Some(logits.squeeze(0)?.to_vec1()?);
+        let pending = Some(Next::of(&logits.squeeze(0)?, &params.sampling)?);
         Ok(Sequence {
             model: self,
             params: params.clone(),
@@ -166,7 +166,7 @@ impl LoadedModel {
             // Alone, the plain single-sequence pass.
             let input = Tensor::new(&[one.last_token()], self.decoder.device())?.unsqueeze(0)?;
             let logits = self.decoder.forward(&input, &mut one.cache)?;
-            one.pending = Some(logits.squeeze(0)?.to_vec1()?);
+            one.pending = Some(one.next_of(&logits.squeeze(0)?)?);
             return Ok(());
         }
         let tokens: Vec<u32> = sequences.iter().map(|s| s.last_token()).collect();
@@ -176,7 +176,7 @@ impl LoadedModel {
             self.decoder.forward_batch(&tokens, &mut caches)?
         };
         for (b, sequence) in sequences.iter_mut().enumerate() {
-            sequence.pending = Some(logits.get(b)?.to_vec1()?);
+            sequence.pending = Some(sequence.next_of(&logits.get(b)?)?);
         }
         Ok(())
     }
@@ -196,8 +196,8 @@ pub struct Sequence<'a> {
     generated: Vec<u32>,
     /// Bytes of the text already handed to the caller.
     sent: usize,
-    /// Logits of the next position, waiting to be sampled.
-    pending: Option<Vec<f32>>,
+    /// The next position's logits waiting to be sampled, or its token already picked.
+    pending: Option<Next>,
     finish_reason: Option<FinishReason>,
     /// The text cut at a stop string.
     final_text: Option<String>,
@@ -215,7 +215,33 @@ impl std::fmt::Debug for Sequence<'_> {
     }
 }
 
+/// What a forward pass leaves for the next [`Sequence::advance`].
+#[derive(Debug)]
+enum Next {
+    /// The row of logits, on the host, for the sampler.
+    Logits(Vec<f32>),
+    /// Greedy decoding on a GPU without a repetition penalty: the arg max, picked on the
+    /// device, so a step copies one token id to the host instead of the whole vocabulary's
+    /// logits.
+    Token(u32),
+}
+
+impl Next {
+    fn of(row: &Tensor, sampling: &crate::sampling::SamplingConfig) -> Result<Self> {
+        let plain_greedy = sampling.temperature <= 0.0 && sampling.repetition_penalty == 1.0;
+        Ok(if plain_greedy && !row.device().is_cpu() {
+            Next::Token(row.argmax(0)?.to_scalar::<u32>()?)
+        } else {
+            Next::Logits(row.to_vec1()?)
+        })
+    }
+}
+
 impl Sequence<'_> {
+    fn next_of(&self, row: &Tensor) -> Result<Next> {
+        Next::of(row, &self.params.sampling)
+    }
+
     /// The token the next forward pass feeds.
     pub fn last_token(&self) -> u32 {
         *self.history.last().expect("a sequence has a prompt")
@@ -232,12 +258,15 @@ impl Sequence<'_> {
         if self.finish_reason.is_some() {
             return Ok(false);
         }
-        let Some(mut row) = self.pending.take() else {
-            return Err(Error::InvalidParameter(
-                "advance needs the logits of a forward pass".into(),
-            ));
+        let token = match self.pending.take() {
+            Some(Next::Logits(mut row)) => self.sampler.sample(&mut row, &self.history),
+            Some(Next::Token(token)) => token,
+            None => {
+                return Err(Error::InvalidParameter(
+                    "advance needs the logits of a forward pass".into(),
+                ));
+            }
         };
-        let token = self.sampler.sample(&mut row, &self.history);
         let stop_token = self.model.stop_token_ids.contains(&token);
         if !self.params.ignore_eos && stop_token {
             return Ok(self.end(FinishReason::EndOfTurn));

@@ -655,6 +655,79 @@ pub async fn start_training(
     }
 }
 
+fn schedule_json(schedule: &kefu_db::TrainingSchedule) -> Value {
+    json!({
+        "every_minutes": schedule.every_minutes,
+        "after_new_feedback": schedule.after_new_feedback,
+    })
+}
+
+/// The automatic triggers of training jobs.
+pub async fn get_schedule(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    let schedule = state
+        .database
+        .training_schedule(TRAINED_MODEL)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(schedule_json(&schedule)))
+}
+
+/// Both triggers at once; a missing or null one is off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    every_minutes: Option<i64>,
+    after_new_feedback: Option<i64>,
+}
+
+/// The longest schedule: a year.
+const MAX_SCHEDULE_MINUTES: i64 = 366 * 24 * 60;
+const MAX_FEEDBACK_THRESHOLD: i64 = 1_000_000;
+
+pub async fn set_schedule(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ScheduleBody>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state.database, &method, &headers).await?;
+    if body
+        .every_minutes
+        .is_some_and(|m| !(1..=MAX_SCHEDULE_MINUTES).contains(&m))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_schedule",
+            format!("every_minutes is a whole number from 1 to {MAX_SCHEDULE_MINUTES}, or null"),
+        ));
+    }
+    if body
+        .after_new_feedback
+        .is_some_and(|n| !(1..=MAX_FEEDBACK_THRESHOLD).contains(&n))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_schedule",
+            format!(
+                "after_new_feedback is a whole number from 1 to {MAX_FEEDBACK_THRESHOLD}, or null"
+            ),
+        ));
+    }
+    let schedule = kefu_db::TrainingSchedule {
+        every_minutes: body.every_minutes,
+        after_new_feedback: body.after_new_feedback,
+    };
+    state
+        .database
+        .set_training_schedule(TRAINED_MODEL, &schedule)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(schedule_json(&schedule)))
+}
+
 pub async fn list_jobs(
     State(state): State<Arc<AppState>>,
     method: Method,

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// Chat model: a name (installed or known, fetched on first start) or a path.
     #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
+    /// Where the chat model runs: cpu, or cuda / cuda:N in a CUDA build (the embedded training
+    /// worker trains there too).
+    #[arg(long, env = "KEFU_DEVICE", default_value = "cpu")]
+    pub device: String,
     /// Generation worker threads.
     #[arg(long, env = "KEFU_WORKERS", default_value_t = 1)]
     pub workers: usize,
@@ -856,8 +860,10 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
             .knowledge_base(&args.knowledge.kb)
             .await?;
         let path = resolve_model(home, &args.model)?;
+        let device = kefu_model::parse_device(&args.device)?;
+        let options = LoadOptions::default().on(&device);
         let model = tokio::task::spawn_blocking(move || {
-            LoadedModel::load(&path, &LoadOptions::default())
+            LoadedModel::load(&path, &options)
                 .with_context(|| format!("cannot load the model at {}", path.display()))
         })
         .await??;
@@ -865,6 +871,7 @@ fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
         let version = tokio::task::spawn_blocking(move || fetch::sha256_file(&weights)).await??;
         let settings = crate::registry::GeneratorSettings {
             name: args.model.clone(),
+            device,
             workers: args.workers,
             max_batch: args.batch,
             capacity: args.queue,

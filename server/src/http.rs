@@ -405,6 +405,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/admin/training/jobs/{job}", get(crate::admin::get_job))
         .route(
+            "/api/admin/training/schedule",
+            get(crate::admin::get_schedule).put(crate::admin::set_schedule),
+        )
+        .route(
             "/api/admin/training/jobs/{job}/cancel",
             post(crate::admin::cancel_job),
         )

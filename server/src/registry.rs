@@ -25,6 +25,8 @@ use crate::generator::{Event, Generator};
 #[derive(Debug, Clone)]
 pub struct GeneratorSettings {
     pub name: String,
+    /// Where every version is loaded.
+    pub device: candle_core::Device,
     pub workers: usize,
     pub max_batch: usize,
     pub capacity: usize,
@@ -147,6 +149,7 @@ async fn prepare(
 ) -> Result<Generator> {
     let path = version_path(home, version);
     let id = version.id.clone();
+    let device = settings.device.clone();
     let model = tokio::task::spawn_blocking(move || -> Result<LoadedModel> {
         if !path.exists() {
             bail!("{} is missing", path.display());
@@ -162,7 +165,8 @@ async fn prepare(
         let options = LoadOptions {
             requantize: false,
             ..LoadOptions::default()
-        };
+        }
+        .on(&device);
         LoadedModel::load(&path, &options)
             .with_context(|| format!("cannot load {}", path.display()))
     })

@@ -44,11 +44,14 @@ pub struct WorkArgs {
     #[arg(long, env = "KEFU_WORKER_POLL_MS", default_value_t = 2000)]
     pub poll_ms: u64,
     /// How long a claimed job stays this worker's without a heartbeat, in seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "KEFU_WORKER_LEASE_SECONDS", default_value_t = 60)]
     pub lease_seconds: u64,
     /// Attempts a job gets before a lost lease fails it.
     #[arg(long, default_value_t = 2)]
     pub max_attempts: i64,
+    /// Where to train: cpu, or cuda / cuda:N in a CUDA build.
+    #[arg(long, env = "KEFU_DEVICE")]
+    pub device: Option<String>,
 }
 
 /// The model the worker trains when nothing says otherwise.
@@ -108,7 +111,9 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
             match job {
                 Some(job) => {
                     eprintln!("kefu trainer: job {} started", job.id);
-                    let outcome = process(home, &database, &job, &owner, lease_ms, parent).await;
+                    let device = args.device.clone();
+                    let outcome =
+                        process(home, &database, &job, &owner, lease_ms, parent, device).await;
                     let finished = match &outcome {
                         Ok(version) => {
                             eprintln!("kefu trainer: job {} made version {version}", job.id);
@@ -133,7 +138,19 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
                     }
                 }
                 None if args.once => break,
-                None => tokio::time::sleep(Duration::from_millis(args.poll_ms.max(50))).await,
+                None => {
+                    // Idle: the schedule and the threshold may start a job (taken next turn).
+                    let model = crate::admin::TRAINED_MODEL;
+                    match check_triggers(&database, model, kefu_db::now_ms()).await {
+                        Ok(Some(job)) => {
+                            eprintln!("kefu trainer: the {} queued job {}", job.trigger, job.id);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => eprintln!("kefu trainer: cannot check the triggers: {e:#}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(args.poll_ms.max(50))).await
+                }
             }
         }
         database.close().await;
@@ -185,6 +202,7 @@ fn job_recipe(
 }
 
 /// One job, from snapshot to registered version; returns the version's id.
+#[allow(clippy::too_many_arguments)]
 async fn process(
     home: &Path,
     database: &Database,
@@ -192,6 +210,7 @@ async fn process(
     owner: &str,
     lease_ms: i64,
     parent: Option<u32>,
+    device: Option<String>,
 ) -> Result<String> {
     let production = database
         .labelled(PRODUCTION)
@@ -261,7 +280,7 @@ async fn process(
                 &home,
                 &recipe,
                 &production_path.to_string_lossy(),
-                None,
+                device.as_deref(),
                 &output,
                 &mut |kind, step, total, loss| {
                     curves.push(json!({"stage": kind.name(), "step": step, "loss": loss}));
@@ -502,6 +521,42 @@ pub async fn new_material(database: &Database, model: &str) -> Result<(usize, us
         .unwrap_or(0);
     let fresh = database.feedback_since(since).await? > 0;
     Ok((sft.len(), pairs.len(), fresh))
+}
+
+/// The automatic triggers: queues a job for `model` (trigger `threshold` or `schedule`) when
+/// the threshold's count of feedback events since the last job began is reached, or the
+/// schedule's minutes have passed since then (at once when no job ever ran) — and only when
+/// there is something new to learn (as an admin's click needs) and no job is queued or running.
+pub async fn check_triggers(
+    database: &Database,
+    model: &str,
+    now_ms: i64,
+) -> Result<Option<TrainingJob>> {
+    let schedule = database.training_schedule(model).await?;
+    if schedule.is_off() || database.active_job(model).await?.is_some() {
+        return Ok(None);
+    }
+    let last_start = database.last_job(model).await?.map(|j| j.created_ms);
+    let mut trigger = None;
+    if let Some(count) = schedule.after_new_feedback
+        && database.feedback_since(last_start.unwrap_or(0)).await? >= count
+    {
+        trigger = Some("threshold");
+    }
+    if trigger.is_none()
+        && let Some(minutes) = schedule.every_minutes
+        && last_start.is_none_or(|start| now_ms - start >= minutes.saturating_mul(60_000))
+    {
+        trigger = Some("schedule");
+    }
+    let Some(trigger) = trigger else {
+        return Ok(None);
+    };
+    let (examples, pairs, fresh) = new_material(database, model).await?;
+    if examples + pairs == 0 || !fresh {
+        return Ok(None);
+    }
+    Ok(database.enqueue_job(model, trigger, None).await?.ok())
 }
 
 /// `kefu serve`'s embedded worker: a child process, restarted when it dies.

@@ -840,4 +840,21 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     );
     assert_eq!(versions, json!(2), "the base and the trained version");
     admin.screenshot("admin-training.png");
+    // The automatic triggers: a schedule saved through the form is there after a reload.
+    admin.js(
+        "document.querySelector('#schedule [name=every_minutes]').value = '1440'; document.querySelector('#schedule button[type=submit]').click(); return true",
+        json!([]),
+    );
+    admin.wait(
+        "the schedule to be saved",
+        30,
+        "return document.querySelector('#schedule .saved').textContent === 'Saved'",
+    );
+    admin.goto(&format!("{base}/admin/training"));
+    let kept = admin.wait(
+        "the saved schedule",
+        30,
+        "const v = document.querySelector('#schedule [name=every_minutes]').value; return v !== '' && v",
+    );
+    assert_eq!(kept, json!("1440"));
 }

@@ -994,6 +994,11 @@ struct Staffed {
 }
 
 fn staffed_server(extra: &[&str]) -> Staffed {
+    staffed_server_with(extra, &[])
+}
+
+/// A staffed server whose process (and its training worker) sees `env` too.
+fn staffed_server_with(extra: &[&str], env: &[(&str, &str)]) -> Staffed {
     let home = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
     for (role, name) in [("admin", "boss"), ("agent", "ann")] {
@@ -1015,7 +1020,9 @@ fn staffed_server(extra: &[&str]) -> Staffed {
     };
     let admin_api = token_of("boss");
     let agent_api = token_of("ann");
-    let server = Server::start(home.path(), None, extra);
+    let mut command = kefu(home.path(), None);
+    command.envs(env.iter().copied());
+    let server = Server::spawn(command, extra);
     let boss = sign_in(&server, "boss", "correct horse battery");
     let ann = sign_in(&server, "ann", "correct horse battery");
     Staffed {
@@ -1042,6 +1049,162 @@ fn add_site(staffed: &Staffed, name: &str, origins: &[&str]) -> (i64, String) {
     let key = site["site_key"].as_str().unwrap().to_string();
     assert!(key.starts_with("kefu_site_"), "{site}");
     (site["id"].as_i64().unwrap(), key)
+}
+
+/// The automatic triggers: an admin sets a schedule and a threshold (bad values refused); the
+/// worker's check queues a `threshold` job once enough feedback arrived, none while one is
+/// queued, none without anything to learn, and a `schedule` job when the minutes have passed.
+#[test]
+fn the_schedule_and_the_threshold_queue_training_jobs() {
+    let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off"]);
+    let server = &staffed.server;
+    let url = server.url("/api/admin/training/schedule");
+    let (status, schedule, _) = call("GET", &url, &staffed.admin_api, &Body::Empty);
+    assert_eq!(status, 200);
+    assert_eq!(
+        schedule,
+        json!({"every_minutes": null, "after_new_feedback": null})
+    );
+    for bad in [
+        json!({"every_minutes": 0}),
+        json!({"every_minutes": -5}),
+        json!({"every_minutes": 600_000}),
+        json!({"after_new_feedback": 0}),
+        json!({"after_new_feedback": 2_000_000}),
+    ] {
+        let (status, error, _) = call("PUT", &url, &staffed.admin_api, &Body::Json(bad.clone()));
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (400, Some("invalid_schedule")),
+            "{bad}"
+        );
+    }
+    for bad in [
+        json!({"every_minutes": "hourly"}),
+        json!({"hourly": true}),
+        json!("60"),
+    ] {
+        let (status, error, _) = call("PUT", &url, &staffed.admin_api, &Body::Json(bad.clone()));
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (422, Some("invalid_json")),
+            "{bad}"
+        );
+        assert!(error["message"].is_string(), "{error}");
+    }
+    let (status, _, _) = call(
+        "PUT",
+        &url,
+        &staffed.agent_api,
+        &Body::Json(json!({"every_minutes": 60})),
+    );
+    assert_eq!(status, 403, "agents cannot set the schedule");
+    let (_, unchanged, _) = call("GET", &url, &staffed.admin_api, &Body::Empty);
+    assert_eq!(
+        unchanged["every_minutes"],
+        Value::Null,
+        "refused changes store nothing"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database_url = format!(
+        "sqlite://{}",
+        staffed._home.path().join("kefu.db").display()
+    );
+    let database = runtime
+        .block_on(kefu_db::Database::connect(&database_url))
+        .unwrap();
+    let model = server::admin::TRAINED_MODEL;
+    let check = |at: i64| {
+        runtime
+            .block_on(server::worker::check_triggers(&database, model, at))
+            .unwrap()
+    };
+    let set = |body: Value| {
+        let (status, stored, _) = call("PUT", &url, &staffed.admin_api, &Body::Json(body.clone()));
+        assert_eq!((status, &stored), (200, &body));
+    };
+    let now = kefu_db::now_ms();
+    set(json!({"every_minutes": 1, "after_new_feedback": 1}));
+    assert!(
+        check(now).is_none(),
+        "no feedback yet: nothing to learn, no job"
+    );
+
+    // A customer's thumbs down and an agent's correction: two feedback events.
+    let (_, conversation, _) = call(
+        "POST",
+        &server.url("/api/conversations"),
+        &vec![],
+        &Body::Empty,
+    );
+    let id = conversation["id"].as_str().unwrap();
+    let token = conversation["customer_token"].as_str().unwrap();
+    let (_, events) = post_sse(
+        &server.url(&format!("/api/conversations/{id}/messages")),
+        Some(token),
+        &json!({"content": "How long do I have to return a parcel?"}),
+    );
+    let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    let answer = done["message_id"].as_i64().unwrap();
+    let (status, _) = request(
+        "POST",
+        &server.url(&format!(
+            "/api/conversations/{id}/messages/{answer}/feedback"
+        )),
+        &vec![("authorization", format!("Bearer {token}"))],
+        Some(&json!({"rating": "down", "reasons": ["wrong"]})),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = request(
+        "POST",
+        &server.url(&format!(
+            "/api/agent/conversations/{id}/messages/{answer}/feedback"
+        )),
+        &staffed.admin_api,
+        Some(&json!({"rating": "down", "corrected_answer": "Within 30 days."})),
+    );
+    assert_eq!(status, 201);
+
+    set(json!({"every_minutes": null, "after_new_feedback": 3}));
+    assert!(check(now).is_none(), "two events are fewer than three");
+    set(json!({"every_minutes": null, "after_new_feedback": 2}));
+    let job = check(kefu_db::now_ms()).expect("the threshold queues a job");
+    assert_eq!(
+        (job.trigger.as_str(), job.requested_by),
+        ("threshold", None)
+    );
+    assert!(check(kefu_db::now_ms()).is_none(), "one job at a time");
+    let (status, _) = request(
+        "POST",
+        &server.url(&format!("/api/admin/training/jobs/{}/cancel", job.id)),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 200);
+    // The count starts again at each job: nothing arrived since the cancelled one began.
+    assert!(check(kefu_db::now_ms()).is_none());
+
+    set(json!({"every_minutes": 60, "after_new_feedback": null}));
+    let soon = kefu_db::now_ms() + 59 * 60_000;
+    assert!(check(soon).is_none(), "the hour has not passed");
+    let later = job.created_ms + 61 * 60_000;
+    let scheduled = check(later).expect("the schedule queues a job");
+    assert_eq!(scheduled.trigger, "schedule");
+    let (_, jobs, _) = call(
+        "GET",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        &Body::Empty,
+    );
+    let triggers: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(triggers, ["schedule", "threshold"]);
+    runtime.block_on(database.close());
 }
 
 /// Every route of the OpenAPI document with every kind of caller: anonymous, the widget
@@ -1289,6 +1452,18 @@ fn every_route_with_every_caller() {
             "/api/admin/training/jobs/1/cancel".into(),
             Body::Empty,
             admins(200, 409),
+        ),
+        (
+            "GET",
+            "/api/admin/training/schedule".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "PUT",
+            "/api/admin/training/schedule".into(),
+            Body::Json(json!({"every_minutes": 1440, "after_new_feedback": null})),
+            admins(200, 200),
         ),
         (
             "GET",
@@ -1957,6 +2132,136 @@ fn replicas_follow_the_production_label_without_a_failed_request() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.gguf"));
+}
+
+/// The processes whose parent is `parent` and whose command line holds `word`.
+fn children(parent: u32, word: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid …: the fields after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(word) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// `kill -9` of the training worker in the middle of a job: the server keeps answering, starts
+/// a new worker, and the job's expired lease sends it back to work (second attempt, the lost
+/// lease named as the reason) instead of leaving it stuck.
+#[test]
+fn a_killed_worker_s_job_is_retried_and_serving_goes_on() {
+    let staffed = staffed_server_with(
+        &["--max-tokens", "8"],
+        &[
+            ("KEFU_WORKER_LEASE_SECONDS", "3"),
+            ("KEFU_WORKER_POLL_MS", "200"),
+        ],
+    );
+    let server = &staffed.server;
+    // A long run, so the job is still going when its worker dies.
+    std::fs::write(
+        staffed._home.path().join("recipe.toml"),
+        "[lora]\nrank = 8\nalpha = 16.0\n[sft]\nepochs = 500\nlr = 1e-3\nbatch = 1\neval_fraction = 0.0\n",
+    )
+    .unwrap();
+    let ask = || {
+        let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
+        assert_eq!(status, 201, "{conversation}");
+        let id = conversation["id"].as_str().unwrap().to_string();
+        let token = conversation["customer_token"].as_str().unwrap().to_string();
+        let (status, events) = post_sse(
+            &server.url(&format!("/api/conversations/{id}/messages")),
+            Some(&token),
+            &json!({"content": "Where is my parcel?"}),
+        );
+        assert_eq!(status, 200);
+        let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+        assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+        (id, done["message_id"].as_i64().unwrap())
+    };
+    let (id, answer) = ask();
+    let (status, _) = request(
+        "POST",
+        &server.url(&format!(
+            "/api/agent/conversations/{id}/messages/{answer}/feedback"
+        )),
+        &staffed.agent_api,
+        Some(&json!({"rating": "down", "corrected_answer": "It is on its way."})),
+    );
+    assert_eq!(status, 201);
+    let (status, job) = request(
+        "POST",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 202, "{job}");
+    let job_url = server.url(&format!("/api/admin/training/jobs/{}", job["id"]));
+    let job_now = || request("GET", &job_url, &staffed.admin_api, None).1;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while job_now()["status"] != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "the job never started: {}",
+            job_now()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let workers = children(server.child.id(), "trainer");
+    assert_eq!(workers.len(), 1, "one embedded worker: {workers:?}");
+    let status = Command::new("kill")
+        .args(["-KILL", &workers[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Serving never stops.
+    let (status, ready) = get(&server.url("/readyz"), None);
+    assert_eq!(status, 200, "{ready}");
+    ask();
+    // A new worker takes the job back once the dead one's lease has run out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let retried = loop {
+        let now = job_now();
+        if now["attempts"] == 2 && now["status"] == "running" {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the job was not retried: {now}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        retried["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lease"),
+        "{retried}"
+    );
+    let replacement = children(server.child.id(), "trainer");
+    assert_eq!(replacement.len(), 1, "{replacement:?}");
+    assert_ne!(
+        replacement[0], workers[0],
+        "the server started a new worker"
+    );
+    let (status, cancelled) = request(
+        "POST",
+        &format!("{job_url}/cancel"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (200, Some("cancelled"))
+    );
 }
 
 /// The loop, end to end with the real default model: a customer asks, dislikes the answer, an

@@ -388,6 +388,20 @@
 
     function refresh() { return Promise.all([loadJobs(), loadVersions()]).catch(function (e) { status.textContent = e.message; }); }
 
+    var schedule = document.getElementById("schedule");
+    var number = function (input) { return input.value.trim() === "" ? null : Number(input.value); };
+    api("GET", "/api/admin/training/schedule").then(function (s) {
+      schedule.elements.every_minutes.value = s.every_minutes === null ? "" : s.every_minutes;
+      schedule.elements.after_new_feedback.value = s.after_new_feedback === null ? "" : s.after_new_feedback;
+    });
+    schedule.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var saved = schedule.querySelector(".saved"), box = schedule.querySelector(".error");
+      saved.textContent = ""; box.hidden = true;
+      var body = { every_minutes: number(schedule.elements.every_minutes), after_new_feedback: number(schedule.elements.after_new_feedback) };
+      api("PUT", "/api/admin/training/schedule", body).then(function () { saved.textContent = "Saved"; }, function (e) { showError(schedule, e); });
+    });
+
     document.getElementById("train-now").addEventListener("click", function () {
       api("POST", "/api/admin/training/jobs", {}).then(function (job) { status.textContent = "Job " + job.id + " queued"; selected = job.id; refresh(); }, function (e) { status.textContent = e.message; });
     });
