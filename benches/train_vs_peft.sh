@@ -9,6 +9,7 @@
 #
 #   bash benches/train_vs_peft.sh                 # 8 steps, batch 4, 256 tokens
 #   STEPS=4 BATCH=2 MAX_LEN=128 bash benches/train_vs_peft.sh
+#   STAGES=dpo BASES="f32 q8_0" bash benches/train_vs_peft.sh     # some rows only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-8}
@@ -16,6 +17,8 @@ BATCH=${BATCH:-4}
 MAX_LEN=${MAX_LEN:-256}
 THREADS=${THREADS:-$(nproc)}
 MODEL_NAME=${MODEL_NAME:-smollm2-135m-instruct}
+STAGES=${STAGES:-sft dpo}
+BASES=${BASES:-f32 q8_0 q4}
 export KEFU_HOME=${KEFU_HOME:-$HOME/.cache/kefu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}
 VENV=${BENCH_VENV:-$HOME/.cache/kefu-bench/train-venv}
@@ -35,10 +38,11 @@ trap 'rm -rf "$WORK"' EXIT
 # The shipped model as f32 Hugging Face weights: both trainers start from this folder.
 "$KEFU" merge --model "$MODEL_NAME" --output "$WORK/hf" >&2
 
-"$VENV/bin/python" - "$KEFU" "$WORK" "$SHARED" "$STEPS" "$BATCH" "$MAX_LEN" "$THREADS" "$MODEL_NAME" <<'PY'
+"$VENV/bin/python" - "$KEFU" "$WORK" "$SHARED" "$STEPS" "$BATCH" "$MAX_LEN" "$THREADS" "$MODEL_NAME" \
+  "$STAGES" "$BASES" <<'PY'
 import json, os, platform, statistics, subprocess, sys, time
 
-kefu, work, shared, steps, batch, max_len, threads, model_name = sys.argv[1:9]
+kefu, work, shared, steps, batch, max_len, threads, model_name, stages, bases = sys.argv[1:11]
 steps, batch, max_len, threads = int(steps), int(batch), int(max_len), int(threads)
 hf = os.path.join(work, "hf")
 rank, alpha = 8, 16
@@ -166,10 +170,11 @@ def run_peer(stage, data):
 print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads; "
       f"{steps} steps, batch {batch}, max length {max_len}, LoRA r={rank} alpha={alpha} on all 7 projections")
 print(f"{'stage':5} {'trainer':22} {'tokens/s':>9} {'peak MiB':>9} {'tok/s ratio':>12} {'memory ratio':>13}")
-for stage, data in (("sft", f"{work}/sft.jsonl"), ("dpo", f"{work}/dpo.jsonl")):
+for stage in stages.split():
+    data = f"{work}/{stage}.jsonl"
     peer_rate, peer_peak = run_peer(stage, data)
     print(f"{stage:5} {'pytorch+peft' + ('+trl' if stage == 'dpo' else ''):22} {peer_rate:9.1f} {peer_peak:9.0f} {'1.00':>12} {'1.00':>13}", flush=True)
-    for base in ("f32", "q8_0", "q4"):
+    for base in bases.split():
         rate, peak = run_kefu(stage, data, base)
         print(f"{stage:5} {'kefu (' + base + ' base)':22} {rate:9.1f} {peak:9.0f} {rate / peer_rate:11.2f}x {peak / peer_peak:12.2f}x", flush=True)
 PY

@@ -45,7 +45,8 @@ log=$(mktemp)
 status=0
 cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+# Only cargo's summaries count (a worker's log line such as "job 1 failed" is not a test).
+failed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')
 rm -f "$log"
 echo "tests: $passed passed, $failed failed"
 exit "$status"

@@ -292,6 +292,17 @@ pub enum ModelsCommand {
         #[arg(long, env = "KEFU_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// The retention policy: remove the registry files of unlabelled versions beyond the
+    /// newest --keep (labelled versions — production, candidate, previous — are never removed;
+    /// the versions' records and reports stay). The training worker runs it after each job.
+    Prune {
+        /// Unlabelled versions to keep, newest first.
+        #[arg(long, env = "KEFU_KEEP_VERSIONS", default_value_t = 5)]
+        keep: usize,
+        /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
+        #[arg(long, env = "KEFU_DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +379,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 promote,
                 database_url,
             } => models_register(&cli.home, &file, promote, database_url.as_deref()),
+            ModelsCommand::Prune { keep, database_url } => {
+                models_prune(&cli.home, keep, database_url.as_deref())
+            }
         },
         Command::Generate(args) => generate(&cli.home, &args),
         Command::Ingest(args) => ingest(&cli.home, cli.threads, &args),
@@ -672,6 +686,23 @@ fn models_register(home: &Path, file: &Path, promote: bool, url: Option<&str>) -
             println!("version {} is the candidate", version.id);
         }
         database.close().await;
+        anyhow::Ok(())
+    })
+}
+
+fn models_prune(home: &Path, keep: usize, url: Option<&str>) -> Result<()> {
+    let url = database_url(home, url)?;
+    runtime()?.block_on(async {
+        let database = kefu_db::Database::connect(&url).await?;
+        let pruned = crate::registry::prune(home, &database, keep).await;
+        database.close().await;
+        let pruned = pruned?;
+        if pruned.is_empty() {
+            println!("nothing to remove: every unlabelled version is among the newest {keep}");
+        }
+        for version in pruned {
+            println!("removed the files of version {version}");
+        }
         anyhow::Ok(())
     })
 }

@@ -110,6 +110,47 @@ pub fn registry_dir(home: &Path) -> PathBuf {
     }
 }
 
+/// The retention policy: removes the files of the versions that carry no label, beyond the
+/// newest `keep` of them — never a labelled version's (production, candidate, previous), never
+/// a file outside the registry (the base model a server registered from `models/`). The rows
+/// stay, with their reports and lineage; a pruned version can no longer be served (a server
+/// told to refuses it and keeps its current one). Returns the versions pruned.
+pub async fn prune(home: &Path, database: &Database, keep: usize) -> Result<Vec<String>> {
+    let labelled: std::collections::HashSet<String> = database
+        .labels()
+        .await?
+        .into_iter()
+        .map(|(_, version)| version)
+        .collect();
+    let registry = registry_dir(home);
+    let mut kept = 0;
+    let mut pruned = Vec::new();
+    // Newest first.
+    for version in database.model_versions().await? {
+        let file = version_path(home, &version);
+        if labelled.contains(&version.id)
+            || Path::new(&version.path).is_absolute()
+            || !file.is_file()
+        {
+            continue;
+        }
+        if kept < keep {
+            kept += 1;
+            continue;
+        }
+        let folder = file
+            .parent()
+            .filter(|f| *f != registry && f.starts_with(&registry));
+        match folder {
+            Some(folder) => std::fs::remove_dir_all(folder),
+            None => std::fs::remove_file(&file),
+        }
+        .with_context(|| format!("cannot remove {}", file.display()))?;
+        pruned.push(version.id);
+    }
+    Ok(pruned)
+}
+
 /// Where a version's file is: relative paths are inside the registry's folder.
 pub fn version_path(home: &Path, version: &ModelVersion) -> PathBuf {
     let path = Path::new(&version.path);

@@ -52,6 +52,9 @@ pub struct WorkArgs {
     /// Where to train: cpu, or cuda / cuda:N in a CUDA build.
     #[arg(long, env = "KEFU_DEVICE")]
     pub device: Option<String>,
+    /// The retention policy after each job: unlabelled versions whose files are kept.
+    #[arg(long, env = "KEFU_KEEP_VERSIONS", default_value_t = 5)]
+    pub keep_versions: usize,
 }
 
 /// The model the worker trains when nothing says otherwise.
@@ -117,9 +120,19 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
                     let finished = match &outcome {
                         Ok(version) => {
                             eprintln!("kefu trainer: job {} made version {version}", job.id);
-                            database
+                            let finished = database
                                 .finish_job(job.id, &owner, Ok(Some(version)))
-                                .await?
+                                .await?;
+                            match crate::registry::prune(home, &database, args.keep_versions).await
+                            {
+                                Ok(pruned) if !pruned.is_empty() => eprintln!(
+                                    "kefu trainer: retention removed {} old versions",
+                                    pruned.len()
+                                ),
+                                Ok(_) => {}
+                                Err(e) => eprintln!("kefu trainer: retention failed: {e:#}"),
+                            }
+                            finished
                         }
                         Err(e) => {
                             let reason = format!("{e:#}");

@@ -468,3 +468,76 @@ fn ingest_reports_each_bad_file_and_keeps_going() {
         stdout(&check)
     );
 }
+
+/// The retention policy (`kefu models prune`): the files of unlabelled versions beyond the
+/// newest `--keep` go; production, candidate and previous never do, whatever `--keep` says.
+#[test]
+fn the_retention_policy_never_removes_a_labelled_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let register = |seed: u64, promote: bool| -> String {
+        let dir = tmp.path().join(format!("model-{seed}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = TinySpec {
+            seed,
+            ..TinySpec::new(Architecture::Llama)
+        };
+        let file = write_tiny_gguf(&dir, &spec);
+        let mut args = vec!["models", "register", file.to_str().unwrap()];
+        if promote {
+            args.push("--promote");
+        }
+        let out = run(&home, &args);
+        assert!(out.status.success(), "{out:?}");
+        // "version <id> is …": distinct creation times order the versions.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let file_of = |id: &str| home.join("registry").join(id).join("model.gguf");
+    let prune = |keep: &str| {
+        let out = run(&home, &["models", "prune", "--keep", keep]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = register(1, true); // production, then previous
+    let second = register(2, false); // candidate, then unlabelled
+    let third = register(3, true); // production
+    let fourth = register(4, false); // candidate, then unlabelled
+    let fifth = register(5, false); // candidate
+    for id in [&first, &second, &third, &fourth, &fifth] {
+        assert!(file_of(id).is_file(), "{id}");
+    }
+    // Unlabelled, newest first: fourth, second. Keep one.
+    let said = prune("1");
+    assert!(said.contains(&second) && !said.contains(&fourth), "{said}");
+    assert!(!file_of(&second).exists());
+    assert!(file_of(&fourth).is_file());
+    // Keep none: the labelled three stay.
+    let said = prune("0");
+    assert!(said.contains(&fourth), "{said}");
+    for id in [&first, &third, &fifth] {
+        assert!(
+            file_of(id).is_file(),
+            "a labelled version was removed: {id}"
+        );
+    }
+    assert!(prune("0").contains("nothing to remove"));
+    // Bad input: a clear message and a non-zero exit, nothing removed.
+    for bad in ["--keep=-1", "--keep=many"] {
+        let out = run(&home, &["models", "prune", bad]);
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("invalid value") && said.contains("--keep"),
+            "{said}"
+        );
+    }
+    for id in [&first, &third, &fifth] {
+        assert!(file_of(id).is_file());
+    }
+}
