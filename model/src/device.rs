@@ -83,7 +83,7 @@ mod tests {
     }
 
     #[test]
-    fn gpu_options_are_dense_bf16() {
+    fn cpu_options_stay_as_given() {
         let cpu = LoadOptions::default().on(&Device::Cpu);
         assert!(cpu.requantize && !cpu.decoder.dense);
         assert_eq!(cpu.decoder.dtype, DType::F32);
