@@ -667,14 +667,9 @@ impl Decoder {
             .base_weight(0)?
             .to_dtype(self.dtype)?
             .contiguous()?;
-        let op = crate::loss::TargetLogprobs {
-            head: self.lm_head.clone(),
-            weight,
-            targets,
-            values,
-            chunk,
-        };
-        Ok(flat.apply_op1(op)?.reshape((batch, seq_len))?)
+        let head = self.lm_head.clone();
+        let logprobs = crate::loss::target_logprobs(&flat, values, head, weight, targets, chunk)?;
+        Ok(logprobs.reshape((batch, seq_len))?)
     }
 
     /// The element type of the weights and activations.

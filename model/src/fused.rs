@@ -80,8 +80,9 @@ impl CustomOp1 for Recorded {
     }
 }
 
-/// `input` → `value` (computed from `input` by a fused kernel) with `backward` for gradients.
-fn record(
+/// `input` → `value` (computed from `input` already, by a fused kernel or in chunks) with
+/// `backward(input, output, output_grad)` for gradients.
+pub(crate) fn record(
     input: &Tensor,
     value: Tensor,
     backward: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
