@@ -46,16 +46,30 @@ impl Recorded {
     }
 }
 
+/// A tensor's storage if it lives on the CPU (for custom ops that read other tensors).
+pub(crate) fn on_cpu(storage: &Storage) -> Option<&CpuStorage> {
+    match storage {
+        Storage::Cpu(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A tensor's storage if it lives on a CUDA GPU.
+#[cfg(feature = "cuda")]
+pub(crate) fn on_cuda(storage: &Storage) -> Option<&candle_core::CudaStorage> {
+    match storage {
+        Storage::Cuda(s) => Some(s),
+        _ => None,
+    }
+}
+
 impl CustomOp1 for Recorded {
     fn name(&self) -> &'static str {
         "recorded"
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.take(|s| match s {
-            Storage::Cpu(s) => Some(s),
-            _ => None,
-        })
+        self.take(on_cpu)
     }
 
     #[cfg(feature = "cuda")]
@@ -64,10 +78,7 @@ impl CustomOp1 for Recorded {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.take(|s| match s {
-            Storage::Cuda(s) => Some(s),
-            _ => None,
-        })
+        self.take(on_cuda)
     }
 
     fn bwd(
@@ -159,38 +170,23 @@ mod tests {
         let x = Var::randn(0f32, 1.0, shape, &device).unwrap();
         let weights = Tensor::randn(0f32, 1.0, shape, &device).unwrap();
         let loss = |y: Tensor| (y * &weights).unwrap().sum_all().unwrap();
+        let largest =
+            |t: &Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+        let gradient = |y: Tensor| {
+            loss(y)
+                .backward()
+                .unwrap()
+                .get(x.as_tensor())
+                .unwrap()
+                .clone()
+        };
         let a = fused(x.as_tensor()).unwrap();
         let b = reference(x.as_tensor()).unwrap();
-        let diff: f32 = (&a - &b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = largest(&(&a - &b).unwrap());
         assert!(diff < 1e-5, "values differ by {diff}");
-        let ga = loss(a)
-            .backward()
-            .unwrap()
-            .get(x.as_tensor())
-            .unwrap()
-            .clone();
-        let gb = loss(b)
-            .backward()
-            .unwrap()
-            .get(x.as_tensor())
-            .unwrap()
-            .clone();
-        let diff: f32 = (&ga - &gb)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let scale: f32 = gb.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let (ga, gb) = (gradient(a), gradient(b));
+        let diff = largest(&(&ga - &gb).unwrap());
+        let scale = largest(&gb);
         assert!(
             scale > 0.0 && diff < 1e-4 * scale.max(1.0),
             "gradients differ by {diff}"

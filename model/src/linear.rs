@@ -284,6 +284,20 @@ impl FrozenDenseMatMul {
         *dims.last_mut().expect("checked above") = n;
         Ok((y, Shape::from(dims)))
     }
+
+    /// The product on the backend whose storage `pick` finds the weight in.
+    fn forward<S: BackendStorage>(
+        &self,
+        x: &S,
+        x_layout: &Layout,
+        pick: impl Fn(&Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, Shape)> {
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        let Some(weight) = pick(&weight) else {
+            candle_core::bail!("frozen-dense-matmul: the weight is on another device")
+        };
+        self.product(x, x_layout, weight, weight_layout)
+    }
 }
 
 impl CustomOp1 for FrozenDenseMatMul {
@@ -296,11 +310,7 @@ impl CustomOp1 for FrozenDenseMatMul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (weight, weight_layout) = self.weight.storage_and_layout();
-        let Storage::Cpu(weight) = &*weight else {
-            candle_core::bail!("frozen-dense-matmul: the weight is not on the CPU")
-        };
-        self.product(storage, layout, weight, weight_layout)
+        self.forward(storage, layout, crate::fused::on_cpu)
     }
 
     #[cfg(feature = "cuda")]
@@ -309,11 +319,7 @@ impl CustomOp1 for FrozenDenseMatMul {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (weight, weight_layout) = self.weight.storage_and_layout();
-        let Storage::Cuda(weight) = &*weight else {
-            candle_core::bail!("frozen-dense-matmul: the weight is not on the GPU")
-        };
-        self.product(storage, layout, weight, weight_layout)
+        self.forward(storage, layout, crate::fused::on_cuda)
     }
 
     fn bwd(

@@ -527,13 +527,18 @@ fn candidate_core_input(ids: &[u32]) -> Result<candle_core::Tensor> {
 pub async fn new_material(database: &Database, model: &str) -> Result<(usize, usize, bool)> {
     let sft = crate::export::compile(database, Kind::Sft, Format::Trl).await?;
     let pairs = crate::export::compile(database, Kind::Pairs, Format::Trl).await?;
+    let fresh = fresh_feedback(database, model).await? > 0;
+    Ok((sft.len(), pairs.len(), fresh))
+}
+
+/// Feedback events since the last job that succeeded began (all of them when none did).
+async fn fresh_feedback(database: &Database, model: &str) -> Result<i64> {
     let since = database
         .last_succeeded_job(model)
         .await?
         .and_then(|j| j.started_ms)
         .unwrap_or(0);
-    let fresh = database.feedback_since(since).await? > 0;
-    Ok((sft.len(), pairs.len(), fresh))
+    Ok(database.feedback_since(since).await?)
 }
 
 /// The automatic triggers: queues a job for `model` (trigger `threshold` or `schedule`) when
@@ -565,6 +570,11 @@ pub async fn check_triggers(
     let Some(trigger) = trigger else {
         return Ok(None);
     };
+    // A due schedule with no new feedback is checked at every poll: answer that with one
+    // count, before compiling the whole feedback log into examples.
+    if fresh_feedback(database, model).await? == 0 {
+        return Ok(None);
+    }
     let (examples, pairs, fresh) = new_material(database, model).await?;
     if examples + pairs == 0 || !fresh {
         return Ok(None);

@@ -1051,6 +1051,37 @@ fn add_site(staffed: &Staffed, name: &str, origins: &[&str]) -> (i64, String) {
     (site["id"].as_i64().unwrap(), key)
 }
 
+/// A new anonymous conversation with one answered question: (conversation, customer token,
+/// the answer's message id).
+fn ask_anonymously(server: &Server, question: &str) -> (String, String, i64) {
+    let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
+    assert_eq!(status, 201, "{conversation}");
+    let id = conversation["id"].as_str().unwrap().to_string();
+    let token = conversation["customer_token"].as_str().unwrap().to_string();
+    let (status, events) = post_sse(
+        &server.url(&format!("/api/conversations/{id}/messages")),
+        Some(&token),
+        &json!({"content": question}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+    let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    (id, token, done["message_id"].as_i64().unwrap())
+}
+
+/// A staff member's correction of an answer (201).
+fn correct(server: &Server, who: &Identity, conversation: &str, answer: i64, text: &str) {
+    let (status, body) = request(
+        "POST",
+        &server.url(&format!(
+            "/api/agent/conversations/{conversation}/messages/{answer}/feedback"
+        )),
+        who,
+        Some(&json!({"rating": "down", "corrected_answer": text})),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
 /// The automatic triggers: an admin sets a schedule and a threshold (bad values refused); the
 /// worker's check queues a `threshold` job once enough feedback arrived, none while one is
 /// queued, none without anything to learn, and a `schedule` job when the minutes have passed.
@@ -1132,21 +1163,7 @@ fn the_schedule_and_the_threshold_queue_training_jobs() {
     );
 
     // A customer's thumbs down and an agent's correction: two feedback events.
-    let (_, conversation, _) = call(
-        "POST",
-        &server.url("/api/conversations"),
-        &vec![],
-        &Body::Empty,
-    );
-    let id = conversation["id"].as_str().unwrap();
-    let token = conversation["customer_token"].as_str().unwrap();
-    let (_, events) = post_sse(
-        &server.url(&format!("/api/conversations/{id}/messages")),
-        Some(token),
-        &json!({"content": "How long do I have to return a parcel?"}),
-    );
-    let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
-    let answer = done["message_id"].as_i64().unwrap();
+    let (id, token, answer) = ask_anonymously(server, "How long do I have to return a parcel?");
     let (status, _) = request(
         "POST",
         &server.url(&format!(
@@ -1156,15 +1173,7 @@ fn the_schedule_and_the_threshold_queue_training_jobs() {
         Some(&json!({"rating": "down", "reasons": ["wrong"]})),
     );
     assert_eq!(status, 201);
-    let (status, _) = request(
-        "POST",
-        &server.url(&format!(
-            "/api/agent/conversations/{id}/messages/{answer}/feedback"
-        )),
-        &staffed.admin_api,
-        Some(&json!({"rating": "down", "corrected_answer": "Within 30 days."})),
-    );
-    assert_eq!(status, 201);
+    correct(server, &staffed.admin_api, &id, answer, "Within 30 days.");
 
     set(json!({"every_minutes": null, "after_new_feedback": 3}));
     assert!(check(now).is_none(), "two events are fewer than three");
@@ -2174,31 +2183,9 @@ fn a_killed_worker_s_job_is_retried_and_serving_goes_on() {
         "[lora]\nrank = 8\nalpha = 16.0\n[sft]\nepochs = 500\nlr = 1e-3\nbatch = 1\neval_fraction = 0.0\n",
     )
     .unwrap();
-    let ask = || {
-        let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
-        assert_eq!(status, 201, "{conversation}");
-        let id = conversation["id"].as_str().unwrap().to_string();
-        let token = conversation["customer_token"].as_str().unwrap().to_string();
-        let (status, events) = post_sse(
-            &server.url(&format!("/api/conversations/{id}/messages")),
-            Some(&token),
-            &json!({"content": "Where is my parcel?"}),
-        );
-        assert_eq!(status, 200);
-        let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
-        assert_eq!(events.last().unwrap().0, "done", "{events:?}");
-        (id, done["message_id"].as_i64().unwrap())
-    };
-    let (id, answer) = ask();
-    let (status, _) = request(
-        "POST",
-        &server.url(&format!(
-            "/api/agent/conversations/{id}/messages/{answer}/feedback"
-        )),
-        &staffed.agent_api,
-        Some(&json!({"rating": "down", "corrected_answer": "It is on its way."})),
-    );
-    assert_eq!(status, 201);
+    let ask = || ask_anonymously(server, "Where is my parcel?");
+    let (id, _, answer) = ask();
+    correct(server, &staffed.agent_api, &id, answer, "It is on its way.");
     let (status, job) = request(
         "POST",
         &server.url("/api/admin/training/jobs"),
