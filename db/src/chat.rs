@@ -1,6 +1,8 @@
 //! Conversations, messages, the record of what each answer was served with, and feedback
 //! events (append-only).
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use crate::{Database, DbError, Result};
@@ -72,6 +74,21 @@ pub struct NewFeedback {
 pub struct FeedbackEvent {
     pub id: i64,
     pub feedback: NewFeedback,
+    pub created_ms: i64,
+}
+
+/// A review decision that lets a rated answer's feedback into training.
+pub const ACCEPTED: &str = "accepted";
+/// A review decision that keeps a rated answer's feedback out of training.
+pub const REJECTED: &str = "rejected";
+
+/// An admin's latest decision on a rated answer (the feedback inbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    pub message_id: i64,
+    /// [`ACCEPTED`] or [`REJECTED`].
+    pub decision: String,
+    pub reviewer: Option<String>,
     pub created_ms: i64,
 }
 
@@ -296,5 +313,56 @@ impl Database {
                 })
             })
             .collect()
+    }
+
+    /// Records one decision (`accepted` or `rejected`) on each of `message_ids`, all in one
+    /// transaction (reviews are appended, never updated: the latest one counts).
+    pub async fn add_reviews(
+        &self,
+        message_ids: &[i64],
+        decision: &str,
+        reviewer: Option<&str>,
+    ) -> Result<usize> {
+        if decision != ACCEPTED && decision != REJECTED {
+            return Err(DbError::Malformed(format!(
+                "a review is `{ACCEPTED}` or `{REJECTED}`, not `{decision}`"
+            )));
+        }
+        let mut transaction = self.pool.begin().await?;
+        let at = now_ms();
+        for id in message_ids {
+            sqlx::query(
+                "INSERT INTO feedback_reviews (message_id, decision, reviewer, created_ms) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(decision)
+            .bind(reviewer)
+            .bind(at)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(message_ids.len())
+    }
+
+    /// The latest review of every reviewed message.
+    pub async fn reviews(&self) -> Result<HashMap<i64, Review>> {
+        let rows = sqlx::query(
+            "SELECT message_id, decision, reviewer, created_ms FROM feedback_reviews ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = HashMap::new();
+        for row in &rows {
+            let review = Review {
+                message_id: row.try_get("message_id")?,
+                decision: row.try_get("decision")?,
+                reviewer: row.try_get("reviewer")?,
+                created_ms: row.try_get("created_ms")?,
+            };
+            out.insert(review.message_id, review);
+        }
+        Ok(out)
     }
 }

@@ -11,7 +11,10 @@ mod sites;
 mod training;
 
 pub use accounts::{Session, User};
-pub use chat::{Conversation, FeedbackEvent, Message, NewFeedback, ServedPrompt, now_ms};
+pub use chat::{
+    ACCEPTED, Conversation, FeedbackEvent, Message, NewFeedback, REJECTED, Review, ServedPrompt,
+    now_ms,
+};
 pub use sites::WidgetSite;
 pub use training::{
     CANDIDATE, JobStatus, ModelVersion, PREVIOUS, PRODUCTION, TrainingJob, TrainingSchedule,

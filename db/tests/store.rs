@@ -259,6 +259,36 @@ async fn sites_users_and_detached_conversations(engine: Engine) {
         db.knowledge_bases().await.unwrap(),
         vec![(kb, "support".to_string(), 0)]
     );
+    // Reviews are appended and the latest counts; one bad id stores none of a batch.
+    let one = db
+        .add_message(with_site.id, "assistant", "a", None)
+        .await
+        .unwrap();
+    let two = db
+        .add_message(with_site.id, "assistant", "b", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.add_reviews(&[one.id, two.id], kefu_db::REJECTED, Some("bob"))
+            .await
+            .unwrap(),
+        2
+    );
+    db.add_reviews(&[one.id], kefu_db::ACCEPTED, None)
+        .await
+        .unwrap();
+    assert!(
+        db.add_reviews(&[two.id, 999_999], kefu_db::ACCEPTED, None)
+            .await
+            .is_err()
+    );
+    assert!(db.add_reviews(&[one.id], "maybe", None).await.is_err());
+    let reviews = db.reviews().await.unwrap();
+    assert_eq!(reviews.len(), 2);
+    assert_eq!(reviews[&one.id].decision, kefu_db::ACCEPTED);
+    assert_eq!(reviews[&one.id].reviewer, None);
+    assert_eq!(reviews[&two.id].decision, kefu_db::REJECTED);
+    assert_eq!(reviews[&two.id].reviewer.as_deref(), Some("bob"));
     // Deleting the site keeps its conversations, detached.
     assert!(db.delete_site(site.id).await.unwrap());
     assert!(!db.delete_site(site.id).await.unwrap());

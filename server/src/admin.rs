@@ -588,11 +588,17 @@ pub async fn rollback_model(
 /// The one chat model jobs train (one job at a time for it).
 pub const TRAINED_MODEL: &str = "production";
 
+/// A job as the API shows it (a finished job's report is left out of its progress: `get_job`
+/// gives it).
 fn job_json(job: &kefu_db::TrainingJob) -> Value {
+    let mut progress = serde_json::from_str::<Value>(&job.progress).unwrap_or(Value::Null);
+    if let Some(object) = progress.as_object_mut() {
+        object.remove("report");
+    }
     json!({
         "id": job.id, "status": job.status.as_str(), "trigger": job.trigger,
         "attempts": job.attempts, "error": job.error, "version": job.result_version,
-        "progress": serde_json::from_str::<Value>(&job.progress).unwrap_or(Value::Null),
+        "progress": progress,
         "created_ms": job.created_ms, "started_ms": job.started_ms,
         "finished_ms": job.finished_ms,
     })
@@ -759,7 +765,10 @@ pub async fn get_job(
     admin(&state.database, &method, &headers).await?;
     let job = find_job(&state, id).await?;
     let mut out = job_json(&job);
-    if let Some(version) = &job.result_version
+    let own = serde_json::from_str::<Value>(&job.progress).unwrap_or(Value::Null)["report"].take();
+    if own.is_object() {
+        out["report"] = own;
+    } else if let Some(version) = &job.result_version
         && let Some(version) = state
             .database
             .model_version(version)

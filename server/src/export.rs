@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use kefu_db::{Database, FeedbackEvent, Message};
+use kefu_db::{Database, FeedbackEvent, Message, REJECTED, Review};
 use serde_json::{Value, json};
 
 /// Which examples to write.
@@ -46,6 +46,8 @@ struct Labelled {
     event: FeedbackEvent,
     /// The latest agent correction, if any.
     correction: Option<(String, i64)>,
+    /// The feedback inbox's latest decision on it; a rejected answer gives no examples.
+    review: Option<Review>,
 }
 
 fn role_rank(role: &str) -> i64 {
@@ -68,7 +70,9 @@ fn decide(events: &[FeedbackEvent]) -> Option<(&FeedbackEvent, i64)> {
         })
 }
 
+/// Every rated answer with its label, by question (reviewed-out ones included).
 async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Labelled>>> {
+    let mut reviews = database.reviews().await?;
     let mut by_question: BTreeMap<i64, Vec<Labelled>> = BTreeMap::new();
     for answer_id in database.rated_answers().await? {
         let Some(answer) = database.message(answer_id).await? else {
@@ -95,6 +99,7 @@ async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Label
             label,
             event: event.clone(),
             correction,
+            review: reviews.remove(&answer.id),
             answer,
         });
     }
@@ -169,7 +174,11 @@ fn single(
 
 /// The examples of one kind, one JSON value each.
 pub async fn compile(database: &Database, kind: Kind, format: Format) -> Result<Vec<Value>> {
-    let by_question = labelled_answers(database).await?;
+    let mut by_question = labelled_answers(database).await?;
+    // The inbox's rejections keep an answer's feedback out of every kind of example.
+    for answers in by_question.values_mut() {
+        answers.retain(|a| a.review.as_ref().is_none_or(|r| r.decision != REJECTED));
+    }
     let mut out = Vec::new();
     for (question, answers) in &by_question {
         for a in answers {
@@ -242,6 +251,87 @@ pub async fn compile(database: &Database, kind: Kind, format: Format) -> Result<
         }
     }
     Ok(out)
+}
+
+/// What the feedback inbox lists, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxFilter {
+    /// `up`, `down` or `corrected`.
+    pub label: Option<String>,
+    /// `pending`, `accepted` or `rejected`.
+    pub review: Option<String>,
+    /// Who gave the deciding feedback: `customer` or `agent`.
+    pub rater: Option<String>,
+    /// Words the question or the answer contains (case-insensitive).
+    pub text: Option<String>,
+}
+
+/// The feedback inbox: every rated answer, newest feedback first, with its question, its
+/// label, the pair it makes (chosen against rejected) and its review state; those `filter`
+/// admits, as `(total, page)`.
+pub async fn inbox(
+    database: &Database,
+    filter: &InboxFilter,
+    offset: usize,
+    limit: usize,
+) -> Result<(usize, Vec<Value>)> {
+    let by_question = labelled_answers(database).await?;
+    let mut items = Vec::new();
+    for (question_id, answers) in &by_question {
+        let question = database
+            .message(*question_id)
+            .await?
+            .map(|m| m.content)
+            .unwrap_or_default();
+        for a in answers {
+            let label = match (&a.correction, a.label) {
+                (Some(_), _) => "corrected",
+                (None, l) if l > 0 => "up",
+                _ => "down",
+            };
+            let review = a.review.as_ref().map_or("pending", |r| r.decision.as_str());
+            let sibling = |want: i64| {
+                answers
+                    .iter()
+                    .find(|b| b.answer.id != a.answer.id && b.label.signum() == want)
+                    .map(|b| b.answer.content.clone())
+            };
+            let pair = match (&a.correction, a.label) {
+                (Some((corrected, _)), _) => Some((corrected.clone(), a.answer.content.clone())),
+                (None, l) if l > 0 => sibling(-1).map(|bad| (a.answer.content.clone(), bad)),
+                _ => sibling(1).map(|good| (good, a.answer.content.clone())),
+            };
+            let wanted =
+                |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+            if !wanted(&filter.label, label)
+                || !wanted(&filter.review, review)
+                || !wanted(&filter.rater, &a.event.feedback.rater_role)
+            {
+                continue;
+            }
+            if let Some(text) = &filter.text {
+                let text = text.to_lowercase();
+                if !question.to_lowercase().contains(&text)
+                    && !a.answer.content.to_lowercase().contains(&text)
+                {
+                    continue;
+                }
+            }
+            items.push(json!({
+                "message_id": a.answer.id, "question_message_id": question_id,
+                "question": question, "answer": a.answer.content, "label": label,
+                "correction": a.correction.as_ref().map(|(c, _)| c),
+                "rater_role": a.event.feedback.rater_role, "rater": a.event.feedback.rater,
+                "reasons": a.event.feedback.reasons, "comment": a.event.feedback.comment,
+                "feedback_ms": a.event.created_ms, "model_version": a.model_version,
+                "pair": pair.map(|(chosen, rejected)| json!({"chosen": chosen, "rejected": rejected})),
+                "review": review, "reviewer": a.review.as_ref().and_then(|r| r.reviewer.clone()),
+            }));
+        }
+    }
+    items.sort_by_key(|i| std::cmp::Reverse((i["feedback_ms"].as_i64(), i["message_id"].as_i64())));
+    let total = items.len();
+    Ok((total, items.into_iter().skip(offset).take(limit).collect()))
 }
 
 #[cfg(test)]

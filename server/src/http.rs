@@ -428,6 +428,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/admin/knowledge-bases/{kb}/documents/{document}/reingest",
             post(crate::admin::reingest_document),
         )
+        .route("/api/admin/feedback", get(crate::datasets::inbox))
+        .route("/api/admin/feedback/review", post(crate::datasets::review))
+        .route("/api/admin/datasets", get(crate::datasets::list))
+        .route(
+            "/api/admin/datasets/{dataset}",
+            get(crate::datasets::preview),
+        )
         .route("/api/admin/export/{kind}", get(export))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
@@ -851,8 +858,8 @@ fn citation_json(c: &Citation) -> Value {
 }
 
 /// Streams a grounded answer to `question_id` as Server-Sent Events: `token` events
-/// (`{"text"}`), then `done` (`{"message_id", "citations", "finish_reason"}`) once the answer
-/// and its served-prompt record are stored, or `error`.
+/// (`{"text"}`), then `done` (`{"message_id", "citations", "finish_reason", "model_version"}`)
+/// once the answer and its served-prompt record are stored, or `error`.
 async fn answer(
     state: Arc<AppState>,
     conversation: kefu_db::Conversation,
@@ -904,6 +911,7 @@ async fn answer(
                                 "message_id": message_id,
                                 "citations": prepared.citations.iter().map(citation_json).collect::<Vec<_>>(),
                                 "finish_reason": finish_name(summary.finish_reason),
+                                "model_version": generator.version,
                             })
                             .to_string(),
                         ),

@@ -279,6 +279,25 @@ impl Retriever {
         self.position.get(&id).map(|&i| &self.chunks[i])
     }
 
+    /// The keyword ranking of `query` alone, also as the fused one: retrieval without the
+    /// embedder (the training worker's gate has none).
+    pub fn search_keywords(&self, query: &str, depth: usize) -> Ranked {
+        let keyword: Vec<Scored> = self
+            .keyword
+            .search(query, depth)
+            .into_iter()
+            .map(|(i, score)| Scored {
+                chunk: i as usize,
+                score,
+            })
+            .collect();
+        Ranked {
+            dense: Vec::new(),
+            fused: keyword.clone(),
+            keyword,
+        }
+    }
+
     /// Dense, keyword and fused rankings of `query`.
     pub fn search(
         &self,
@@ -303,15 +322,7 @@ impl Retriever {
                 })
             })
             .collect();
-        let keyword: Vec<Scored> = self
-            .keyword
-            .search(query, config.depth)
-            .into_iter()
-            .map(|(i, score)| Scored {
-                chunk: i as usize,
-                score,
-            })
-            .collect();
+        let keyword = self.search_keywords(query, config.depth).keyword;
         let dense_ids: Vec<usize> = dense.iter().map(|s| s.chunk).collect();
         let keyword_ids: Vec<usize> = keyword.iter().map(|s| s.chunk).collect();
         let fused = reciprocal_rank_fusion(

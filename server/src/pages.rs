@@ -29,6 +29,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/users", get(users))
         .route("/admin/sites", get(sites))
         .route("/admin/training", get(training))
+        .route("/admin/feedback", get(feedback))
+        .route("/admin/datasets", get(datasets))
 }
 
 fn render(template: &impl Template) -> Response {
@@ -275,6 +277,20 @@ async fn sites(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
 async fn training(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match signed_in(&state, &headers, "/admin/training", "training", true).await {
         Ok(page) => render(&web::Training { page }),
+        Err(response) => response,
+    }
+}
+
+async fn feedback(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match signed_in(&state, &headers, "/admin/feedback", "feedback", true).await {
+        Ok(page) => render(&web::Feedback { page }),
+        Err(response) => response,
+    }
+}
+
+async fn datasets(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match signed_in(&state, &headers, "/admin/datasets", "datasets", true).await {
+        Ok(page) => render(&web::Datasets { page }),
         Err(response) => response,
     }
 }

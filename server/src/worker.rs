@@ -6,8 +6,8 @@
 //!    feedback ids and the model version that answered);
 //! 2. runs the recipe (`<home>/recipe.toml`, or the built-in one) from the production model:
 //!    SFT, then DPO when there are pairs enough, each stage merged into the next one's start;
-//! 3. runs the evaluation gate: on the regression set (every question an agent corrected) the
-//!    candidate's answer loss against production's and its greedy answers, merged-versus-adapter
+//! 3. runs the evaluation gate (`gate.rs`): the regression set (every question an agent
+//!    corrected), held-out questions and pairs when the recipe names them, merged-versus-adapter
 //!    logit parity, chat-template parity;
 //! 4. registers the merged model as a version with its report, labels it `candidate`, and
 //!    promotes it to `production` when the gate passes (every server follows the label).
@@ -20,11 +20,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kefu_db::{CANDIDATE, Database, PRODUCTION, TrainingJob};
-use kefu_model::generate::GenerationParams;
-use kefu_model::sampling::SamplingConfig;
-use kefu_model::{LoadOptions, LoadedModel};
-use kefu_trainer::data::{self, Conversation, OnBadLine};
-use kefu_trainer::lora::Adapters;
 use kefu_trainer::recipe::{Recipe, Stage};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -108,9 +103,18 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
                 eprintln!("kefu trainer: kefu serve is gone; stopping");
                 break;
             }
-            let job = database
+            // A database that is down (a restart) is waited for, not fatal.
+            let job = match database
                 .claim_job(&owner, lease_ms, args.max_attempts)
-                .await?;
+                .await
+            {
+                Ok(job) => job,
+                Err(e) => {
+                    eprintln!("kefu trainer: cannot reach the database (will retry): {e}");
+                    tokio::time::sleep(Duration::from_millis(args.poll_ms.clamp(200, 5000))).await;
+                    continue;
+                }
+            };
             match job {
                 Some(job) => {
                     eprintln!("kefu trainer: job {} started", job.id);
@@ -120,9 +124,10 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
                     let finished = match &outcome {
                         Ok(version) => {
                             eprintln!("kefu trainer: job {} made version {version}", job.id);
-                            let finished = database
-                                .finish_job(job.id, &owner, Ok(Some(version)))
-                                .await?;
+                            let finished = patiently("recording the finished job", || {
+                                database.finish_job(job.id, &owner, Ok(Some(version)))
+                            })
+                            .await?;
                             match crate::registry::prune(home, &database, args.keep_versions).await
                             {
                                 Ok(pruned) if !pruned.is_empty() => eprintln!(
@@ -137,7 +142,10 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
                         Err(e) => {
                             let reason = format!("{e:#}");
                             eprintln!("kefu trainer: job {} failed: {reason}", job.id);
-                            database.finish_job(job.id, &owner, Err(&reason)).await?
+                            patiently("recording the failed job", || {
+                                database.finish_job(job.id, &owner, Err(&reason))
+                            })
+                            .await?
                         }
                     };
                     if !finished {
@@ -169,6 +177,29 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
         database.close().await;
         anyhow::Ok(())
     })
+}
+
+/// How long a finished job's results wait for a database that went away (a restart).
+const DATABASE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs an idempotent database step, retrying while the database cannot be reached, so that a
+/// database restart near the end of a job does not throw its work away.
+async fn patiently<T, F, Fut>(what: &str, mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = kefu_db::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + DATABASE_PATIENCE;
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("kefu trainer: {what} failed (will retry): {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("{what} failed"))),
+        }
+    }
 }
 
 /// Writes `examples` as JSON lines; their sha256.
@@ -243,13 +274,10 @@ async fn process(
     let recipe = job_recipe(home, &sft_path, &pairs_path, sft.len(), pairs.len())?;
     recipe.write(&dir.join("recipe.toml"))?;
     // The regression set: every question an agent corrected, with the corrected answer.
-    let regression: Vec<Value> = sft
-        .iter()
-        .filter(|e| e["kefu"]["chosen_message_id"].is_null())
-        .cloned()
-        .collect();
+    let regression = crate::datasets::regression(&sft);
     let regression_path = data_dir.join("regression.jsonl");
     write_lines(&regression_path, &regression)?;
+    let held_out = held_out(home, database, &recipe).await?;
 
     let progress = Arc::new(Mutex::new(json!({"stage": "starting"})));
     let lost = Arc::new(AtomicBool::new(false));
@@ -306,7 +334,13 @@ async fn process(
             )?;
             *progress.lock().unwrap_or_else(|e| e.into_inner()) =
                 json!({"stage": "gate", "curve": curves});
-            let report = gate(&production_path, &runs, &regression_path, &recipe)?;
+            let report = crate::gate::run(
+                &production_path,
+                &runs,
+                &regression_path,
+                &recipe,
+                &held_out,
+            )?;
             Ok((runs, report))
         })
     };
@@ -343,11 +377,27 @@ async fn process(
     })
     .await??;
     let passed = report["passed"].as_bool().unwrap_or(false);
+    // The job keeps its own report: a version is immutable, and a job that makes weights an
+    // earlier job made (same data, same recipe) leaves that version's report as it was.
+    let mut done = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    done["stage"] = json!("done");
+    done["report"] = report.clone();
+    let done = done.to_string();
+    patiently("storing the report", || {
+        database.heartbeat_job(job.id, owner, lease_ms, &done)
+    })
+    .await?;
     version.report = report.to_string();
-    let version = database.register_version(&version).await?;
-    database.set_label(CANDIDATE, &version.id).await?;
+    let version = patiently("registering the version", || {
+        database.register_version(&version)
+    })
+    .await?;
+    patiently("labelling the candidate", || {
+        database.set_label(CANDIDATE, &version.id)
+    })
+    .await?;
     if passed && version.id != production.id {
-        database.promote(&version.id).await?;
+        patiently("promoting the candidate", || database.promote(&version.id)).await?;
         eprintln!(
             "kefu trainer: version {} passed the gate and is production",
             version.id
@@ -361,164 +411,30 @@ async fn process(
     Ok(version.id)
 }
 
-fn load(path: &Path) -> Result<LoadedModel> {
-    LoadedModel::load(
-        path,
-        &LoadOptions {
-            requantize: false,
-            ..LoadOptions::default()
-        },
-    )
-    .with_context(|| format!("cannot load {}", path.display()))
-}
-
-fn normalized(text: &str) -> String {
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
-
-/// The evaluation gate: a JSON report with `passed`.
-fn gate(
-    production_path: &Path,
-    runs: &[StageRun],
-    regression_path: &Path,
+/// The held-out questions (with their knowledge base) and pairs the recipe's `[gate]` names,
+/// read before training so that a bad file fails the job at once.
+async fn held_out(
+    home: &Path,
+    database: &Database,
     recipe: &Recipe,
-) -> Result<Value> {
+) -> Result<crate::gate::HeldOut> {
     let settings = recipe.gate.clone().unwrap_or_default();
-    let max_ratio = settings.max_loss_ratio.unwrap_or(1.0);
-    let tolerance = settings.parity_tolerance.unwrap_or(1e-3);
-    let last = runs.last().context("no stage ran")?;
-    let candidate = load(&last.merged)?;
-    let production = load(production_path)?;
-    let conversations: Vec<Conversation> =
-        data::read_jsonl(regression_path, OnBadLine::Skip)?.conversations;
-
-    // The regression set: answer loss against production's, and greedy answers.
-    let tokenized = |model: &LoadedModel| -> Result<Vec<data::Tokenized>> {
-        let mut out = Vec::new();
-        for c in &conversations {
-            out.extend(data::tokenize(model, c, 4096)?);
-        }
-        Ok(out)
-    };
-    let (production_loss, candidate_loss) = if conversations.is_empty() {
-        (None, None)
-    } else {
-        (
-            Some(kefu_trainer::sft::mean_loss(
-                &production,
-                &tokenized(&production)?,
-                2,
-            )?),
-            Some(kefu_trainer::sft::mean_loss(
-                &candidate,
-                &tokenized(&candidate)?,
-                2,
-            )?),
-        )
-    };
-    let ratio = match (production_loss, candidate_loss) {
-        (Some(p), Some(c)) if p > 0.0 => Some(c / p),
-        _ => None,
-    };
-    let params = GenerationParams {
-        sampling: SamplingConfig {
-            temperature: 0.0,
-            repetition_penalty: 1.1,
-            ..SamplingConfig::default()
-        },
-        max_tokens: 96,
-        stop: Vec::new(),
-        ignore_eos: false,
-    };
-    let mut greedy = Vec::new();
-    for c in conversations.iter().take(5) {
-        let (answer, context) = c.messages.split_last().context("an empty example")?;
-        let prompt = candidate.chat_prompt(context)?;
-        let said = candidate.generate(&prompt, &params, |_| true)?.text;
-        greedy.push(json!({
-            "question": context.last().map(|m| m.content.clone()),
-            "expected": answer.content, "candidate": said,
-            "matches": normalized(&said).contains(&normalized(&answer.content)),
-        }));
+    let mut held_out = crate::gate::HeldOut::default();
+    if let Some(path) = &settings.questions {
+        let path = crate::gate::resolve(home, path);
+        held_out.questions =
+            crate::gate::read_questions(&path, settings.max_questions.unwrap_or(16))?;
+        let name = settings.knowledge_base.as_deref().unwrap_or("default");
+        let id = database.find_knowledge_base(name).await?.with_context(|| {
+            format!("[gate] knowledge_base: no knowledge base is named `{name}`")
+        })?;
+        held_out.retriever = Some(crate::knowledge::Retriever::load(database, id).await?);
     }
-
-    // The merge's arithmetic: base + adapter against the merged weights, both held in f32 (a
-    // Hugging Face export of the merge). The served file re-rounds the merged projections to
-    // Q8_0; its drift from base + adapter is reported beside it.
-    let dense = LoadOptions {
-        requantize: false,
-        decoder: kefu_model::DecoderOptions {
-            dense: true,
-            ..kefu_model::DecoderOptions::default()
-        },
-        ..LoadOptions::default()
-    };
-    let mut adapted = LoadedModel::load(&last.base, &dense)
-        .with_context(|| format!("cannot load {}", last.base.display()))?;
-    Adapters::load(&mut adapted.decoder, &last.report.adapter_dir)?;
-    let exact_dir = last.merged.with_file_name("merged-f32");
-    kefu_trainer::merge::merge_hf(&last.base, Some(&last.report.adapter_dir), &exact_dir)?;
-    let exact = load(&exact_dir)?;
-    let sample = conversations
-        .first()
-        .map(|c| c.messages.clone())
-        .unwrap_or_else(|| {
-            vec![kefu_model::ChatMessage::new(
-                kefu_model::Role::User,
-                "Hello",
-            )]
-        });
-    let ids = candidate.chat_prompt(&sample)?;
-    let input = candidate_core_input(&ids)?;
-    let reference = adapted.decoder.forward_all(&input)?;
-    let rms = |t: &candle_core::Tensor| -> Result<f64> {
-        Ok(t.sqr()?.mean_all()?.to_scalar::<f32>()?.sqrt() as f64)
-    };
-    let top1 = |logits: &candle_core::Tensor| -> Result<f64> {
-        let a = logits
-            .argmax(candle_core::D::Minus1)?
-            .flatten_all()?
-            .to_vec1::<u32>()?;
-        let b = reference
-            .argmax(candle_core::D::Minus1)?
-            .flatten_all()?
-            .to_vec1::<u32>()?;
-        Ok(a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64)
-    };
-    let scale = rms(&reference)?.max(1e-6);
-    let merged = exact.decoder.forward_all(&input)?;
-    let parity = rms(&(&merged - &reference)?)? / scale;
-    let served = candidate.decoder.forward_all(&input)?;
-    let drift = rms(&(&served - &reference)?)? / scale;
-    let served_top1 = top1(&served)?;
-    drop(exact);
-    let _ = std::fs::remove_dir_all(&exact_dir);
-
-    // The candidate renders prompts exactly as production does.
-    let template_parity = candidate.chat_prompt(&sample)? == production.chat_prompt(&sample)?;
-
-    let loss_ok = ratio.is_none_or(|r| r <= max_ratio);
-    let passed = loss_ok && parity <= tolerance && template_parity;
-    Ok(json!({
-        "passed": passed,
-        "regression": {
-            "examples": conversations.len(), "production_loss": production_loss,
-            "candidate_loss": candidate_loss, "loss_ratio": ratio, "max_loss_ratio": max_ratio,
-            "greedy": greedy,
-        },
-        "parity": {"relative_rms_difference": parity, "tolerance": tolerance,
-                   "served_q8_0_relative_rms_difference": drift,
-                   "served_q8_0_top1_agreement": served_top1},
-        "template_parity": template_parity,
-    }))
-}
-
-/// Token ids as a `(1, len)` tensor for a forward pass.
-fn candidate_core_input(ids: &[u32]) -> Result<candle_core::Tensor> {
-    Ok(candle_core::Tensor::new(ids, &candle_core::Device::Cpu)?.unsqueeze(0)?)
+    if let Some(path) = &settings.pairs {
+        let path = crate::gate::resolve(home, path);
+        held_out.pairs = crate::gate::read_pairs(&path, settings.max_pairs.unwrap_or(32))?;
+    }
+    Ok(held_out)
 }
 
 /// Whether there is something new to learn since the last job that succeeded: the number of

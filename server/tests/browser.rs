@@ -719,9 +719,16 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
 
     // Training on the agent's correction starts now (a short recipe; the embedded worker runs it
     // while the rest goes on); the training page shows it at the end.
+    // The gate holds out two questions of the shared FAQ set (wide thresholds: the page is
+    // what this test checks).
+    let qa = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/qa/en.jsonl");
     std::fs::write(
         home.path().join("recipe.toml"),
-        "[sft]\nepochs = 3\nlr = 1e-3\nbatch = 1\nmax_len = 2048\n",
+        format!(
+            "[sft]\nepochs = 3\nlr = 1e-3\nbatch = 1\nmax_len = 2048\n[gate]\nquestions = \"{}\"\n\
+             max_questions = 2\nmax_held_out_loss_ratio = 2.0\nfact_tolerance = 0.5\n",
+            qa.display()
+        ),
     )
     .unwrap();
     let (status, job) = api(
@@ -827,7 +834,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     admin.wait(
         "the loss curve and the report",
         30,
-        "return document.querySelector('#loss-chart polyline[data-stage=sft]') && document.querySelectorAll('#report tbody tr').length === 4 && document.querySelectorAll('#greedy tbody tr').length === 1",
+        "return document.querySelector('#loss-chart polyline[data-stage=sft]') && document.querySelectorAll('#report tbody tr').length === 6 && document.querySelectorAll('#greedy tbody tr').length === 1 && document.querySelectorAll('#held-out tbody tr').length === 2",
     );
     let points = admin.js(
         "return document.querySelector('#loss-chart polyline').getAttribute('points').split(' ').length",
@@ -839,6 +846,11 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         json!([]),
     );
     assert_eq!(versions, json!(2), "the base and the trained version");
+    // The screenshot shows the job: its curve and the report, candidate against production.
+    admin.js(
+        "document.getElementById('job-title').scrollIntoView(); return true",
+        json!([]),
+    );
     admin.screenshot("admin-training.png");
     // The automatic triggers: a schedule saved through the form is there after a reload.
     admin.js(
@@ -857,4 +869,57 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         "const v = document.querySelector('#schedule [name=every_minutes]').value; return v !== '' && v",
     );
     assert_eq!(kept, json!("1440"));
+
+    // The feedback inbox: the agent's correction as a pair; rejecting it through the page.
+    admin.goto(&format!("{base}/admin/feedback"));
+    admin.wait(
+        "the inbox",
+        30,
+        "return [...document.querySelectorAll('#inbox tbody tr[data-message]')].some(r => r.textContent.includes('corrected'))",
+    );
+    admin.screenshot("admin-feedback.png");
+    admin.js(
+        "[...document.querySelectorAll('#inbox tbody tr[data-message]')].find(r => r.textContent.includes('corrected')).querySelector('input[type=checkbox]').click(); document.getElementById('reject-selected').click(); return true",
+        json!([]),
+    );
+    admin.wait(
+        "the rejection",
+        30,
+        "return document.getElementById('inbox-status').textContent.includes('rejected') && document.querySelector('#inbox tbody tr[data-review=rejected]')",
+    );
+    admin.js(
+        "const f = document.getElementById('inbox-filter'); f.elements.review.value = 'rejected'; f.querySelector('button').click(); return true",
+        json!([]),
+    );
+    let rejected = admin.wait(
+        "the rejected filter",
+        30,
+        "const rows = document.querySelectorAll('#inbox tbody tr[data-message]'); return rows.length > 0 && [...rows].every(r => r.getAttribute('data-review') === 'rejected') && rows.length",
+    );
+    assert_eq!(rejected, json!(1));
+
+    // The datasets page: the job's snapshot, its regression set previewed.
+    admin.goto(&format!("{base}/admin/datasets"));
+    admin.wait(
+        "the datasets",
+        30,
+        "return document.querySelectorAll('#datasets tbody tr').length >= 2 && document.querySelector('#preview-count').textContent !== ''",
+    );
+    admin.js(
+        "document.querySelectorAll('#datasets tbody tr')[1].querySelector('button').click(); return true",
+        json!([]),
+    );
+    admin.wait(
+        "the snapshot",
+        30,
+        "return document.getElementById('preview-title').textContent.startsWith('Job ')",
+    );
+    admin.click("#preview-kinds button[data-kind=regression]");
+    let shown = admin.wait(
+        "the regression set",
+        30,
+        "return document.getElementById('preview-title').textContent.endsWith('regression') && document.querySelectorAll('#examples li').length",
+    );
+    assert_eq!(shown, json!(1));
+    admin.screenshot("admin-datasets.png");
 }

@@ -999,10 +999,15 @@ fn staffed_server(extra: &[&str]) -> Staffed {
 
 /// A staffed server whose process (and its training worker) sees `env` too.
 fn staffed_server_with(extra: &[&str], env: &[(&str, &str)]) -> Staffed {
+    staffed_server_on(None, extra, env)
+}
+
+/// A staffed server on `database_url` (`None`: SQLite in its data directory).
+fn staffed_server_on(database_url: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Staffed {
     let home = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
     for (role, name) in [("admin", "boss"), ("agent", "ann")] {
-        let added = kefu(home.path(), None)
+        let added = kefu(home.path(), database_url)
             .args(["users", "add", "--role", role, name])
             .env("KEFU_PASSWORD", "correct horse battery")
             .output()
@@ -1010,7 +1015,7 @@ fn staffed_server_with(extra: &[&str], env: &[(&str, &str)]) -> Staffed {
         assert!(added.status.success(), "{added:?}");
     }
     let token_of = |user: &str| {
-        let out = kefu(home.path(), None)
+        let out = kefu(home.path(), database_url)
             .args(["tokens", "add", user])
             .output()
             .unwrap();
@@ -1020,7 +1025,7 @@ fn staffed_server_with(extra: &[&str], env: &[(&str, &str)]) -> Staffed {
     };
     let admin_api = token_of("boss");
     let agent_api = token_of("ann");
-    let mut command = kefu(home.path(), None);
+    let mut command = kefu(home.path(), database_url);
     command.envs(env.iter().copied());
     let server = Server::spawn(command, extra);
     let boss = sign_in(&server, "boss", "correct horse battery");
@@ -1080,6 +1085,229 @@ fn correct(server: &Server, who: &Identity, conversation: &str, answer: i64, tex
         Some(&json!({"rating": "down", "corrected_answer": text})),
     );
     assert_eq!(status, 201, "{body}");
+}
+
+/// The feedback inbox lists every rated answer with the pair it makes; filters narrow it; a
+/// bulk review is all or none; a rejected answer's feedback leaves every dataset and comes back
+/// when accepted; the datasets route previews the examples with their lineage.
+#[test]
+fn the_feedback_inbox_reviews_and_the_datasets_preview() {
+    let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off"]);
+    let server = &staffed.server;
+    let admin = &staffed.admin_api;
+    let (fixed, _, fixed_answer) = ask_anonymously(server, "Where is my parcel?");
+    correct(
+        server,
+        &staffed.agent_api,
+        &fixed,
+        fixed_answer,
+        "It is on its way.",
+    );
+    let rate = |question: &str, rating: &str| {
+        let (id, token, answer) = ask_anonymously(server, question);
+        let (status, body) = post(
+            &server.url(&format!(
+                "/api/conversations/{id}/messages/{answer}/feedback"
+            )),
+            Some(&token),
+            json!({"rating": rating}).to_string().as_bytes(),
+        );
+        assert_eq!(status, 201, "{body}");
+        answer
+    };
+    let liked = rate("Can I pay by card?", "up");
+    let disliked = rate("Do you ship abroad?", "down");
+    let inbox = |query: &str| {
+        let (status, body) = request(
+            "GET",
+            &server.url(&format!("/api/admin/feedback{query}")),
+            admin,
+            None,
+        );
+        assert_eq!(status, 200, "{query}: {body}");
+        body
+    };
+    let all = inbox("");
+    assert_eq!(all["total"], 3, "{all}");
+    let items = all["items"].as_array().unwrap();
+    // Newest feedback first.
+    let order: Vec<i64> = items
+        .iter()
+        .map(|i| i["message_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, vec![disliked, liked, fixed_answer]);
+    let corrected = &items[2];
+    assert_eq!(corrected["label"], "corrected");
+    assert_eq!(corrected["question"], "Where is my parcel?");
+    assert_eq!(corrected["pair"]["chosen"], "It is on its way.");
+    assert_eq!(corrected["pair"]["rejected"], corrected["answer"]);
+    assert_eq!(corrected["rater_role"], "agent");
+    assert_eq!(corrected["review"], "pending");
+    assert_eq!(
+        (items[0]["label"].clone(), items[1]["label"].clone()),
+        (json!("down"), json!("up"))
+    );
+    let ids = |body: &Value| -> Vec<i64> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["message_id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&inbox("?label=corrected")), vec![fixed_answer]);
+    assert_eq!(ids(&inbox("?rater=customer")), vec![disliked, liked]);
+    assert_eq!(ids(&inbox("?q=PAY+BY")), vec![liked]);
+    assert_eq!(ids(&inbox("?review=pending&limit=1&offset=1")), vec![liked]);
+    assert_eq!(inbox("?review=pending&limit=1")["total"], 3);
+    for bad in [
+        "?label=maybe",
+        "?review=done",
+        "?rater=bot",
+        "?limit=0",
+        "?limit=501",
+        "?limit=ten",
+        "?offset=-1",
+        "?sort=new",
+    ] {
+        let (status, body) = request(
+            "GET",
+            &server.url(&format!("/api/admin/feedback{bad}")),
+            admin,
+            None,
+        );
+        assert_error((status, body), 400, "invalid_filter");
+    }
+
+    let counts = || {
+        let (status, body) = request("GET", &server.url("/api/admin/datasets"), admin, None);
+        assert_eq!(status, 200, "{body}");
+        let c = &body["current"]["counts"];
+        (
+            c["sft"].as_i64().unwrap(),
+            c["pairs"].as_i64().unwrap(),
+            c["regression"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!(counts(), (2, 1, 1));
+    let (status, pairs) = request(
+        "GET",
+        &server.url("/api/admin/datasets/current?kind=pairs"),
+        admin,
+        None,
+    );
+    assert_eq!(status, 200, "{pairs}");
+    assert_eq!(pairs["total"], 1);
+    let example = &pairs["examples"][0];
+    assert_eq!(example["chosen"][0]["content"], "It is on its way.");
+    assert_eq!(example["kefu"]["rejected_message_id"], fixed_answer);
+
+    let review = |body: Value| {
+        request(
+            "POST",
+            &server.url("/api/admin/feedback/review"),
+            admin,
+            Some(&body),
+        )
+    };
+    let (status, done) = review(json!({"message_ids": [fixed_answer], "decision": "reject"}));
+    assert_eq!(
+        (status, done["reviewed"].clone()),
+        (200, json!(1)),
+        "{done}"
+    );
+    assert_eq!(counts(), (1, 0, 0));
+    assert_eq!(ids(&inbox("?review=rejected")), vec![fixed_answer]);
+    assert_eq!(inbox("?review=rejected")["items"][0]["reviewer"], "boss");
+    let (status, sft, _) = call(
+        "GET",
+        &server.url("/api/admin/export/sft"),
+        admin,
+        &Body::Empty,
+    );
+    assert_eq!(status, 200);
+    // One JSON line parses as one object.
+    assert!(sft["kefu"].is_object(), "one SFT example: {sft}");
+    let (status, done) =
+        review(json!({"message_ids": [fixed_answer, liked, liked], "decision": "accept"}));
+    assert_eq!(
+        (status, done["reviewed"].clone()),
+        (200, json!(2)),
+        "{done}"
+    );
+    assert_eq!(counts(), (2, 1, 1));
+
+    // Bad reviews change nothing.
+    let question_id = corrected["question_message_id"].as_i64().unwrap();
+    for (body, status, code) in [
+        (
+            json!({"message_ids": [], "decision": "reject"}),
+            400,
+            "invalid_review",
+        ),
+        (
+            json!({"message_ids": [liked], "decision": "maybe"}),
+            400,
+            "invalid_review",
+        ),
+        (
+            json!({"message_ids": (1..=1001).collect::<Vec<i64>>(), "decision": "reject"}),
+            400,
+            "invalid_review",
+        ),
+        (
+            json!({"message_ids": [liked, question_id, 999_999], "decision": "reject"}),
+            404,
+            "unknown_message",
+        ),
+        (
+            json!({"message_ids": "all", "decision": "reject"}),
+            422,
+            "invalid_json",
+        ),
+        (
+            json!({"message_ids": [liked], "decision": "reject", "extra": 1}),
+            422,
+            "invalid_json",
+        ),
+    ] {
+        assert_error(review(body.clone()), status, code);
+    }
+    let (status, body, _) = call(
+        "POST",
+        &server.url("/api/admin/feedback/review"),
+        admin,
+        &Body::Raw(b"{not json"),
+    );
+    assert_eq!(
+        (status, body["code"].clone()),
+        (415, json!("unsupported_media_type")),
+        "{body}"
+    );
+    assert_eq!(ids(&inbox("?review=rejected")), Vec::<i64>::new());
+    assert_eq!(counts(), (2, 1, 1));
+    let (status, body) = request(
+        "POST",
+        &server.url("/api/admin/feedback/review"),
+        &staffed.agent_api,
+        Some(&json!({"message_ids": [liked], "decision": "reject"})),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    for (path, status, code) in [
+        (
+            "/api/admin/datasets/current?kind=kto",
+            400,
+            "invalid_filter",
+        ),
+        ("/api/admin/datasets/current?limit=0", 400, "invalid_filter"),
+        ("/api/admin/datasets/7", 404, "dataset_not_found"),
+        ("/api/admin/datasets/-1", 404, "dataset_not_found"),
+        ("/api/admin/datasets/..%2Fkefu.db", 404, "dataset_not_found"),
+    ] {
+        let (s, body) = request("GET", &server.url(path), admin, None);
+        assert_error((s, body), status, code);
+    }
 }
 
 /// The automatic triggers: an admin sets a schedule and a threshold (bad values refused); the
@@ -1476,6 +1704,30 @@ fn every_route_with_every_caller() {
         ),
         (
             "GET",
+            "/api/admin/feedback?label=down".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "POST",
+            "/api/admin/feedback/review".into(),
+            Body::Json(json!({"message_ids": [answer], "decision": "accept"})),
+            admins(200, 200),
+        ),
+        (
+            "GET",
+            "/api/admin/datasets".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "GET",
+            "/api/admin/datasets/current?kind=pairs".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "GET",
             "/api/admin/knowledge-bases/default/documents".into(),
             Body::Empty,
             admins(200, 200),
@@ -1534,6 +1786,7 @@ fn every_route_with_every_caller() {
             .replace("/export/pairs", "/export/{kind}")
             .replace(&format!("/models/{serving}/"), "/models/{version}/")
             .replace("/training/jobs/1", "/training/jobs/{job}")
+            .replace("/datasets/current", "/datasets/{dataset}")
     };
     let mut tested: Vec<String> = routes
         .iter()
@@ -2261,12 +2514,59 @@ fn a_correction_is_learned_served_and_rolled_back() {
     let staffed = staffed_server(&["--max-tokens", "24", "--follow-ms", "200"]);
     let server = &staffed.server;
     let home = staffed._home.path();
-    // A short run for the test (the built-in recipe trains longer and adds DPO).
+    // A short run for the test (the built-in recipe trains longer and adds DPO). The gate
+    // holds out two questions of the shared FAQ set, answered from their document, and four
+    // preference pairs; the held-out answer loss may grow by half at most (ten epochs on one
+    // example move a 135 M model far). A second job below holds out questions on the corrected
+    // document itself, which the memorized answer spoils, at the default thresholds: it fails.
+    let recipe = |questions: &str, thresholds: &str| {
+        format!(
+            "[lora]\nrank = 8\nalpha = 16.0\n[sft]\nepochs = 10\nlr = 2e-3\nbatch = 1\n\
+             max_len = 1024\n[gate]\nquestions = \"{questions}\"\n{thresholds}\
+             pairs = \"{}\"\nmax_pairs = 4\n",
+            shared("pairs/en.jsonl")
+        )
+    };
     std::fs::write(
         home.join("recipe.toml"),
-        "[lora]\nrank = 8\nalpha = 16.0\n[sft]\nepochs = 30\nlr = 2e-3\nbatch = 1\nmax_len = 1024\n",
+        recipe(
+            "held-out-faq.jsonl",
+            "max_held_out_loss_ratio = 1.5\nfact_tolerance = 0.1\npair_tolerance = 0.25\n",
+        ),
     )
     .unwrap();
+    let faq: Vec<String> = std::fs::read_to_string(shared("qa/en.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["source_doc"] == "kb/en/debian-faq/basic-defs.md" && r["split"] == "test")
+        .map(|mut r| {
+            r["source_doc"] = json!("basic-defs.md");
+            r.to_string()
+        })
+        .collect();
+    assert_eq!(faq.len(), 2);
+    std::fs::write(home.join("held-out-faq.jsonl"), faq.join("\n")).unwrap();
+    std::fs::write(
+        home.join("held-out-kefu.jsonl"),
+        "{\"question\": \"What does the Kefu test check?\", \"answer\": \"The Kefu test checks \
+         that corrections are learned.\", \"source_doc\": \"kefu.md\"}\n\
+         {\"question\": \"What is learned in the Kefu test?\", \"answer\": \"Corrections are \
+         learned.\", \"source_doc\": \"kefu.md\"}\n",
+    )
+    .unwrap();
+    let chapter: &'static [u8] = Box::leak(
+        std::fs::read(shared("kb/en/debian-faq/basic-defs.md"))
+            .unwrap()
+            .into_boxed_slice(),
+    );
+    let (status, _, _) = call(
+        "POST",
+        &server.url("/api/admin/knowledge-bases/default/documents?name=basic-defs.md"),
+        &staffed.admin_api,
+        &Body::Raw(chapter),
+    );
+    assert_eq!(status, 201);
     let (status, _, _) = call(
         "POST",
         &server.url("/api/admin/knowledge-bases/default/documents?name=kefu.md"),
@@ -2400,6 +2700,54 @@ fn a_correction_is_learned_served_and_rolled_back() {
         "{report}"
     );
     assert_eq!(report["dataset"]["regression_examples"], 1, "{report}");
+    let held_out = &report["held_out_questions"];
+    assert_eq!(held_out["questions"], 2, "{report}");
+    assert_eq!(held_out["source_retrieved"], 1.0, "{report}");
+    for key in [
+        "production_loss",
+        "candidate_loss",
+        "production_fact_recall",
+        "candidate_fact_recall",
+    ] {
+        assert!(
+            held_out[key].as_f64().is_some_and(f64::is_finite),
+            "{key}: {report}"
+        );
+    }
+    assert_eq!(held_out["answers"].as_array().unwrap().len(), 2, "{report}");
+    let pairs = &report["held_out_pairs"];
+    assert_eq!(pairs["pairs"], 4, "{report}");
+    for key in [
+        "production_preference_accuracy",
+        "candidate_preference_accuracy",
+        "reward_accuracy",
+    ] {
+        assert!(
+            (0.0..=1.0).contains(&pairs[key].as_f64().unwrap()),
+            "{key}: {report}"
+        );
+    }
+    eprintln!("held-out questions: {held_out}\nheld-out pairs: {pairs}");
+    // The job's stored snapshot, previewed through the datasets routes.
+    let (status, datasets) = request(
+        "GET",
+        &server.url("/api/admin/datasets"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 200, "{datasets}");
+    let snapshot = &datasets["snapshots"][0];
+    assert_eq!(snapshot["job"], job_id, "{datasets}");
+    assert_eq!(snapshot["counts"]["regression"], 1, "{datasets}");
+    let (status, preview) = request(
+        "GET",
+        &server.url(&format!("/api/admin/datasets/{job_id}?kind=regression")),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 200, "{preview}");
+    let messages = preview["examples"][0]["messages"].as_array().unwrap();
+    assert_eq!(messages.last().unwrap()["content"], corrected, "{preview}");
     assert!(
         !job["progress"]["curve"].as_array().unwrap().is_empty(),
         "{job}"
@@ -2473,4 +2821,257 @@ fn a_correction_is_learned_served_and_rolled_back() {
         None,
     );
     assert_error((status, finished), 409, "job_finished");
+
+    // A candidate that fails the gate is registered with its report, never promoted.
+    std::fs::write(home.join("recipe.toml"), recipe("held-out-kefu.jsonl", "")).unwrap();
+    let (id, token, answer, _) = ask();
+    let (status, _) = post(
+        &server.url(&format!(
+            "/api/conversations/{id}/messages/{answer}/feedback"
+        )),
+        Some(&token),
+        json!({"rating": "down"}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 201);
+    correct(server, &staffed.agent_api, &id, answer, corrected);
+    let (status, job) = request(
+        "POST",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 202, "{job}");
+    let second = job["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let job = loop {
+        let (_, job) = request(
+            "GET",
+            &server.url(&format!("/api/admin/training/jobs/{second}")),
+            &staffed.admin_api,
+            None,
+        );
+        match job["status"].as_str().unwrap() {
+            "succeeded" => break job,
+            "failed" | "cancelled" => panic!("the job ended: {job}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {job}");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let report = &job["report"];
+    assert_eq!(report["passed"], false, "{report}");
+    assert_eq!(report["held_out_questions"]["loss_ok"], false, "{report}");
+    let failed = job["version"].as_str().unwrap();
+    let (_, models) = request(
+        "GET",
+        &server.url("/api/admin/models"),
+        &staffed.admin_api,
+        None,
+    );
+    let labels_of = |id: &str| {
+        models["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id)
+            .unwrap()["labels"]
+            .clone()
+    };
+    // (The same data and recipe may make the weights of the first job again: the version is
+    // then the `previous` one too; the job keeps its own report.)
+    let labels = labels_of(failed);
+    assert!(
+        labels.as_array().unwrap().contains(&json!("candidate"))
+            && !labels.as_array().unwrap().contains(&json!("production")),
+        "{models}"
+    );
+    assert!(
+        labels_of(&original)
+            .as_array()
+            .unwrap()
+            .contains(&json!("production")),
+        "{models}"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let (_, ready) = get(&server.url("/readyz"), None);
+    assert_eq!(ready["model_version"], original.as_str());
+}
+
+/// A PostgreSQL server of one test's own, in a temporary folder, so that restarting it touches
+/// no other test's database. Run as root (CI), its processes run as the `postgres` user.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's programs in /usr/lib/postgresql")
+            .map(|e| e.unwrap().path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .expect("initdb");
+        let dir = tempfile::tempdir().unwrap();
+        let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if as_root {
+            let uid = Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .unwrap();
+            let uid: u32 = String::from_utf8(uid.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
+        }
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let postgres = Self { dir, bin, port };
+        let data = postgres.dir.path().join("data");
+        postgres.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+        );
+        postgres.pg_ctl("start");
+        postgres
+    }
+
+    /// One of PostgreSQL's programs, as the `postgres` user when this is root.
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        let mut command = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = command.args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let options = format!("-p {} -k {dir} -c listen_addresses=127.0.0.1", self.port);
+        let data = format!("{dir}/data");
+        let log = format!("{dir}/log");
+        let mut args = vec!["-D", &data, "-w", "-l", &log, "-o", &options];
+        if action == "stop" {
+            args.extend(["-m", "fast"]);
+        }
+        args.push(action);
+        self.run("pg_ctl", &args);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = Command::new(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// The database restarts while a training job runs: the server answers again once it is
+/// back, the worker finishes the job (its heartbeats and final writes wait for the database),
+/// and nothing stored before is lost.
+#[test]
+fn a_database_restart_during_a_job_loses_nothing() {
+    let postgres = PrivatePostgres::start();
+    let url = postgres.url();
+    let staffed = staffed_server_on(
+        Some(&url),
+        &["--max-tokens", "8", "--follow-ms", "200"],
+        // Heartbeats every second, so some fall in the database's downtime.
+        &[
+            ("KEFU_WORKER_POLL_MS", "200"),
+            ("KEFU_WORKER_LEASE_SECONDS", "4"),
+        ],
+    );
+    let server = &staffed.server;
+    std::fs::write(
+        staffed._home.path().join("recipe.toml"),
+        "[lora]\nrank = 8\nalpha = 16.0\n[sft]\nepochs = 60\nlr = 1e-3\nbatch = 1\neval_fraction = 0.0\n",
+    )
+    .unwrap();
+    let (id, _, answer) = ask_anonymously(server, "Where is my parcel?");
+    correct(server, &staffed.agent_api, &id, answer, "It is on its way.");
+    let (status, job) = request(
+        "POST",
+        &server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 202, "{job}");
+    let job_url = server.url(&format!("/api/admin/training/jobs/{}", job["id"]));
+    let job_now = || request("GET", &job_url, &staffed.admin_api, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while job_now().1["status"] != "running" {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    postgres.pg_ctl("stop");
+    // While the database is down the server keeps running.
+    let (status, health) = get(&server.url("/healthz"), None);
+    assert_eq!(status, 200, "{health}");
+    std::thread::sleep(Duration::from_secs(3));
+    postgres.pg_ctl("start");
+
+    // Back: requests succeed again (a pooled connection to the old server is replaced).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_now().0 != 200 {
+        assert!(Instant::now() < deadline, "the API never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let finished = loop {
+        let (status, job) = job_now();
+        assert_eq!(status, 200, "{job}");
+        match job["status"].as_str().unwrap() {
+            "succeeded" => break job,
+            "failed" | "cancelled" => panic!("the job ended: {job}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {job}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(finished["version"].is_string(), "{finished}");
+    eprintln!("after the restart: {} attempt(s)", finished["attempts"]);
+    // Everything stored before the restart is there, and new answers are stored.
+    let (status, transcript) = request(
+        "GET",
+        &server.url(&format!("/api/agent/conversations/{id}")),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 200, "{transcript}");
+    let text = transcript.to_string();
+    assert!(
+        text.contains("Where is my parcel?") && text.contains("It is on its way."),
+        "{text}"
+    );
+    ask_anonymously(server, "Where is my parcel now?");
 }

@@ -87,6 +87,37 @@ pub struct GateSection {
     /// root-mean-square difference allowed, relative to the logits' RMS [default: 0.001].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parity_tolerance: Option<f64>,
+    /// Held-out questions: JSON lines with `question`, the reference `answer` and optionally
+    /// `source_doc` (only the `test` split when records carry `split`). Each is answered from
+    /// the knowledge base's passages; the gate compares answer loss against the reference and
+    /// the share of the reference's facts the greedy answer states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub questions: Option<PathBuf>,
+    /// At most this many held-out questions [default: 16].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_questions: Option<usize>,
+    /// The knowledge base the held-out questions are answered from [default: `default`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knowledge_base: Option<String>,
+    /// The candidate's held-out answer loss over production's may be at most this
+    /// [default: 1.05].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_held_out_loss_ratio: Option<f64>,
+    /// The candidate's mean fact recall on the held-out questions may trail production's by at
+    /// most this [default: 0.05].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fact_tolerance: Option<f64>,
+    /// Held-out preference pairs (any shape the DPO stage reads; only the `test` split when
+    /// records carry `split`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PathBuf>,
+    /// At most this many held-out pairs [default: 32].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pairs: Option<usize>,
+    /// The candidate's preference accuracy on the held-out pairs may trail production's by at
+    /// most this [default: 0.05].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair_tolerance: Option<f64>,
 }
 
 /// `[lora]`
@@ -201,6 +232,39 @@ impl Recipe {
         {
             return fail(format!("base_weights is q8_0, q4 or f32, not `{weights}`"));
         }
+        if let Some(gate) = &self.gate {
+            let positive = [
+                ("max_loss_ratio", gate.max_loss_ratio),
+                ("max_held_out_loss_ratio", gate.max_held_out_loss_ratio),
+            ];
+            for (name, value) in positive {
+                if let Some(v) = value
+                    && !(v.is_finite() && v > 0.0)
+                {
+                    return fail(format!("[gate] {name} is a positive number, not {v}"));
+                }
+            }
+            let tolerances = [
+                ("parity_tolerance", gate.parity_tolerance),
+                ("fact_tolerance", gate.fact_tolerance),
+                ("pair_tolerance", gate.pair_tolerance),
+            ];
+            for (name, value) in tolerances {
+                if let Some(v) = value
+                    && !(0.0..=1.0).contains(&v)
+                {
+                    return fail(format!("[gate] {name} is between 0 and 1, not {v}"));
+                }
+            }
+            for (name, value) in [
+                ("max_questions", gate.max_questions),
+                ("max_pairs", gate.max_pairs),
+            ] {
+                if value == Some(0) {
+                    return fail(format!("[gate] {name} is at least 1"));
+                }
+            }
+        }
         for kind in StageKind::ALL {
             let Some(stage) = self.stage(kind) else {
                 continue;
@@ -277,6 +341,10 @@ mod tests {
             ("base_weights = \"q2\"", "q8_0, q4 or f32"),
             ("[dpo]\non_bad_line = \"ignore\"", "skip or fail"),
             ("[sft]\nbatch = \"four\"", "batch"),
+            ("[gate]\nmax_held_out_loss_ratio = 0.0", "positive number"),
+            ("[gate]\nfact_tolerance = 1.5", "between 0 and 1"),
+            ("[gate]\nmax_pairs = 0", "max_pairs is at least 1"),
+            ("[gate]\nquestion = \"q.jsonl\"", "question"),
             ("seed = ", "r.toml"),
         ] {
             let error = Recipe::parse(text, "r.toml").unwrap_err().to_string();

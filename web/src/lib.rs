@@ -89,6 +89,18 @@ pub struct Training {
 }
 
 #[derive(Template)]
+#[template(path = "feedback.html")]
+pub struct Feedback {
+    pub page: Page,
+}
+
+#[derive(Template)]
+#[template(path = "datasets.html")]
+pub struct Datasets {
+    pub page: Page,
+}
+
+#[derive(Template)]
 #[template(path = "error.html")]
 pub struct ErrorPage {
     pub page: Page,

@@ -335,6 +335,23 @@
       var p = report.parity || {};
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Merged weights against base + adapter (relative RMS logit difference, f32; the served Q8_0 file's drift and top-1 agreement)" }), el("td", { text: "—" }), el("td", { text: (p.relative_rms_difference || 0).toExponential(2) + " (≤ " + p.tolerance + "); " + fixed(p.served_q8_0_relative_rms_difference) + ", " + fixed(p.served_q8_0_top1_agreement) }), verdict(p.relative_rms_difference <= p.tolerance)]));
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Chat template renders prompts as production does" }), el("td", { text: "—" }), el("td", { text: report.template_parity ? "same" : "different" }), verdict(report.template_parity)]));
+      var q = report.held_out_questions;
+      if (q) {
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Answer loss on held-out questions (" + q.questions + ", answered from the knowledge base)" }), el("td", { text: fixed(q.production_loss) }), el("td", { text: fixed(q.candidate_loss) }), verdict(q.loss_ok)]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Facts of the reference answer stated (greedy; in brackets: share of the answer's terms its passages hold)" }), el("td", { text: fixed(q.production_fact_recall) + " (" + fixed(q.production_grounding) + ")" }), el("td", { text: fixed(q.candidate_fact_recall) + " (" + fixed(q.candidate_grounding) + ")" }), verdict(q.facts_ok)]));
+      }
+      var hp = report.held_out_pairs;
+      if (hp) {
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Preference accuracy on held-out pairs (" + hp.pairs + "); the candidate's reward accuracy against production in brackets" }), el("td", { text: fixed(hp.production_preference_accuracy) }), el("td", { text: fixed(hp.candidate_preference_accuracy) + " (" + fixed(hp.reward_accuracy) + ")" }), verdict(hp.ok)]));
+      }
+      var heldOut = document.querySelector("#held-out tbody");
+      heldOut.textContent = "";
+      ((q && q.answers) || []).forEach(function (a) {
+        heldOut.appendChild(el("tr", {}, [el("td", { text: a.question }), el("td", { text: a.reference }),
+          el("td", { text: a.production.answer + " (" + fixed(a.production.fact_recall) + ")" }),
+          el("td", { text: a.candidate.answer + " (" + fixed(a.candidate.fact_recall) + ")" })]));
+      });
+      document.getElementById("held-out-section").hidden = !(q && q.answers && q.answers.length);
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Gate" }), el("td", { text: short(report.production) }), el("td", { text: "" }), verdict(report.passed)]));
       (r.greedy || []).forEach(function (g) {
         greedy.appendChild(el("tr", {}, [el("td", { text: g.question || "" }), el("td", { text: g.expected }), el("td", { class: g.matches ? "pass" : "fail", text: g.candidate })]));
@@ -411,5 +428,126 @@
     });
     refresh();
     setInterval(refresh, 3000);
+  }
+
+  /* Feedback inbox: filters, paging, bulk accept / reject. */
+  var inbox = document.querySelector("[data-page=feedback]");
+  if (inbox) {
+    var filter = document.getElementById("inbox-filter");
+    var inboxStatus = document.getElementById("inbox-status");
+    var offset = 0, pageSize = 50, total = 0;
+    var labels = { up: "thumbs up", down: "thumbs down", corrected: "corrected" };
+    var text = function (t) { return el("div", { class: "pair-text", text: t || "—" }); };
+
+    function query() {
+      var parts = ["offset=" + offset, "limit=" + pageSize];
+      ["label", "review", "rater", "q"].forEach(function (name) {
+        var v = filter.elements[name].value.trim();
+        if (v && v !== "all") parts.push(name + "=" + encodeURIComponent(v));
+      });
+      return parts.join("&");
+    }
+
+    function loadInbox() {
+      return api("GET", "/api/admin/feedback?" + query()).then(function (data) {
+        total = data.total;
+        var body = document.querySelector("#inbox tbody");
+        body.textContent = "";
+        document.getElementById("select-all").checked = false;
+        if (!data.items.length) body.appendChild(el("tr", {}, [el("td", { colspan: 6, text: "No rated answers match." })]));
+        data.items.forEach(function (item) {
+          var pair = item.pair || {};
+          var chosen = pair.chosen !== undefined ? pair.chosen : item.label === "up" ? item.answer : null;
+          var rejected = pair.rejected !== undefined ? pair.rejected : item.label === "down" ? item.answer : null;
+          var who = item.rater_role + (item.rater ? " " + item.rater : "");
+          body.appendChild(el("tr", { "data-message": item.message_id, "data-review": item.review, class: "review-" + item.review }, [
+            el("td", {}, [el("input", { type: "checkbox", value: item.message_id, "aria-label": "Select answer " + item.message_id })]),
+            el("td", {}, [text(item.question)]),
+            el("td", {}, [text(chosen)]),
+            el("td", {}, [text(rejected)]),
+            el("td", { text: labels[item.label] + " by " + who + (item.comment ? ": " + item.comment : "") }),
+            el("td", { text: item.review + (item.reviewer ? " (" + item.reviewer + ")" : "") })]));
+        });
+        var last = Math.min(offset + pageSize, total);
+        document.getElementById("inbox-page").textContent = total ? (offset + 1) + "–" + last + " of " + total : "";
+        document.getElementById("inbox-prev").disabled = offset === 0;
+        document.getElementById("inbox-next").disabled = last >= total;
+      }).catch(function (e) { inboxStatus.textContent = e.message; });
+    }
+
+    function decide(decision) {
+      var ids = Array.prototype.map.call(document.querySelectorAll("#inbox tbody input:checked"), function (c) { return Number(c.value); });
+      if (!ids.length) { inboxStatus.textContent = "Select at least one answer first."; return; }
+      api("POST", "/api/admin/feedback/review", { message_ids: ids, decision: decision }).then(function (r) {
+        inboxStatus.textContent = r.reviewed + (r.reviewed === 1 ? " answer " : " answers ") + r.decision;
+        return loadInbox();
+      }, function (e) { inboxStatus.textContent = e.message; });
+    }
+
+    filter.addEventListener("submit", function (e) { e.preventDefault(); offset = 0; loadInbox(); });
+    document.getElementById("select-all").addEventListener("change", function (e) {
+      document.querySelectorAll("#inbox tbody input[type=checkbox]").forEach(function (c) { c.checked = e.target.checked; });
+    });
+    document.getElementById("accept-selected").addEventListener("click", function () { decide("accept"); });
+    document.getElementById("reject-selected").addEventListener("click", function () { decide("reject"); });
+    document.getElementById("inbox-prev").addEventListener("click", function () { offset = Math.max(0, offset - pageSize); loadInbox(); });
+    document.getElementById("inbox-next").addEventListener("click", function () { offset += pageSize; loadInbox(); });
+    loadInbox();
+  }
+
+  /* Datasets: the current one and each job's snapshot, previewed example by example. */
+  var datasets = document.querySelector("[data-page=datasets]");
+  if (datasets) {
+    var shown = { id: null, kind: "sft", offset: 0 };
+    var turnsOf = function (example) {
+      var turns = (example.messages || example.prompt || []).slice();
+      if (example.chosen) turns = turns.concat([{ role: "chosen", content: example.chosen[0].content }, { role: "rejected", content: example.rejected[0].content }]);
+      return turns;
+    };
+
+    function preview() {
+      var path = "/api/admin/datasets/" + encodeURIComponent(shown.id) + "?kind=" + shown.kind + "&offset=" + shown.offset + "&limit=20";
+      return api("GET", path).then(function (data) {
+        document.getElementById("preview").hidden = false;
+        document.getElementById("preview-title").textContent = (shown.id === "current" ? "The next job's data" : "Job " + shown.id + "'s snapshot") + ": " + shown.kind;
+        document.querySelectorAll("#preview-kinds button").forEach(function (b) { b.setAttribute("aria-pressed", String(b.getAttribute("data-kind") === shown.kind)); });
+        document.getElementById("preview-count").textContent = data.total ? (data.offset + 1) + "–" + Math.min(data.offset + data.limit, data.total) + " of " + data.total : "No examples";
+        var list = document.getElementById("examples");
+        list.textContent = "";
+        list.setAttribute("start", String(data.offset + 1));
+        data.examples.forEach(function (example) {
+          var item = el("li");
+          turnsOf(example).forEach(function (t) {
+            if (t.role === "system") { item.appendChild(el("details", {}, [el("summary", { text: "System prompt and passages" }), el("div", { class: "turn", text: t.content })])); return; }
+            item.appendChild(el("div", { class: "turn turn-" + t.role }, [el("span", { class: "role", text: t.role }), t.content]));
+          });
+          var k = example.kefu || {};
+          item.appendChild(el("div", { class: "lineage", text: "lineage: question " + k.question_message_id + ", answer " + (k.answer_message_id || k.rejected_message_id || k.chosen_message_id) + ", model " + (k.model_version || "").slice(0, 12) }));
+          list.appendChild(item);
+        });
+        document.getElementById("preview-prev").disabled = data.offset === 0;
+        document.getElementById("preview-next").disabled = data.offset + data.limit >= data.total;
+      });
+    }
+
+    function open(id) { shown.id = id; shown.offset = 0; preview(); }
+
+    api("GET", "/api/admin/datasets").then(function (data) {
+      var body = document.querySelector("#datasets tbody");
+      var row = function (d, name, job, version) {
+        var c = d.counts;
+        var count = function (n) { return n === null || n === undefined ? "—" : String(n); };
+        body.appendChild(el("tr", { "data-dataset": d.id }, [el("td", {}, [el("button", { type: "button", text: name, onclick: function () { open(d.id); } })]),
+          el("td", { text: job }), el("td", { text: count(c.sft) }), el("td", { text: count(c.pairs) }), el("td", { text: count(c.regression) }), el("td", {}, [el("code", { text: (version || "").slice(0, 12) })])]));
+      };
+      row(data.current, "Next job (now)", "—", null);
+      data.snapshots.forEach(function (s) { row(s, "Snapshot of job " + s.job, s.status + " (" + s.trigger + ")", s.version); });
+      open("current");
+    });
+    document.querySelectorAll("#preview-kinds button").forEach(function (b) {
+      b.addEventListener("click", function () { shown.kind = b.getAttribute("data-kind"); shown.offset = 0; preview(); });
+    });
+    document.getElementById("preview-prev").addEventListener("click", function () { shown.offset = Math.max(0, shown.offset - 20); preview(); });
+    document.getElementById("preview-next").addEventListener("click", function () { shown.offset += 20; preview(); });
   }
 })();

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Benchmark: the swap pause. `kefu serve` (default model, Debian FAQ knowledge base) answers two
+# conversations that ask one question after another; an admin promotes a second version (the
+# default model after one LoRA step, merged and registered), then rolls back. Prints p50 / p99
+# of the first token and of the whole answer before the swaps and for the requests that
+# overlapped a swap window, failures, and each swap's duration. Goal: pause < 100 ms at p99.
+#
+#   bash benches/swap_pause.sh            (CONCURRENCY=2 BASELINE_S=30 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}
+MODELS=${KEFU_MODELS:-$HOME/.cache/kefu/models}
+cargo build --release -p server --bin kefu >&2
+KEFU="$CARGO_TARGET_DIR/release/kefu"
+HOME_DIR=$(mktemp -d)
+ln -s "$MODELS" "$HOME_DIR/models"
+export KEFU_HOME="$HOME_DIR"
+trap 'kill ${PID:-0} 2>/dev/null || true; rm -rf "$HOME_DIR"' EXIT
+"$KEFU" ingest ../shared/data/kb/en/debian-faq >&2
+# A second version: one LoRA step on one example, merged and registered.
+echo '{"question": "Who answers here?", "answer": "Kefu answers here."}' > "$HOME_DIR/one.jsonl"
+"$KEFU" train sft --data "$HOME_DIR/one.jsonl" --output "$HOME_DIR/run" --max-steps 1 \
+  --eval-fraction 0 >&2
+"$KEFU" merge --adapter "$HOME_DIR/run/adapter" --output "$HOME_DIR/b.gguf" >&2
+VERSION_B=$("$KEFU" models register "$HOME_DIR/b.gguf" | grep -Eo '[0-9a-f]{64}' | head -n 1)
+KEFU_PASSWORD="benchmark password" "$KEFU" users add --role admin boss >&2
+TOKEN=$("$KEFU" tokens add boss)
+"$KEFU" serve --port 0 --max-tokens 32 --follow-ms 100 --trainer off > "$HOME_DIR/serve.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 120); do
+  grep -q "listening on" "$HOME_DIR/serve.log" && break
+  sleep 1
+done
+BASE=$(sed -n 's/^kefu: listening on //p' "$HOME_DIR/serve.log")
+echo "kefu swap pause, default model, 32 tokens per answer, $(nproc) cpus, $(date -u +%F)"
+python3 benches/swap_pause.py "$BASE" "$TOKEN" "$VERSION_B" "${CONCURRENCY:-2}" "${BASELINE_S:-30}"
+grep -E "now serving|refused" "$HOME_DIR/serve.log" || true
