@@ -4,7 +4,10 @@ the requests that overlapped a swap window (from the admin's call to the server 
 other version) and for those before the first swap, the count, failures, and p50 / p99 of the
 time to first token and of the whole answer; and how long each swap took.
 
-python3 benches/swap_pause.py BASE_URL ADMIN_TOKEN VERSION_B [CONCURRENCY] [BASELINE_S]
+python3 benches/swap_pause.py BASE_URL ADMIN_TOKEN VERSION_B [CONCURRENCY] [BASELINE_S] [SWAPS]
+
+The swaps alternate: promote VERSION_B, roll back, promote, ... SWAPS times, BASELINE_S / 2
+seconds apart, after BASELINE_S seconds of load without a swap.
 """
 
 import json
@@ -16,6 +19,7 @@ import urllib.request
 BASE, TOKEN, VERSION_B = sys.argv[1], sys.argv[2], sys.argv[3]
 CONCURRENCY = int(sys.argv[4]) if len(sys.argv) > 4 else 2
 BASELINE_S = float(sys.argv[5]) if len(sys.argv) > 5 else 30.0
+SWAPS = int(sys.argv[6]) if len(sys.argv) > 6 else 2
 QUESTIONS = [
     "How do I keep my Debian system up to date?",
     "Which Debian distribution is better for me?",
@@ -36,7 +40,7 @@ def call(method, path, body=None, token=None):
 
 
 def ask(conversation, token, question):
-    """(ok, time to first token, total, version) of one answer."""
+    """(ok, time to first token, total, version, start, token arrival times) of one answer."""
     request = urllib.request.Request(
         f"{BASE}/api/conversations/{conversation}/messages",
         data=json.dumps({"content": question}).encode(), method="POST")
@@ -46,6 +50,7 @@ def ask(conversation, token, question):
     first = None
     version = None
     ok = False
+    arrivals = []
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             event = None
@@ -54,8 +59,10 @@ def ask(conversation, token, question):
                 if line.startswith("event: "):
                     event = line[7:]
                 elif line.startswith("data: "):
-                    if event == "token" and first is None:
-                        first = time.monotonic() - started
+                    if event == "token":
+                        arrivals.append(time.monotonic())
+                        if first is None:
+                            first = arrivals[-1] - started
                     elif event == "done":
                         ok = True
                         version = json.loads(line[6:]).get("model_version")
@@ -63,7 +70,7 @@ def ask(conversation, token, question):
                         ok = False
     except Exception as error:  # a failed request is counted, not fatal
         print("request failed:", error, file=sys.stderr)
-    return ok, first, time.monotonic() - started, version, started
+    return ok, first, time.monotonic() - started, version, started, arrivals
 
 
 records = []
@@ -109,10 +116,14 @@ threads = [threading.Thread(target=conversation_loop, args=(i,), daemon=True)
 for t in threads:
     t.start()
 time.sleep(BASELINE_S)
-windows = [swap(lambda: call("POST", f"/api/admin/models/{VERSION_B}/promote", {}, TOKEN))]
-time.sleep(BASELINE_S / 2)
-windows.append(swap(lambda: call("POST", "/api/admin/models/rollback", {}, TOKEN)))
-time.sleep(BASELINE_S / 2)
+windows = []
+for i in range(SWAPS):
+    if i % 2 == 0:
+        windows.append(swap(
+            lambda: call("POST", f"/api/admin/models/{VERSION_B}/promote", {}, TOKEN)))
+    else:
+        windows.append(swap(lambda: call("POST", "/api/admin/models/rollback", {}, TOKEN)))
+    time.sleep(BASELINE_S / 2)
 stop.set()
 for t in threads:
     t.join()
@@ -138,10 +149,26 @@ print("%-22s %5s %6s %9s %9s %10s %10s" % (
     "requests", "n", "failed", "ttft p50", "ttft p99", "total p50", "total p99"))
 base_total, base_ttft = row("before the swaps", before)
 swap_total, swap_ttft = row("overlapping a swap", during)
+# The stall a stream sees: gaps between consecutive tokens, before the swaps and those that
+# overlap a swap window.
+gaps_before, gaps_during = [], []
+for r in records:
+    for a, b in zip(r[5], r[5][1:]):
+        if b < first_swap:
+            gaps_before.append((b - a) * 1000)
+        elif any(a < end and b > start for start, end in windows):
+            gaps_during.append((b - a) * 1000)
+print("%-22s %5d %17s %9.0f %9.0f (max %.0f)" % (
+    "token gaps before", len(gaps_before), "p50 / p99 ms", percentile(gaps_before, 50),
+    percentile(gaps_before, 99), max(gaps_before or [float("nan")])))
+print("%-22s %5d %17s %9.0f %9.0f (max %.0f)" % (
+    "token gaps in a swap", len(gaps_during), "p50 / p99 ms", percentile(gaps_during, 50),
+    percentile(gaps_during, 99), max(gaps_during or [float("nan")])))
 print("all requests: %d, failed: %d" % (len(records), sum(1 for r in records if not r[0])))
 print("versions served: %s" % sorted({(r[3] or "?")[:12] for r in records}))
 for i, (start, end) in enumerate(windows):
     print("swap %d: %.0f ms from the admin's call to serving the other version" % (
         i + 1, (end - start) * 1000))
-print("swap pause (p99 in the window minus p99 before): total %.0f ms, first token %.0f ms" % (
-    swap_total - base_total, swap_ttft - base_ttft))
+print("swap pause (p99 in the window minus p99 before): total %.0f ms, first token %.0f ms, "
+      "token gap %.0f ms" % (swap_total - base_total, swap_ttft - base_ttft,
+                            percentile(gaps_during, 99) - percentile(gaps_before, 99)))

@@ -5,7 +5,7 @@
 # of the first token and of the whole answer before the swaps and for the requests that
 # overlapped a swap window, failures, and each swap's duration. Goal: pause < 100 ms at p99.
 #
-#   bash benches/swap_pause.sh            (CONCURRENCY=2 BASELINE_S=30 by default)
+#   bash benches/swap_pause.sh   (CONCURRENCY=2 BASELINE_S=30 SWAPS=2 MAX_TOKENS=32 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}
@@ -25,13 +25,14 @@ echo '{"question": "Who answers here?", "answer": "Kefu answers here."}' > "$HOM
 VERSION_B=$("$KEFU" models register "$HOME_DIR/b.gguf" | grep -Eo '[0-9a-f]{64}' | head -n 1)
 KEFU_PASSWORD="benchmark password" "$KEFU" users add --role admin boss >&2
 TOKEN=$("$KEFU" tokens add boss)
-"$KEFU" serve --port 0 --max-tokens 32 --follow-ms 100 --trainer off > "$HOME_DIR/serve.log" 2>&1 &
+"$KEFU" serve --port 0 --max-tokens "${MAX_TOKENS:-32}" --follow-ms 100 --trainer off > "$HOME_DIR/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 120); do
   grep -q "listening on" "$HOME_DIR/serve.log" && break
   sleep 1
 done
 BASE=$(sed -n 's/^kefu: listening on //p' "$HOME_DIR/serve.log")
-echo "kefu swap pause, default model, 32 tokens per answer, $(nproc) cpus, $(date -u +%F)"
-python3 benches/swap_pause.py "$BASE" "$TOKEN" "$VERSION_B" "${CONCURRENCY:-2}" "${BASELINE_S:-30}"
-grep -E "now serving|refused" "$HOME_DIR/serve.log" || true
+echo "kefu swap pause, default model, ${MAX_TOKENS:-32} tokens per answer, $(nproc) cpus, $(date -u +%F)"
+python3 benches/swap_pause.py "$BASE" "$TOKEN" "$VERSION_B" "${CONCURRENCY:-2}" \
+  "${BASELINE_S:-30}" "${SWAPS:-2}"
+grep -E "ready in|refused" "$HOME_DIR/serve.log" | sed 's/^/server: /' || true

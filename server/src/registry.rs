@@ -191,27 +191,32 @@ async fn prepare(
     let path = version_path(home, version);
     let id = version.id.clone();
     let device = settings.device.clone();
-    let model = tokio::task::spawn_blocking(move || -> Result<LoadedModel> {
-        if !path.exists() {
-            bail!("{} is missing", path.display());
-        }
-        let actual = version_of(&path)?;
-        if actual != id {
-            bail!(
-                "{} does not hold version {id} (its hash is {actual}): corrupt or half-written",
-                path.display()
-            );
-        }
-        // Registered files are already in the layout served (Q8_0 or f32): no re-quantization.
-        let options = LoadOptions {
-            requantize: false,
-            ..LoadOptions::default()
-        }
-        .on(&device);
-        LoadedModel::load(&path, &options)
-            .with_context(|| format!("cannot load {}", path.display()))
-    })
-    .await??;
+    let started = Instant::now();
+    let (model, hashed) =
+        tokio::task::spawn_blocking(move || -> Result<(LoadedModel, Duration)> {
+            if !path.exists() {
+                bail!("{} is missing", path.display());
+            }
+            let actual = version_of(&path)?;
+            let hashed = started.elapsed();
+            if actual != id {
+                bail!(
+                    "{} does not hold version {id} (its hash is {actual}): corrupt or half-written",
+                    path.display()
+                );
+            }
+            // Registered files are already in the layout served (Q8_0 or f32): no re-quantization.
+            let options = LoadOptions {
+                requantize: false,
+                ..LoadOptions::default()
+            }
+            .on(&device);
+            let model = LoadedModel::load(&path, &options)
+                .with_context(|| format!("cannot load {}", path.display()))?;
+            Ok((model, hashed))
+        })
+        .await??;
+    let loaded = started.elapsed();
     let prompt = model.encode("Hello")?;
     let generator = Generator::start(
         model,
@@ -236,6 +241,14 @@ async fn prepare(
             Event::Token(_) => {}
         }
     }
+    eprintln!(
+        "kefu: version {} ready in {} ms (hash check {} ms, load {} ms, warm-up {} ms)",
+        version.id,
+        started.elapsed().as_millis(),
+        hashed.as_millis(),
+        (loaded - hashed).as_millis(),
+        (started.elapsed() - loaded).as_millis()
+    );
     Ok(generator)
 }
 
