@@ -633,21 +633,15 @@ pub async fn start_training(
     {
         return Ok(in_progress(&active));
     }
-    let (examples, pairs, fresh) = crate::worker::new_material(&state.database, TRAINED_MODEL)
-        .await
-        .map_err(ApiError::internal)?;
-    if examples + pairs == 0 {
+    let material =
+        crate::worker::new_material(&state.config.data_dir, &state.database, TRAINED_MODEL)
+            .await
+            .map_err(ApiError::internal)?;
+    if !material.anything() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "nothing_to_learn",
-            "no corrected or rated answers yet: nothing to learn",
-        ));
-    }
-    if !fresh {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "nothing_to_learn",
-            "no feedback since the last training job: nothing new to learn",
+            material.why_nothing(),
         ));
     }
     match state

@@ -377,8 +377,16 @@ pub fn run(
     let last = runs.last().context("no stage ran")?;
     let candidate = load(&last.merged)?;
     let production = load(production_path)?;
-    let conversations: Vec<Conversation> =
-        data::read_jsonl(regression_path, OnBadLine::Skip)?.conversations;
+    // No corrections (a job on thumbs or documents alone): an empty regression set.
+    let empty = std::fs::read_to_string(regression_path)
+        .with_context(|| format!("cannot read {}", regression_path.display()))?
+        .trim()
+        .is_empty();
+    let conversations: Vec<Conversation> = if empty {
+        Vec::new()
+    } else {
+        data::read_jsonl(regression_path, OnBadLine::Skip)?.conversations
+    };
 
     // The regression set: answer loss against production's, and greedy answers.
     let (production_loss, candidate_loss) = if conversations.is_empty() {

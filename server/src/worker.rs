@@ -5,7 +5,9 @@
 //!    liked answers, preference pairs; every example keeps its lineage: question, answer,
 //!    feedback ids and the model version that answered);
 //! 2. runs the recipe (`<home>/recipe.toml`, or the built-in one) from the production model:
-//!    SFT, then DPO when there are pairs enough, each stage merged into the next one's start;
+//!    CPT on the documents the last succeeded job had not seen (when the recipe has `[cpt]`;
+//!    snapshotted to `jobs/<id>/data/docs/`), SFT, then DPO when there are pairs enough, each
+//!    stage merged into the next one's start;
 //! 3. runs the evaluation gate (`gate.rs`): the regression set (every question an agent
 //!    corrected), held-out questions and pairs when the recipe names them, merged-versus-adapter
 //!    logit parity, chat-template parity;
@@ -162,7 +164,7 @@ pub fn work(home: &Path, args: &WorkArgs) -> Result<()> {
                 None => {
                     // Idle: the schedule and the threshold may start a job (taken next turn).
                     let model = crate::admin::TRAINED_MODEL;
-                    match check_triggers(&database, model, kefu_db::now_ms()).await {
+                    match check_triggers(home, &database, model, kefu_db::now_ms()).await {
                         Ok(Some(job)) => {
                             eprintln!("kefu trainer: the {} queued job {}", job.trigger, job.id);
                             continue;
@@ -216,19 +218,26 @@ fn write_lines(path: &Path, examples: &[Value]) -> Result<String> {
 /// The recipe a job runs: `<home>/recipe.toml` or the built-in one, pointed at the snapshot.
 fn job_recipe(
     home: &Path,
-    sft: &Path,
-    pairs: &Path,
+    data_dir: &Path,
     sft_count: usize,
     pair_count: usize,
+    document_count: usize,
 ) -> Result<Recipe> {
+    let sft = &data_dir.join("sft.jsonl");
+    let pairs = &data_dir.join("pairs.jsonl");
     let file = home.join("recipe.toml");
     let mut recipe = if file.exists() {
         Recipe::read(&file)?
     } else {
         Recipe::parse(BUILT_IN_RECIPE, "the built-in recipe")?
     };
-    // The feedback log is what a job learns from; CPT needs documents a job does not snapshot.
-    recipe.cpt = None;
+    // CPT, when the recipe has it, reads the documents this job snapshotted (those the last
+    // succeeded job had not seen); without new documents it is left out.
+    if document_count == 0 {
+        recipe.cpt = None;
+    } else if let Some(cpt) = recipe.cpt.as_mut() {
+        cpt.data = Some(data_dir.join("docs"));
+    }
     let point = |stage: &mut Option<Stage>, data: &Path, keep: bool| {
         if keep {
             let section = stage.get_or_insert_with(Stage::default);
@@ -240,7 +249,10 @@ fn job_recipe(
     point(&mut recipe.sft, sft, sft_count > 0);
     point(&mut recipe.dpo, pairs, pair_count >= MIN_PAIRS);
     if recipe.stages().is_empty() {
-        bail!("nothing to learn: {sft_count} SFT examples and {pair_count} pairs");
+        bail!(
+            "nothing to learn: {sft_count} SFT examples, {pair_count} pairs and \
+             {document_count} new documents"
+        );
     }
     Ok(recipe)
 }
@@ -271,7 +283,12 @@ async fn process(
     let pairs_path = data_dir.join("pairs.jsonl");
     let sft_hash = write_lines(&sft_path, &sft)?;
     let pairs_hash = write_lines(&pairs_path, &pairs)?;
-    let recipe = job_recipe(home, &sft_path, &pairs_path, sft.len(), pairs.len())?;
+    let documents = if wants_cpt(home)? {
+        snapshot_documents(home, database, &job.model, &data_dir).await?
+    } else {
+        0
+    };
+    let recipe = job_recipe(home, &data_dir, sft.len(), pairs.len(), documents)?;
     recipe.write(&dir.join("recipe.toml"))?;
     // The regression set: every question an agent corrected, with the corrected answer.
     let regression = crate::datasets::regression(&sft);
@@ -363,6 +380,7 @@ async fn process(
     report["stages"] = json!(stages);
     report["dataset"] = json!({
         "sft_examples": sft.len(), "pairs": pairs.len(), "regression_examples": regression.len(),
+        "new_documents": documents,
         "sft_sha256": sft_hash, "pairs_sha256": pairs_hash,
         "folder": data_dir.strip_prefix(home).unwrap_or(&data_dir),
     });
@@ -437,14 +455,133 @@ async fn held_out(
     Ok(held_out)
 }
 
-/// Whether there is something new to learn since the last job that succeeded: the number of
-/// SFT examples and pairs the feedback log gives now, and whether any feedback came after that
-/// job started.
-pub async fn new_material(database: &Database, model: &str) -> Result<(usize, usize, bool)> {
+/// What a job would learn from now, compared with the last job that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Material {
+    /// SFT examples and pairs the feedback log gives now.
+    pub examples: usize,
+    pub pairs: usize,
+    /// Whether any feedback came after the last succeeded job started.
+    pub fresh_feedback: bool,
+    /// Documents that job had not seen, when the recipe has a CPT stage (else 0).
+    pub new_documents: usize,
+}
+
+impl Material {
+    /// Whether a job has anything new to learn.
+    pub fn anything(&self) -> bool {
+        (self.examples + self.pairs > 0 && self.fresh_feedback) || self.new_documents > 0
+    }
+
+    /// Why there is nothing to learn, for people.
+    pub fn why_nothing(&self) -> &'static str {
+        if self.examples + self.pairs == 0 {
+            "no corrected or rated answers yet (and no new documents for a CPT stage): nothing \
+             to learn"
+        } else {
+            "no feedback since the last training job (and no new documents for a CPT stage): \
+             nothing new to learn"
+        }
+    }
+}
+
+/// Whether there is something new to learn since the last job that succeeded.
+pub async fn new_material(home: &Path, database: &Database, model: &str) -> Result<Material> {
     let sft = crate::export::compile(database, Kind::Sft, Format::Trl).await?;
     let pairs = crate::export::compile(database, Kind::Pairs, Format::Trl).await?;
-    let fresh = fresh_feedback(database, model).await? > 0;
-    Ok((sft.len(), pairs.len(), fresh))
+    let fresh_feedback = fresh_feedback(database, model).await? > 0;
+    let new_documents = if wants_cpt(home)? {
+        new_documents(home, database, model).await?.0.len()
+    } else {
+        0
+    };
+    Ok(Material {
+        examples: sft.len(),
+        pairs: pairs.len(),
+        fresh_feedback,
+        new_documents,
+    })
+}
+
+/// Whether the worker's recipe (`<home>/recipe.toml`) has a CPT stage.
+fn wants_cpt(home: &Path) -> Result<bool> {
+    let file = home.join("recipe.toml");
+    Ok(file.exists() && Recipe::read(&file)?.cpt.is_some())
+}
+
+/// A document's line in a job's `docs.jsonl`: the documents it had seen.
+fn document_line(document: &kefu_db::Document) -> Value {
+    json!({
+        "document_id": document.id, "knowledge_base_id": document.knowledge_base_id,
+        "path": document.path, "title": document.title, "content_hash": document.content_hash,
+    })
+}
+
+/// The documents of every knowledge base whose content the last succeeded job had not seen
+/// (its `data/docs.jsonl`; every document when no job has one), and every document now.
+async fn new_documents(
+    home: &Path,
+    database: &Database,
+    model: &str,
+) -> Result<(Vec<kefu_db::Document>, Vec<kefu_db::Document>)> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(job) = database.last_succeeded_job(model).await? {
+        let manifest = home
+            .join("jobs")
+            .join(job.id.to_string())
+            .join("data")
+            .join("docs.jsonl");
+        for line in std::fs::read_to_string(manifest)
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(hash) = serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| v["content_hash"].as_str().map(str::to_string))
+            {
+                seen.insert(hash);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    for (id, _, _) in database.knowledge_bases().await? {
+        all.extend(database.documents(id).await?);
+    }
+    let fresh = all
+        .iter()
+        .filter(|d| !seen.contains(&d.content_hash))
+        .cloned()
+        .collect();
+    Ok((fresh, all))
+}
+
+/// Writes the new documents as Markdown under `data/docs/` (title, then the stored chunks'
+/// text in order; the chunker's sentence overlap repeats a little) and `data/docs.jsonl`, the
+/// documents seen up to this job (the next job's CPT starts after them). Returns how many
+/// documents the CPT stage gets.
+async fn snapshot_documents(
+    home: &Path,
+    database: &Database,
+    model: &str,
+    data_dir: &Path,
+) -> Result<usize> {
+    let (fresh, all) = new_documents(home, database, model).await?;
+    let docs = data_dir.join("docs");
+    std::fs::create_dir_all(&docs).with_context(|| format!("cannot create {}", docs.display()))?;
+    for document in &fresh {
+        let mut text = format!("# {}\n\n", document.title);
+        for chunk in database.document_chunks(document.id).await? {
+            text.push_str(chunk.text.trim());
+            text.push_str("\n\n");
+        }
+        let file = docs.join(format!("{}.md", document.id));
+        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    write_lines(
+        &data_dir.join("docs.jsonl"),
+        &all.iter().map(document_line).collect::<Vec<_>>(),
+    )?;
+    Ok(fresh.len())
 }
 
 /// Feedback events since the last job that succeeded began (all of them when none did).
@@ -462,6 +599,7 @@ async fn fresh_feedback(database: &Database, model: &str) -> Result<i64> {
 /// schedule's minutes have passed since then (at once when no job ever ran) — and only when
 /// there is something new to learn (as an admin's click needs) and no job is queued or running.
 pub async fn check_triggers(
+    home: &Path,
     database: &Database,
     model: &str,
     now_ms: i64,
@@ -488,11 +626,10 @@ pub async fn check_triggers(
     };
     // A due schedule with no new feedback is checked at every poll: answer that with one
     // count, before compiling the whole feedback log into examples.
-    if fresh_feedback(database, model).await? == 0 {
+    if fresh_feedback(database, model).await? == 0 && !wants_cpt(home)? {
         return Ok(None);
     }
-    let (examples, pairs, fresh) = new_material(database, model).await?;
-    if examples + pairs == 0 || !fresh {
+    if !new_material(home, database, model).await?.anything() {
         return Ok(None);
     }
     Ok(database.enqueue_job(model, trigger, None).await?.ok())

@@ -1310,6 +1310,93 @@ fn the_feedback_inbox_reviews_and_the_datasets_preview() {
     }
 }
 
+/// With a `[cpt]` stage in the worker's recipe, documents count as something to learn: a job
+/// snapshots the documents the last succeeded job had not seen and trains on them (here with
+/// no feedback at all); the next trigger has nothing new until another document arrives.
+#[test]
+fn a_job_learns_the_documents_the_last_one_had_not_seen() {
+    let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off"]);
+    let server = &staffed.server;
+    let home = staffed._home.path();
+    let trigger = || {
+        request(
+            "POST",
+            &server.url("/api/admin/training/jobs"),
+            &staffed.admin_api,
+            None,
+        )
+    };
+    // Without a CPT stage, documents are not material.
+    let (status, _, _) = call(
+        "POST",
+        &server.url("/api/admin/knowledge-bases/default/documents?name=returns.md"),
+        &staffed.admin_api,
+        &Body::Raw(
+            b"# Returns\n\nParcels can be returned within thirty days of delivery. The label is \
+              free for members. Refunds reach the original card within five working days.",
+        ),
+    );
+    assert_eq!(status, 201);
+    assert_error(trigger(), 422, "nothing_to_learn");
+    std::fs::write(
+        home.join("recipe.toml"),
+        "[lora]\nrank = 4\nalpha = 8.0\n[cpt]\nmax_steps = 2\nmax_len = 32\nbatch = 1\n\
+         eval_fraction = 0.0\n",
+    )
+    .unwrap();
+    let (status, job) = trigger();
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let worked = kefu(home, None)
+        .args(["trainer", "work", "--once"])
+        .output()
+        .unwrap();
+    assert!(worked.status.success(), "{worked:?}");
+    let (status, job) = request(
+        "GET",
+        &server.url(&format!("/api/admin/training/jobs/{id}")),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(
+        (status, job["status"].as_str()),
+        (200, Some("succeeded")),
+        "{job}"
+    );
+    let report = &job["report"];
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["cpt"], "{report}");
+    assert_eq!(report["dataset"]["new_documents"], 1, "{report}");
+    let docs = home.join(format!("jobs/{id}/data/docs"));
+    let written: Vec<_> = std::fs::read_dir(&docs).unwrap().collect();
+    assert_eq!(written.len(), 1);
+    let text = std::fs::read_to_string(written[0].as_ref().unwrap().path()).unwrap();
+    assert!(
+        text.starts_with("# Returns") && text.contains("thirty days"),
+        "{text}"
+    );
+    let manifest =
+        std::fs::read_to_string(home.join(format!("jobs/{id}/data/docs.jsonl"))).unwrap();
+    assert_eq!(manifest.lines().count(), 1, "{manifest}");
+
+    // Nothing new since; a new document is.
+    assert_error(trigger(), 422, "nothing_to_learn");
+    let (status, _, _) = call(
+        "POST",
+        &server.url("/api/admin/knowledge-bases/default/documents?name=shipping.md"),
+        &staffed.admin_api,
+        &Body::Raw(b"# Shipping\n\nParcels leave the warehouse within one day."),
+    );
+    assert_eq!(status, 201);
+    let (status, next) = trigger();
+    assert_eq!(status, 202, "{next}");
+}
+
 /// The automatic triggers: an admin sets a schedule and a threshold (bad values refused); the
 /// worker's check queues a `threshold` job once enough feedback arrived, none while one is
 /// queued, none without anything to learn, and a `schedule` job when the minutes have passed.
@@ -1376,7 +1463,12 @@ fn the_schedule_and_the_threshold_queue_training_jobs() {
     let model = server::admin::TRAINED_MODEL;
     let check = |at: i64| {
         runtime
-            .block_on(server::worker::check_triggers(&database, model, at))
+            .block_on(server::worker::check_triggers(
+                staffed._home.path(),
+                &database,
+                model,
+                at,
+            ))
             .unwrap()
     };
     let set = |body: Value| {
