@@ -1074,6 +1074,26 @@ fn ask_anonymously(server: &Server, question: &str) -> (String, String, i64) {
     (id, token, done["message_id"].as_i64().unwrap())
 }
 
+/// Waits (up to 15 minutes) for training job `id` to succeed and returns it with its report;
+/// a job that fails or is cancelled ends the test.
+fn succeeded_job(staffed: &Staffed, id: i64) -> Value {
+    let url = staffed
+        .server
+        .url(&format!("/api/admin/training/jobs/{id}"));
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let (status, job) = request("GET", &url, &staffed.admin_api, None);
+        assert_eq!(status, 200, "{job}");
+        match job["status"].as_str().unwrap() {
+            "succeeded" => return job,
+            "failed" | "cancelled" => panic!("the job ended: {job}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {job}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// A staff member's correction of an answer (201).
 fn correct(server: &Server, who: &Identity, conversation: &str, answer: i64, text: &str) {
     let (status, body) = request(
@@ -2767,23 +2787,7 @@ fn a_correction_is_learned_served_and_rolled_back() {
     );
     assert_eq!(again["code"], "job_in_progress");
 
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let job = loop {
-        let (status, job) = request(
-            "GET",
-            &server.url(&format!("/api/admin/training/jobs/{job_id}")),
-            &staffed.admin_api,
-            None,
-        );
-        assert_eq!(status, 200, "{job}");
-        match job["status"].as_str().unwrap() {
-            "succeeded" => break job,
-            "failed" | "cancelled" => panic!("the job ended: {job}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {job}");
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let job = succeeded_job(&staffed, job_id);
     let version = job["version"].as_str().unwrap().to_string();
     let report = &job["report"];
     assert_eq!(report["passed"], true, "{report}");
@@ -2934,22 +2938,7 @@ fn a_correction_is_learned_served_and_rolled_back() {
     );
     assert_eq!(status, 202, "{job}");
     let second = job["id"].as_i64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let job = loop {
-        let (_, job) = request(
-            "GET",
-            &server.url(&format!("/api/admin/training/jobs/{second}")),
-            &staffed.admin_api,
-            None,
-        );
-        match job["status"].as_str().unwrap() {
-            "succeeded" => break job,
-            "failed" | "cancelled" => panic!("the job ended: {job}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {job}");
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let job = succeeded_job(&staffed, second);
     let report = &job["report"];
     assert_eq!(report["passed"], false, "{report}");
     assert_eq!(report["held_out_questions"]["loss_ok"], false, "{report}");
@@ -3138,18 +3127,7 @@ fn a_database_restart_during_a_job_loses_nothing() {
         assert!(Instant::now() < deadline, "the API never came back");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let finished = loop {
-        let (status, job) = job_now();
-        assert_eq!(status, 200, "{job}");
-        match job["status"].as_str().unwrap() {
-            "succeeded" => break job,
-            "failed" | "cancelled" => panic!("the job ended: {job}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {job}");
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let finished = succeeded_job(&staffed, job["id"].as_i64().unwrap());
     assert!(finished["version"].is_string(), "{finished}");
     eprintln!("after the restart: {} attempt(s)", finished["attempts"]);
     // Everything stored before the restart is there, and new answers are stored.
