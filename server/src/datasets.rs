@@ -172,8 +172,10 @@ pub async fn review(
 /// The kinds of example a dataset holds, as files of a job's snapshot.
 const KINDS: [&str; 3] = ["sft", "pairs", "regression"];
 
-fn count_lines(path: &std::path::Path) -> Option<usize> {
-    std::fs::read_to_string(path)
+/// Examples in a snapshot file (`None` when it is missing); read off the async workers.
+async fn count_lines(path: std::path::PathBuf) -> Option<usize> {
+    tokio::fs::read_to_string(path)
+        .await
         .ok()
         .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
 }
@@ -196,14 +198,14 @@ pub async fn list(
             .join("jobs")
             .join(job.id.to_string())
             .join("data");
-        if !dir.is_dir() {
+        if !tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
             continue;
         }
         let mut counts = serde_json::Map::new();
         for kind in KINDS {
             counts.insert(
                 kind.into(),
-                json!(count_lines(&dir.join(format!("{kind}.jsonl")))),
+                json!(count_lines(dir.join(format!("{kind}.jsonl"))).await),
             );
         }
         snapshots.push(json!({
@@ -279,7 +281,9 @@ pub async fn preview(
             .join(job.to_string())
             .join("data")
             .join(format!("{kind}.jsonl"));
-        let text = std::fs::read_to_string(&path).map_err(|_| missing())?;
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|_| missing())?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({"unreadable": l})))
