@@ -138,24 +138,24 @@ fn terms(text: &str) -> HashSet<String> {
     kefu_rag::keyword::analyze(text).into_iter().collect()
 }
 
-/// The share of `reference`'s key terms that `answer` states (`None` when it has none).
-pub fn fact_recall(answer: &str, reference: &str) -> Option<f64> {
-    let reference = terms(reference);
-    if reference.is_empty() {
+/// The share of `part`'s key terms that `whole` holds (`None` when `part` has none).
+fn covered(part: &str, whole: &str) -> Option<f64> {
+    let part = terms(part);
+    if part.is_empty() {
         return None;
     }
-    let answer = terms(answer);
-    Some(reference.intersection(&answer).count() as f64 / reference.len() as f64)
+    let whole = terms(whole);
+    Some(part.intersection(&whole).count() as f64 / part.len() as f64)
+}
+
+/// The share of `reference`'s key terms that `answer` states (`None` when it has none).
+pub fn fact_recall(answer: &str, reference: &str) -> Option<f64> {
+    covered(reference, answer)
 }
 
 /// The share of `answer`'s key terms found in `passages` (`None` for an answer without any).
 pub fn grounding(answer: &str, passages: &str) -> Option<f64> {
-    let answer = terms(answer);
-    if answer.is_empty() {
-        return None;
-    }
-    let passages = terms(passages);
-    Some(answer.intersection(&passages).count() as f64 / answer.len() as f64)
+    covered(answer, passages)
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {

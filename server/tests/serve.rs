@@ -1059,6 +1059,12 @@ fn add_site(staffed: &Staffed, name: &str, origins: &[&str]) -> (i64, String) {
 /// A new anonymous conversation with one answered question: (conversation, customer token,
 /// the answer's message id).
 fn ask_anonymously(server: &Server, question: &str) -> (String, String, i64) {
+    let (id, token, answer, _) = ask_for_text(server, question);
+    (id, token, answer)
+}
+
+/// [`ask_anonymously`], with the streamed answer's text.
+fn ask_for_text(server: &Server, question: &str) -> (String, String, i64, String) {
     let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
     assert_eq!(status, 201, "{conversation}");
     let id = conversation["id"].as_str().unwrap().to_string();
@@ -1070,8 +1076,18 @@ fn ask_anonymously(server: &Server, question: &str) -> (String, String, i64) {
     );
     assert_eq!(status, 200);
     assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+    let text: String = events
+        .iter()
+        .filter(|(name, _)| name == "token")
+        .map(|(_, data)| {
+            serde_json::from_str::<Value>(data).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
-    (id, token, done["message_id"].as_i64().unwrap())
+    (id, token, done["message_id"].as_i64().unwrap(), text)
 }
 
 /// Waits (up to 15 minutes) for training job `id` to succeed and returns it with its report;
@@ -2688,30 +2704,7 @@ fn a_correction_is_learned_served_and_rolled_back() {
     assert_eq!(status, 201);
     let question = "What is the secret word of the Kefu test?";
     let corrected = "The secret word is marmalade.";
-    let ask = || {
-        let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
-        assert_eq!(status, 201, "{conversation}");
-        let id = conversation["id"].as_str().unwrap().to_string();
-        let token = conversation["customer_token"].as_str().unwrap().to_string();
-        let (status, events) = post_sse(
-            &server.url(&format!("/api/conversations/{id}/messages")),
-            Some(&token),
-            &json!({"content": question}),
-        );
-        assert_eq!(status, 200);
-        let text: String = events
-            .iter()
-            .filter(|(name, _)| name == "token")
-            .map(|(_, data)| {
-                serde_json::from_str::<Value>(data).unwrap()["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
-        let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
-        (id, token, done["message_id"].as_i64().unwrap(), text)
-    };
+    let ask = || ask_for_text(server, question);
     let served_version = |id: &str| {
         let (_, transcript) = request(
             "GET",
