@@ -1,58 +1,59 @@
-//! The configuration file: `kefu.toml` in the data directory (or `KEFU_CONFIG`), flat
-//! `key = value` lines whose keys name `KEFU_*` settings (`port = 9000` is `KEFU_PORT=9000`).
+//! The configuration file: `kefu.toml` in the data directory (or `KEFU_CONFIG`), TOML whose
+//! top-level keys name `KEFU_*` settings (`port = 9000` is `KEFU_PORT=9000`).
 //! Precedence: command-line flags, then environment variables, then the file, then defaults.
 
 use std::path::{Path, PathBuf};
 
-/// Settings the file may hold, each the lower-case name of its `KEFU_*` variable.
-pub const KEYS: &[&str] = &[
-    "host",
-    "port",
-    "database_url",
-    "model",
-    "embedder",
-    "qdrant_url",
-    "workers",
-    "queue",
-    "max_tokens",
-    "max_body_bytes",
-    "threads",
-    "onnxruntime",
-];
+/// Settings the file may hold: every `KEFU_*` variable a command-line flag reads, as its
+/// lower-case name without the prefix (`KEFU_MAX_TOKENS` is `max_tokens`). Read off the clap
+/// definitions, so the file and the flags cannot drift apart.
+pub fn keys() -> Vec<String> {
+    fn walk(command: &clap::Command, keys: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|n| n.to_str())
+                && let Some(key) = name.strip_prefix("KEFU_")
+            {
+                keys.push(key.to_ascii_lowercase());
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, keys);
+        }
+    }
+    let mut keys = Vec::new();
+    walk(
+        &<crate::cli::Cli as clap::CommandFactory>::command(),
+        &mut keys,
+    );
+    // Read by the code, not by a flag: the ONNX Runtime library's path.
+    keys.push("onnxruntime".into());
+    keys.retain(|k| k != "home" && k != "config");
+    keys.sort();
+    keys.dedup();
+    keys
+}
 
-/// Parses the file's text into `(KEFU_NAME, value)` pairs; errors name the line.
+/// Parses the file (TOML: `key = value` at the top level) into `(KEFU_NAME, value)` pairs;
+/// errors name the key, or the line of a syntax error.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+    let known = keys();
     let mut settings = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("line {}: expected `key = value`", n + 1));
-        };
-        let key = key.trim();
-        if !KEYS.contains(&key) {
+    for (key, value) in table {
+        if !known.contains(&key) {
             return Err(format!(
-                "line {}: unknown setting `{key}` (known: {})",
-                n + 1,
-                KEYS.join(", ")
+                "unknown setting `{key}` (known: {})",
+                known.join(", ")
             ));
         }
-        let value = value.trim();
-        let value = if let Some(quoted) = value.strip_prefix('"') {
-            quoted
-                .strip_suffix('"')
-                .filter(|v| !v.contains('"'))
-                .ok_or_else(|| format!("line {}: unterminated string", n + 1))?
-                .to_string()
-        } else if !value.is_empty() && value.chars().all(|c| c.is_ascii_digit()) {
-            value.to_string()
-        } else {
-            return Err(format!(
-                "line {}: `{key}` needs a number or a \"quoted string\"",
-                n + 1
-            ));
+        let value = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(format!("`{key}` needs a string, a number or true / false"));
+            }
         };
         settings.push((format!("KEFU_{}", key.to_ascii_uppercase()), value));
     }
@@ -106,35 +107,78 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flat_settings_become_kefu_variables() {
-        let settings =
-            parse("# comment\nport = 9000\nmodel = \"qwen2.5-coder-0.5b-instruct\"\n").unwrap();
+    fn settings_become_kefu_variables() {
+        let settings = parse(
+            "# comment\nport = 9000\nmodel = \"qwen2.5-coder-0.5b-instruct\"\nlog_format = 'json'\n",
+        )
+        .unwrap();
+        let mut settings = settings;
+        settings.sort();
         assert_eq!(
             settings,
             [
-                ("KEFU_PORT".to_string(), "9000".to_string()),
+                ("KEFU_LOG_FORMAT".to_string(), "json".to_string()),
                 (
                     "KEFU_MODEL".to_string(),
                     "qwen2.5-coder-0.5b-instruct".to_string()
                 ),
+                ("KEFU_PORT".to_string(), "9000".to_string()),
             ]
         );
     }
 
     #[test]
-    fn mistakes_name_their_line() {
+    fn every_flag_variable_is_a_key() {
+        let keys = keys();
+        for key in [
+            "host",
+            "port",
+            "database_url",
+            "model",
+            "embedder",
+            "qdrant_url",
+            "workers",
+            "queue",
+            "max_tokens",
+            "max_body_bytes",
+            "threads",
+            "onnxruntime",
+            "device",
+            "log_format",
+            "keep_versions",
+            "worker_poll_ms",
+        ] {
+            assert!(
+                keys.contains(&key.to_string()),
+                "{key} missing from {keys:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
         assert!(
             parse("colour = \"red\"")
                 .unwrap_err()
-                .contains("line 1: unknown setting")
+                .contains("unknown setting `colour`")
         );
         assert!(parse("\nport 9000").unwrap_err().contains("line 2"));
         assert!(
             parse("model = \"unterminated")
                 .unwrap_err()
-                .contains("unterminated")
+                .contains("line 1")
         );
-        assert!(parse("model = bare").unwrap_err().contains("quoted string"));
+        assert!(parse("model = bare").unwrap_err().contains("line 1"));
+        assert!(
+            parse("[server]\nport = 1")
+                .unwrap_err()
+                .contains("unknown setting `server`")
+        );
+        assert!(
+            parse("port = [1]")
+                .unwrap_err()
+                .contains("a string, a number")
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use kefu_rag::eval::RetrievalMetrics;
 use serde::Deserialize;
 
-use crate::knowledge::{Knowledge, RetrievalConfig, Retriever, Scored};
+use crate::knowledge::Knowledge;
+use kefu_rag::{RetrievalConfig, Retriever, Scored};
 
 #[derive(Debug, Deserialize)]
 struct QaRecord {
@@ -124,7 +125,7 @@ pub fn evaluate(
                 format!("(not ingested) {}", question.source_doc)
             }
         };
-        let ranked = retriever.search(knowledge, &question.question, config)?;
+        let ranked = knowledge.search(retriever, &question.question, config)?;
         let documents = |list: &[Scored]| -> Vec<String> {
             list.iter()
                 .map(|s| retriever.chunks[s.chunk].path.clone())

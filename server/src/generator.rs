@@ -48,6 +48,20 @@ struct Job {
     queued_at: Instant,
 }
 
+/// How every generator of a server starts: the model's name, where versions load, worker
+/// threads, sequences per batch, queue length, and the counters all of them add to (so
+/// `/metrics` runs on across hot-swaps).
+#[derive(Debug, Clone)]
+pub struct GeneratorSettings {
+    pub name: String,
+    /// Where every version is loaded.
+    pub device: candle_core::Device,
+    pub workers: usize,
+    pub max_batch: usize,
+    pub capacity: usize,
+    pub metrics: Arc<GeneratorMetrics>,
+}
+
 /// Running totals for `/metrics`.
 #[derive(Debug, Default)]
 pub struct GeneratorMetrics {
@@ -90,17 +104,21 @@ impl Generator {
     /// together, behind a queue of `capacity` jobs.
     pub fn start(
         model: LoadedModel,
-        name: String,
         version: String,
-        workers: usize,
-        max_batch: usize,
-        capacity: usize,
+        settings: &GeneratorSettings,
     ) -> std::io::Result<Self> {
+        let GeneratorSettings {
+            workers,
+            max_batch,
+            capacity,
+            ..
+        } = *settings;
+        let name = settings.name.clone();
         let model = Arc::new(model);
         let (sender, receiver) = mpsc::sync_channel::<Job>(capacity.max(1));
         let receiver = Arc::new(std::sync::Mutex::new(receiver));
         let waiting = Arc::new(AtomicUsize::new(0));
-        let metrics = Arc::new(GeneratorMetrics::default());
+        let metrics = settings.metrics.clone();
         for i in 0..workers.max(1) {
             let model = model.clone();
             let metrics = metrics.clone();

@@ -1,18 +1,18 @@
-//! The knowledge base at run time: the database (documents, chunks, citations), the embedder,
-//! the vector store, and per knowledge base a keyword index, combined into hybrid retrieval.
+//! The knowledge base at run time: the database (documents, chunks, citations), the embedder
+//! (fetched with ONNX Runtime on first use) and the vector store; `rag`'s retriever searches
+//! them.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use kefu_db::{Database, StoredChunk};
 use kefu_rag::embed::{Embedder, EmbedderOptions, EmbedderSpec, EmbedderTokens};
-use kefu_rag::fusion::{FusionConfig, reciprocal_rank_fusion};
-use kefu_rag::keyword::{Bm25Config, KeywordIndex};
+use kefu_rag::retrieve::indexed_text;
 use kefu_rag::vector::{EdgeStore, QdrantServerStore, VectorPoint, VectorStore};
+use kefu_rag::{Ranked, RetrievalConfig, Retriever};
 
-use crate::catalog::{self, ONNX_RUNTIME};
-use crate::fetch::{self, Fetcher, Sources};
+use crate::models::catalog::{self, ONNX_RUNTIME};
+use crate::models::fetch::{self, Fetcher, Sources};
 
 /// Where the embedder and ONNX Runtime come from.
 #[derive(Debug, Clone)]
@@ -81,55 +81,6 @@ pub fn onnx_runtime(home: &Path) -> Result<PathBuf> {
         Fetcher::new(home, Sources::from_env()).fetch_entry(entry)?;
     }
     Ok(library)
-}
-
-/// One chunk's place in a ranking.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scored {
-    /// Index into [`Retriever::chunks`].
-    pub chunk: usize,
-    pub score: f32,
-}
-
-/// The three rankings of one question, best first.
-#[derive(Debug, Clone, Default)]
-pub struct Ranked {
-    pub dense: Vec<Scored>,
-    pub keyword: Vec<Scored>,
-    pub fused: Vec<Scored>,
-}
-
-/// Weights and depth of hybrid retrieval.
-#[derive(Debug, Clone, Copy)]
-pub struct RetrievalConfig {
-    /// Candidates each retriever contributes before fusion.
-    pub depth: usize,
-    pub fusion: FusionConfig,
-    pub dense_weight: f64,
-    pub keyword_weight: f64,
-}
-
-impl Default for RetrievalConfig {
-    fn default() -> Self {
-        Self {
-            depth: 50,
-            fusion: FusionConfig::default(),
-            dense_weight: 1.0,
-            keyword_weight: 1.0,
-        }
-    }
-}
-
-/// The text a chunk is indexed under: where it sits (title, headings), then its words.
-pub fn indexed_text(title: &str, heading_path: &[String], text: &str) -> String {
-    let mut place = vec![title];
-    place.extend(
-        heading_path
-            .iter()
-            .map(String::as_str)
-            .filter(|h| *h != title),
-    );
-    format!("{}\n{text}", place.join(" > "))
 }
 
 /// Database, embedder and vector store of one data directory.
@@ -237,111 +188,19 @@ impl Knowledge {
         Ok(())
     }
 
+    /// Dense, keyword and fused rankings of `query` in `retriever`'s knowledge base.
+    pub fn search(
+        &self,
+        retriever: &Retriever,
+        query: &str,
+        config: &RetrievalConfig,
+    ) -> Result<Ranked> {
+        Ok(retriever.search(&self.embedder, self.store.as_ref(), query, config)?)
+    }
+
     pub async fn close(self) -> Result<()> {
         self.store.flush()?;
         self.database.close().await;
         Ok(())
-    }
-}
-
-/// One knowledge base, ready to search: its chunks and their keyword index.
-#[derive(Debug)]
-pub struct Retriever {
-    pub knowledge_base_id: i64,
-    pub chunks: Vec<StoredChunk>,
-    position: HashMap<i64, usize>,
-    keyword: KeywordIndex,
-}
-
-impl Retriever {
-    pub async fn load(database: &Database, knowledge_base_id: i64) -> Result<Self> {
-        let chunks = database.chunks(knowledge_base_id).await?;
-        let mut keyword = KeywordIndex::new(Bm25Config::default());
-        let mut position = HashMap::with_capacity(chunks.len());
-        for (i, chunk) in chunks.iter().enumerate() {
-            keyword.add(&indexed_text(
-                &chunk.title,
-                &chunk.heading_path,
-                &chunk.text,
-            ));
-            position.insert(chunk.id, i);
-        }
-        Ok(Self {
-            knowledge_base_id,
-            chunks,
-            position,
-            keyword,
-        })
-    }
-
-    /// The chunk with this database id, if it belongs to this knowledge base.
-    pub fn chunk_by_id(&self, id: i64) -> Option<&StoredChunk> {
-        self.position.get(&id).map(|&i| &self.chunks[i])
-    }
-
-    /// The keyword ranking of `query` alone, also as the fused one: retrieval without the
-    /// embedder (the training worker's gate has none).
-    pub fn search_keywords(&self, query: &str, depth: usize) -> Ranked {
-        let keyword: Vec<Scored> = self
-            .keyword
-            .search(query, depth)
-            .into_iter()
-            .map(|(i, score)| Scored {
-                chunk: i as usize,
-                score,
-            })
-            .collect();
-        Ranked {
-            dense: Vec::new(),
-            fused: keyword.clone(),
-            keyword,
-        }
-    }
-
-    /// Dense, keyword and fused rankings of `query`.
-    pub fn search(
-        &self,
-        knowledge: &Knowledge,
-        query: &str,
-        config: &RetrievalConfig,
-    ) -> Result<Ranked> {
-        if self.chunks.is_empty() {
-            return Ok(Ranked::default());
-        }
-        let vector = knowledge.embedder.embed_query(query)?;
-        let dense: Vec<Scored> = knowledge
-            .store
-            .search(&vector, self.knowledge_base_id, config.depth)?
-            .into_iter()
-            // A vector whose chunk is gone (an interrupted re-ingest) is skipped.
-            .filter_map(|hit| {
-                let chunk = *self.position.get(&(hit.id as i64))?;
-                Some(Scored {
-                    chunk,
-                    score: hit.score,
-                })
-            })
-            .collect();
-        let keyword = self.search_keywords(query, config.depth).keyword;
-        let dense_ids: Vec<usize> = dense.iter().map(|s| s.chunk).collect();
-        let keyword_ids: Vec<usize> = keyword.iter().map(|s| s.chunk).collect();
-        let fused = reciprocal_rank_fusion(
-            &[
-                (&dense_ids[..], config.dense_weight),
-                (&keyword_ids[..], config.keyword_weight),
-            ],
-            config.fusion,
-        )
-        .into_iter()
-        .map(|(chunk, score)| Scored {
-            chunk,
-            score: score as f32,
-        })
-        .collect();
-        Ok(Ranked {
-            dense,
-            keyword,
-            fused,
-        })
     }
 }

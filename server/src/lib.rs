@@ -1,24 +1,19 @@
-//! The `kefu` application: command line, model catalog and fetching. `main.rs` only parses
-//! arguments and calls [`cli::run`].
+//! The `kefu` application: the command line (`cli`), the HTTP API (`http`), models by name
+//! (`models`), the knowledge base at run time (`knowledge`, `ingest`, `evaluate`), generation
+//! (`generator`) and its hot-swap (`serving`), and the embedded training worker
+//! (`supervise`). `main.rs` only parses arguments and calls [`cli::run`]. The training loop
+//! itself lives in the `trainer` crate.
 
-pub mod access;
-pub mod admin;
-pub mod answer;
 pub mod auth;
-pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod datasets;
 pub mod evaluate;
-pub mod export;
-pub mod fetch;
-pub mod gate;
 pub mod generator;
 pub mod http;
 pub mod ingest;
 pub mod knowledge;
-pub mod pages;
-pub mod registry;
+pub mod logging;
+pub mod models;
+pub mod serving;
+pub mod supervise;
 pub mod testing;
-pub mod train;
-pub mod worker;

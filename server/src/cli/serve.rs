@@ -1,0 +1,166 @@
+//! `kefu serve`: the HTTP API, the hot-swap follower and the embedded training worker, until
+//! SIGTERM or Ctrl-C.
+
+use super::common::*;
+use crate::models::catalog::DEFAULT_MODEL;
+use crate::models::fetch::{self};
+use crate::models::resolve_model;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use kefu_model::{LoadOptions, LoadedModel};
+use std::path::Path;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "KEFU_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, env = "KEFU_PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub knowledge: KnowledgeArgs,
+    /// Chat model: a name (installed or known, fetched on first start) or a path.
+    #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Where the chat model runs: cpu, or cuda / cuda:N in a CUDA build (the embedded training
+    /// worker trains there too).
+    #[arg(long, env = "KEFU_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Generation worker threads.
+    #[arg(long, env = "KEFU_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Conversations each worker decodes together, one forward pass per step for all.
+    #[arg(long, env = "KEFU_BATCH", default_value_t = 16)]
+    pub batch: usize,
+    /// Generations that may wait for a worker; more are answered 503 with Retry-After.
+    #[arg(long, env = "KEFU_QUEUE", default_value_t = 16)]
+    pub queue: usize,
+    /// Longest answer, in tokens.
+    #[arg(long, env = "KEFU_MAX_TOKENS", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "KEFU_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Requests a minute from one IP address (0: no limit); more get 429 with Retry-After.
+    #[arg(long, env = "KEFU_RATE_PER_IP", default_value_t = 600)]
+    pub rate_per_ip: u32,
+    /// Customer requests a minute through one widget site (0: no limit).
+    #[arg(long, env = "KEFU_RATE_PER_SITE", default_value_t = 3000)]
+    pub rate_per_site: u32,
+    /// How often to check which version is labelled `production` (milliseconds); a label
+    /// moved through this server's admin API is followed at once.
+    #[arg(long, env = "KEFU_FOLLOW_MS", default_value_t = 2000)]
+    pub follow_ms: u64,
+    /// Run the training worker as a child process (`embedded`, restarted when it dies), or
+    /// leave training to `kefu trainer work` elsewhere (`off`).
+    #[arg(long, env = "KEFU_TRAINER", value_enum, default_value_t = TrainerMode::Embedded)]
+    pub trainer: TrainerMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainerMode {
+    Embedded,
+    Off,
+}
+
+pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
+    if args.workers == 0
+        || args.batch == 0
+        || args.queue == 0
+        || args.max_tokens == 0
+        || args.max_body_bytes < 1024
+    {
+        bail!(
+            "--workers, --batch, --queue and --max-tokens must be at least 1 and \
+             --max-body-bytes at least 1024"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let knowledge = open_knowledge(home, threads, &args.knowledge).await?;
+        // Conversations that name no knowledge base (and new widget sites) use this one.
+        knowledge
+            .database
+            .knowledge_base(&args.knowledge.kb)
+            .await?;
+        let path = resolve_model(home, &args.model)?;
+        let device = kefu_model::parse_device(&args.device)?;
+        let options = LoadOptions::default().on(&device);
+        let model = tokio::task::spawn_blocking(move || {
+            LoadedModel::load(&path, &options)
+                .with_context(|| format!("cannot load the model at {}", path.display()))
+        })
+        .await??;
+        let weights = model.weights_path.clone();
+        let version = tokio::task::spawn_blocking(move || fetch::sha256_file(&weights)).await??;
+        let settings = crate::generator::GeneratorSettings {
+            name: args.model.clone(),
+            device,
+            workers: args.workers,
+            max_batch: args.batch,
+            capacity: args.queue,
+            metrics: Default::default(),
+        };
+        let generator = crate::generator::Generator::start(model, version, &settings)?;
+        crate::serving::register_serving(&knowledge.database, &generator).await?;
+        let config = crate::http::ApiConfig {
+            default_kb: args.knowledge.kb.clone(),
+            max_body_bytes: args.max_body_bytes,
+            max_tokens: args.max_tokens,
+            rate_per_ip: args.rate_per_ip,
+            rate_per_site: args.rate_per_site,
+            data_dir: home.to_path_buf(),
+            ..crate::http::ApiConfig::default()
+        };
+        let serving = crate::serving::Serving::new(generator, settings);
+        let state = crate::http::state::AppState::new(knowledge, serving, config);
+        // Serve what `production` names (another replica or an earlier run may have moved it).
+        if let Err(e) = crate::serving::follow_once(&state.serving, &state.database, home).await {
+            tracing::warn!("keeps serving {}: {e:#}", state.generator().version);
+        }
+        tokio::spawn(crate::serving::follow(
+            state.serving.clone(),
+            state.database.clone(),
+            home.to_path_buf(),
+            std::time::Duration::from_millis(args.follow_ms.max(50)),
+        ));
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let stop_worker = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if args.trainer == TrainerMode::Embedded {
+            crate::supervise::supervise(
+                home.to_path_buf(),
+                database_url(home, args.knowledge.database_url.as_deref())?,
+                stop_worker.clone(),
+            );
+        }
+        println!("kefu: listening on http://{}", listener.local_addr()?);
+        let app = crate::http::router(state)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("kefu: stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish the requests in flight.
+pub(super) async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,283 @@
+//! Admin routes for knowledge bases and their documents: list, upload (kept under
+//! `uploads/`), delete, re-ingest from the upload copy or the ingested file.
+
+use crate::http::error::ApiError;
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
+use crate::ingest::Outcome;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+/// Bytes of a request body, or the reason it could not be read.
+type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+pub async fn list_knowledge_bases(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let bases = state
+        .database
+        .knowledge_bases()
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "knowledge_bases": bases.iter().map(|(id, name, documents)| json!({
+            "id": id, "name": name, "documents": documents,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+pub(crate) fn check_kb_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_knowledge_base",
+            "a knowledge base name has 1 to 200 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The knowledge base `name`, which must exist.
+pub(crate) async fn existing_kb(state: &AppState, name: &str) -> Result<i64, ApiError> {
+    check_kb_name(name)?;
+    state
+        .database
+        .find_knowledge_base(name)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "knowledge_base_not_found",
+                format!("there is no knowledge base `{name}`"),
+            )
+        })
+}
+
+pub async fn list_documents(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    Path(kb): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let kb_id = existing_kb(&state, &kb).await?;
+    let documents = state
+        .database
+        .documents(kb_id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "knowledge_base": kb,
+        "documents": documents.iter().map(|d| json!({
+            "id": d.id, "path": d.path, "title": d.title, "language": d.language,
+            "bytes": d.byte_count, "sha256": d.content_hash,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    name: Option<String>,
+}
+
+/// Uploaded documents are stored under this key; their bytes are kept in the data directory.
+pub(crate) const UPLOAD_PREFIX: &str = "upload:";
+
+pub(crate) fn upload_file(state: &AppState, kb_id: i64, name: &str) -> PathBuf {
+    state
+        .config
+        .data_dir
+        .join("uploads")
+        .join(kb_id.to_string())
+        .join(name)
+}
+
+/// Where a stored document's bytes are read from again: its upload copy or its file.
+pub(crate) fn source_of(state: &AppState, kb_id: i64, path: &str) -> PathBuf {
+    match path.strip_prefix(UPLOAD_PREFIX) {
+        Some(rest) => {
+            let name = rest.rsplit('/').next().unwrap_or(rest);
+            upload_file(state, kb_id, name)
+        }
+        None => PathBuf::from(path),
+    }
+}
+
+/// Parses, chunks and embeds one document inside a request, and drops the knowledge base's
+/// cached retriever so the next question sees the change.
+pub(crate) async fn ingest_in_request(
+    state: &AppState,
+    kb_id: i64,
+    key: &str,
+    name: &str,
+    bytes: &[u8],
+    force: bool,
+) -> Result<Outcome, ApiError> {
+    let knowledge = state.knowledge.clone();
+    let config = kefu_rag::chunk::ChunkConfig::default();
+    // Embedding waits on the embedder's thread: keep it off the async workers' schedule.
+    let outcome = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            let outcome = crate::ingest::ingest_bytes(
+                &knowledge,
+                kb_id,
+                key,
+                FsPath::new(name),
+                bytes,
+                &config,
+                force,
+            )
+            .await?;
+            knowledge.store.optimize()?;
+            knowledge.store.flush()?;
+            anyhow::Ok(outcome)
+        })
+    })
+    .map_err(ApiError::internal)?;
+    let outcome = outcome.map_err(|e| {
+        let code = match &e {
+            kefu_rag::ParseError::Unsupported(_) => "unsupported_type",
+            kefu_rag::ParseError::TooLarge { .. } => "too_large",
+            _ => "unreadable_document",
+        };
+        ApiError::bad_request(code, format!("{name}: {e}"))
+    })?;
+    state.retrievers.write().await.remove(&kb_id);
+    Ok(outcome)
+}
+
+pub(crate) fn outcome_json(outcome: Outcome, id: Option<i64>) -> (StatusCode, Json<Value>) {
+    let (status, what, chunks) = match outcome {
+        Outcome::Added { chunks } => (StatusCode::CREATED, "added", chunks),
+        Outcome::Updated { chunks } => (StatusCode::OK, "updated", chunks),
+        Outcome::Unchanged { .. } => (StatusCode::OK, "unchanged", 0),
+    };
+    (
+        status,
+        Json(json!({"outcome": what, "chunks": chunks, "id": id})),
+    )
+}
+
+/// Uploads one document (the raw file as the body, its file name in `?name=`): stored,
+/// chunked and embedded like `kefu ingest`; uploading the same name again replaces it. The
+/// knowledge base is created on first upload.
+pub async fn upload_document(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    Path(kb): Path<String>,
+    Query(query): Query<UploadQuery>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
+    let name = query.name.unwrap_or_default();
+    if name.is_empty() || name.len() > 200 || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "give the file name as ?name=FILE.md (no folders, 1 to 200 characters)",
+        ));
+    }
+    check_kb_name(&kb)?;
+    let kb_id = state
+        .database
+        .knowledge_base(&kb)
+        .await
+        .map_err(ApiError::internal)?;
+    let key = format!("{UPLOAD_PREFIX}{kb}/{name}");
+    let outcome = ingest_in_request(&state, kb_id, &key, &name, &body, false).await?;
+    // Keep the bytes, so the document can be re-ingested (new chunking, new embedder).
+    let file = upload_file(&state, kb_id, &name);
+    let saved = async {
+        tokio::fs::create_dir_all(file.parent().expect("an upload file has a folder")).await?;
+        tokio::fs::write(&file, &body).await
+    };
+    saved.await.map_err(|e| {
+        ApiError::internal(format!("cannot keep the upload {}: {e}", file.display()))
+    })?;
+    let document = state
+        .database
+        .document(kb_id, &key)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(outcome_json(outcome, document.map(|d| d.id)))
+}
+
+pub(crate) async fn stored_document(
+    state: &AppState,
+    kb_id: i64,
+    document_id: i64,
+) -> Result<kefu_db::Document, ApiError> {
+    let documents = state
+        .database
+        .documents(kb_id)
+        .await
+        .map_err(ApiError::internal)?;
+    documents
+        .into_iter()
+        .find(|d| d.id == document_id)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "document_not_found",
+                "no such document in this knowledge base",
+            )
+        })
+}
+
+/// Reads the document's source again (its upload copy or its file) and parses, chunks and
+/// embeds it anew, even when the bytes did not change.
+pub async fn reingest_document(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    Path((kb, document_id)): Path<(String, i64)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let kb_id = existing_kb(&state, &kb).await?;
+    let document = stored_document(&state, kb_id, document_id).await?;
+    let source = source_of(&state, kb_id, &document.path);
+    let bytes = tokio::fs::read(&source).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "source_missing",
+            format!(
+                "the document's source {} cannot be read ({e}); upload it again",
+                source.display()
+            ),
+        )
+    })?;
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let outcome = ingest_in_request(&state, kb_id, &document.path, &name, &bytes, true).await?;
+    let (_, body) = outcome_json(outcome, Some(document.id));
+    Ok((StatusCode::OK, body))
+}
+
+pub async fn delete_document(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    Path((kb, document_id)): Path<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    let kb_id = existing_kb(&state, &kb).await?;
+    let document = stored_document(&state, kb_id, document_id).await?;
+    state
+        .database
+        .delete_document(kb_id, &document.path)
+        .await
+        .map_err(ApiError::internal)?;
+    if document.path.starts_with(UPLOAD_PREFIX) {
+        let _ = tokio::fs::remove_file(source_of(&state, kb_id, &document.path)).await;
+    }
+    let knowledge = state.knowledge.clone();
+    let id = document.id;
+    tokio::task::spawn_blocking(move || {
+        knowledge.store.delete_document(id)?;
+        knowledge.store.flush()
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    state.retrievers.write().await.remove(&kb_id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,92 @@
+//! Admin routes for the people who work in Kefu: list, add, remove.
+
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub async fn list_users(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let users = state.database.users().await.map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "users": users.iter().map(|u| json!({"name": u.name, "role": u.role}))
+            .collect::<Vec<_>>(),
+    })))
+}
+
+/// Removes a user (their sessions and tokens stop working at once). Admins cannot remove
+/// themselves, so there is always one left.
+pub async fn delete_user(
+    State(state): State<Arc<AppState>>,
+    Admin(me): Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if me.user.name == name {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cannot_delete_self",
+            "an admin cannot remove their own account; ask another admin",
+        ));
+    }
+    let user = state
+        .database
+        .user_by_name(&name)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("user_not_found", format!("no user `{name}`")))?;
+    state
+        .database
+        .delete_user(user.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewUser {
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) password: String,
+}
+
+pub(crate) async fn add_user(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    crate::auth::check_role(&body.role).map_err(|m| ApiError::bad_request("invalid_role", m))?;
+    if body.name.trim().is_empty() || body.name.len() > 100 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a name has 1 to 100 characters",
+        ));
+    }
+    if body.password.chars().count() < 8 {
+        return Err(ApiError::bad_request(
+            "weak_password",
+            "a password has at least 8 characters",
+        ));
+    }
+    let password = body.password.clone();
+    let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let user = state
+        .database
+        .upsert_user(body.name.trim(), &body.role, &hash)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": user.name, "role": user.role})),
+    ))
+}

@@ -1,0 +1,231 @@
+//! The agent console's routes: conversations and transcripts, ratings and corrections,
+//! taking a conversation over, handing it back, and replying as a person.
+
+use crate::http::customer::NewMessage;
+use crate::http::customer::check_message;
+use crate::http::customer::conversation_message;
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Staff;
+use crate::http::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use kefu_db::NewFeedback;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub(crate) async fn agent_conversations(
+    State(state): State<Arc<AppState>>,
+    _: Staff,
+) -> Result<Json<Value>, ApiError> {
+    let conversations = state
+        .database
+        .recent_conversations(200)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "conversations": conversations.iter().map(|c| json!({
+            "id": c.public_id, "status": c.status, "created_ms": c.created_ms,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+pub(crate) async fn staff_conversation(
+    state: &AppState,
+    public_id: &str,
+) -> Result<kefu_db::Conversation, ApiError> {
+    state
+        .database
+        .conversation(public_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("conversation_not_found", "no such conversation"))
+}
+
+/// The transcript with, for every answer, the context it was served and its feedback.
+pub(crate) async fn agent_transcript(
+    State(state): State<Arc<AppState>>,
+    _: Staff,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let conversation = staff_conversation(&state, &id).await?;
+    let messages = state
+        .database
+        .messages(conversation.id)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut out = Vec::with_capacity(messages.len());
+    for m in &messages {
+        let mut entry = json!({
+            "id": m.id, "role": m.role, "content": m.content, "reply_to": m.reply_to,
+            "created_ms": m.created_ms,
+        });
+        if m.role == "assistant" {
+            if let Some(served) = state
+                .database
+                .served_prompt(m.id)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                entry["served"] = json!({
+                    "model_version": served.model_version,
+                    "template_id": served.template_id,
+                    "sampling": serde_json::from_str::<Value>(&served.sampling).unwrap_or(Value::Null),
+                    "retrieved": serde_json::from_str::<Value>(&served.retrieved).unwrap_or(Value::Null),
+                    "prompt": serde_json::from_str::<Value>(&served.prompt).unwrap_or(Value::Null),
+                    "prompt_tokens": served.prompt_tokens,
+                    "completion_tokens": served.completion_tokens,
+                    "first_token_ms": served.first_token_ms,
+                    "latency_ms": served.latency_ms,
+                    "finish_reason": served.finish_reason,
+                });
+            }
+            let feedback = state
+                .database
+                .feedback(m.id)
+                .await
+                .map_err(ApiError::internal)?;
+            entry["feedback"] = json!(feedback.iter().map(|e| json!({
+                "id": e.id, "rater_role": e.feedback.rater_role, "rating": e.feedback.rating,
+                "reasons": e.feedback.reasons, "comment": e.feedback.comment,
+                "corrected_answer": e.feedback.corrected_answer, "created_ms": e.created_ms,
+            })).collect::<Vec<_>>());
+        }
+        out.push(entry);
+    }
+    Ok(Json(
+        json!({"id": conversation.public_id, "status": conversation.status, "messages": out}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentFeedback {
+    #[serde(default)]
+    pub(crate) rating: Option<String>,
+    #[serde(default)]
+    pub(crate) reasons: Vec<String>,
+    #[serde(default)]
+    pub(crate) comment: Option<String>,
+    #[serde(default)]
+    pub(crate) corrected_answer: Option<String>,
+}
+
+pub(crate) async fn agent_feedback(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path((id, message_id)): Path<(String, i64)>,
+    ApiJson(body): ApiJson<AgentFeedback>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let conversation = staff_conversation(&state, &id).await?;
+    let message = conversation_message(&state, &conversation, message_id).await?;
+    if message.role != "assistant" {
+        return Err(ApiError::bad_request(
+            "not_an_answer",
+            "feedback is given on the assistant's answers",
+        ));
+    }
+    let rating = match body.rating.as_deref() {
+        None => 0,
+        Some("up") => 1,
+        Some("down") => -1,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_rating",
+                format!("rating is `up` or `down`, not `{other}`"),
+            ));
+        }
+    };
+    if let Some(corrected) = &body.corrected_answer {
+        check_message(&state, corrected)?;
+    }
+    if rating == 0 && body.corrected_answer.is_none() && body.comment.is_none() {
+        return Err(ApiError::bad_request(
+            "empty_feedback",
+            "give a rating, a corrected answer or a comment",
+        ));
+    }
+    if body.reasons.len() > 16 || body.reasons.iter().any(|r| r.is_empty() || r.len() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_reasons",
+            "reasons are at most 16 tags of 1 to 64 characters",
+        ));
+    }
+    let event = state
+        .database
+        .add_feedback(&NewFeedback {
+            message_id,
+            rater_role: "agent".into(),
+            rater: Some(staff.user.name),
+            rating,
+            reasons: body.reasons,
+            comment: body.comment,
+            corrected_answer: body.corrected_answer,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"id": event}))))
+}
+
+/// A member of staff moves a conversation between the bot and a person: records the handoff
+/// `event` and sets `status`.
+pub(crate) async fn staff_handoff(
+    state: &AppState,
+    id: &str,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    event: &str,
+    status: &'static str,
+) -> Result<Json<Value>, ApiError> {
+    let staff = crate::http::guard::authenticate(&state.database, method, headers).await?;
+    let conversation = staff_conversation(state, id).await?;
+    state
+        .database
+        .handoff(conversation.id, event, Some(staff.user.id), status)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"status": status})))
+}
+
+pub(crate) async fn take_over(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    staff_handoff(&state, &id, &method, &headers, "taken", "agent").await
+}
+
+/// Hands a conversation back to the bot.
+pub(crate) async fn release(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    staff_handoff(&state, &id, &method, &headers, "released", "assistant").await
+}
+
+pub(crate) async fn agent_reply(
+    State(state): State<Arc<AppState>>,
+    _: Staff,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewMessage>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let conversation = staff_conversation(&state, &id).await?;
+    if conversation.status != "agent" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_taken_over",
+            "take the conversation over before replying",
+        ));
+    }
+    check_message(&state, &body.content)?;
+    let message = state
+        .database
+        .add_message(conversation.id, "agent", &body.content, None)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"message_id": message.id}))))
+}

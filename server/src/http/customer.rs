@@ -1,0 +1,377 @@
+//! The customer routes a widget calls: conversations (opened through a widget site or
+//! without an `Origin`), questions answered as a stream, regeneration, feedback, hand-off to a
+//! person, and the widget's site check. A customer proves a conversation is theirs with its
+//! token (a wrong token looks like an unknown id).
+
+use crate::auth::{random_hex, sha256_hex};
+use crate::http::answer::answer;
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kefu_db::NewFeedback;
+use kefu_model::{ChatMessage, Role};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// What the widget asks before its first question: is its key valid here, from this origin?
+pub(crate) async fn widget_site(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let site = crate::http::access::requested_site(&state, &headers).await?;
+    crate::http::access::check_origin(site.as_ref(), &headers)?;
+    Ok(Json(json!({"site": site.map(|s| s.name)})))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewConversation {
+    #[serde(default)]
+    pub(crate) knowledge_base: Option<String>,
+}
+
+pub(crate) async fn create_conversation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let site = crate::http::access::requested_site(&state, &headers).await?;
+    crate::http::access::check_origin(site.as_ref(), &headers)?;
+    if let Some(site) = &site {
+        crate::http::access::charge_site(&state, site)?;
+    }
+    let body = body?;
+    // The body is optional: none (or `{}`) means the site's or the default knowledge base.
+    let request: NewConversation = if body.iter().all(u8::is_ascii_whitespace) {
+        NewConversation::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    let named = match &request.knowledge_base {
+        Some(name) => Some(crate::http::admin::documents::existing_kb(&state, name).await?),
+        None => None,
+    };
+    let kb = match (&site, named) {
+        (Some(site), Some(kb)) if kb != site.knowledge_base_id => {
+            return Err(ApiError::bad_request(
+                "knowledge_base_mismatch",
+                format!(
+                    "the widget site `{}` answers from its own knowledge base",
+                    site.name
+                ),
+            ));
+        }
+        (Some(site), _) => site.knowledge_base_id,
+        (None, Some(kb)) => kb,
+        (None, None) => state
+            .database
+            .knowledge_base(&state.config.default_kb)
+            .await
+            .map_err(ApiError::internal)?,
+    };
+    let token = random_hex(24);
+    let conversation = state
+        .database
+        .create_conversation(
+            kb,
+            &random_hex(16),
+            &sha256_hex(&token),
+            site.as_ref().map(|s| s.id),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": conversation.public_id,
+            "customer_token": token,
+            "site": site.map(|s| s.name),
+        })),
+    ))
+}
+
+/// The conversation `public_id`, if the request carries its customer's token, comes from an
+/// origin its widget site allows, and names no other site. A wrong token answers like an
+/// unknown id, so ids cannot be probed.
+pub(crate) async fn customer_conversation(
+    state: &AppState,
+    headers: &HeaderMap,
+    public_id: &str,
+) -> Result<kefu_db::Conversation, ApiError> {
+    let requested = crate::http::access::requested_site(state, headers).await?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the conversation's customer token as `Authorization: Bearer TOKEN`",
+            )
+        })?;
+    let conversation = state
+        .database
+        .conversation(public_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let not_found = || {
+        ApiError::not_found(
+            "conversation_not_found",
+            "no such conversation for this customer",
+        )
+    };
+    let conversation = match conversation {
+        Some(c) if c.customer_secret_hash == sha256_hex(token.trim()) => c,
+        _ => return Err(not_found()),
+    };
+    if requested.is_some() && requested.as_ref().map(|s| s.id) != conversation.site_id {
+        return Err(not_found());
+    }
+    let site = match (requested, conversation.site_id) {
+        (Some(site), _) => Some(site),
+        (None, Some(id)) => state.database.site(id).await.map_err(ApiError::internal)?,
+        (None, None) => None,
+    };
+    crate::http::access::check_origin(site.as_ref(), headers)?;
+    if let Some(site) = &site {
+        crate::http::access::charge_site(state, site)?;
+    }
+    Ok(conversation)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewMessage {
+    pub(crate) content: String,
+}
+
+pub(crate) fn check_message(state: &AppState, content: &str) -> Result<(), ApiError> {
+    if content.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_message",
+            "the message is empty",
+        ));
+    }
+    let chars = content.chars().count();
+    if chars > state.config.max_message_chars {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_long",
+            format!(
+                "the message has {chars} characters; the limit is {}",
+                state.config.max_message_chars
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    let messages = state
+        .database
+        .messages(conversation.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "id": conversation.public_id,
+        "status": conversation.status,
+        "messages": messages.iter().map(|m| json!({
+            "id": m.id, "role": m.role, "content": m.content, "reply_to": m.reply_to,
+            "created_ms": m.created_ms,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+pub(crate) async fn post_message(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewMessage>,
+) -> Result<Response, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    check_message(&state, &body.content)?;
+    let history = history(&state, conversation.id, None).await?;
+    let message = state
+        .database
+        .add_message(conversation.id, "customer", &body.content, None)
+        .await
+        .map_err(ApiError::internal)?;
+    if conversation.status == "agent" {
+        // A person has taken over: the message waits for them; no model answer.
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"message_id": message.id, "status": "agent"})),
+        )
+            .into_response());
+    }
+    answer(state, conversation, message.id, body.content, history).await
+}
+
+pub(crate) async fn regenerate(
+    State(state): State<Arc<AppState>>,
+    Path((id, message_id)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    let message = conversation_message(&state, &conversation, message_id).await?;
+    // Regenerating an answer answers its question again; a question can be named directly.
+    let question_id = match (message.role.as_str(), message.reply_to) {
+        ("customer", _) => message.id,
+        ("assistant", Some(question)) => question,
+        _ => {
+            return Err(ApiError::bad_request(
+                "not_regenerable",
+                "only a customer message or an assistant answer can be regenerated",
+            ));
+        }
+    };
+    let question = conversation_message(&state, &conversation, question_id).await?;
+    let history = history(&state, conversation.id, Some(question_id)).await?;
+    answer(state, conversation, question_id, question.content, history).await
+}
+
+pub(crate) async fn conversation_message(
+    state: &AppState,
+    conversation: &kefu_db::Conversation,
+    message_id: i64,
+) -> Result<kefu_db::Message, ApiError> {
+    match state
+        .database
+        .message(message_id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(m) if m.conversation_id == conversation.id => Ok(m),
+        _ => Err(ApiError::not_found(
+            "message_not_found",
+            "no such message in this conversation",
+        )),
+    }
+}
+
+/// The last messages before `before` (all when `None`), as chat turns.
+pub(crate) async fn history(
+    state: &AppState,
+    conversation_id: i64,
+    before: Option<i64>,
+) -> Result<Vec<ChatMessage>, ApiError> {
+    let messages = state
+        .database
+        .messages(conversation_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let turns: Vec<ChatMessage> = messages
+        .iter()
+        .filter(|m| before.is_none_or(|b| m.id < b))
+        .map(|m| {
+            let role = if m.role == "customer" {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            ChatMessage::new(role, m.content.clone())
+        })
+        .collect();
+    let skip = turns.len().saturating_sub(state.config.history_messages);
+    Ok(turns.into_iter().skip(skip).collect())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedbackBody {
+    /// `up` or `down`.
+    pub(crate) rating: String,
+    #[serde(default)]
+    pub(crate) reasons: Vec<String>,
+    #[serde(default)]
+    pub(crate) comment: Option<String>,
+}
+
+pub(crate) async fn feedback(
+    State(state): State<Arc<AppState>>,
+    Path((id, message_id)): Path<(String, i64)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<FeedbackBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    let message = conversation_message(&state, &conversation, message_id).await?;
+    if message.role != "assistant" {
+        return Err(ApiError::bad_request(
+            "not_an_answer",
+            "feedback is given on the assistant's answers",
+        ));
+    }
+    let rating = match body.rating.as_str() {
+        "up" => 1,
+        "down" => -1,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_rating",
+                format!("rating is `up` or `down`, not `{other}`"),
+            ));
+        }
+    };
+    if body.reasons.len() > 16 || body.reasons.iter().any(|r| r.is_empty() || r.len() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_reasons",
+            "reasons are at most 16 tags of 1 to 64 characters",
+        ));
+    }
+    if body
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > 4000)
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "comment_too_long",
+            "the comment is longer than 4000 characters",
+        ));
+    }
+    let event = state
+        .database
+        .add_feedback(&NewFeedback {
+            message_id,
+            rater_role: "customer".into(),
+            rater: None,
+            rating,
+            reasons: body.reasons,
+            comment: body.comment,
+            corrected_answer: None,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"id": event}))))
+}
+
+pub(crate) async fn request_handoff(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    if conversation.status != "agent" {
+        state
+            .database
+            .handoff(conversation.id, "requested", None, "handoff_requested")
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let status = if conversation.status == "agent" {
+        "agent"
+    } else {
+        "handoff_requested"
+    };
+    Ok(Json(json!({"status": status})))
+}

@@ -1,0 +1,24 @@
+//! `kefu serve`'s HTTP API (axum), by audience: customers (`customer`, streamed grounded
+//! answers through `answer`), staff sign-in (`session`), agents (`agent`), admins (`admin`),
+//! the OpenAI-compatible API (`openai`) and the web pages (`pages`). `state` and `error` are
+//! what the route modules share and import none of them; `guard` holds the staff and admin
+//! extractors, `access` the widget sites, CORS and rate limits. Every path is in `routes`.
+
+pub mod access;
+pub mod admin;
+pub mod agent;
+pub mod answer;
+pub mod customer;
+pub mod error;
+pub mod guard;
+pub mod layers;
+pub mod metrics;
+pub mod openai;
+pub mod pages;
+pub mod routes;
+pub mod session;
+pub mod state;
+
+pub use error::{ApiError, ApiJson};
+pub use routes::router;
+pub use state::{ApiConfig, AppState};

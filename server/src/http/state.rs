@@ -1,0 +1,109 @@
+//! What every handler shares: the API's limits ([`ApiConfig`]) and [`AppState`] — the
+//! database, the knowledge base's embedder and vector store, the serving generator (hot-swapped),
+//! cached retrievers, rate limiters and request metrics.
+
+use crate::generator::Generator;
+use crate::http::access::RateLimiter;
+use crate::http::error::ApiError;
+use crate::http::metrics::RequestMetrics;
+use crate::knowledge::Knowledge;
+use kefu_db::Database;
+use kefu_rag::Retriever;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// Limits and defaults of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Knowledge base of conversations that name none.
+    pub default_kb: String,
+    pub max_body_bytes: usize,
+    /// Longest customer message, in characters.
+    pub max_message_chars: usize,
+    pub max_tokens: usize,
+    pub passages: usize,
+    pub context_tokens: usize,
+    /// Earlier messages of the conversation given to the model.
+    pub history_messages: usize,
+    /// Requests a minute from one IP address (0: no limit).
+    pub rate_per_ip: u32,
+    /// Customer requests a minute through one widget site (0: no limit).
+    pub rate_per_site: u32,
+    /// The data directory: uploaded documents are kept under `uploads/` for re-ingesting.
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            default_kb: "default".into(),
+            max_body_bytes: 64 * 1024,
+            max_message_chars: 4000,
+            max_tokens: 256,
+            passages: 4,
+            context_tokens: 1536,
+            history_messages: 6,
+            rate_per_ip: 600,
+            rate_per_site: 3000,
+            data_dir: std::path::PathBuf::from("."),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub requests: RequestMetrics,
+    pub database: Database,
+    pub knowledge: Arc<Knowledge>,
+    /// The generator serving now; hot-swapped when `production` moves.
+    pub serving: Arc<crate::serving::Serving>,
+    pub config: ApiConfig,
+    pub(crate) retrievers: RwLock<HashMap<i64, Arc<Retriever>>>,
+    pub(crate) ip_limits: RateLimiter<std::net::IpAddr>,
+    pub(crate) site_limits: RateLimiter<i64>,
+}
+
+impl AppState {
+    pub fn new(
+        knowledge: Knowledge,
+        serving: crate::serving::Serving,
+        config: ApiConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            requests: RequestMetrics::default(),
+            database: knowledge.database.clone(),
+            knowledge: Arc::new(knowledge),
+            serving: Arc::new(serving),
+            ip_limits: RateLimiter::new(config.rate_per_ip),
+            site_limits: RateLimiter::new(config.rate_per_site),
+            config,
+            retrievers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The generator a new request uses (and keeps until it ends, across a hot-swap).
+    pub fn generator(&self) -> Arc<Generator> {
+        self.serving.current()
+    }
+
+    /// The knowledge base's retriever, loaded on first use.
+    pub(crate) async fn retriever(
+        &self,
+        knowledge_base_id: i64,
+    ) -> Result<Arc<Retriever>, ApiError> {
+        if let Some(r) = self.retrievers.read().await.get(&knowledge_base_id) {
+            return Ok(r.clone());
+        }
+        let retriever = Arc::new(
+            kefu_trainer::knowledge::load_retriever(&self.database, knowledge_base_id)
+                .await
+                .map_err(ApiError::internal)?,
+        );
+        self.retrievers
+            .write()
+            .await
+            .insert(knowledge_base_id, retriever.clone());
+        Ok(retriever)
+    }
+}

