@@ -28,6 +28,8 @@ fi
 echo "== formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings
+# No module imports a module that imports it back (ARCHITECTURE.md).
+python3 scripts/module_cycles.py db model rag server tests trainer web
 
 echo "== build"
 cargo build --release --workspace

@@ -38,7 +38,12 @@ impl Server {
     }
 
     /// `kefu serve` through a prepared command (its environment set).
-    fn spawn(mut command: Command, extra: &[&str]) -> Self {
+    fn spawn(command: Command, extra: &[&str]) -> Self {
+        Self::spawn_logging(command, extra, Stdio::inherit())
+    }
+
+    /// [`Server::spawn`] with its standard error (the log) sent to `log`.
+    fn spawn_logging(mut command: Command, extra: &[&str], log: Stdio) -> Self {
         let mut child = command
             .args(["serve", "--port", "0"])
             .args(if extra.contains(&"--max-tokens") {
@@ -48,7 +53,7 @@ impl Server {
             })
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -741,6 +746,79 @@ fn the_platform_answers_streams_cites_and_records(database_url: Option<&str>) {
     assert_eq!(
         pair["conversations"].as_array().unwrap().last().unwrap()["from"],
         "human"
+    );
+}
+
+/// The access log: with `RUST_LOG=info --log-format json`, one JSON line per request with its
+/// method, path, status, latency and request id; the id comes back in `X-Request-Id` (a
+/// caller's own is kept) and in error bodies; secrets stay out of the log.
+#[test]
+fn every_request_is_logged_once_with_its_id() {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let log_path = home.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = kefu(home.path(), None);
+    command.env("RUST_LOG", "info");
+    let server = Server::spawn_logging(command, &["--log-format", "json"], Stdio::from(log));
+    let health = agent()
+        .get(&server.url("/healthz"))
+        .header("x-request-id", "probe-1")
+        .call()
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(health.headers()["x-request-id"], "probe-1");
+    let missing = agent()
+        .get(&server.url("/api/no-such-thing"))
+        .header("authorization", "Bearer kefu_pat_secret-value")
+        .call()
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    let made = missing.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(made.len(), 16, "{made}");
+    let mut text = String::new();
+    missing
+        .into_body()
+        .as_reader()
+        .read_to_string(&mut text)
+        .unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["code"], "no_such_route");
+    assert_eq!(body["request_id"], made.as_str());
+    let (status, refused) = post(&server.url("/api/auth/login"), None, b"{not json");
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["request_id"].is_string(), "{refused}");
+    server.stop();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "request finished")
+        .collect();
+    let of =
+        |id: &str| -> Vec<&&Value> { access.iter().filter(|l| l["span"]["id"] == id).collect() };
+    let probe = of("probe-1");
+    assert_eq!(probe.len(), 1, "one line per request: {text}");
+    let line = probe[0];
+    assert_eq!(line["level"], "INFO");
+    assert!(line["timestamp"].is_string());
+    assert_eq!(line["span"]["method"], "GET");
+    assert_eq!(line["span"]["path"], "/healthz");
+    assert_eq!(line["fields"]["status"], 200);
+    assert!(line["fields"]["latency_ms"].as_f64().unwrap() >= 0.0);
+    let missing_line = of(&made);
+    assert_eq!(missing_line.len(), 1, "{text}");
+    assert_eq!(missing_line[0]["fields"]["status"], 404);
+    assert_eq!(access.len(), 3, "three requests, three lines: {text}");
+    assert!(
+        !text.contains("secret-value"),
+        "a token reached the log: {text}"
     );
 }
 

@@ -106,128 +106,114 @@ impl Rng {
 }
 
 /// Writes a tiny random model as GGUF and returns its path.
-pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
-    let arch = spec.architecture.as_str();
-    let arch_name = spec.architecture_name.as_deref().unwrap_or(arch);
-    let (tokens, merges, types) = vocabulary();
-    let vocab = tokens.len();
-    let head_dim = spec.hidden / spec.heads;
-    let mut rng = Rng(spec.seed);
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let matrix = |name: String, rows: usize, cols: usize, rng: &mut Rng, dtype: GgmlDType| {
-        let t = rng.tensor(&[rows, cols], 0.25, 0.0);
-        (
-            name,
-            QTensor::quantize(&t, dtype).expect("tiny model construction"),
-        )
-    };
-    tensors.push(matrix(
-        "token_embd.weight".into(),
-        vocab,
-        spec.hidden,
-        &mut rng,
-        GgmlDType::Q8_0,
-    ));
-    if !spec.tied {
-        tensors.push(matrix(
-            "output.weight".into(),
-            vocab,
-            spec.hidden,
-            &mut rng,
-            spec.dtype,
-        ));
-    }
-    let vector = |name: String, n: usize, rng: &mut Rng, offset: f32| {
-        (
-            name,
-            QTensor::quantize(&rng.tensor(&[n], 0.1, offset), GgmlDType::F32)
-                .expect("tiny model construction"),
-        )
-    };
+fn matrix(
+    name: String,
+    rows: usize,
+    cols: usize,
+    rng: &mut Rng,
+    dtype: GgmlDType,
+) -> (String, QTensor) {
+    let t = rng.tensor(&[rows, cols], 0.25, 0.0);
+    (
+        name,
+        QTensor::quantize(&t, dtype).expect("tiny model construction"),
+    )
+}
+
+fn vector(name: String, n: usize, rng: &mut Rng, offset: f32) -> (String, QTensor) {
+    (
+        name,
+        QTensor::quantize(&rng.tensor(&[n], 0.1, offset), GgmlDType::F32)
+            .expect("tiny model construction"),
+    )
+}
+
+/// Layer `i`'s tensors, drawn from `rng` in a fixed order.
+fn layer_tensors(spec: &TinySpec, i: usize, rng: &mut Rng, tensors: &mut Vec<(String, QTensor)>) {
+    let kv = spec.kv_heads * (spec.hidden / spec.heads);
+    let p = format!("blk.{i}");
     tensors.push(vector(
-        "output_norm.weight".into(),
+        format!("{p}.attn_norm.weight"),
         spec.hidden,
-        &mut rng,
+        rng,
         1.0,
     ));
-    let kv = spec.kv_heads * head_dim;
-    for i in 0..spec.layers {
-        let p = format!("blk.{i}");
-        tensors.push(vector(
-            format!("{p}.attn_norm.weight"),
-            spec.hidden,
-            &mut rng,
-            1.0,
-        ));
-        tensors.push(vector(
-            format!("{p}.ffn_norm.weight"),
-            spec.hidden,
-            &mut rng,
-            1.0,
-        ));
-        tensors.push(matrix(
-            format!("{p}.attn_q.weight"),
-            spec.hidden,
-            spec.hidden,
-            &mut rng,
-            spec.dtype,
-        ));
-        tensors.push(matrix(
-            format!("{p}.attn_k.weight"),
-            kv,
-            spec.hidden,
-            &mut rng,
-            spec.dtype,
-        ));
-        tensors.push(matrix(
-            format!("{p}.attn_v.weight"),
-            kv,
-            spec.hidden,
-            &mut rng,
-            spec.dtype,
-        ));
-        tensors.push(matrix(
-            format!("{p}.attn_output.weight"),
-            spec.hidden,
-            spec.hidden,
-            &mut rng,
-            spec.dtype,
-        ));
-        tensors.push(matrix(
-            format!("{p}.ffn_gate.weight"),
-            spec.ffn,
-            spec.hidden,
-            &mut rng,
-            spec.dtype,
-        ));
-        tensors.push(matrix(
-            format!("{p}.ffn_up.weight"),
-            spec.ffn,
-            spec.hidden,
-            &mut rng,
-            spec.dtype,
-        ));
-        tensors.push(matrix(
-            format!("{p}.ffn_down.weight"),
-            spec.hidden,
-            spec.ffn,
-            &mut rng,
-            spec.dtype,
-        ));
-        if spec.architecture == Architecture::Qwen2 {
-            tensors.push(vector(
-                format!("{p}.attn_q.bias"),
-                spec.hidden,
-                &mut rng,
-                0.0,
-            ));
-            tensors.push(vector(format!("{p}.attn_k.bias"), kv, &mut rng, 0.0));
-            tensors.push(vector(format!("{p}.attn_v.bias"), kv, &mut rng, 0.0));
-        }
+    tensors.push(vector(
+        format!("{p}.ffn_norm.weight"),
+        spec.hidden,
+        rng,
+        1.0,
+    ));
+    tensors.push(matrix(
+        format!("{p}.attn_q.weight"),
+        spec.hidden,
+        spec.hidden,
+        rng,
+        spec.dtype,
+    ));
+    tensors.push(matrix(
+        format!("{p}.attn_k.weight"),
+        kv,
+        spec.hidden,
+        rng,
+        spec.dtype,
+    ));
+    tensors.push(matrix(
+        format!("{p}.attn_v.weight"),
+        kv,
+        spec.hidden,
+        rng,
+        spec.dtype,
+    ));
+    tensors.push(matrix(
+        format!("{p}.attn_output.weight"),
+        spec.hidden,
+        spec.hidden,
+        rng,
+        spec.dtype,
+    ));
+    tensors.push(matrix(
+        format!("{p}.ffn_gate.weight"),
+        spec.ffn,
+        spec.hidden,
+        rng,
+        spec.dtype,
+    ));
+    tensors.push(matrix(
+        format!("{p}.ffn_up.weight"),
+        spec.ffn,
+        spec.hidden,
+        rng,
+        spec.dtype,
+    ));
+    tensors.push(matrix(
+        format!("{p}.ffn_down.weight"),
+        spec.hidden,
+        spec.ffn,
+        rng,
+        spec.dtype,
+    ));
+    if spec.architecture == Architecture::Qwen2 {
+        tensors.push(vector(format!("{p}.attn_q.bias"), spec.hidden, rng, 0.0));
+        tensors.push(vector(format!("{p}.attn_k.bias"), kv, rng, 0.0));
+        tensors.push(vector(format!("{p}.attn_v.bias"), kv, rng, 0.0));
     }
+}
+
+/// The GGUF metadata of a tiny model: shape, RoPE, and the byte-level BPE tokenizer.
+fn tiny_metadata(
+    spec: &TinySpec,
+    tokens: &[String],
+    merges: &[String],
+    types: &[i32],
+) -> Vec<(String, Value)> {
+    let arch = spec.architecture.as_str();
+    let arch_name = spec.architecture_name.as_deref().unwrap_or(arch);
+    let vocab = tokens.len();
+    let head_dim = spec.hidden / spec.heads;
     let u32v = |n: usize| Value::U32(n as u32);
     let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
-    let metadata: Vec<(String, Value)> = vec![
+    vec![
         (
             "general.architecture".into(),
             Value::String(arch_name.into()),
@@ -260,15 +246,49 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
                 .into(),
             ),
         ),
-        ("tokenizer.ggml.tokens".into(), strings(&tokens)),
-        ("tokenizer.ggml.merges".into(), strings(&merges)),
+        ("tokenizer.ggml.tokens".into(), strings(tokens)),
+        ("tokenizer.ggml.merges".into(), strings(merges)),
         (
             "tokenizer.ggml.token_type".into(),
             Value::Array(types.iter().map(|t| Value::I32(*t)).collect()),
         ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
-    ];
+    ]
+}
+
+pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
+    let arch = spec.architecture.as_str();
+    let (tokens, merges, types) = vocabulary();
+    let vocab = tokens.len();
+    let mut rng = Rng(spec.seed);
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    tensors.push(matrix(
+        "token_embd.weight".into(),
+        vocab,
+        spec.hidden,
+        &mut rng,
+        GgmlDType::Q8_0,
+    ));
+    if !spec.tied {
+        tensors.push(matrix(
+            "output.weight".into(),
+            vocab,
+            spec.hidden,
+            &mut rng,
+            spec.dtype,
+        ));
+    }
+    tensors.push(vector(
+        "output_norm.weight".into(),
+        spec.hidden,
+        &mut rng,
+        1.0,
+    ));
+    for i in 0..spec.layers {
+        layer_tensors(spec, i, &mut rng, &mut tensors);
+    }
+    let metadata = tiny_metadata(spec, &tokens, &merges, &types);
     let path = dir.join(format!("tiny-{arch}-{:?}.gguf", spec.dtype).to_lowercase());
     let mut file = std::fs::File::create(&path).expect("tiny model construction");
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();

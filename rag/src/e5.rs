@@ -122,55 +122,55 @@ impl std::fmt::Debug for E5File<'_> {
     }
 }
 
+/// The shape at the head of the file (after the magic), checked.
+fn read_config(c: &mut Cursor<'_>) -> Result<E5Config> {
+    let mut header = [0usize; 7];
+    for (slot, what) in header.iter_mut().zip([
+        "hidden size",
+        "layer count",
+        "head count",
+        "intermediate size",
+        "vocabulary size",
+        "position count",
+        "type vocabulary",
+    ]) {
+        *slot = c.count(what)?;
+    }
+    let [
+        hidden,
+        layers,
+        heads,
+        intermediate,
+        vocab,
+        max_positions,
+        type_vocab,
+    ] = header;
+    let eps = c.f32("epsilon")?;
+    let qk = c.count("block size")?;
+    if qk != QK || heads == 0 || hidden % heads != 0 || hidden % QK != 0 || intermediate % QK != 0 {
+        return Err(corrupt(format!(
+            "unsupported shape (hidden {hidden}, heads {heads}, block {qk})"
+        )));
+    }
+    Ok(E5Config {
+        hidden,
+        layers,
+        heads,
+        intermediate,
+        vocab,
+        max_positions,
+        type_vocab,
+        eps,
+    })
+}
+
 impl<'a> E5File<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         if bytes.len() < 8 || &bytes[..4] != b"E5S1" {
             return Err(E5Error::Magic("the file".into()));
         }
         let mut c = Cursor { bytes, at: 8 };
-        let mut header = [0usize; 7];
-        for (slot, what) in header.iter_mut().zip([
-            "hidden size",
-            "layer count",
-            "head count",
-            "intermediate size",
-            "vocabulary size",
-            "position count",
-            "type vocabulary",
-        ]) {
-            *slot = c.count(what)?;
-        }
-        let [
-            hidden,
-            layers,
-            heads,
-            intermediate,
-            vocab,
-            max_positions,
-            type_vocab,
-        ] = header;
-        let eps = c.f32("epsilon")?;
-        let qk = c.count("block size")?;
-        if qk != QK
-            || heads == 0
-            || hidden % heads != 0
-            || hidden % QK != 0
-            || intermediate % QK != 0
-        {
-            return Err(corrupt(format!(
-                "unsupported shape (hidden {hidden}, heads {heads}, block {qk})"
-            )));
-        }
-        let config = E5Config {
-            hidden,
-            layers,
-            heads,
-            intermediate,
-            vocab,
-            max_positions,
-            type_vocab,
-            eps,
-        };
+        let config = read_config(&mut c)?;
 
         let n_pieces = c.count("piece count")?;
         let bos = c.u32("bos")?;
@@ -303,11 +303,125 @@ fn dims(names: &[&str]) -> Vec<std::result::Result<i64, String>> {
 
 /// The encoder as an ONNX graph: inputs `input_ids`, `attention_mask`, `token_type_ids`
 /// (int64, `[batch, sequence]`), output `last_hidden_state` (`[batch, sequence, hidden]`).
-pub fn onnx_model(file: &E5File<'_>) -> Result<Vec<u8>> {
+/// The word embeddings of `ids`: 4-bit codes and per-block scales looked up, then
+/// dequantized (`(code − 8) · scale`), exactly as the file holds them.
+fn word_embeddings(g: &mut Graph, file: &E5File<'_>, ids: &str) -> Result<String> {
+    let cfg = file.config;
+    let h = cfg.hidden as i64;
+    let blocks = h / QK as i64;
+    let word = file.tensor("emb.word", 1, cfg.vocab * cfg.hidden)?;
+    let mut codes = Vec::with_capacity(cfg.vocab * cfg.hidden);
+    let mut scales = Vec::with_capacity(cfg.vocab * blocks as usize);
+    for block in word.chunks_exact(Q4_BLOCK_BYTES) {
+        scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+        let mut q = [0u8; QK];
+        for j in 0..16 {
+            q[j] = block[2 + j] & 0x0f;
+            q[j + 16] = block[2 + j] >> 4;
+        }
+        codes.extend_from_slice(&q);
+    }
+    let vocab = cfg.vocab as i64;
+    let codes = g.constant(Tensor::uint8("word_codes", &[vocab, h], codes));
+    let scales = g.constant(Tensor::float("word_scales", &[vocab, blocks, 1], &scales));
+    let q = g.op("Gather", &[&codes, ids], &[]);
+    let q = g.op(
+        "Cast",
+        &[&q],
+        &[("to", Attribute::Int(DataType::Float as i64))],
+    );
+    let eight = g.scalar(8.0);
+    let q = g.op("Sub", &[&q, &eight], &[]);
+    let block_shape = g.ints(&[0, 0, blocks, QK as i64]);
+    let q = g.op("Reshape", &[&q, &block_shape], &[]);
+    let s = g.op("Gather", &[&scales, ids], &[]);
+    let words = g.op("Mul", &[&q, &s], &[]);
+    let hidden_shape = g.ints(&[0, 0, h]);
+    Ok(g.op("Reshape", &[&words, &hidden_shape], &[]))
+}
+
+/// One encoder layer: self-attention (with the additive padding `bias`), then the
+/// feed-forward block, each followed by its residual and layer norm.
+fn encoder_layer(
+    g: &mut Graph,
+    file: &E5File<'_>,
+    x: &str,
+    bias: &str,
+    l: usize,
+) -> Result<String> {
     let cfg = file.config;
     let (h, heads) = (cfg.hidden as i64, cfg.heads as i64);
     let head_dim = h / heads;
-    let blocks = h / QK as i64;
+    let heads_shape = g.ints(&[0, 0, heads, head_dim]);
+    let hidden_shape = g.ints(&[0, 0, h]);
+    let scale = g.scalar(1.0 / (head_dim as f32).sqrt());
+    let p = format!("l{l}");
+    let q = dense(g, file, x, &format!("{p}.q"), cfg.hidden, cfg.hidden)?;
+    let k = dense(g, file, x, &format!("{p}.k"), cfg.hidden, cfg.hidden)?;
+    let v = dense(g, file, x, &format!("{p}.v"), cfg.hidden, cfg.hidden)?;
+    let q = g.op("Reshape", &[&q, &heads_shape], &[]);
+    let q = g.op(
+        "Transpose",
+        &[&q],
+        &[("perm", Attribute::Ints(vec![0, 2, 1, 3]))],
+    );
+    let k = g.op("Reshape", &[&k, &heads_shape], &[]);
+    let k = g.op(
+        "Transpose",
+        &[&k],
+        &[("perm", Attribute::Ints(vec![0, 2, 3, 1]))],
+    );
+    let v = g.op("Reshape", &[&v, &heads_shape], &[]);
+    let v = g.op(
+        "Transpose",
+        &[&v],
+        &[("perm", Attribute::Ints(vec![0, 2, 1, 3]))],
+    );
+    let scores = g.op("MatMul", &[&q, &k], &[]);
+    let scores = g.op("Mul", &[&scores, &scale], &[]);
+    let scores = g.op("Add", &[&scores, bias], &[]);
+    let probs = g.op("Softmax", &[&scores], &[("axis", Attribute::Int(-1))]);
+    let context = g.op("MatMul", &[&probs, &v], &[]);
+    let context = g.op(
+        "Transpose",
+        &[&context],
+        &[("perm", Attribute::Ints(vec![0, 2, 1, 3]))],
+    );
+    let context = g.op("Reshape", &[&context, &hidden_shape], &[]);
+    let attention = dense(
+        g,
+        file,
+        &context,
+        &format!("{p}.ao"),
+        cfg.hidden,
+        cfg.hidden,
+    )?;
+    let x1 = g.op("Add", &[x, &attention], &[]);
+    let x1 = layer_norm(g, file, &x1, &format!("{p}.aln"))?;
+    let up = dense(
+        g,
+        file,
+        &x1,
+        &format!("{p}.fi"),
+        cfg.hidden,
+        cfg.intermediate,
+    )?;
+    let up = g.op("Gelu", &[&up], &[]);
+    let down = dense(
+        g,
+        file,
+        &up,
+        &format!("{p}.fo"),
+        cfg.intermediate,
+        cfg.hidden,
+    )?;
+    let x2 = g.op("Add", &[&x1, &down], &[]);
+    layer_norm(g, file, &x2, &format!("{p}.oln"))
+}
+
+pub fn onnx_model(file: &E5File<'_>) -> Result<Vec<u8>> {
+    let cfg = file.config;
+    let h = cfg.hidden as i64;
     let mut g = Graph::default();
     let ids = g.input(ValueInfo {
         name: "input_ids".into(),
@@ -325,36 +439,7 @@ pub fn onnx_model(file: &E5File<'_>) -> Result<Vec<u8>> {
         dims: dims(&["batch", "sequence"]),
     });
 
-    // Word embeddings: 4-bit codes and per-block scales looked up, then dequantized.
-    let word = file.tensor("emb.word", 1, cfg.vocab * cfg.hidden)?;
-    let mut codes = Vec::with_capacity(cfg.vocab * cfg.hidden);
-    let mut scales = Vec::with_capacity(cfg.vocab * blocks as usize);
-    for block in word.chunks_exact(Q4_BLOCK_BYTES) {
-        scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
-        let mut q = [0u8; QK];
-        for j in 0..16 {
-            q[j] = block[2 + j] & 0x0f;
-            q[j + 16] = block[2 + j] >> 4;
-        }
-        codes.extend_from_slice(&q);
-    }
-    let vocab = cfg.vocab as i64;
-    let codes = g.constant(Tensor::uint8("word_codes", &[vocab, h], codes));
-    let scales = g.constant(Tensor::float("word_scales", &[vocab, blocks, 1], &scales));
-    let q = g.op("Gather", &[&codes, &ids], &[]);
-    let q = g.op(
-        "Cast",
-        &[&q],
-        &[("to", Attribute::Int(DataType::Float as i64))],
-    );
-    let eight = g.scalar(8.0);
-    let q = g.op("Sub", &[&q, &eight], &[]);
-    let block_shape = g.ints(&[0, 0, blocks, QK as i64]);
-    let q = g.op("Reshape", &[&q, &block_shape], &[]);
-    let s = g.op("Gather", &[&scales, &ids], &[]);
-    let words = g.op("Mul", &[&q, &s], &[]);
-    let hidden_shape = g.ints(&[0, 0, h]);
-    let words = g.op("Reshape", &[&words, &hidden_shape], &[]);
+    let words = word_embeddings(&mut g, file, &ids)?;
 
     // Positions count the real tokens from 0 (the file's table starts at the first real
     // position), so padding on either side leaves them right.
@@ -392,71 +477,8 @@ pub fn onnx_model(file: &E5File<'_>) -> Result<Vec<u8>> {
     let unsqueeze_axes = g.ints(&[1, 2]);
     let bias = g.op("Unsqueeze", &[&bias, &unsqueeze_axes], &[]);
 
-    let heads_shape = g.ints(&[0, 0, heads, head_dim]);
-    let scale = g.scalar(1.0 / (head_dim as f32).sqrt());
     for l in 0..cfg.layers {
-        let p = format!("l{l}");
-        let q = dense(&mut g, file, &x, &format!("{p}.q"), cfg.hidden, cfg.hidden)?;
-        let k = dense(&mut g, file, &x, &format!("{p}.k"), cfg.hidden, cfg.hidden)?;
-        let v = dense(&mut g, file, &x, &format!("{p}.v"), cfg.hidden, cfg.hidden)?;
-        let q = g.op("Reshape", &[&q, &heads_shape], &[]);
-        let q = g.op(
-            "Transpose",
-            &[&q],
-            &[("perm", Attribute::Ints(vec![0, 2, 1, 3]))],
-        );
-        let k = g.op("Reshape", &[&k, &heads_shape], &[]);
-        let k = g.op(
-            "Transpose",
-            &[&k],
-            &[("perm", Attribute::Ints(vec![0, 2, 3, 1]))],
-        );
-        let v = g.op("Reshape", &[&v, &heads_shape], &[]);
-        let v = g.op(
-            "Transpose",
-            &[&v],
-            &[("perm", Attribute::Ints(vec![0, 2, 1, 3]))],
-        );
-        let scores = g.op("MatMul", &[&q, &k], &[]);
-        let scores = g.op("Mul", &[&scores, &scale], &[]);
-        let scores = g.op("Add", &[&scores, &bias], &[]);
-        let probs = g.op("Softmax", &[&scores], &[("axis", Attribute::Int(-1))]);
-        let context = g.op("MatMul", &[&probs, &v], &[]);
-        let context = g.op(
-            "Transpose",
-            &[&context],
-            &[("perm", Attribute::Ints(vec![0, 2, 1, 3]))],
-        );
-        let context = g.op("Reshape", &[&context, &hidden_shape], &[]);
-        let attention = dense(
-            &mut g,
-            file,
-            &context,
-            &format!("{p}.ao"),
-            cfg.hidden,
-            cfg.hidden,
-        )?;
-        let x1 = g.op("Add", &[&x, &attention], &[]);
-        let x1 = layer_norm(&mut g, file, &x1, &format!("{p}.aln"))?;
-        let up = dense(
-            &mut g,
-            file,
-            &x1,
-            &format!("{p}.fi"),
-            cfg.hidden,
-            cfg.intermediate,
-        )?;
-        let up = g.op("Gelu", &[&up], &[]);
-        let down = dense(
-            &mut g,
-            file,
-            &up,
-            &format!("{p}.fo"),
-            cfg.intermediate,
-            cfg.hidden,
-        )?;
-        let x2 = g.op("Add", &[&x1, &down], &[]);
-        x = layer_norm(&mut g, file, &x2, &format!("{p}.oln"))?;
+        x = encoder_layer(&mut g, file, &x, &bias, l)?;
     }
     g.op_named("Identity", &[&x], &[], "last_hidden_state");
     g.output(ValueInfo {

@@ -17,3 +17,29 @@ pub mod models;
 pub mod serving;
 pub mod supervise;
 pub mod testing;
+
+/// The `kefu` program: applies the configuration file, parses the command line and runs the
+/// command; a failure is printed as `error: …` with exit status 1. The `kefu` binary (and the
+/// end-to-end tests' copy of it) is this function.
+pub fn main() -> std::process::ExitCode {
+    // Arguments that are not UTF-8 are clap's to refuse with a clear message; here they only
+    // need to be looked through for `--home`.
+    let raw: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match crate::config::load(&crate::config::location(&raw)) {
+        Ok(settings) => crate::config::apply(&settings),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let args = <crate::cli::Cli as clap::Parser>::parse();
+    match crate::cli::run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -18,9 +18,28 @@ pub enum LogFormat {
 /// What is logged when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "warn,kefu=info,server=info,kefu_trainer=info";
 
+/// The format this process logs in (for the processes it starts).
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The format [`init`] installed (`text` before it ran).
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or(LogFormat::Text)
+}
+
+impl LogFormat {
+    /// The flag's value for this format.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Installs the process's subscriber; a second call (tests calling `run` twice) keeps the
 /// first.
 pub fn init(format: LogFormat) {
+    let _ = FORMAT.set(format);
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()

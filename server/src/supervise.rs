@@ -18,6 +18,8 @@ pub fn supervise(home: PathBuf, database_url: String, stop: Arc<AtomicBool>) {
                 .env("KEFU_HOME", &home)
                 .env("KEFU_DATABASE_URL", &database_url)
                 .env(kefu_trainer::worker::EMBEDDED, "1")
+                // The worker logs as the server does (`RUST_LOG` is inherited).
+                .env("KEFU_LOG_FORMAT", crate::logging::format().name())
                 .args(["trainer", "work"])
                 .stdin(std::process::Stdio::null())
                 // The server's standard output may be a pipe its reader has closed; the worker

@@ -1,35 +1,27 @@
-//! What the end-to-end tests share: the `kefu` binary (built once per test run, in the test's
-//! own profile), the data directory with the fetched models, the shared data set, and the
+//! What the end-to-end tests share: the `kefu` program (this package's `kefu-e2e` binary), the data directory with the fetched models, the shared data set, and the
 //! checks every refusal must pass.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// The `kefu` binary of this workspace, built (or found up to date) by cargo on first use.
-/// Its path is `target/<profile>/kefu` beside this test's own executable
-/// (`target/<profile>/deps/…`).
+/// The `kefu` program under test: this package's `kefu-e2e` binary (`server::main`, as the
+/// `kefu` binary runs it), which cargo builds before it runs this package's tests. It lies
+/// beside the test's own executable's folder (`target/<profile>/deps/…`).
 pub fn kefu_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let exe = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = exe
+        let binary = exe
             .parent()
             .and_then(Path::parent)
-            .expect("the test runs from target/<profile>/deps");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "server", "--bin", "kefu"]);
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        let status = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building kefu failed");
-        let binary = profile_dir.join("kefu");
-        assert!(binary.exists(), "no kefu at {}", binary.display());
+            .expect("the test runs from target/<profile>/deps")
+            .join("kefu-e2e");
+        assert!(
+            binary.exists(),
+            "no {}: run the tests through cargo",
+            binary.display()
+        );
         binary
     })
 }

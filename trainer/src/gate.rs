@@ -364,19 +364,14 @@ fn held_out_pairs(
 }
 
 /// The evaluation gate: a JSON report with `passed`.
-pub fn run(
-    production_path: &Path,
-    runs: &[StageRun],
+/// The regression set (every corrected question): answer loss of both models, the ratio, and
+/// the candidate's greedy answers to the first five; whether the ratio is within `max_ratio`.
+fn regression(
+    production: &LoadedModel,
+    candidate: &LoadedModel,
     regression_path: &Path,
-    recipe: &Recipe,
-    held_out: &HeldOut,
-) -> Result<Value> {
-    let settings = recipe.gate.clone().unwrap_or_default();
-    let max_ratio = settings.max_loss_ratio.unwrap_or(1.0);
-    let tolerance = settings.parity_tolerance.unwrap_or(1e-3);
-    let last = runs.last().context("no stage ran")?;
-    let candidate = load(&last.merged)?;
-    let production = load(production_path)?;
+    max_ratio: f64,
+) -> Result<(Vec<Conversation>, Value, bool)> {
     // No corrections (a job on thumbs or documents alone): an empty regression set.
     let empty = std::fs::read_to_string(regression_path)
         .with_context(|| format!("cannot read {}", regression_path.display()))?
@@ -387,14 +382,12 @@ pub fn run(
     } else {
         data::read_jsonl(regression_path, OnBadLine::Skip)?.conversations
     };
-
-    // The regression set: answer loss against production's, and greedy answers.
     let (production_loss, candidate_loss) = if conversations.is_empty() {
         (None, None)
     } else {
         (
-            answer_loss(&production, &conversations)?,
-            answer_loss(&candidate, &conversations)?,
+            answer_loss(production, &conversations)?,
+            answer_loss(candidate, &conversations)?,
         )
     };
     let ratio = match (production_loss, candidate_loss) {
@@ -413,22 +406,23 @@ pub fn run(
             "matches": normalized(&said).contains(&normalized(&answer.content)),
         }));
     }
+    let report = json!({
+        "examples": conversations.len(), "production_loss": production_loss,
+        "candidate_loss": candidate_loss, "loss_ratio": ratio, "max_loss_ratio": max_ratio,
+        "greedy": greedy_answers,
+    });
+    Ok((conversations, report, ratio.is_none_or(|r| r <= max_ratio)))
+}
 
-    let (questions, questions_ok) = if held_out.questions.is_empty() {
-        (Value::Null, true)
-    } else {
-        held_out_questions(&production, &candidate, held_out, &settings)?
-    };
-    let beta = recipe.dpo.as_ref().and_then(|d| d.beta).unwrap_or(0.1);
-    let (pairs, pairs_ok) = if held_out.pairs.is_empty() {
-        (Value::Null, true)
-    } else {
-        held_out_pairs(&production, &candidate, &held_out.pairs, &settings, beta)?
-    };
-
-    // The merge's arithmetic: base + adapter against the merged weights, both held in f32 (a
-    // Hugging Face export of the merge). The served file re-rounds the merged projections to
-    // Q8_0; its drift from base + adapter is reported beside it.
+/// The merge's arithmetic: base + adapter against the merged weights, both held in f32 (a
+/// Hugging Face export of the merge), as the relative RMS difference of their logits on
+/// `sample`. The served file re-rounds the merged projections to Q8_0; its drift from base +
+/// adapter and its top-1 agreement are returned beside it.
+fn merge_parity(
+    last: &StageRun,
+    candidate: &LoadedModel,
+    sample: &[ChatMessage],
+) -> Result<(f64, f64, f64)> {
     let dense = LoadOptions {
         requantize: false,
         decoder: kefu_model::DecoderOptions {
@@ -443,11 +437,7 @@ pub fn run(
     let exact_dir = last.merged.with_file_name("merged-f32");
     crate::merge::merge_hf(&last.base, Some(&last.report.adapter_dir), &exact_dir)?;
     let exact = load(&exact_dir)?;
-    let sample = conversations
-        .first()
-        .map(|c| c.messages.clone())
-        .unwrap_or_else(|| vec![ChatMessage::new(Role::User, "Hello")]);
-    let ids = candidate.chat_prompt(&sample)?;
+    let ids = candidate.chat_prompt(sample)?;
     let input =
         candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?;
     let reference = adapted.decoder.forward_all(&input)?;
@@ -473,19 +463,48 @@ pub fn run(
     let served_top1 = top1(&served)?;
     drop(exact);
     let _ = std::fs::remove_dir_all(&exact_dir);
+    Ok((parity, drift, served_top1))
+}
 
+/// The gate: every check, candidate against production; the report, whose `passed` says
+/// whether the candidate may be promoted.
+pub fn run(
+    production_path: &Path,
+    runs: &[StageRun],
+    regression_path: &Path,
+    recipe: &Recipe,
+    held_out: &HeldOut,
+) -> Result<Value> {
+    let settings = recipe.gate.clone().unwrap_or_default();
+    let max_ratio = settings.max_loss_ratio.unwrap_or(1.0);
+    let tolerance = settings.parity_tolerance.unwrap_or(1e-3);
+    let last = runs.last().context("no stage ran")?;
+    let candidate = load(&last.merged)?;
+    let production = load(production_path)?;
+    let (conversations, regression, loss_ok) =
+        regression(&production, &candidate, regression_path, max_ratio)?;
+    let (questions, questions_ok) = if held_out.questions.is_empty() {
+        (Value::Null, true)
+    } else {
+        held_out_questions(&production, &candidate, held_out, &settings)?
+    };
+    let beta = recipe.dpo.as_ref().and_then(|d| d.beta).unwrap_or(0.1);
+    let (pairs, pairs_ok) = if held_out.pairs.is_empty() {
+        (Value::Null, true)
+    } else {
+        held_out_pairs(&production, &candidate, &held_out.pairs, &settings, beta)?
+    };
+    let sample = conversations
+        .first()
+        .map(|c| c.messages.clone())
+        .unwrap_or_else(|| vec![ChatMessage::new(Role::User, "Hello")]);
+    let (parity, drift, served_top1) = merge_parity(last, &candidate, &sample)?;
     // The candidate renders prompts exactly as production does.
     let template_parity = candidate.chat_prompt(&sample)? == production.chat_prompt(&sample)?;
-
-    let loss_ok = ratio.is_none_or(|r| r <= max_ratio);
     let passed = loss_ok && questions_ok && pairs_ok && parity <= tolerance && template_parity;
     Ok(json!({
         "passed": passed,
-        "regression": {
-            "examples": conversations.len(), "production_loss": production_loss,
-            "candidate_loss": candidate_loss, "loss_ratio": ratio, "max_loss_ratio": max_ratio,
-            "greedy": greedy_answers,
-        },
+        "regression": regression,
         "held_out_questions": questions,
         "held_out_pairs": pairs,
         "parity": {"relative_rms_difference": parity, "tolerance": tolerance,

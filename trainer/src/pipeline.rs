@@ -495,24 +495,17 @@ fn tokenize_all<T, U>(
     Ok(out)
 }
 
-fn train_stage(
-    models: &dyn ModelSource,
-    settings: &Settings,
-    start_adapter: Option<&Path>,
-    output: &Path,
-    resume: bool,
-    watch: &mut Watch<'_>,
-) -> Result<Report> {
-    std::fs::create_dir_all(output)
-        .with_context(|| format!("cannot create {}", output.display()))?;
-    // Read (and refuse) the data before spending time on the model.
+/// A stage's data, read (and refused) before the model loads.
+enum Items {
+    Documents(Vec<String>),
+    Conversations(data::Loaded, Vec<data::Conversation>),
+    Pairs(dpo::LoadedPairs, Vec<dpo::Preference>),
+}
+
+/// Reads the stage's data; bad lines are reported (or fatal, as the settings say).
+fn read_items(settings: &Settings) -> Result<Items> {
     let rule = settings.on_bad_line;
     let data = &settings.data;
-    enum Items {
-        Documents(Vec<String>),
-        Conversations(data::Loaded, Vec<data::Conversation>),
-        Pairs(dpo::LoadedPairs, Vec<dpo::Preference>),
-    }
     let split = settings.split.as_deref();
     let items = match settings.kind {
         StageKind::Cpt => Items::Documents(read_documents(data, rule)?),
@@ -535,6 +528,120 @@ fn train_stage(
             Items::Pairs(loaded, eval)
         }
     };
+    Ok(items)
+}
+
+/// Tokenizes the stage's data for `model` and trains it.
+fn train_items(
+    model: &mut LoadedModel,
+    settings: &Settings,
+    items: Items,
+    output: &Path,
+    resume: bool,
+    bar: &ProgressBar,
+    watch: &mut Watch<'_>,
+) -> Result<Report> {
+    let config = &settings.config;
+    let limit = settings.eval_limit;
+    let max_len = settings.max_len;
+    let mut too_long = 0;
+    let report = match items {
+        Items::Documents(texts) => {
+            let blocks = cpt::blocks(model, &texts, max_len)?;
+            let (train, eval) = cpt::split(blocks, settings.eval_fraction);
+            let eval = limited(eval, limit);
+            eprintln!(
+                "{} documents: {} training and {} held-out blocks of {max_len} tokens",
+                texts.len(),
+                train.len(),
+                eval.len()
+            );
+            sft::train(
+                model,
+                &settings.model,
+                &train,
+                &eval,
+                config,
+                output,
+                resume,
+                on_step(bar, watch),
+            )?
+        }
+        Items::Conversations(loaded, eval) => {
+            let (train, eval) = if settings.eval_split.is_some() {
+                (loaded.conversations, eval)
+            } else {
+                data::split(loaded.conversations, settings.eval_fraction)
+            };
+            let eval = limited(eval, limit);
+            let tokenize = |c: &data::Conversation| data::tokenize(model, c, max_len);
+            let train: Vec<Tokenized> = tokenize_all(&train, tokenize, &mut too_long)?;
+            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
+            eprintln!(
+                "{} training and {} eval examples ({} duplicates dropped, {} bad lines skipped, \
+                 {too_long} prompts longer than --max-len {max_len} skipped)",
+                train.len(),
+                eval.len(),
+                loaded.duplicates,
+                loaded.skipped.len(),
+            );
+            sft::train(
+                model,
+                &settings.model,
+                &train,
+                &eval,
+                config,
+                output,
+                resume,
+                on_step(bar, watch),
+            )?
+        }
+        Items::Pairs(loaded, eval) => {
+            let (train, eval) = if settings.eval_split.is_some() {
+                (loaded.pairs, eval)
+            } else {
+                dpo::split(loaded.pairs, settings.eval_fraction)
+            };
+            let eval = limited(eval, limit);
+            let tokenize = |p: &dpo::Preference| dpo::tokenize_pair(model, p, max_len);
+            let train = tokenize_all(&train, tokenize, &mut too_long)?;
+            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
+            eprintln!(
+                "{} training and {} eval pairs ({} duplicates dropped, {} bad lines skipped, \
+                 {too_long} prompts longer than --max-len {max_len} skipped); computing the \
+                 reference model's log-probabilities",
+                train.len(),
+                eval.len(),
+                loaded.duplicates,
+                loaded.skipped.len(),
+            );
+            dpo::train(
+                model,
+                &settings.model,
+                &train,
+                &eval,
+                config,
+                output,
+                resume,
+                on_step(bar, watch),
+            )?
+        }
+    };
+    Ok(report)
+}
+
+fn train_stage(
+    models: &dyn ModelSource,
+    settings: &Settings,
+    start_adapter: Option<&Path>,
+    output: &Path,
+    resume: bool,
+    watch: &mut Watch<'_>,
+) -> Result<Report> {
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    // Read (and refuse) the data before spending time on the model.
+    let items = read_items(settings)?;
     settings.recipe().write(&output.join("recipe.toml"))?;
 
     let mut base = models.resolve(&settings.model)?;
@@ -549,93 +656,8 @@ fn train_stage(
         base = merged;
     }
     let mut model = load_base(&base, settings.base_weights, &settings.device, output)?;
-    let config = &settings.config;
     let bar = progress_bar();
-    let limit = settings.eval_limit;
-    let max_len = settings.max_len;
-    let mut too_long = 0;
-    let report = match items {
-        Items::Documents(texts) => {
-            let blocks = cpt::blocks(&model, &texts, max_len)?;
-            let (train, eval) = cpt::split(blocks, settings.eval_fraction);
-            let eval = limited(eval, limit);
-            eprintln!(
-                "{} documents: {} training and {} held-out blocks of {max_len} tokens",
-                texts.len(),
-                train.len(),
-                eval.len()
-            );
-            sft::train(
-                &mut model,
-                &settings.model,
-                &train,
-                &eval,
-                config,
-                output,
-                resume,
-                on_step(&bar, watch),
-            )?
-        }
-        Items::Conversations(loaded, eval) => {
-            let (train, eval) = if settings.eval_split.is_some() {
-                (loaded.conversations, eval)
-            } else {
-                data::split(loaded.conversations, settings.eval_fraction)
-            };
-            let eval = limited(eval, limit);
-            let tokenize = |c: &data::Conversation| data::tokenize(&model, c, max_len);
-            let train: Vec<Tokenized> = tokenize_all(&train, tokenize, &mut too_long)?;
-            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
-            eprintln!(
-                "{} training and {} eval examples ({} duplicates dropped, {} bad lines skipped, \
-                 {too_long} prompts longer than --max-len {max_len} skipped)",
-                train.len(),
-                eval.len(),
-                loaded.duplicates,
-                loaded.skipped.len(),
-            );
-            sft::train(
-                &mut model,
-                &settings.model,
-                &train,
-                &eval,
-                config,
-                output,
-                resume,
-                on_step(&bar, watch),
-            )?
-        }
-        Items::Pairs(loaded, eval) => {
-            let (train, eval) = if settings.eval_split.is_some() {
-                (loaded.pairs, eval)
-            } else {
-                dpo::split(loaded.pairs, settings.eval_fraction)
-            };
-            let eval = limited(eval, limit);
-            let tokenize = |p: &dpo::Preference| dpo::tokenize_pair(&model, p, max_len);
-            let train = tokenize_all(&train, tokenize, &mut too_long)?;
-            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
-            eprintln!(
-                "{} training and {} eval pairs ({} duplicates dropped, {} bad lines skipped, \
-                 {too_long} prompts longer than --max-len {max_len} skipped); computing the \
-                 reference model's log-probabilities",
-                train.len(),
-                eval.len(),
-                loaded.duplicates,
-                loaded.skipped.len(),
-            );
-            dpo::train(
-                &mut model,
-                &settings.model,
-                &train,
-                &eval,
-                config,
-                output,
-                resume,
-                on_step(&bar, watch),
-            )?
-        }
-    };
+    let report = train_items(&mut model, settings, items, output, resume, &bar, watch)?;
     bar.finish_and_clear();
     print_report(&report);
     Ok(report)

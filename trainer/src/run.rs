@@ -204,15 +204,11 @@ pub trait Objective {
 /// `output/metrics.jsonl`. `on_step(step, total, loss)` reports progress; returning `false`
 /// stops the run there as if it were killed (the last checkpoint stays).
 #[allow(clippy::too_many_arguments)]
-pub fn train_loop(
-    model: &mut LoadedModel,
-    base_name: &str,
-    objective: &dyn Objective,
-    config: &TrainConfig,
-    output: &Path,
-    resume: bool,
-    mut on_step: impl FnMut(usize, usize, f64) -> bool,
-) -> Result<Report> {
+/// Figures by name, owned (a report's).
+type NamedFigures = Vec<(String, f64)>;
+
+/// Refuses an objective without items and settings that cannot train.
+fn check_settings(objective: &dyn Objective, config: &TrainConfig) -> Result<()> {
     if objective.items() == 0 {
         return Err(TrainError::Data("no training examples".into()));
     }
@@ -225,7 +221,57 @@ pub fn train_loop(
             "batch size, gradient accumulation and epochs must be at least 1 and the learning rate positive".into(),
         ));
     }
-    std::fs::create_dir_all(output).map_err(|e| TrainError::io(output, e))?;
+    Ok(())
+}
+
+/// Evaluates (when there is eval data), adds the figures to the step's metrics `record` and
+/// keeps count of evaluations without improvement; the loss and figures.
+fn evaluate_now(
+    model: &LoadedModel,
+    objective: &dyn Objective,
+    progress: &mut Progress,
+    record: &mut serde_json::Value,
+) -> Result<Option<(f64, NamedFigures)>> {
+    let Some((loss, figures)) = objective.evaluate(model)? else {
+        return Ok(None);
+    };
+    record["eval_loss"] = serde_json::json!(loss);
+    for (name, value) in &figures {
+        record[format!("eval_{name}")] = serde_json::json!(value);
+    }
+    if progress.best_eval_loss.is_none_or(|best| loss < best) {
+        progress.best_eval_loss = Some(loss);
+        progress.evals_without_improvement = 0;
+    } else {
+        progress.evals_without_improvement += 1;
+    }
+    Ok(Some((loss, owned(figures))))
+}
+
+/// `path` opened for appending (created when missing).
+fn append_to(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))
+}
+
+/// Figures named by static strings, owned.
+fn owned(figures: Vec<(&'static str, f64)>) -> Vec<(String, f64)> {
+    figures
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+}
+
+/// The adapters (fresh, or a checkpoint's), their optimizer and the position in the data.
+fn start(
+    model: &mut LoadedModel,
+    config: &TrainConfig,
+    output: &Path,
+    resume: bool,
+) -> Result<(Adapters, AdamW, Progress)> {
     let saved = output.join(CHECKPOINT);
     let resuming = resume && saved.join("progress.json").exists();
     let adapters = if resuming {
@@ -233,9 +279,8 @@ pub fn train_loop(
     } else {
         Adapters::attach(&mut model.decoder, &config.lora, config.seed)?
     };
-    let vars = adapters.vars();
     let mut optimizer = AdamW::new(
-        &vars,
+        &adapters.vars(),
         AdamWConfig {
             weight_decay: config.weight_decay,
             ..AdamWConfig::default()
@@ -255,15 +300,77 @@ pub fn train_loop(
         progress = serde_json::from_str(&text)
             .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
     }
+    Ok((adapters, optimizer, progress))
+}
+
+/// One optimizer step's gradients, summed over its accumulated batches.
+struct Accumulated {
+    grads: Vec<Tensor>,
+    /// The step's loss: the mean over the whole group.
+    loss_sum: f64,
+    seen_tokens: usize,
+    figures: Vec<(&'static str, f64)>,
+}
+
+/// Runs forward and backward over `group`, each batch's loss divided by the group's `weight`.
+fn accumulate(
+    model: &mut LoadedModel,
+    objective: &dyn Objective,
+    group: &[Vec<usize>],
+    vars: &[candle_core::Var],
+    weight: f64,
+) -> Result<Accumulated> {
+    let mut grads: Vec<Tensor> = vars
+        .iter()
+        .map(|v| v.as_tensor().zeros_like())
+        .collect::<candle_core::Result<_>>()?;
+    let mut loss_sum = 0f64;
+    let mut seen_tokens = 0usize;
+    let mut figures: Vec<(&'static str, f64)> = Vec::new();
+    for batch in group {
+        let (sum, batch_figures, batch_tokens) = objective.batch_loss(model, batch)?;
+        seen_tokens += batch_tokens;
+        let loss = (sum / weight)?;
+        loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        for (name, value) in batch_figures {
+            match figures.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += value / weight,
+                None => figures.push((name, value / weight)),
+            }
+        }
+        let store = loss.backward()?;
+        for (g, var) in grads.iter_mut().zip(vars) {
+            if let Some(grad) = store.get(var.as_tensor()) {
+                *g = (&*g + grad)?;
+            }
+        }
+    }
+    Ok(Accumulated {
+        grads,
+        loss_sum,
+        seen_tokens,
+        figures,
+    })
+}
+
+pub fn train_loop(
+    model: &mut LoadedModel,
+    base_name: &str,
+    objective: &dyn Objective,
+    config: &TrainConfig,
+    output: &Path,
+    resume: bool,
+    mut on_step: impl FnMut(usize, usize, f64) -> bool,
+) -> Result<Report> {
+    check_settings(objective, config)?;
+    std::fs::create_dir_all(output).map_err(|e| TrainError::io(output, e))?;
+    let (adapters, mut optimizer, mut progress) = start(model, config, output, resume)?;
+    let vars = adapters.vars();
     let lengths = objective.lengths();
     let total_steps = total_steps(lengths.len(), config);
     let warmup = ((total_steps as f64) * config.warmup_ratio).round() as usize;
     let metrics_path = output.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| TrainError::io(&metrics_path, e))?;
+    let mut metrics = append_to(&metrics_path)?;
     let mut first_loss = None;
     let mut last_loss = f64::NAN;
     let mut stopped_early = false;
@@ -278,13 +385,7 @@ pub fn train_loop(
             record[format!("eval_{name}")] = serde_json::json!(value);
         }
         writeln!(metrics, "{record}").map_err(|e| TrainError::io(&metrics_path, e))?;
-        base_eval = Some((
-            loss,
-            figures
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
-        ));
+        base_eval = Some((loss, owned(figures)));
     }
 
     'epochs: while progress.epoch < config.epochs && progress.step < total_steps {
@@ -303,32 +404,12 @@ pub fn train_loop(
                 .map(|b| objective.weight(b))
                 .sum::<f64>()
                 .max(1e-9);
-            let mut grads: Vec<Tensor> = vars
-                .iter()
-                .map(|v| v.as_tensor().zeros_like())
-                .collect::<candle_core::Result<_>>()?;
-            let mut loss_sum = 0f64;
-            let mut seen_tokens = 0usize;
-            let mut figures: Vec<(&'static str, f64)> = Vec::new();
-            for batch in group {
-                let (sum, batch_figures, batch_tokens) = objective.batch_loss(model, batch)?;
-                seen_tokens += batch_tokens;
-                // The step's loss is the mean over the whole accumulated group.
-                let loss = (sum / weight)?;
-                loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                for (name, value) in batch_figures {
-                    match figures.iter_mut().find(|(n, _)| *n == name) {
-                        Some((_, total)) => *total += value / weight,
-                        None => figures.push((name, value / weight)),
-                    }
-                }
-                let store = loss.backward()?;
-                for (g, var) in grads.iter_mut().zip(&vars) {
-                    if let Some(grad) = store.get(var.as_tensor()) {
-                        *g = (&*g + grad)?;
-                    }
-                }
-            }
+            let Accumulated {
+                mut grads,
+                loss_sum,
+                seen_tokens,
+                figures,
+            } = accumulate(model, objective, group, &vars, weight)?;
             clip(&mut grads, config.max_grad_norm)?;
             let lr = learning_rate(progress.step, warmup, total_steps, config.learning_rate);
             // The decoder's adapters share these variables' storage: the update is in place.
@@ -351,22 +432,11 @@ pub fn train_loop(
                 || at_end_of_epoch
                 || progress.step == total_steps;
             if evaluate {
-                if let Some((loss, eval_figures)) = objective.evaluate(model)? {
-                    record["eval_loss"] = serde_json::json!(loss);
-                    for (name, value) in &eval_figures {
-                        record[format!("eval_{name}")] = serde_json::json!(value);
-                    }
-                    eval_metrics = eval_figures
-                        .into_iter()
-                        .map(|(n, v)| (n.to_string(), v))
-                        .collect();
+                if let Some((loss, figures)) =
+                    evaluate_now(model, objective, &mut progress, &mut record)?
+                {
                     eval_loss = Some(loss);
-                    if progress.best_eval_loss.is_none_or(|best| loss < best) {
-                        progress.best_eval_loss = Some(loss);
-                        progress.evals_without_improvement = 0;
-                    } else {
-                        progress.evals_without_improvement += 1;
-                    }
+                    eval_metrics = figures;
                 }
                 if at_end_of_epoch {
                     progress.epoch += 1;

@@ -144,7 +144,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
-        eprintln!("kefu: stopped");
+        tracing::info!("stopped");
         anyhow::Ok(())
     })
 }

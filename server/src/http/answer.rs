@@ -118,6 +118,20 @@ pub(crate) fn citation_json(c: &Citation) -> Value {
            "path": c.path, "score": c.score, "excerpt": c.excerpt})
 }
 
+/// Queues `prompt` on `generator`; its events arrive on the receiver (dropping it cancels the
+/// job). A full queue is a 503 with `Retry-After`.
+pub(crate) fn start_generation(
+    generator: &Generator,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+    let (events, generated) = mpsc::unbounded_channel();
+    generator
+        .submit(prompt, params, events)
+        .map_err(|QueueFull| ApiError::busy())?;
+    Ok(generated)
+}
+
 /// Streams a grounded answer to `question_id` as Server-Sent Events: `token` events
 /// (`{"text"}`), then `done` (`{"message_id", "citations", "finish_reason", "model_version"}`)
 /// once the answer and its served-prompt record are stored, or `error`.
@@ -139,10 +153,7 @@ pub(crate) async fn answer(
     )
     .await?;
     let params = sampling_params(&state);
-    let (events, mut generated) = mpsc::unbounded_channel();
-    generator
-        .submit(prepared.prompt.clone(), params.clone(), events)
-        .map_err(|QueueFull| ApiError::busy())?;
+    let mut generated = start_generation(&generator, prepared.prompt.clone(), params.clone())?;
     let (sse, stream) = mpsc::unbounded_channel::<SseEvent>();
     tokio::spawn(async move {
         while let Some(event) = generated.recv().await {

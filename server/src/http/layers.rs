@@ -70,7 +70,7 @@ fn log_response(response: &Response<Body>, latency: Duration, _: &Span) {
     tracing::info!(
         target: "kefu::http",
         status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1e3,
+        latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3,
         "request finished"
     );
 }
@@ -111,6 +111,31 @@ async fn request_id_in_errors(request: Request, next: Next) -> Response<Body> {
         _ => Body::from(bytes),
     };
     Response::from_parts(parts, body)
+}
+
+/// How long a request may take before it is answered 503 `timeout`, on the routes that do
+/// bounded work (not event streams, not uploads that ingest a document, not generation).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A route layer: answers 503 `timeout` when the handler takes longer than `deadline` (the
+/// handler's future is dropped, as a client that left would drop it).
+pub async fn deadline(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response<Body> {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than {} s; try again",
+                deadline.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// `router` inside the layers (the last added is the outermost).
@@ -185,6 +210,38 @@ mod tests {
         let body = body_json(kept).await;
         assert_eq!(body["code"], "nothing");
         assert_eq!(body["request_id"], "abc123");
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_meets_its_deadline() {
+        let app = wrap(
+            Router::new()
+                .route(
+                    "/slow",
+                    get(|| async {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        "late"
+                    }),
+                )
+                .route("/quick", get(|| async { "on time" }))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    Duration::from_millis(50),
+                    deadline,
+                )),
+        );
+        let slow = app
+            .clone()
+            .oneshot(get_request("/slow", Some("slow1")))
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = body_json(slow).await;
+        assert_eq!(
+            (body["code"].as_str(), body["request_id"].as_str()),
+            (Some("timeout"), Some("slow1"))
+        );
+        let quick = app.oneshot(get_request("/quick", None)).await.unwrap();
+        assert_eq!(quick.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -7,13 +7,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-/// Request counts by status class and total handling time, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct RequestMetrics {
-    by_class: [std::sync::atomic::AtomicU64; 5],
-    micros: std::sync::atomic::AtomicU64,
-}
-
 pub(crate) async fn count_requests(
     State(state): State<Arc<AppState>>,
     request: Request,

@@ -12,6 +12,7 @@ pub mod customer;
 pub mod error;
 pub mod guard;
 pub mod layers;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod pages;

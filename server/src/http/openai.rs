@@ -2,10 +2,11 @@
 //! (plain or grounded in a knowledge base with Kefu's `retrieval` extension; streamed or not).
 
 use crate::auth::random_hex;
-use crate::generator::{Event, QueueFull};
+use crate::generator::Event;
+use crate::generator::Generator;
 use crate::http::answer::citation_json;
 use crate::http::answer::finish_name;
-use crate::http::answer::prepare;
+use crate::http::answer::{prepare, start_generation};
 use crate::http::customer::check_message;
 use crate::http::error::{ApiError, ApiJson};
 use crate::http::guard::Staff;
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
 use kefu_model::{ChatMessage, Role};
+use kefu_rag::prompt::Citation;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -96,19 +98,11 @@ pub(crate) fn text_of(content: &Value) -> Result<String, ApiError> {
     }
 }
 
-pub(crate) async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    _: Staff,
-    ApiJson(request): ApiJson<ChatCompletionRequest>,
-) -> Result<Response, ApiError> {
-    let generator = state.generator();
-    let model_name = request.model.clone().unwrap_or_else(|| "production".into());
-    if !matches!(model_name.as_str(), "production" | "default" | "") {
-        return Err(ApiError::not_found(
-            "model_not_found",
-            format!("model `{model_name}` is not served; use `production` (or `default`)"),
-        ));
-    }
+/// The request's messages as chat messages, each checked (only a user message may be empty).
+fn chat_messages(
+    state: &AppState,
+    request: &ChatCompletionRequest,
+) -> Result<Vec<ChatMessage>, ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::bad_request(
             "empty_messages",
@@ -129,7 +123,7 @@ pub(crate) async fn chat_completions(
             }
         };
         let text = text_of(&m.content)?;
-        check_message(&state, &text).or_else(|e| {
+        check_message(state, &text).or_else(|e| {
             if e.code == "empty_message" && role != Role::User {
                 Ok(())
             } else {
@@ -138,6 +132,14 @@ pub(crate) async fn chat_completions(
         })?;
         messages.push(ChatMessage::new(role, text));
     }
+    Ok(messages)
+}
+
+/// The request's sampling settings, checked.
+fn generation_params(
+    state: &AppState,
+    request: &ChatCompletionRequest,
+) -> Result<GenerationParams, ApiError> {
     let max_tokens = request
         .max_completion_tokens
         .or(request.max_tokens)
@@ -174,7 +176,7 @@ pub(crate) async fn chat_completions(
             ));
         }
     };
-    let params = GenerationParams {
+    Ok(GenerationParams {
         sampling: SamplingConfig {
             temperature,
             top_p: request.top_p,
@@ -185,50 +187,78 @@ pub(crate) async fn chat_completions(
         max_tokens,
         stop,
         ignore_eos: false,
+    })
+}
+
+/// The knowledge base Kefu's `retrieval` extension names, if any (`true`: the default one).
+fn retrieval_knowledge_base(
+    state: &AppState,
+    request: &ChatCompletionRequest,
+) -> Result<Option<String>, ApiError> {
+    match &request.retrieval {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(state.config.default_kb.clone())),
+        Some(Value::String(name)) => Ok(Some(name.clone())),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_retrieval",
+            "retrieval is true, false or a knowledge base name",
+        )),
+    }
+}
+
+/// The prompt's token ids and the passages it cites: grounded through the answer pipeline
+/// (the last user message is the question, the others its history), or the messages as they
+/// are.
+async fn prompt_of(
+    state: &Arc<AppState>,
+    generator: &Arc<Generator>,
+    messages: Vec<ChatMessage>,
+    knowledge_base: Option<String>,
+) -> Result<(Vec<u32>, Vec<Citation>), ApiError> {
+    let Some(kb) = knowledge_base else {
+        let model = generator.model.clone();
+        let prompt = tokio::task::spawn_blocking(move || model.chat_prompt(&messages))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::bad_request("invalid_prompt", e.to_string()))?;
+        return Ok((prompt, Vec::new()));
     };
-    // Retrieval: the last user message is the question; the other messages are history.
-    let kb = match &request.retrieval {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
-        Some(Value::Bool(true)) => Some(state.config.default_kb.clone()),
-        Some(Value::String(name)) => Some(name.clone()),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_retrieval",
-                "retrieval is true, false or a knowledge base name",
-            ));
-        }
-    };
-    let (prompt, citations) = match kb {
-        Some(kb) => {
-            let last_user = messages
-                .iter()
-                .rposition(|m| m.role == Role::User)
-                .ok_or_else(|| {
-                    ApiError::bad_request("no_question", "retrieval needs a user message")
-                })?;
-            let question = messages[last_user].content.clone();
-            let history: Vec<ChatMessage> = messages[..last_user]
-                .iter()
-                .filter(|m| m.role != Role::System)
-                .cloned()
-                .collect();
-            let kb_id = state
-                .database
-                .knowledge_base(&kb)
-                .await
-                .map_err(ApiError::internal)?;
-            let prepared = prepare(&state, &generator, kb_id, question, history).await?;
-            (prepared.prompt, prepared.citations)
-        }
-        None => {
-            let model = generator.model.clone();
-            let prompt = tokio::task::spawn_blocking(move || model.chat_prompt(&messages))
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(|e| ApiError::bad_request("invalid_prompt", e.to_string()))?;
-            (prompt, Vec::new())
-        }
-    };
+    let last_user = messages
+        .iter()
+        .rposition(|m| m.role == Role::User)
+        .ok_or_else(|| ApiError::bad_request("no_question", "retrieval needs a user message"))?;
+    let question = messages[last_user].content.clone();
+    let history: Vec<ChatMessage> = messages[..last_user]
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .cloned()
+        .collect();
+    let kb_id = state
+        .database
+        .knowledge_base(&kb)
+        .await
+        .map_err(ApiError::internal)?;
+    let prepared = prepare(state, generator, kb_id, question, history).await?;
+    Ok((prepared.prompt, prepared.citations))
+}
+
+pub(crate) async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    _: Staff,
+    ApiJson(request): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let generator = state.generator();
+    let model_name = request.model.clone().unwrap_or_else(|| "production".into());
+    if !matches!(model_name.as_str(), "production" | "default" | "") {
+        return Err(ApiError::not_found(
+            "model_not_found",
+            format!("model `{model_name}` is not served; use `production` (or `default`)"),
+        ));
+    }
+    let messages = chat_messages(&state, &request)?;
+    let params = generation_params(&state, &request)?;
+    let knowledge_base = retrieval_knowledge_base(&state, &request)?;
+    let (prompt, citations) = prompt_of(&state, &generator, messages, knowledge_base).await?;
     let context = generator.model.config().max_position_embeddings;
     if prompt.len() >= context {
         return Err(ApiError::bad_request(
@@ -239,45 +269,62 @@ pub(crate) async fn chat_completions(
             ),
         ));
     }
-    let (events, mut generated) = mpsc::unbounded_channel();
-    generator
-        .submit(prompt, params, events)
-        .map_err(|QueueFull| ApiError::busy())?;
+    let generated = start_generation(&generator, prompt, params)?;
     let id = format!("chatcmpl-{}", random_hex(12));
     let created = kefu_db::now_ms() / 1000;
     let citations: Vec<Value> = citations.iter().map(citation_json).collect();
-    if !request.stream {
-        let mut summary = None;
-        while let Some(event) = generated.recv().await {
-            match event {
-                Event::Token(_) => {}
-                Event::Done(s) => summary = Some(s),
-                Event::Failed(message) => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "generation_failed",
-                        message,
-                    ));
-                }
+    if request.stream {
+        Ok(completion_stream(generated, id, created))
+    } else {
+        completion(generated, id, created, citations).await
+    }
+}
+
+/// The whole completion, once generated, as one JSON object.
+async fn completion(
+    mut generated: mpsc::UnboundedReceiver<Event>,
+    id: String,
+    created: i64,
+    citations: Vec<Value>,
+) -> Result<Response, ApiError> {
+    let mut summary = None;
+    while let Some(event) = generated.recv().await {
+        match event {
+            Event::Token(_) => {}
+            Event::Done(s) => summary = Some(s),
+            Event::Failed(message) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "generation_failed",
+                    message,
+                ));
             }
         }
-        let summary = summary.ok_or_else(|| ApiError::internal("generation ended early"))?;
-        return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": "production",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": summary.text},
-                "finish_reason": finish_name(summary.finish_reason),
-            }],
-            "usage": {
-                "prompt_tokens": summary.prompt_tokens,
-                "completion_tokens": summary.completion_tokens,
-                "total_tokens": summary.prompt_tokens + summary.completion_tokens,
-            },
-            "kefu_citations": citations,
-        }))
-        .into_response());
     }
+    let summary = summary.ok_or_else(|| ApiError::internal("generation ended early"))?;
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": "production",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": summary.text},
+            "finish_reason": finish_name(summary.finish_reason),
+        }],
+        "usage": {
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+            "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+        },
+        "kefu_citations": citations,
+    }))
+    .into_response())
+}
+
+/// The completion as OpenAI's `chat.completion.chunk` events, then `[DONE]`.
+fn completion_stream(
+    mut generated: mpsc::UnboundedReceiver<Event>,
+    id: String,
+    created: i64,
+) -> Response {
     let (sse, stream) = mpsc::unbounded_channel::<SseEvent>();
     tokio::spawn(async move {
         let chunk = |delta: Value, finish: Option<&str>| {
@@ -321,5 +368,5 @@ pub(crate) async fn chat_completions(
         let _ = sse.send(SseEvent::default().data("[DONE]"));
     });
     let stream = UnboundedReceiverStream::new(stream).map(Ok::<_, Infallible>);
-    Ok(Sse::new(stream).into_response())
+    Sse::new(stream).into_response()
 }

@@ -8,6 +8,7 @@ use crate::http::admin::users::add_user;
 use crate::http::agent::*;
 use crate::http::customer::*;
 use crate::http::error::ApiError;
+use crate::http::layers::{REQUEST_DEADLINE, deadline};
 use crate::http::metrics::{count_requests, metrics};
 use crate::http::openai::{chat_completions, models};
 use crate::http::session::{login, logout};
@@ -20,47 +21,30 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body_bytes;
-    // What a widget may call, from the origins its site allows (CORS).
-    let customer = Router::new()
-        .route("/api/conversations", post(create_conversation))
+/// Documents: uploads and re-ingests embed in the request, so they have no deadline.
+fn document_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route(
-            "/api/conversations/{id}/messages",
-            post(post_message).get(list_messages),
+            "/api/admin/knowledge-bases/{kb}/documents",
+            get(admin::documents::list_documents)
+                .post(admin::documents::upload_document)
+                .layer(DefaultBodyLimit::max(
+                    kefu_rag::parse::MAX_FILE_BYTES as usize,
+                )),
         )
         .route(
-            "/api/conversations/{id}/messages/{message}/regenerate",
-            post(regenerate),
+            "/api/admin/knowledge-bases/{kb}/documents/{document}",
+            axum::routing::delete(admin::documents::delete_document),
         )
         .route(
-            "/api/conversations/{id}/messages/{message}/feedback",
-            post(feedback),
+            "/api/admin/knowledge-bases/{kb}/documents/{document}/reingest",
+            post(admin::documents::reingest_document),
         )
-        .route("/api/conversations/{id}/handoff", post(request_handoff))
-        .route("/api/widget/site", get(widget_site))
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::http::access::cors,
-        ));
-    let router = Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/api/openapi.json", get(openapi))
-        .merge(customer)
-        .route("/api/auth/login", post(login))
-        .route("/api/auth/logout", post(logout))
-        .route("/api/agent/conversations", get(agent_conversations))
-        .route("/api/agent/conversations/{id}", get(agent_transcript))
-        .route(
-            "/api/agent/conversations/{id}/messages/{message}/feedback",
-            post(agent_feedback),
-        )
-        .route("/api/agent/conversations/{id}/takeover", post(take_over))
-        .route("/api/agent/conversations/{id}/release", post(release))
-        .route("/api/agent/conversations/{id}/reply", post(agent_reply))
+}
+
+/// The admin API but documents, each request within [`REQUEST_DEADLINE`].
+fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route(
             "/api/admin/users",
             post(add_user).get(admin::users::list_users),
@@ -106,22 +90,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/admin/training/jobs/{job}/cancel",
             post(admin::training::cancel_job),
         )
-        .route(
-            "/api/admin/knowledge-bases/{kb}/documents",
-            get(admin::documents::list_documents)
-                .post(admin::documents::upload_document)
-                .layer(DefaultBodyLimit::max(
-                    kefu_rag::parse::MAX_FILE_BYTES as usize,
-                )),
-        )
-        .route(
-            "/api/admin/knowledge-bases/{kb}/documents/{document}",
-            axum::routing::delete(admin::documents::delete_document),
-        )
-        .route(
-            "/api/admin/knowledge-bases/{kb}/documents/{document}/reingest",
-            post(admin::documents::reingest_document),
-        )
         .route("/api/admin/feedback", get(admin::feedback::inbox))
         .route("/api/admin/feedback/review", post(admin::feedback::review))
         .route("/api/admin/datasets", get(admin::datasets::list))
@@ -130,6 +98,65 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::datasets::preview),
         )
         .route("/api/admin/export/{kind}", get(export))
+        .route_layer(axum::middleware::from_fn_with_state(
+            REQUEST_DEADLINE,
+            deadline,
+        ))
+}
+
+/// Staff sign-in and the agent console, each request within [`REQUEST_DEADLINE`].
+fn staff_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/logout", post(logout))
+        .route("/api/agent/conversations", get(agent_conversations))
+        .route("/api/agent/conversations/{id}", get(agent_transcript))
+        .route(
+            "/api/agent/conversations/{id}/messages/{message}/feedback",
+            post(agent_feedback),
+        )
+        .route("/api/agent/conversations/{id}/takeover", post(take_over))
+        .route("/api/agent/conversations/{id}/release", post(release))
+        .route("/api/agent/conversations/{id}/reply", post(agent_reply))
+        .route_layer(axum::middleware::from_fn_with_state(
+            REQUEST_DEADLINE,
+            deadline,
+        ))
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    // What a widget may call, from the origins its site allows (CORS).
+    let customer = Router::new()
+        .route("/api/conversations", post(create_conversation))
+        .route(
+            "/api/conversations/{id}/messages",
+            post(post_message).get(list_messages),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{message}/regenerate",
+            post(regenerate),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{message}/feedback",
+            post(feedback),
+        )
+        .route("/api/conversations/{id}/handoff", post(request_handoff))
+        .route("/api/widget/site", get(widget_site))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::access::cors,
+        ));
+    let router = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi))
+        .merge(customer)
+        .merge(staff_routes())
+        .merge(admin_routes())
+        .merge(document_routes())
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .merge(crate::http::pages::routes())

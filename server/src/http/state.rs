@@ -3,9 +3,8 @@
 //! cached retrievers, rate limiters and request metrics.
 
 use crate::generator::Generator;
-use crate::http::access::RateLimiter;
 use crate::http::error::ApiError;
-use crate::http::metrics::RequestMetrics;
+use crate::http::limits::RateLimiter;
 use crate::knowledge::Knowledge;
 use kefu_db::Database;
 use kefu_rag::Retriever;
@@ -106,4 +105,11 @@ impl AppState {
             .insert(knowledge_base_id, retriever.clone());
         Ok(retriever)
     }
+}
+
+/// Request counts by status class and total handling time, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    pub(crate) by_class: [std::sync::atomic::AtomicU64; 5],
+    pub(crate) micros: std::sync::atomic::AtomicU64,
 }
