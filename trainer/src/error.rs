@@ -1,3 +1,6 @@
+//! The trainer's error type: the model's and candle's errors, I/O with its path, bad data,
+//! bad settings, and a run stopped by its caller.
+
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
