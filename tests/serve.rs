@@ -2464,6 +2464,21 @@ fn replicas_follow_the_production_label_without_a_failed_request() {
         results.iter().all(|r| r.2),
         "a request failed during the swap"
     );
+    // The generation counters run on across the swap: every answer this replica gave, on the
+    // old version and the new one, is counted (a generator's own counters would restart).
+    let mut response = agent().get(&first.url("/metrics")).call().unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(value("kefu_model_swaps_total") >= 1.0, "{text}");
+    assert!(
+        value("kefu_generations_total{outcome=\"done\"}") >= results.len() as f64,
+        "{} answers, metrics: {text}",
+        results.len()
+    );
     let p99 = |mut times: Vec<Duration>| {
         times.sort();
         times
