@@ -5,10 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use kefu_rag::eval::RetrievalMetrics;
+use kefu_rag::{RetrievalConfig, Retriever, Scored};
 use serde::Deserialize;
 
 use crate::knowledge::Knowledge;
-use kefu_rag::{RetrievalConfig, Retriever, Scored};
 
 #[derive(Debug, Deserialize)]
 struct QaRecord {

@@ -4,16 +4,18 @@
 //! (a corrupt or half-written file is refused and remembered; production keeps serving), warms
 //! it up with one generation and switches under a write lock held for one pointer swap.
 
-use crate::generator::{Event, Generator, GeneratorSettings};
-use anyhow::{Context, Result, bail};
-use kefu_db::{Database, ModelVersion, PRODUCTION};
-use kefu_model::generate::GenerationParams;
-use kefu_model::{LoadOptions, LoadedModel};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kefu_db::{Database, ModelVersion, PRODUCTION};
+use kefu_model::generate::GenerationParams;
+use kefu_model::{LoadOptions, LoadedModel};
+
+use crate::generator::{Event, Generator, GeneratorSettings};
 
 /// The generator now serving, and the bookkeeping of swaps.
 pub struct Serving {

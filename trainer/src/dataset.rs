@@ -13,7 +13,6 @@
 //! and its lineage (question, answer and feedback ids, model version).
 
 use std::collections::BTreeMap;
-
 use std::path::Path;
 
 use anyhow::{Context, Result};

@@ -15,20 +15,19 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::data::{self, Conversation, OnBadLine};
-use crate::dpo::{Preference, TokenizedPair};
-use crate::lora::Adapters;
-use crate::recipe::{GateSection, Recipe};
 use anyhow::{Context, Result, bail};
 use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
 use kefu_model::{ChatMessage, LoadOptions, LoadedModel, Role};
+use kefu_rag::Retriever;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use kefu_rag::Retriever;
-
+use crate::data::{self, Conversation, OnBadLine};
+use crate::dpo::{Preference, TokenizedPair};
+use crate::lora::Adapters;
 use crate::pipeline::StageRun;
+use crate::recipe::{GateSection, Recipe};
 
 /// Passages and prompt budget of a held-out question's prompt (the server's defaults).
 const PASSAGES: usize = 4;

@@ -1,9 +1,11 @@
 //! `kefu users add` and `kefu tokens add`.
 
-use super::common::*;
+use std::path::Path;
+
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use std::path::Path;
+
+use super::common::*;
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {

@@ -1,12 +1,14 @@
 //! What the command groups share: the knowledge-base flags, the database URL, a runtime for
 //! the async parts, opening the knowledge base.
 
-use crate::knowledge::{Knowledge, KnowledgeOptions};
-use crate::models::catalog::{self};
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kefu_rag::Retriever;
-use std::path::Path;
+
+use crate::knowledge::{Knowledge, KnowledgeOptions};
+use crate::models::catalog::{self};
 
 /// Where the knowledge base lives.
 #[derive(Debug, Args)]

@@ -1,9 +1,9 @@
 //! `kefu ingest`, `kefu ask` and `kefu eval retrieval`: the knowledge base from the command
 //! line.
 
-use super::common::*;
-use crate::models::catalog::DEFAULT_MODEL;
-use crate::models::resolve_model;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use kefu_model::generate::GenerationParams;
@@ -12,8 +12,10 @@ use kefu_model::{LoadOptions, LoadedModel};
 use kefu_rag::RetrievalConfig;
 use kefu_rag::chunk::ChunkConfig;
 use kefu_rag::fusion::FusionConfig;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+
+use super::common::*;
+use crate::models::catalog::DEFAULT_MODEL;
+use crate::models::resolve_model;
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {

@@ -1,9 +1,10 @@
 //! Command-line interface: one clap struct (every setting also a `KEFU_*` variable), one
 //! module per command group, and the helpers they share.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 
 mod accounts;
 mod common;

@@ -1,16 +1,18 @@
 //! `kefu models` (fetch, list, register, prune) and `kefu generate`.
 
-use super::common::*;
-use crate::models::catalog::{self, DEFAULT_MODEL};
-use crate::models::fetch::{self, Fetcher, Sources};
-use crate::models::resolve_model;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
 use kefu_model::{ChatMessage, DecoderOptions, Generation, LoadOptions, LoadedModel, Role};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+
+use super::common::*;
+use crate::models::catalog::{self, DEFAULT_MODEL};
+use crate::models::fetch::{self, Fetcher, Sources};
+use crate::models::resolve_model;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {

@@ -1,14 +1,16 @@
 //! `kefu serve`: the HTTP API, the hot-swap follower and the embedded training worker, until
 //! SIGTERM or Ctrl-C.
 
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use kefu_model::{LoadOptions, LoadedModel};
+
 use super::common::*;
 use crate::models::catalog::DEFAULT_MODEL;
 use crate::models::fetch::{self};
 use crate::models::resolve_model;
-use anyhow::{Context, Result, bail};
-use clap::Args;
-use kefu_model::{LoadOptions, LoadedModel};
-use std::path::Path;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

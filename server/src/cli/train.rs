@@ -1,20 +1,21 @@
 //! `kefu train`, `kefu merge`, `kefu trainer work` and `kefu export`: the flags of the
 //! trainer crate's pipeline, worker and dataset compiler.
 
-use super::common::*;
-use crate::models::Catalog;
-use kefu_trainer::pipeline::{self, StageOptions, run_recipe, stage};
-use kefu_trainer::worker::WorkerSettings;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::models::catalog::DEFAULT_MODEL;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use clap::{Args, Subcommand};
 use kefu_trainer::data::OnBadLine;
 use kefu_trainer::dataset::{Format, Kind};
+use kefu_trainer::pipeline::{self, StageOptions, run_recipe, stage};
 use kefu_trainer::recipe::StageKind;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use kefu_trainer::worker::WorkerSettings;
+
+use super::common::*;
+use crate::models::Catalog;
+use crate::models::catalog::DEFAULT_MODEL;
 
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {

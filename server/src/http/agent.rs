@@ -1,19 +1,21 @@
 //! The agent console's routes: conversations and transcripts, ratings and corrections,
 //! taking a conversation over, handing it back, and replying as a person.
 
-use crate::http::customer::NewMessage;
-use crate::http::customer::check_message;
-use crate::http::customer::conversation_message;
-use crate::http::error::{ApiError, ApiJson};
-use crate::http::guard::Staff;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use kefu_db::NewFeedback;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
+
+use crate::http::customer::NewMessage;
+use crate::http::customer::check_message;
+use crate::http::customer::conversation_message;
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Staff;
+use crate::http::state::AppState;
 
 pub(crate) async fn agent_conversations(
     State(state): State<Arc<AppState>>,

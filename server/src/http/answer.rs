@@ -2,9 +2,10 @@
 //! grounded prompt (off the async runtime), generation on the serving generator, the stored
 //! answer with its served-prompt record, and the customer's Server-Sent Events stream.
 
-use crate::generator::{Event, Generator, QueueFull, Summary};
-use crate::http::error::ApiError;
-use crate::http::state::AppState;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use kefu_db::ServedPrompt;
@@ -14,12 +15,13 @@ use kefu_model::sampling::SamplingConfig;
 use kefu_rag::RetrievalConfig;
 use kefu_rag::prompt::Citation;
 use serde_json::{Value, json};
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::generator::{Event, Generator, QueueFull, Summary};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// What retrieval and prompt building produce for one answer.
 pub(crate) struct Prepared {

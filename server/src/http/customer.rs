@@ -3,10 +3,8 @@
 //! person, and the widget's site check. A customer proves a conversation is theirs with its
 //! token (a wrong token looks like an unknown id).
 
-use crate::auth::{random_hex, sha256_hex};
-use crate::http::answer::answer;
-use crate::http::error::{ApiError, ApiJson};
-use crate::http::state::AppState;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,7 +13,11 @@ use kefu_db::NewFeedback;
 use kefu_model::{ChatMessage, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
+
+use crate::auth::{random_hex, sha256_hex};
+use crate::http::answer::answer;
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::state::AppState;
 
 /// What the widget asks before its first question: is its key valid here, from this origin?
 pub(crate) async fn widget_site(

@@ -1,11 +1,13 @@
 //! `/metrics` in Prometheus' text format: request counts by status class and handling time,
 //! and the generation figures, which live in the serving state and survive hot-swaps.
 
-use crate::http::state::AppState;
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
+
+use crate::http::state::AppState;
 
 pub(crate) async fn count_requests(
     State(state): State<Arc<AppState>>,

@@ -1,16 +1,9 @@
 //! The OpenAI-compatible API for staff tokens: `/v1/models` and `/v1/chat/completions`
 //! (plain or grounded in a knowledge base with Kefu's `retrieval` extension; streamed or not).
 
-use crate::auth::random_hex;
-use crate::generator::Event;
-use crate::generator::Generator;
-use crate::http::answer::citation_json;
-use crate::http::answer::finish_name;
-use crate::http::answer::{prepare, start_generation};
-use crate::http::customer::check_message;
-use crate::http::error::{ApiError, ApiJson};
-use crate::http::guard::Staff;
-use crate::http::state::AppState;
+use std::convert::Infallible;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,11 +15,20 @@ use kefu_model::{ChatMessage, Role};
 use kefu_rag::prompt::Citation;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::convert::Infallible;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::auth::random_hex;
+use crate::generator::Event;
+use crate::generator::Generator;
+use crate::http::answer::citation_json;
+use crate::http::answer::finish_name;
+use crate::http::answer::{prepare, start_generation};
+use crate::http::customer::check_message;
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Staff;
+use crate::http::state::AppState;
 
 pub(crate) async fn models(
     State(state): State<Arc<AppState>>,

@@ -2,6 +2,15 @@
 //! per-IP rate limit, request metrics, body limits) and the JSON 404 / 405 answers. The OpenAPI
 //! document (`server/openapi.json`) lists exactly these paths (tested).
 
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
 use crate::http::admin;
 use crate::http::admin::datasets::export;
 use crate::http::admin::users::add_user;
@@ -13,13 +22,6 @@ use crate::http::metrics::{count_requests, metrics};
 use crate::http::openai::{chat_completions, models};
 use crate::http::session::{login, logout};
 use crate::http::state::AppState;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{Value, json};
-use std::sync::Arc;
 
 /// Documents: uploads and re-ingests embed in the request, so they have no deadline.
 fn document_routes() -> Router<Arc<AppState>> {

@@ -1,16 +1,18 @@
 //! Staff sign-in and sign-out: a session cookie (HttpOnly, SameSite=Strict) and its CSRF
 //! token.
 
-use crate::http::error::{ApiError, ApiJson};
-use crate::http::guard::Staff;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
+
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Staff;
+use crate::http::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

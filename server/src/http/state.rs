@@ -2,15 +2,17 @@
 //! database, the knowledge base's embedder and vector store, the serving generator (hot-swapped),
 //! cached retrievers, rate limiters and request metrics.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kefu_db::Database;
+use kefu_rag::Retriever;
+use tokio::sync::RwLock;
+
 use crate::generator::Generator;
 use crate::http::error::ApiError;
 use crate::http::limits::RateLimiter;
 use crate::knowledge::Knowledge;
-use kefu_db::Database;
-use kefu_rag::Retriever;
-use std::collections::HashMap;
-use std::sync::Arc;
-use tokio::sync::RwLock;
 
 /// Limits and defaults of the API.
 #[derive(Debug, Clone)]

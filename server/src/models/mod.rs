@@ -1,8 +1,9 @@
 //! Models by name: the catalog, fetching, and resolution of a name or path to files (known
 //! models are fetched on first use).
 
-use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
 
 pub mod catalog;
 pub mod fetch;

@@ -1,10 +1,9 @@
 //! The datasets: what the next job would learn from, each job's snapshot under
 //! `jobs/<id>/data/`, previewed page by page; and the training-data export.
 
-use crate::http::admin::query::{invalid, only, paging};
-use crate::http::error::ApiError;
-use crate::http::guard::Admin;
-use crate::http::state::AppState;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -12,8 +11,11 @@ use axum::response::{IntoResponse, Response};
 use kefu_trainer::dataset::{Format, Kind};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::Arc;
+
+use crate::http::admin::query::{invalid, only, paging};
+use crate::http::error::ApiError;
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
 
 /// The kinds of example a dataset holds, as files of a job's snapshot.
 pub(crate) const KINDS: [&str; 3] = ["sft", "pairs", "regression"];

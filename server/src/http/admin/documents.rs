@@ -1,17 +1,19 @@
 //! Admin routes for knowledge bases and their documents: list, upload (kept under
 //! `uploads/`), delete, re-ingest from the upload copy or the ingested file.
 
-use crate::http::error::ApiError;
-use crate::http::guard::Admin;
-use crate::http::state::AppState;
-use crate::ingest::Outcome;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+
+use crate::http::error::ApiError;
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
+use crate::ingest::Outcome;
 
 /// Bytes of a request body, or the reason it could not be read.
 type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;

@@ -1,17 +1,19 @@
 //! The feedback inbox: every rated answer with its question, label and the pair it makes,
 //! filtered and paged; bulk reviews (all or none).
 
-use crate::http::admin::query::{choice, only, paging};
-use crate::http::error::{ApiError, ApiJson};
-use crate::http::guard::Admin;
-use crate::http::state::AppState;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Query, State};
 use kefu_trainer::dataset::InboxFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::Arc;
+
+use crate::http::admin::query::{choice, only, paging};
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
 
 pub(crate) const MAX_REVIEW: usize = 1000;
 

@@ -1,13 +1,15 @@
 //! Admin routes for the model registry: versions and labels, promote, roll back.
 
-use crate::http::error::ApiError;
-use crate::http::guard::Admin;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use std::sync::Arc;
+
+use crate::http::error::ApiError;
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
 
 pub(crate) fn version_json(version: &kefu_db::ModelVersion, labels: &[(String, String)]) -> Value {
     let report: Value = serde_json::from_str(&version.report).unwrap_or(Value::Null);

@@ -1,7 +1,8 @@
 //! The query helpers the admin routes share: paging, known parameters, choices.
 
-use crate::http::error::ApiError;
 use std::collections::HashMap;
+
+use crate::http::error::ApiError;
 
 /// The most items one page lists, and one review may decide.
 pub(crate) const MAX_PAGE: usize = 500;

@@ -1,18 +1,20 @@
 //! Admin routes for widget sites: a public key, the origins allowed to use it, the knowledge
 //! base its conversations read.
 
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
 use crate::auth::random_hex;
 use crate::http::access::SITE_KEY_PREFIX;
 use crate::http::admin::documents::existing_kb;
 use crate::http::error::{ApiError, ApiJson};
 use crate::http::guard::Admin;
 use crate::http::state::AppState;
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use std::sync::Arc;
 
 pub(crate) fn site_json(site: &kefu_db::WidgetSite, knowledge_base: &str) -> Value {
     json!({

@@ -1,16 +1,18 @@
 //! Admin routes for training: jobs (start, list, show, cancel) and the automatic triggers
 //! (a schedule, a feedback threshold).
 
-use crate::http::error::{ApiError, ApiJson};
-use crate::http::guard::Admin;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kefu_trainer::registry::TRAINED_MODEL;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
+
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
 
 /// A job as the API shows it (a finished job's report is left out of its progress: `get_job`
 /// gives it).

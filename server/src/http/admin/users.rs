@@ -1,14 +1,16 @@
 //! Admin routes for the people who work in Kefu: list, add, remove.
 
-use crate::http::error::{ApiError, ApiJson};
-use crate::http::guard::Admin;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
+
+use crate::http::error::{ApiError, ApiJson};
+use crate::http::guard::Admin;
+use crate::http::state::AppState;
 
 pub async fn list_users(
     State(state): State<Arc<AppState>>,
