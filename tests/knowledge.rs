@@ -2,7 +2,8 @@
 //! (multilingual-e5-small on ONNX Runtime), the in-process Qdrant store and SQLite: ingesting
 //! the shared English and Chinese documents, retrieval quality on every Debian FAQ question in
 //! both languages, identical results after a restart, a cited answer from the real default
-//! chat model, and clear errors for bad input.
+//! chat model, answer quality measured through the answer pipeline, and clear errors for bad
+//! input.
 
 use kefu_tests::{assert_clear_failure, kefu_command, shared, stderr, stdout, test_home};
 use std::path::Path;
@@ -115,6 +116,180 @@ fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
         "the chapter on choosing a distribution is cited: {answer}"
     );
 
+    // Answer quality through the server's answer pipeline with the real default model: every
+    // figure reported, every answer written with its scores.
+    let answers_file = home.join("answers.jsonl");
+    let report = succeed(
+        home,
+        &[
+            "eval",
+            "answers",
+            "--qa",
+            &shared("qa/en.jsonl"),
+            "--split",
+            "test",
+            "--source",
+            "debian-faq",
+            "--limit",
+            "3",
+            "--max-tokens",
+            "48",
+            "--json",
+            "--output",
+            answers_file.to_str().unwrap(),
+        ],
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(report.trim()).unwrap_or_else(|e| panic!("{e}: {report}"));
+    eprintln!("answers: {report}");
+    assert_eq!(report["answerable"]["questions"], 3, "{report}");
+    assert_eq!(report["unanswerable"]["questions"], 0, "{report}");
+    for key in [
+        "f1",
+        "fact_recall",
+        "abstained",
+        "source_cited",
+        "median_seconds",
+    ] {
+        assert!(
+            report["answerable"][key]
+                .as_f64()
+                .is_some_and(f64::is_finite),
+            "{key}: {report}"
+        );
+    }
+    let written = std::fs::read_to_string(&answers_file).unwrap();
+    let lines: Vec<serde_json::Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{written}");
+    for line in &lines {
+        assert!(
+            line["answer"].as_str().is_some_and(|a| !a.is_empty()),
+            "{line}"
+        );
+        assert!(line["f1"].is_f64() && line["answerable"] == true, "{line}");
+    }
+    let table = succeed(
+        home,
+        &[
+            "eval",
+            "answers",
+            "--qa",
+            &shared("qa/zh.jsonl"),
+            "--split",
+            "test",
+            "--limit",
+            "1",
+            "--max-tokens",
+            "32",
+        ],
+    );
+    for word in [
+        "1 questions",
+        "answerable",
+        "unanswerable",
+        "F1",
+        "abstained",
+        "s/answer",
+    ] {
+        assert!(table.contains(word), "{word}: {table}");
+    }
+
+    // Bad input to `kefu eval answers`: bad lines (named, or skipped on request), no reference
+    // answers, a knowledge base that does not exist or is empty, a model that cannot load,
+    // --limit 0, an unknown version.
+    let answers_qa = home.join("answers-bad.jsonl");
+    std::fs::write(
+        &answers_qa,
+        "{\"question\": \"What is Debian?\", \"answer\": \"An operating system.\"}\nnot json\n",
+    )
+    .unwrap();
+    let answers_qa = answers_qa.to_str().unwrap();
+    let bad_line = run(home, &["eval", "answers", "--qa", answers_qa]);
+    assert_clear_failure(&bad_line, "line 2");
+    let skipped = run(
+        home,
+        &[
+            "eval",
+            "answers",
+            "--qa",
+            answers_qa,
+            "--on-bad-line",
+            "skip",
+            "--max-tokens",
+            "8",
+        ],
+    );
+    assert!(skipped.status.success(), "{}", stderr(&skipped));
+    assert!(
+        stderr(&skipped).contains("line 2 skipped"),
+        "{}",
+        stderr(&skipped)
+    );
+    assert!(
+        stdout(&skipped).contains("1 bad lines skipped"),
+        "{}",
+        stdout(&skipped)
+    );
+    let no_answers = home.join("no-answers.jsonl");
+    std::fs::write(&no_answers, "{\"question\": \"What is Debian?\"}\n").unwrap();
+    let none = run(
+        home,
+        &["eval", "answers", "--qa", no_answers.to_str().unwrap()],
+    );
+    assert_clear_failure(&none, "no questions with an `answer`");
+    let no_kb = run(
+        home,
+        &[
+            "eval",
+            "answers",
+            "--qa",
+            answers_qa,
+            "--on-bad-line",
+            "skip",
+            "--kb",
+            "nope",
+        ],
+    );
+    assert_clear_failure(&no_kb, "there is no knowledge base `nope`");
+    let broken = home.join("broken.gguf");
+    std::fs::write(&broken, b"GGUF but not really a model").unwrap();
+    let unloadable = run(
+        home,
+        &[
+            "eval",
+            "answers",
+            "--qa",
+            answers_qa,
+            "--on-bad-line",
+            "skip",
+            "--model",
+            broken.to_str().unwrap(),
+        ],
+    );
+    assert_clear_failure(&unloadable, "cannot load the model");
+    let zero = run(
+        home,
+        &["eval", "answers", "--qa", answers_qa, "--limit", "0"],
+    );
+    assert_clear_failure(&zero, "--limit must be at least 1");
+    let unknown = run(
+        home,
+        &[
+            "eval",
+            "answers",
+            "--qa",
+            answers_qa,
+            "--on-bad-line",
+            "skip",
+            "--version",
+            "deadbeefdeadbeef",
+        ],
+    );
+    assert_clear_failure(&unknown, "no model version `deadbeefdeadbeef`");
+
     // Bad input: a missing question file, no usable records, a bad cut-off, an empty base.
     let missing = run(
         home,
@@ -141,6 +316,20 @@ fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
     assert_clear_failure(&empty, "the knowledge base `nothing-here` is empty");
     let blank = run(home, &["ask", "   "]);
     assert_clear_failure(&blank, "the question is empty");
+    let empty_answers = run(
+        home,
+        &[
+            "eval",
+            "answers",
+            "--qa",
+            answers_qa,
+            "--on-bad-line",
+            "skip",
+            "--kb",
+            "nothing-here",
+        ],
+    );
+    assert_clear_failure(&empty_answers, "the knowledge base `nothing-here` is empty");
 }
 
 #[test]

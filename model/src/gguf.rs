@@ -126,6 +126,18 @@ impl GgufFile {
             .find(|(name, _)| name.ends_with("ffn_down.weight"))
             .map(|(_, info)| info.ggml_dtype)
     }
+
+    /// Whether any matrix would take candle's slow scalar path on the CPU and can be
+    /// re-quantized (rows a whole number of Q8_0 blocks). Every tensor is looked at: files
+    /// mix block types (Qwen2.5-Coder's has Q5_0 projections behind a Q6_K `ffn_down`).
+    pub fn has_slow_weights(&self) -> bool {
+        self.content.tensor_infos.values().any(|info| {
+            let dims = info.shape.dims();
+            is_slow_on_cpu(info.ggml_dtype)
+                && dims.len() == 2
+                && dims[1] % GgmlDType::Q8_0.block_size() == 0
+        })
+    }
 }
 
 /// Maps a Hugging Face tensor name to its GGUF name.

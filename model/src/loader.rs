@@ -13,7 +13,7 @@ use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
 use crate::config::Config;
 use crate::decoder::{Decoder, DecoderOptions, Weight, WeightSource};
 use crate::error::{Error, Result};
-use crate::gguf::{GgufFile, GgufSource, is_slow_on_cpu, requantize};
+use crate::gguf::{GgufFile, GgufSource, requantize};
 use crate::tokenizer::{from_gguf_metadata, gguf_token_id};
 
 /// How the weights were stored.
@@ -119,7 +119,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let mut file = GgufFile::open(path)?;
     // Fail on an unknown architecture before spending seconds on re-quantization.
     file.architecture()?;
-    let slow = file.weight_dtype().is_some_and(is_slow_on_cpu);
+    let slow = file.has_slow_weights();
     if options.requantize && slow && !is_requantized_cache(path) {
         let cached = requantized_path(path);
         let fresh = GgufFile::open(&cached)

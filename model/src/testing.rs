@@ -22,6 +22,8 @@ pub struct TinySpec {
     pub layers: usize,
     pub context: usize,
     pub dtype: GgmlDType,
+    /// `ffn_down`'s block type when it differs from `dtype` (real files mix types).
+    pub ffn_down_dtype: Option<GgmlDType>,
     pub tied: bool,
     pub seed: u64,
     /// Written as `general.architecture` instead of the real name (to test refusals).
@@ -39,6 +41,7 @@ impl TinySpec {
             layers: 2,
             context: 256,
             dtype: GgmlDType::Q8_0,
+            ffn_down_dtype: None,
             tied: architecture == Architecture::Llama,
             seed: 1,
             architecture_name: None,
@@ -191,7 +194,7 @@ fn layer_tensors(spec: &TinySpec, i: usize, rng: &mut Rng, tensors: &mut Vec<(St
         spec.hidden,
         spec.ffn,
         rng,
-        spec.dtype,
+        spec.ffn_down_dtype.unwrap_or(spec.dtype),
     ));
     if spec.architecture == Architecture::Qwen2 {
         tensors.push(vector(format!("{p}.attn_q.bias"), spec.hidden, rng, 0.0));

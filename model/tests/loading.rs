@@ -97,6 +97,26 @@ fn slow_block_types_are_requantized_once_and_cached() {
 }
 
 #[test]
+fn a_file_whose_first_ffn_down_is_fast_is_requantized_for_its_other_slow_matrices() {
+    // Qwen2.5-Coder's shipped file: Q5_0 projections behind a fast `ffn_down`.
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = TinySpec {
+        dtype: GgmlDType::Q5_0,
+        ffn_down_dtype: Some(GgmlDType::Q8_0),
+        ..TinySpec::new(Architecture::Qwen2)
+    };
+    let gguf = write_tiny_gguf(tmp.path(), &spec);
+    assert!(GgufFile::open(&gguf).unwrap().has_slow_weights());
+    let loaded = LoadedModel::load(&gguf, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        loaded.weights_path,
+        kefu_model::loader::requantized_path(&gguf)
+    );
+    let copy = GgufFile::open(&loaded.weights_path).unwrap();
+    assert!(!copy.has_slow_weights(), "a slow matrix was left as it was");
+}
+
+#[test]
 fn base_weights_come_back_in_hugging_face_layout() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = write_tiny_gguf(tmp.path(), &TinySpec::new(Architecture::Llama));

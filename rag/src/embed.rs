@@ -33,7 +33,7 @@ pub enum EmbedError {
 pub type Result<T> = std::result::Result<T, EmbedError>;
 
 /// How a model wants its input: prefixes (e5 needs `query: ` / `passage: `), pooling, length.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EmbedderSpec {
     pub query_prefix: String,
     pub passage_prefix: String,
@@ -41,9 +41,23 @@ pub struct EmbedderSpec {
     pub max_length: usize,
     /// Length of the vectors the model produces.
     pub dimension: usize,
+    /// The cosine similarity below which the best passage is taken as unrelated to an
+    /// English question (the answer pipeline then abstains instead of generating), and the
+    /// same for a Chinese one (same-language similarities run higher). Calibrated per model
+    /// on the shared data: docs/BENCHMARKS.md, "Abstention".
+    pub min_relevance: f32,
+    pub min_relevance_zh: f32,
 }
 
 impl EmbedderSpec {
+    /// The relevance floor for a question in `language`.
+    pub fn min_relevance(&self, language: crate::Language) -> f32 {
+        match language {
+            crate::Language::En => self.min_relevance,
+            crate::Language::Zh => self.min_relevance_zh,
+        }
+    }
+
     /// The settings of a model Kefu knows by name.
     pub fn for_model(name: &str) -> Option<Self> {
         match name {
@@ -53,6 +67,9 @@ impl EmbedderSpec {
                 mean_pooling: true,
                 max_length: 256,
                 dimension: 384,
+                // English only: Chinese text embeds as unknown tokens.
+                min_relevance: 0.42,
+                min_relevance_zh: 0.42,
             }),
             "multilingual-e5-small" => Some(Self {
                 query_prefix: "query: ".into(),
@@ -60,6 +77,8 @@ impl EmbedderSpec {
                 mean_pooling: true,
                 max_length: 512,
                 dimension: 384,
+                min_relevance: 0.86,
+                min_relevance_zh: 0.88,
             }),
             _ => None,
         }

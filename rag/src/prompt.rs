@@ -2,13 +2,27 @@
 //! budget and numbered so the answer can cite them. The token count comes from the caller (the
 //! chat model's tokenizer), so this crate needs no model.
 
+use crate::parse::Language;
 use crate::retrieve::{Passage, Ranked, Retriever, indexed_text};
 
-/// The instructions every grounded answer is generated under.
-pub const SYSTEM_PROMPT: &str = "You are a helpful customer-service assistant. Answer the \
-question using only the numbered passages below, in the language of the question. Cite the \
-passages you use by their number in brackets, like [1]. If the passages do not contain the \
-answer, say that you do not know.";
+/// The instructions every grounded answer to an English question is generated under.
+pub const SYSTEM_PROMPT: &str = "You are a customer-service assistant. Answer the question \
+using only the numbered passages below. Answer briefly, in one to three sentences, in the \
+language of the question, and cite the passages you use by their number in brackets, like \
+[1]. If the passages do not contain the answer, say \"I don't know\".";
+
+/// The same instructions for a Chinese question (small models follow instructions in the
+/// language they answer in more closely).
+pub const SYSTEM_PROMPT_ZH: &str = "你是客服助手。只根据下面编号的资料回答问题，用中文简要回答\
+（一到三句话），并用方括号注明所用资料的编号，例如 [1]。如果资料中没有答案，就回答“我不知道”。";
+
+/// The instructions and the passages' heading for a question in `language`.
+fn instructions(language: Language) -> (&'static str, &'static str, &'static str) {
+    match language {
+        Language::En => (SYSTEM_PROMPT, "Passages:", "Passages: none were found."),
+        Language::Zh => (SYSTEM_PROMPT_ZH, "资料：", "资料：没有找到相关资料。"),
+    }
+}
 
 /// A passage given to the model, with what its citation shows.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +103,8 @@ pub fn grounded_prompt<E>(
     max_passages: usize,
     context_tokens: usize,
 ) -> Result<GroundedPrompt, E> {
-    let mut used = count_tokens(SYSTEM_PROMPT)? + count_tokens(question)?;
+    let (instructions, heading, none) = instructions(Language::detect(question));
+    let mut used = count_tokens(instructions)? + count_tokens(question)?;
     let mut passages = String::new();
     let mut citations = Vec::new();
     for scored in ranked.fused.iter().take(max_passages) {
@@ -110,9 +125,9 @@ pub fn grounded_prompt<E>(
         citations.push(citation);
     }
     let system = if citations.is_empty() {
-        format!("{SYSTEM_PROMPT}\n\nPassages: none were found.")
+        format!("{instructions}\n\n{none}")
     } else {
-        format!("{SYSTEM_PROMPT}\n\nPassages:\n\n{}", passages.trim_end())
+        format!("{instructions}\n\n{heading}\n\n{}", passages.trim_end())
     };
     Ok(GroundedPrompt {
         system,
@@ -171,5 +186,9 @@ mod tests {
         let none = grounded_prompt(words, &retriever, &Ranked::default(), "why?", 4, 10).unwrap();
         assert!(none.system.ends_with("Passages: none were found."));
         assert_eq!(none.question, "why?");
+        // A Chinese question gets the instructions in Chinese.
+        let zh = grounded_prompt(words, &retriever, &ranked, "为什么？", 4, 10_000).unwrap();
+        assert!(zh.system.starts_with(SYSTEM_PROMPT_ZH), "{}", zh.system);
+        assert!(zh.system.contains("资料：\n\n[1]"), "{}", zh.system);
     }
 }

@@ -90,6 +90,8 @@ pub struct Knowledge {
     pub tokens: EmbedderTokens,
     pub store: Box<dyn VectorStore>,
     pub embedder_name: String,
+    /// The embedder's settings, its calibrated relevance floors included.
+    pub spec: EmbedderSpec,
 }
 
 impl std::fmt::Debug for Knowledge {
@@ -115,7 +117,11 @@ impl Knowledge {
             mean_pooling: true,
             max_length: 512,
             dimension: 384,
+            // An unknown model's similarities are uncalibrated: never abstain on them.
+            min_relevance: -1.0,
+            min_relevance_zh: -1.0,
         });
+        let relevance = spec.clone();
         let runtime = onnx_runtime(home)?;
         let threads = match options.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -149,6 +155,7 @@ impl Knowledge {
             tokens,
             store,
             embedder_name: name,
+            spec: relevance,
         })
     }
 

@@ -4,6 +4,7 @@
 //! (`supervise`). `main.rs` only parses arguments and calls [`cli::run`]. The training loop
 //! itself lives in the `trainer` crate.
 
+pub mod answering;
 pub mod auth;
 pub mod cli;
 pub mod config;

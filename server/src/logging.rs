@@ -16,7 +16,9 @@ pub enum LogFormat {
 }
 
 /// What is logged when `RUST_LOG` is not set.
-const DEFAULT_FILTER: &str = "warn,kefu=info,server=info,kefu_trainer=info";
+/// Qdrant's engine warns about its own start-up ("feature flags not initialized", a memory
+/// map check) on every open; those say nothing to a Kefu user, so only its errors show.
+const DEFAULT_FILTER: &str = "warn,kefu=info,server=info,kefu_trainer=info,qdrant_edge=error";
 
 /// The format this process logs in (for the processes it starts).
 static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();

@@ -101,6 +101,57 @@ pub async fn register_serving(database: &Database, generator: &Generator) -> Res
     Ok(())
 }
 
+/// Whether `version` is `ancestor` or was trained from it (through any number of jobs).
+async fn descends_from(
+    database: &Database,
+    version: &ModelVersion,
+    ancestor: &str,
+) -> Result<bool> {
+    let mut current = Some(version.clone());
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = current {
+        if v.id == ancestor {
+            return Ok(true);
+        }
+        if !seen.insert(v.id.clone()) {
+            break;
+        }
+        current = match v.parent_id {
+            Some(parent) => database.model_version(&parent).await?,
+            None => None,
+        };
+    }
+    Ok(false)
+}
+
+/// `kefu serve --model X`: X becomes `production` unless production already is X or was
+/// trained from it (a restart with the same flag keeps what training promoted). The label's
+/// history keeps the version it replaced, so a rollback returns to it.
+pub async fn pin_production(database: &Database, generator: &Generator) -> Result<()> {
+    let Some(production) = database.labelled(PRODUCTION).await? else {
+        return Ok(());
+    };
+    if descends_from(database, &production, &generator.version).await? {
+        if production.id != generator.version {
+            tracing::info!(
+                "production is version {}, trained from the --model version {}: serving it",
+                production.id,
+                generator.version
+            );
+        }
+        return Ok(());
+    }
+    database.promote(&generator.version).await?;
+    tracing::warn!(
+        "--model: `production` moved from version {} to {} (the model asked for); a rollback \
+         on the admin models page returns to {}",
+        production.id,
+        generator.version,
+        production.id
+    );
+    Ok(())
+}
+
 /// Loads `version` (checking that the file still has the hash it is named by) and starts a
 /// generator on it, warmed up by one short generation.
 async fn prepare(
@@ -125,12 +176,10 @@ async fn prepare(
                     path.display()
                 );
             }
-            // Registered files are already in the layout served (Q8_0 or f32): no re-quantization.
-            let options = LoadOptions {
-                requantize: false,
-                ..LoadOptions::default()
-            }
-            .on(&device);
+            // Files registered by this version of Kefu hold no slow block types; one registered
+            // earlier may (a mixed file judged by its first `ffn_down`): it gets the fetched
+            // models' treatment, a cached Q8_0 copy beside it, after its hash was checked.
+            let options = LoadOptions::default().on(&device);
             let model = LoadedModel::load(&path, &options)
                 .with_context(|| format!("cannot load {}", path.display()))?;
             Ok((model, hashed))

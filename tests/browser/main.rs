@@ -481,6 +481,27 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         json!([]),
     );
     assert_eq!(questions, json!(1), "each message shown once");
+    // A question the documents do not answer: the assistant says so in the page's language
+    // and offers a person prominently; the offer hands the conversation over.
+    visitor.type_into(".kefu-input textarea", "我上周买的跑鞋可以退款吗？");
+    visitor.click(".kefu-input button");
+    visitor.wait(
+        "the abstention with its hand-off action",
+        120,
+        "return document.querySelector('.kefu-assistant[data-abstained=true] [data-kefu=handoff]')",
+    );
+    let said = visitor.js(
+        "return document.querySelector('.kefu-assistant[data-abstained=true] .kefu-text').textContent",
+        json!([]),
+    );
+    assert!(said.as_str().unwrap().contains("人工客服"), "{said}");
+    visitor.screenshot("widget-abstained.png");
+    visitor.click(".kefu-assistant[data-abstained=true] [data-kefu=handoff]");
+    visitor.wait(
+        "the hand-off notice",
+        10,
+        "return document.querySelector('.kefu-log').innerText.includes('人工客服即将接入')",
+    );
     for page in ["wrong", "nokey"] {
         visitor.goto(&format!("{shop}/{page}"));
         visitor.wait(

@@ -450,6 +450,12 @@ fn a_correction_is_learned_served_and_rolled_back() {
         "candidate_loss",
         "production_fact_recall",
         "candidate_fact_recall",
+        "production_f1",
+        "candidate_f1",
+        "production_support",
+        "candidate_support",
+        "production_abstained",
+        "candidate_abstained",
     ] {
         assert!(
             held_out[key].as_f64().is_some_and(f64::is_finite),
@@ -622,4 +628,49 @@ fn a_correction_is_learned_served_and_rolled_back() {
     std::thread::sleep(Duration::from_millis(600));
     let (_, ready) = get(&server.url("/readyz"), None);
     assert_eq!(ready["model_version"], original.as_str());
+}
+
+/// `kefu serve --model X` serves X even when the registry's `production` is another version:
+/// X becomes production (the old one `previous`, so a rollback returns to it), a restart
+/// without `--model` serves production, and a restart with the same `--model` keeps it.
+#[test]
+fn an_explicit_model_is_served_over_the_registry_s_production() {
+    let staffed = staffed_server(&[]);
+    let admin = staffed.admin_api.clone();
+    let home = staffed._home.path().to_path_buf();
+    let models = |server: &Server| {
+        let (status, models) = request("GET", &server.url("/api/admin/models"), &admin, None);
+        assert_eq!(status, 200, "{models}");
+        models
+    };
+    let first = models(&staffed.server);
+    let default = first["serving"].as_str().unwrap().to_string();
+    assert_eq!(first["labels"]["production"], default.as_str());
+    assert!(staffed.server.stop().success());
+
+    let tiny = kefu_model::testing::write_tiny_gguf(
+        &home,
+        &kefu_model::testing::TinySpec::new(kefu_model::Architecture::Llama),
+    );
+    let tiny = tiny.to_str().unwrap();
+    let pinned = Server::start(&home, None, &["--model", tiny]);
+    let now = models(&pinned);
+    let served = now["serving"].as_str().unwrap().to_string();
+    assert_ne!(
+        served, default,
+        "--model was replaced by the registry's production: {now}"
+    );
+    assert_eq!(now["labels"]["production"], served.as_str(), "{now}");
+    assert_eq!(now["labels"]["previous"], default.as_str(), "{now}");
+    assert!(pinned.stop().success());
+
+    // Without --model the registry decides: production, now the model asked for last time.
+    let unpinned = Server::start(&home, None, &[]);
+    assert_eq!(models(&unpinned)["serving"], served.as_str());
+    assert!(unpinned.stop().success());
+    // The same --model again changes nothing.
+    let again = Server::start(&home, None, &["--model", tiny]);
+    let later = models(&again);
+    assert_eq!(later["serving"], served.as_str());
+    assert_eq!(later["labels"]["previous"], default.as_str(), "{later}");
 }

@@ -4,15 +4,14 @@
 //! - the regression set (every question an agent corrected): answer loss against production's
 //!   and the candidate's greedy answers;
 //! - held-out questions (`[gate] questions`): each answered from the knowledge base's passages
-//!   as the server answers it; answer loss against the reference answer, and a fact check —
-//!   the share of the reference's key terms the greedy answer states, and the share of the
-//!   answer's terms its passages hold;
+//!   as the server answers it; answer loss against the reference answer, and the greedy
+//!   answers scored by `kefu_rag::score` (token F1, fact recall, support, abstention — the
+//!   scorer of `kefu eval answers`);
 //! - held-out preference pairs (`[gate] pairs`): preference accuracy of each model (mean
 //!   log-probability per token of chosen over rejected), and the candidate's reward accuracy
 //!   with production as the reference (DPO's implicit reward);
 //! - merged-versus-adapter logit parity, both held in f32, and chat-template parity.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -20,6 +19,7 @@ use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
 use kefu_model::{ChatMessage, LoadOptions, LoadedModel, Role};
 use kefu_rag::Retriever;
+use kefu_rag::score::{self, mean};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -131,37 +131,6 @@ pub fn read_pairs(path: &Path, max: usize) -> Result<Vec<Preference>> {
     Ok(pairs)
 }
 
-/// The key terms of a text: the keyword index's (stop words dropped, English words folded,
-/// Chinese character bigrams).
-fn terms(text: &str) -> HashSet<String> {
-    kefu_rag::keyword::analyze(text).into_iter().collect()
-}
-
-/// The share of `part`'s key terms that `whole` holds (`None` when `part` has none).
-fn covered(part: &str, whole: &str) -> Option<f64> {
-    let part = terms(part);
-    if part.is_empty() {
-        return None;
-    }
-    let whole = terms(whole);
-    Some(part.intersection(&whole).count() as f64 / part.len() as f64)
-}
-
-/// The share of `reference`'s key terms that `answer` states (`None` when it has none).
-pub fn fact_recall(answer: &str, reference: &str) -> Option<f64> {
-    covered(reference, answer)
-}
-
-/// The share of `answer`'s key terms found in `passages` (`None` for an answer without any).
-pub fn grounding(answer: &str, passages: &str) -> Option<f64> {
-    covered(answer, passages)
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (n > 0).then(|| sum / n as f64)
-}
-
 fn load(path: &Path) -> Result<LoadedModel> {
     LoadedModel::load(
         path,
@@ -228,8 +197,7 @@ fn held_out_questions(
     let params = greedy(128);
     let mut conversations = Vec::new();
     let mut entries = Vec::new();
-    let mut recalls = Vec::new();
-    let mut grounded = Vec::new();
+    let mut scores = Vec::new();
     for q in &held_out.questions {
         let ranked = retriever.search_keywords(&q.question, 50);
         let (prompt, messages) = crate::knowledge::grounded(
@@ -252,11 +220,12 @@ fn held_out_questions(
         for model in [production, candidate] {
             let ids = model.chat_prompt(&messages)?;
             let said = model.generate(&ids, &params, |_| true)?.text;
-            let recall = fact_recall(&said, &q.answer);
-            let support = grounding(&said, &passages);
-            sides.push(json!({"answer": said, "fact_recall": recall, "grounding": support}));
-            recalls.push(recall);
-            grounded.push(support);
+            let scored = score::score(&said, Some(&q.answer), &passages);
+            sides.push(json!({
+                "answer": said, "f1": scored.f1, "fact_recall": scored.fact_recall,
+                "support": scored.support, "abstained": scored.abstained,
+            }));
+            scores.push(scored);
         }
         entries.push(json!({
             "question": q.question, "reference": excerpt(&q.answer, 400),
@@ -268,10 +237,16 @@ fn held_out_questions(
         conversations.push(Conversation { messages });
     }
     // Even positions are production's, odd ones the candidate's.
-    let side = |values: &[Option<f64>], odd: usize| {
-        mean(values.iter().skip(odd).step_by(2).filter_map(|v| *v))
+    let side = |odd: usize, measure: fn(&score::AnswerScore) -> Option<f64>| {
+        mean(scores.iter().skip(odd).step_by(2).map(measure))
     };
-    let (production_facts, candidate_facts) = (side(&recalls, 0), side(&recalls, 1));
+    let facts = |s: &score::AnswerScore| s.fact_recall;
+    let (production_facts, candidate_facts) = (side(0, facts), side(1, facts));
+    let (f1, support) = (
+        |s: &score::AnswerScore| s.f1,
+        |s: &score::AnswerScore| s.support,
+    );
+    let abstained = |s: &score::AnswerScore| Some(f64::from(u8::from(s.abstained)));
     let production_loss = answer_loss(production, &conversations)?;
     let candidate_loss = answer_loss(candidate, &conversations)?;
     let ratio = match (production_loss, candidate_loss) {
@@ -295,9 +270,11 @@ fn held_out_questions(
             "production_loss": production_loss, "candidate_loss": candidate_loss,
             "loss_ratio": ratio, "max_loss_ratio": max_ratio, "loss_ok": loss_ok,
             "production_fact_recall": production_facts, "candidate_fact_recall": candidate_facts,
-            "production_grounding": side(&grounded, 0), "candidate_grounding": side(&grounded, 1),
+            "production_f1": side(0, f1), "candidate_f1": side(1, f1),
+            "production_support": side(0, support), "candidate_support": side(1, support),
+            "production_abstained": side(0, abstained), "candidate_abstained": side(1, abstained),
             "fact_tolerance": tolerance, "facts_ok": facts_ok,
-            "source_retrieved": mean(retrieved.iter().map(|&r| f64::from(u8::from(r)))),
+            "source_retrieved": mean(retrieved.iter().map(|&r| Some(f64::from(u8::from(r))))),
             "answers": entries,
         }),
         loss_ok && facts_ok,
@@ -334,11 +311,9 @@ fn held_out_pairs(
     let p = pair_scores(production, pairs)?;
     let c = pair_scores(candidate, pairs)?;
     let prefers = |scores: &[[(f64, usize); 2]]| {
-        mean(
-            scores
-                .iter()
-                .map(|[(cs, cn), (rs, rn)]| f64::from(u8::from(cs / *cn as f64 > rs / *rn as f64))),
-        )
+        mean(scores.iter().map(|[(cs, cn), (rs, rn)]| {
+            Some(f64::from(u8::from(cs / *cn as f64 > rs / *rn as f64)))
+        }))
     };
     let margins: Vec<f64> = p
         .iter()
@@ -354,8 +329,8 @@ fn held_out_pairs(
             "pairs": pairs.len(),
             "production_preference_accuracy": production_accuracy,
             "candidate_preference_accuracy": candidate_accuracy,
-            "reward_accuracy": mean(margins.iter().map(|&m| f64::from(u8::from(m > 0.0)))),
-            "mean_reward_margin": mean(margins.iter().copied()), "beta": beta,
+            "reward_accuracy": mean(margins.iter().map(|&m| Some(f64::from(u8::from(m > 0.0))))),
+            "mean_reward_margin": mean(margins.iter().map(|&m| Some(m))), "beta": beta,
             "tolerance": tolerance, "ok": ok,
         }),
         ok,
@@ -516,28 +491,6 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn facts_are_the_reference_s_key_terms_the_answer_states() {
-        let reference = "Refunds are paid to the original card within five days.";
-        assert_eq!(fact_recall(reference, reference), Some(1.0));
-        let half = fact_recall("Refunds go to the original card.", reference).unwrap();
-        assert!(half > 0.3 && half < 0.8, "{half}");
-        assert_eq!(fact_recall("I do not know.", reference), Some(0.0));
-        assert_eq!(fact_recall("anything", "the of a"), None);
-        // Chinese is compared by character bigrams.
-        let zh = fact_recall("退款将在五天内退回原卡。", "退款在五天内退回原卡").unwrap();
-        assert!(zh > 0.8, "{zh}");
-        assert_eq!(
-            grounding("original card", "Paid to the original card."),
-            Some(1.0)
-        );
-        assert_eq!(
-            grounding("blue moon", "Paid to the original card."),
-            Some(0.0)
-        );
-        assert_eq!(grounding("", "Paid."), None);
-    }
 
     #[test]
     fn held_out_files_are_read_with_clear_errors() {

@@ -107,7 +107,7 @@ pub fn import(
     parent: Option<String>,
     job: Option<i64>,
 ) -> Result<ModelVersion> {
-    use kefu_model::gguf::{GgufFile, is_slow_on_cpu, requantize};
+    use kefu_model::gguf::{GgufFile, requantize};
     if file.extension().is_none_or(|e| e != "gguf") || !file.is_file() {
         bail!("{} is not a .gguf file", file.display());
     }
@@ -118,7 +118,7 @@ pub fn import(
     let staged = incoming.join(format!("{}.gguf", std::process::id()));
     let mut source =
         GgufFile::open(file).with_context(|| format!("{} is not a model", file.display()))?;
-    if source.weight_dtype().is_some_and(is_slow_on_cpu) {
+    if source.has_slow_weights() {
         requantize(&mut source, &staged, kefu_model::gguf::GgmlDType::Q8_0)?;
     } else {
         std::fs::copy(file, &staged).with_context(|| format!("cannot copy {}", file.display()))?;

@@ -338,7 +338,8 @@
       var q = report.held_out_questions;
       if (q) {
         body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Answer loss on held-out questions (" + q.questions + ", answered from the knowledge base)" }), el("td", { text: fixed(q.production_loss) }), el("td", { text: fixed(q.candidate_loss) }), verdict(q.loss_ok)]));
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Facts of the reference answer stated (greedy; in brackets: share of the answer's terms its passages hold)" }), el("td", { text: fixed(q.production_fact_recall) + " (" + fixed(q.production_grounding) + ")" }), el("td", { text: fixed(q.candidate_fact_recall) + " (" + fixed(q.candidate_grounding) + ")" }), verdict(q.facts_ok)]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Facts of the reference answer stated (greedy; in brackets: share of the answer's terms its passages hold)" }), el("td", { text: fixed(q.production_fact_recall) + " (" + fixed(q.production_support) + ")" }), el("td", { text: fixed(q.candidate_fact_recall) + " (" + fixed(q.candidate_support) + ")" }), verdict(q.facts_ok)]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Token F1 against the reference answers (in brackets: share of answers that abstained)" }), el("td", { text: fixed(q.production_f1) + " (" + fixed(q.production_abstained) + ")" }), el("td", { text: fixed(q.candidate_f1) + " (" + fixed(q.candidate_abstained) + ")" }), el("td", {})]));
       }
       var hp = report.held_out_pairs;
       if (hp) {
@@ -348,8 +349,8 @@
       heldOut.textContent = "";
       ((q && q.answers) || []).forEach(function (a) {
         heldOut.appendChild(el("tr", {}, [el("td", { text: a.question }), el("td", { text: a.reference }),
-          el("td", { text: a.production.answer + " (" + fixed(a.production.fact_recall) + ")" }),
-          el("td", { text: a.candidate.answer + " (" + fixed(a.candidate.fact_recall) + ")" })]));
+          el("td", { text: a.production.answer + " (F1 " + fixed(a.production.f1) + ")" }),
+          el("td", { text: a.candidate.answer + " (F1 " + fixed(a.candidate.f1) + ")" })]));
       });
       document.getElementById("held-out-section").hidden = !(q && q.answers && q.answers.length);
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Gate" }), el("td", { text: short(report.production) }), el("td", { text: "" }), verdict(report.passed)]));

@@ -65,6 +65,8 @@
     ".kefu-input textarea{flex:1;resize:none;font:inherit;padding:6px 8px;border:1px solid #c5cbd3;border-radius:8px;height:40px}" +
     ".kefu-input button{background:#2457d6;color:#fff;border:0;border-radius:8px;padding:0 14px;cursor:pointer}" +
     ".kefu-input button:disabled{opacity:.5}" +
+    ".kefu-handoff{display:block;margin-top:8px;background:#2457d6;color:#fff;border:0;border-radius:8px;padding:6px 12px;cursor:pointer;font:inherit;font-size:14px}" +
+    ".kefu-handoff:disabled{opacity:.5}" +
     ".kefu-human{border:0;background:none;color:#2457d6;font-size:13px;cursor:pointer;padding:4px 12px;text-align:left}" +
     "@media (max-width:480px){.kefu-root{right:8px;bottom:8px}.kefu-panel{position:fixed;left:0;right:0;top:0;bottom:0;width:auto;max-width:none;height:auto;max-height:none;border-radius:0}}";
 
@@ -173,6 +175,14 @@
   function finishAnswer(view, done) {
     view.node.setAttribute("data-message", done.message_id);
     state.shown[done.message_id] = true;
+    if (done.abstained) {
+      /* The documents do not hold the answer: say so, and offer a person prominently. */
+      if (done.replacement) view.body.textContent = done.replacement;
+      view.node.setAttribute("data-abstained", "true");
+      var handoff = el("button", { type: "button", "class": "kefu-handoff", "data-kefu": "handoff", text: T.human });
+      handoff.addEventListener("click", function () { handoff.disabled = true; requestHuman(); });
+      view.node.appendChild(handoff);
+    }
     var cites = citations(done.citations);
     if (cites) view.node.appendChild(cites);
     var up = icon(el("button", { type: "button", "aria-pressed": "false", "aria-label": T.up, title: T.up }), "up");
@@ -288,14 +298,15 @@
   bubble.addEventListener("click", function () { toggle(panel.hidden); });
   closeButton.addEventListener("click", function () { toggle(false); });
   panel.addEventListener("keydown", function (e) { if (e.key === "Escape") toggle(false); });
-  human.addEventListener("click", function () {
+  function requestHuman() {
     open().then(function (ok) {
       if (!ok) return;
       api("POST", "/api/conversations/" + state.id + "/handoff", {}).then(function (r) {
         if (r.ok) { note(T.waiting); startPolling(); } else note(T.error);
       });
     });
-  });
+  }
+  human.addEventListener("click", requestHuman);
 
   try {
     var saved = JSON.parse(localStorage.getItem(storeKey) || "null");

@@ -27,6 +27,72 @@ pub struct KnowledgeArgs {
     pub qdrant_url: Option<String>,
 }
 
+/// What a command does with a line of a data file it cannot use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BadLines {
+    /// Report bad lines and go on.
+    Skip,
+    /// Stop at the first bad line.
+    Fail,
+}
+
+impl BadLines {
+    pub fn rule(self) -> kefu_trainer::data::OnBadLine {
+        match self {
+            Self::Skip => kefu_trainer::data::OnBadLine::Skip,
+            Self::Fail => kefu_trainer::data::OnBadLine::Fail,
+        }
+    }
+}
+
+/// How answers are built (`kefu serve` and `kefu eval answers` share them, so an evaluation
+/// measures what the server does).
+#[derive(Debug, Args)]
+pub struct AnswerArgs {
+    /// Passages given to the model at most.
+    #[arg(long, env = "KEFU_PASSAGES", default_value_t = 4)]
+    pub passages: usize,
+    /// Prompt budget in the chat model's tokens (instructions, passages, question).
+    #[arg(long, env = "KEFU_CONTEXT_TOKENS", default_value_t = 1536)]
+    pub context_tokens: usize,
+    /// Budget of a conversation's earlier turns in the prompt (oldest dropped first).
+    #[arg(long, env = "KEFU_HISTORY_TOKENS", default_value_t = 512)]
+    pub history_tokens: usize,
+    /// Longest answer, in tokens.
+    #[arg(long, env = "KEFU_MAX_TOKENS", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Abstain ("I don't have that information") when less than this share of an answer's
+    /// content terms is found in its passages; 0 turns the check off.
+    #[arg(long, env = "KEFU_MIN_SUPPORT", default_value_t = 0.5)]
+    pub min_support: f64,
+    /// Generate even when no passage resembles the question (by default the assistant then
+    /// abstains without generating).
+    #[arg(long, env = "KEFU_ANSWER_UNRELATED")]
+    pub answer_unrelated: bool,
+}
+
+impl AnswerArgs {
+    /// The settings, or a clear error for values that cannot work.
+    pub fn settings(&self) -> Result<crate::answering::AnswerSettings> {
+        if self.passages == 0 || self.max_tokens == 0 || self.context_tokens < 64 {
+            bail!(
+                "--passages and --max-tokens must be at least 1 and --context-tokens at least 64"
+            );
+        }
+        if !(0.0..=1.0).contains(&self.min_support) {
+            bail!("--min-support is a share between 0 and 1");
+        }
+        Ok(crate::answering::AnswerSettings {
+            passages: self.passages,
+            context_tokens: self.context_tokens,
+            history_tokens: self.history_tokens,
+            max_tokens: self.max_tokens,
+            abstain_unrelated: !self.answer_unrelated,
+            min_support: self.min_support,
+        })
+    }
+}
+
 /// The database URL: the flag or variable, else the SQLite file in the data directory.
 pub fn database_url(home: &Path, flag: Option<&str>) -> Result<String> {
     if let Some(url) = flag {

@@ -84,7 +84,7 @@ pub enum Command {
     },
     /// Merge a LoRA adapter into its base model: a GGUF file or Hugging Face weights.
     Merge(MergeArgs),
-    /// Measure retrieval against a question file.
+    /// Measure retrieval or answers against a question file.
     Eval {
         #[command(subcommand)]
         command: EvalCommand,
@@ -136,6 +136,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval {
             command: EvalCommand::Retrieval(args),
         } => eval_retrieval(&cli.home, cli.threads, &args),
+        Command::Eval {
+            command: EvalCommand::Answers(args),
+        } => eval_answers(&cli.home, cli.threads, &args),
     }
 }
 

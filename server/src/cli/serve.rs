@@ -21,9 +21,12 @@ pub struct ServeArgs {
     pub port: u16,
     #[command(flatten)]
     pub knowledge: KnowledgeArgs,
-    /// Chat model: a name (installed or known, fetched on first start) or a path.
-    #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: String,
+    /// Chat model: a name (installed or known, fetched on first start) or a path. Given, it is
+    /// served and becomes the registry's `production` version (unless production was trained
+    /// from it); without it, the registry's `production` version is served (the default model
+    /// on a fresh data directory).
+    #[arg(long, env = "KEFU_MODEL")]
+    pub model: Option<String>,
     /// Where the chat model runs: cpu, or cuda / cuda:N in a CUDA build (the embedded training
     /// worker trains there too).
     #[arg(long, env = "KEFU_DEVICE", default_value = "cpu")]
@@ -37,9 +40,8 @@ pub struct ServeArgs {
     /// Generations that may wait for a worker; more are answered 503 with Retry-After.
     #[arg(long, env = "KEFU_QUEUE", default_value_t = 16)]
     pub queue: usize,
-    /// Longest answer, in tokens.
-    #[arg(long, env = "KEFU_MAX_TOKENS", default_value_t = 256)]
-    pub max_tokens: usize,
+    #[command(flatten)]
+    pub answers: AnswerArgs,
     /// Largest request body, in bytes.
     #[arg(long, env = "KEFU_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -66,17 +68,13 @@ pub enum TrainerMode {
 }
 
 pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
-    if args.workers == 0
-        || args.batch == 0
-        || args.queue == 0
-        || args.max_tokens == 0
-        || args.max_body_bytes < 1024
-    {
+    if args.workers == 0 || args.batch == 0 || args.queue == 0 || args.max_body_bytes < 1024 {
         bail!(
-            "--workers, --batch, --queue and --max-tokens must be at least 1 and \
-             --max-body-bytes at least 1024"
+            "--workers, --batch and --queue must be at least 1 and --max-body-bytes at least 1024"
         );
     }
+    let answers = args.answers.settings()?;
+    let model_name = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -87,7 +85,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             .database
             .knowledge_base(&args.knowledge.kb)
             .await?;
-        let path = resolve_model(home, &args.model)?;
+        let path = resolve_model(home, model_name)?;
         let device = kefu_model::parse_device(&args.device)?;
         let options = LoadOptions::default().on(&device);
         let model = tokio::task::spawn_blocking(move || {
@@ -98,7 +96,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
         let weights = model.weights_path.clone();
         let version = tokio::task::spawn_blocking(move || fetch::sha256_file(&weights)).await??;
         let settings = crate::generator::GeneratorSettings {
-            name: args.model.clone(),
+            name: model_name.to_string(),
             device,
             workers: args.workers,
             max_batch: args.batch,
@@ -107,10 +105,13 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
         };
         let generator = crate::generator::Generator::start(model, version, &settings)?;
         crate::serving::register_serving(&knowledge.database, &generator).await?;
+        if args.model.is_some() {
+            crate::serving::pin_production(&knowledge.database, &generator).await?;
+        }
         let config = crate::http::ApiConfig {
             default_kb: args.knowledge.kb.clone(),
             max_body_bytes: args.max_body_bytes,
-            max_tokens: args.max_tokens,
+            answers,
             rate_per_ip: args.rate_per_ip,
             rate_per_site: args.rate_per_site,
             data_dir: home.to_path_buf(),

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use clap::{Args, Subcommand};
-use kefu_trainer::data::OnBadLine;
 use kefu_trainer::dataset::{Format, Kind};
 use kefu_trainer::pipeline::{self, StageOptions, run_recipe, stage};
 use kefu_trainer::recipe::StageKind;
@@ -30,14 +29,6 @@ pub enum TrainCommand {
     /// Every stage a recipe holds, in the order cpt → sft → dpo; each stage starts from the
     /// model the previous one merged (so DPO's reference is the SFT model).
     Run(RunArgs),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BadLines {
-    /// Report bad lines and go on.
-    Skip,
-    /// Stop at the first bad line.
-    Fail,
 }
 
 /// How the frozen base is held while adapters train.
@@ -91,10 +82,7 @@ impl StageArgs {
             eval_every: self.eval_every,
             patience: self.patience,
             seed: self.seed,
-            on_bad_line: self.on_bad_line.map(|rule| match rule {
-                BadLines::Skip => OnBadLine::Skip,
-                BadLines::Fail => OnBadLine::Fail,
-            }),
+            on_bad_line: self.on_bad_line.map(BadLines::rule),
             beta: self.beta,
             resume: self.resume,
         }

@@ -11,41 +11,19 @@ use axum::response::{IntoResponse, Response};
 use kefu_db::ServedPrompt;
 use kefu_model::ChatMessage;
 use kefu_model::generate::{FinishReason, GenerationParams};
-use kefu_model::sampling::SamplingConfig;
-use kefu_rag::RetrievalConfig;
 use kefu_rag::prompt::Citation;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::answering::{self, Abstention, Prepared};
 use crate::generator::{Event, Generator, QueueFull, Summary};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
-/// What retrieval and prompt building produce for one answer.
-pub(crate) struct Prepared {
-    pub(crate) prompt: Vec<u32>,
-    pub(crate) messages: Vec<ChatMessage>,
-    pub(crate) citations: Vec<Citation>,
-    pub(crate) retrieved: Value,
-}
-
-pub(crate) fn sampling_params(state: &AppState) -> GenerationParams {
-    GenerationParams {
-        sampling: SamplingConfig {
-            temperature: 0.0,
-            repetition_penalty: 1.1,
-            ..SamplingConfig::default()
-        },
-        max_tokens: state.config.max_tokens,
-        stop: Vec::new(),
-        ignore_eos: false,
-    }
-}
-
-/// Retrieves, builds the grounded prompt (off the async runtime: embedding and tokenizing are
-/// model work).
+/// Retrieves and builds the grounded prompt through [`crate::answering::prepare`], off the
+/// async runtime (embedding and tokenizing are model work).
 pub(crate) async fn prepare(
     state: &Arc<AppState>,
     generator: &Arc<Generator>,
@@ -56,44 +34,15 @@ pub(crate) async fn prepare(
     let retriever = state.retriever(knowledge_base_id).await?;
     let state = state.clone();
     let generator = generator.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
-        let ranked = state
-            .knowledge
-            .search(&retriever, &question, &RetrievalConfig::default())?;
-        let model = &generator.model;
-        let (grounded, mut messages) = kefu_trainer::knowledge::grounded(
-            model,
+    tokio::task::spawn_blocking(move || {
+        answering::prepare(
+            &state.knowledge,
             &retriever,
-            &ranked,
+            &generator.model,
             &question,
-            state.config.passages,
-            state.config.context_tokens,
-        )?;
-        // Earlier turns go between the instructions and the question.
-        let question_turn = messages.pop();
-        messages.extend(history);
-        messages.extend(question_turn);
-        let prompt = model.chat_prompt(&messages)?;
-        let retrieved = json!(
-            grounded
-                .citations
-                .iter()
-                .map(|c| {
-                    let chunk = retriever.chunk_by_id(c.chunk_id);
-                    json!({
-                        "chunk_id": c.chunk_id, "score": c.score, "title": c.title,
-                        "heading": c.heading, "path": c.path,
-                        "text": chunk.map(|chunk| chunk.text.clone()),
-                    })
-                })
-                .collect::<Vec<_>>()
-        );
-        Ok(Prepared {
-            prompt,
-            messages,
-            citations: grounded.citations,
-            retrieved,
-        })
+            history,
+            &state.config.answers,
+        )
     })
     .await
     .map_err(ApiError::internal)?
@@ -134,9 +83,106 @@ pub(crate) fn start_generation(
     Ok(generated)
 }
 
+/// The `done` event's data, or the `error` event when the answer could not be stored.
+fn done_event(
+    stored: Result<i64, ApiError>,
+    prepared: &Prepared,
+    version: &str,
+    finish_reason: &str,
+    outcome: &Outcome,
+) -> SseEvent {
+    match stored {
+        Ok(message_id) => SseEvent::default().event("done").data(
+            json!({
+                "message_id": message_id,
+                "citations": prepared.citations.iter().map(citation_json).collect::<Vec<_>>(),
+                "finish_reason": finish_reason,
+                "model_version": version,
+                "abstained": outcome.abstention.is_some(),
+                "abstention_reason": outcome.abstention.map(Abstention::name),
+                // What the customer should see when it differs from the streamed text.
+                "replacement": outcome.abstention.map(|_| outcome.text.clone()),
+            })
+            .to_string(),
+        ),
+        Err(e) => SseEvent::default()
+            .event("error")
+            .data(json!({"code": "internal", "message": e.message}).to_string()),
+    }
+}
+
+/// What is stored and shown for one answer after the checks.
+pub(crate) struct Outcome {
+    /// The answer as stored: the model's text, or the abstention reply that replaced it.
+    pub(crate) text: String,
+    pub(crate) abstention: Option<Abstention>,
+    /// The model's text when the reply replaced it.
+    pub(crate) draft: Option<String>,
+}
+
+impl Outcome {
+    fn of(state: &AppState, prepared: &Prepared, summary: &Summary) -> Self {
+        match answering::review(prepared, &summary.text, &state.config.answers) {
+            None => Self {
+                text: summary.text.clone(),
+                abstention: None,
+                draft: None,
+            },
+            Some(reason) => Self {
+                text: prepared.abstention_reply().to_string(),
+                abstention: Some(reason),
+                draft: Some(summary.text.clone()).filter(|t| !t.is_empty()),
+            },
+        }
+    }
+}
+
+/// The abstention reply, stored and streamed without generating (no passage resembles the
+/// question).
+async fn abstain_at_once(
+    state: Arc<AppState>,
+    version: String,
+    conversation: kefu_db::Conversation,
+    question_id: i64,
+    prepared: Prepared,
+) -> Response {
+    let params = answering::generation_params(&state.config.answers);
+    let summary = Summary {
+        text: String::new(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        finish_reason: FinishReason::EndOfTurn,
+        first_token_ms: 0,
+        total_ms: 0,
+        queued_ms: 0,
+    };
+    let outcome = Outcome::of(&state, &prepared, &summary);
+    let stored = store_answer(
+        &state,
+        &version,
+        &conversation,
+        question_id,
+        &prepared,
+        &params,
+        &summary,
+        &outcome,
+    )
+    .await;
+    let events = vec![
+        SseEvent::default()
+            .event("token")
+            .data(json!({"text": outcome.text}).to_string()),
+        done_event(stored, &prepared, &version, "stop", &outcome),
+    ];
+    let stream = tokio_stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+    Sse::new(stream).into_response()
+}
+
 /// Streams a grounded answer to `question_id` as Server-Sent Events: `token` events
-/// (`{"text"}`), then `done` (`{"message_id", "citations", "finish_reason", "model_version"}`)
-/// once the answer and its served-prompt record are stored, or `error`.
+/// (`{"text"}`), then `done` (`{"message_id", "citations", "finish_reason", "model_version",
+/// "abstained", "abstention_reason", "replacement"}`) once the answer and its served-prompt
+/// record are stored, or `error`. An answer the checks reject is stored as the abstention
+/// reply, which `replacement` carries for the widget to show instead of the streamed text.
 pub(crate) async fn answer(
     state: Arc<AppState>,
     conversation: kefu_db::Conversation,
@@ -154,7 +200,11 @@ pub(crate) async fn answer(
         history,
     )
     .await?;
-    let params = sampling_params(&state);
+    if prepared.abstention.is_some() {
+        let version = generator.version.clone();
+        return Ok(abstain_at_once(state, version, conversation, question_id, prepared).await);
+    }
+    let params = answering::generation_params(&state.config.answers);
     let mut generated = start_generation(&generator, prepared.prompt.clone(), params.clone())?;
     let (sse, stream) = mpsc::unbounded_channel::<SseEvent>();
     tokio::spawn(async move {
@@ -169,7 +219,8 @@ pub(crate) async fn answer(
                     }
                 }
                 Event::Done(summary) => {
-                    let outcome = store_answer(
+                    let outcome = Outcome::of(&state, &prepared, &summary);
+                    let stored = store_answer(
                         &state,
                         &generator.version,
                         &conversation,
@@ -177,22 +228,11 @@ pub(crate) async fn answer(
                         &prepared,
                         &params,
                         &summary,
+                        &outcome,
                     )
                     .await;
-                    let event = match outcome {
-                        Ok(message_id) => SseEvent::default().event("done").data(
-                            json!({
-                                "message_id": message_id,
-                                "citations": prepared.citations.iter().map(citation_json).collect::<Vec<_>>(),
-                                "finish_reason": finish_name(summary.finish_reason),
-                                "model_version": generator.version,
-                            })
-                            .to_string(),
-                        ),
-                        Err(e) => SseEvent::default().event("error").data(
-                            json!({"code": "internal", "message": e.message}).to_string(),
-                        ),
-                    };
+                    let finish = finish_name(summary.finish_reason);
+                    let event = done_event(stored, &prepared, &generator.version, finish, &outcome);
                     let _ = sse.send(event);
                     return;
                 }
@@ -211,6 +251,9 @@ pub(crate) async fn answer(
         .into_response())
 }
 
+/// Stores the answer as `outcome` has it, with its served-prompt record (the settings JSON
+/// also names an abstention and keeps the model's replaced draft).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn store_answer(
     state: &AppState,
     model_version: &str,
@@ -219,15 +262,19 @@ pub(crate) async fn store_answer(
     prepared: &Prepared,
     params: &GenerationParams,
     summary: &Summary,
+    outcome: &Outcome,
 ) -> Result<i64, ApiError> {
     let served = ServedPrompt {
         model_version: model_version.to_string(),
-        template_id: "kefu-grounded-v1".into(),
+        template_id: "kefu-grounded-v2".into(),
         sampling: json!({
             "temperature": params.sampling.temperature,
             "repetition_penalty": params.sampling.repetition_penalty,
             "top_k": params.sampling.top_k, "top_p": params.sampling.top_p,
             "max_tokens": params.max_tokens,
+            "abstention": outcome.abstention.map(Abstention::name),
+            "best_similarity": prepared.best_similarity,
+            "draft": outcome.draft,
         })
         .to_string(),
         retrieved: prepared.retrieved.to_string(),
@@ -240,7 +287,7 @@ pub(crate) async fn store_answer(
     };
     let message = state
         .database
-        .add_answer(conversation.id, question_id, &summary.text, &served)
+        .add_answer(conversation.id, question_id, &outcome.text, &served)
         .await
         .map_err(ApiError::internal)?;
     Ok(message.id)

@@ -145,7 +145,7 @@ fn generation_params(
     let max_tokens = request
         .max_completion_tokens
         .or(request.max_tokens)
-        .unwrap_or(state.config.max_tokens);
+        .unwrap_or(state.config.answers.max_tokens);
     if max_tokens == 0 || max_tokens > 4096 {
         return Err(ApiError::bad_request(
             "invalid_max_tokens",

@@ -22,9 +22,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Longest customer message, in characters.
     pub max_message_chars: usize,
-    pub max_tokens: usize,
-    pub passages: usize,
-    pub context_tokens: usize,
+    /// Passages, prompt budgets, answer length and abstention.
+    pub answers: crate::answering::AnswerSettings,
     /// Earlier messages of the conversation given to the model.
     pub history_messages: usize,
     /// Requests a minute from one IP address (0: no limit).
@@ -41,9 +40,7 @@ impl Default for ApiConfig {
             default_kb: "default".into(),
             max_body_bytes: 64 * 1024,
             max_message_chars: 4000,
-            max_tokens: 256,
-            passages: 4,
-            context_tokens: 1536,
+            answers: crate::answering::AnswerSettings::default(),
             history_messages: 6,
             rate_per_ip: 600,
             rate_per_site: 3000,

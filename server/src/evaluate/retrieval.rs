@@ -8,6 +8,7 @@ use kefu_rag::eval::RetrievalMetrics;
 use kefu_rag::{RetrievalConfig, Retriever, Scored};
 use serde::Deserialize;
 
+use super::matching_path;
 use crate::knowledge::Knowledge;
 
 #[derive(Debug, Deserialize)]
@@ -86,15 +87,6 @@ pub struct RetrievalReport {
     pub fused: RetrievalMetrics,
 }
 
-/// The stored document a `source_doc` names: the one whose path ends with it.
-fn matching_path<'a>(paths: &'a [String], source_doc: &str) -> Option<&'a str> {
-    let suffix = format!("/{}", source_doc.trim_start_matches("./"));
-    paths
-        .iter()
-        .find(|p| p.ends_with(&suffix) || p.as_str() == source_doc)
-        .map(String::as_str)
-}
-
 pub fn evaluate(
     knowledge: &Knowledge,
     retriever: &Retriever,
@@ -109,13 +101,7 @@ pub fn evaluate(
         skipped,
         ..RetrievalReport::default()
     };
-    let bar = indicatif::ProgressBar::new(questions.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} questions")
-            .expect("progress template is valid")
-            .progress_chars("=> "),
-    );
-    bar.set_message("evaluating");
+    let bar = super::progress(questions.len(), "evaluating");
     for question in questions {
         bar.inc(1);
         let expected = match matching_path(&paths, &question.source_doc) {
@@ -186,20 +172,6 @@ impl RetrievalReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn source_docs_match_by_path_suffix() {
-        let paths = vec![
-            "/data/kb/en/debian-faq/ftparchives.md".to_string(),
-            "/data/kb/zh/debian-faq/ftparchives.md".to_string(),
-        ];
-        assert_eq!(
-            matching_path(&paths, "kb/zh/debian-faq/ftparchives.md"),
-            Some("/data/kb/zh/debian-faq/ftparchives.md")
-        );
-        assert_eq!(matching_path(&paths, "archives.md"), None);
-        assert_eq!(matching_path(&paths, "kb/en/other.md"), None);
-    }
 
     #[test]
     fn question_files_are_read_with_clear_errors() {

@@ -1,0 +1,47 @@
+//! `kefu eval`: retrieval against the documents that answer each question (`retrieval`), and
+//! answers against reference answers through the server's own answer pipeline (`answers`).
+
+pub mod answers;
+pub mod retrieval;
+
+/// The stored document a `source_doc` names: the one whose path ends with it.
+pub(crate) fn matching_path<'a>(paths: &'a [String], source_doc: &str) -> Option<&'a str> {
+    let suffix = format!("/{}", source_doc.trim_start_matches("./"));
+    paths
+        .iter()
+        .find(|p| p.ends_with(&suffix) || p.as_str() == source_doc)
+        .map(String::as_str)
+}
+
+/// A progress bar over `len` questions on standard error.
+pub(crate) fn progress(len: usize, message: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:12} [{bar:30}] {pos}/{len} questions, {elapsed} (about {eta} left) {prefix}",
+        )
+        .expect("progress template is valid")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_docs_match_by_path_suffix() {
+        let paths = vec![
+            "/data/kb/en/debian-faq/ftparchives.md".to_string(),
+            "/data/kb/zh/debian-faq/ftparchives.md".to_string(),
+        ];
+        assert_eq!(
+            matching_path(&paths, "kb/zh/debian-faq/ftparchives.md"),
+            Some("/data/kb/zh/debian-faq/ftparchives.md")
+        );
+        assert_eq!(matching_path(&paths, "archives.md"), None);
+        assert_eq!(matching_path(&paths, "kb/en/other.md"), None);
+    }
+}
