@@ -812,6 +812,7 @@ fn questions_the_documents_do_not_answer_get_an_abstention_and_a_person() {
         assert_eq!(done["abstention_reason"], "no_relevant_passage", "{done}");
         assert!(streamed.contains(words), "{question}: {streamed}");
         assert_eq!(done["replacement"], streamed.as_str(), "{done}");
+        assert_eq!(done["citations"], json!([]), "{done}");
         let (status, messages) = get(
             &server.url(&format!("/api/conversations/{id}/messages")),
             Some(&token),
@@ -839,7 +840,12 @@ fn questions_the_documents_do_not_answer_get_an_abstention_and_a_person() {
     );
     eprintln!("answerable: abstained {} {streamed:?}", done["abstained"]);
     assert_ne!(done["abstention_reason"], "no_relevant_passage", "{done}");
-    assert!(!done["citations"].as_array().unwrap().is_empty(), "{done}");
+    // Cited when kept; an abstention cites nothing.
+    assert_eq!(
+        done["citations"].as_array().unwrap().is_empty(),
+        done["abstained"] == true,
+        "{done}"
+    );
     drop(server);
 
     let empty = Server::start(

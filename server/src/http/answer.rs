@@ -95,7 +95,12 @@ fn done_event(
         Ok(message_id) => SseEvent::default().event("done").data(
             json!({
                 "message_id": message_id,
-                "citations": prepared.citations.iter().map(citation_json).collect::<Vec<_>>(),
+                // An abstention cites nothing: the passages did not hold the answer (the
+                // served-prompt record keeps them).
+                "citations": match outcome.abstention {
+                    None => prepared.citations.iter().map(citation_json).collect::<Vec<_>>(),
+                    Some(_) => Vec::new(),
+                },
                 "finish_reason": finish_reason,
                 "model_version": version,
                 "abstained": outcome.abstention.is_some(),
