@@ -233,6 +233,19 @@ fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
         "{}",
         stdout(&skipped)
     );
+    // `eval answers` on that file, bad lines skipped, with one more flag.
+    let bad_answers = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "answers",
+            "--qa",
+            answers_qa,
+            "--on-bad-line",
+            "skip",
+        ];
+        args.extend_from_slice(extra);
+        run(home, &args)
+    };
     let no_answers = home.join("no-answers.jsonl");
     std::fs::write(&no_answers, "{\"question\": \"What is Debian?\"}\n").unwrap();
     let none = run(
@@ -240,54 +253,18 @@ fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
         &["eval", "answers", "--qa", no_answers.to_str().unwrap()],
     );
     assert_clear_failure(&none, "no questions with an `answer`");
-    let no_kb = run(
-        home,
-        &[
-            "eval",
-            "answers",
-            "--qa",
-            answers_qa,
-            "--on-bad-line",
-            "skip",
-            "--kb",
-            "nope",
-        ],
-    );
+    let no_kb = bad_answers(&["--kb", "nope"]);
     assert_clear_failure(&no_kb, "there is no knowledge base `nope`");
     let broken = home.join("broken.gguf");
     std::fs::write(&broken, b"GGUF but not really a model").unwrap();
-    let unloadable = run(
-        home,
-        &[
-            "eval",
-            "answers",
-            "--qa",
-            answers_qa,
-            "--on-bad-line",
-            "skip",
-            "--model",
-            broken.to_str().unwrap(),
-        ],
-    );
+    let unloadable = bad_answers(&["--model", broken.to_str().unwrap()]);
     assert_clear_failure(&unloadable, "cannot load the model");
     let zero = run(
         home,
         &["eval", "answers", "--qa", answers_qa, "--limit", "0"],
     );
     assert_clear_failure(&zero, "--limit must be at least 1");
-    let unknown = run(
-        home,
-        &[
-            "eval",
-            "answers",
-            "--qa",
-            answers_qa,
-            "--on-bad-line",
-            "skip",
-            "--version",
-            "deadbeefdeadbeef",
-        ],
-    );
+    let unknown = bad_answers(&["--version", "deadbeefdeadbeef"]);
     assert_clear_failure(&unknown, "no model version `deadbeefdeadbeef`");
 
     // Bad input: a missing question file, no usable records, a bad cut-off, an empty base.
@@ -316,19 +293,7 @@ fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
     assert_clear_failure(&empty, "the knowledge base `nothing-here` is empty");
     let blank = run(home, &["ask", "   "]);
     assert_clear_failure(&blank, "the question is empty");
-    let empty_answers = run(
-        home,
-        &[
-            "eval",
-            "answers",
-            "--qa",
-            answers_qa,
-            "--on-bad-line",
-            "skip",
-            "--kb",
-            "nothing-here",
-        ],
-    );
+    let empty_answers = bad_answers(&["--kb", "nothing-here"]);
     assert_clear_failure(&empty_answers, "the knowledge base `nothing-here` is empty");
 }
 

@@ -4,6 +4,7 @@
 //! recorded, the OpenAI-compatible API answers (stream and not), and every bad input gets a
 //! 4xx with a JSON `code` while nothing stored changes.
 
+mod abstention;
 mod access;
 mod answers;
 mod jobs;

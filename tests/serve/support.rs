@@ -388,6 +388,13 @@ pub(crate) fn ask_anonymously(server: &Server, question: &str) -> (String, Strin
 
 /// [`ask_anonymously`], with the streamed answer's text.
 pub(crate) fn ask_for_text(server: &Server, question: &str) -> (String, String, i64, String) {
+    let (id, token, done, text) = ask_for_done(server, question);
+    (id, token, done["message_id"].as_i64().unwrap(), text)
+}
+
+/// A question, asked anonymously: the conversation, its customer token, the `done` event and
+/// the streamed text.
+pub(crate) fn ask_for_done(server: &Server, question: &str) -> (String, String, Value, String) {
     let (status, conversation) = post(&server.url("/api/conversations"), None, b"{}");
     assert_eq!(status, 201, "{conversation}");
     let id = conversation["id"].as_str().unwrap().to_string();
@@ -397,8 +404,9 @@ pub(crate) fn ask_for_text(server: &Server, question: &str) -> (String, String, 
         Some(&token),
         &json!({"content": question}),
     );
-    assert_eq!(status, 200);
-    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+    assert_eq!(status, 200, "{events:?}");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "done", "{events:?}");
     let text: String = events
         .iter()
         .filter(|(name, _)| name == "token")
@@ -409,8 +417,7 @@ pub(crate) fn ask_for_text(server: &Server, question: &str) -> (String, String, 
                 .to_string()
         })
         .collect();
-    let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
-    (id, token, done["message_id"].as_i64().unwrap(), text)
+    (id, token, serde_json::from_str(data).unwrap(), text)
 }
 
 /// Waits (up to 15 minutes) for training job `id` to succeed and returns it with its report;
