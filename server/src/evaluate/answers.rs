@@ -84,14 +84,7 @@ pub fn read_questions(
     selection: &Selection,
     on_bad_line: OnBadLine,
 ) -> Result<QuestionFile> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not valid UTF-8 (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    let text = super::read_text(path)?;
     let mut file = QuestionFile::default();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -4,6 +4,19 @@
 pub mod answers;
 pub mod retrieval;
 
+/// A question file's text; an unreadable or non-UTF-8 file is an error naming it.
+pub(crate) fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 /// The stored document a `source_doc` names: the one whose path ends with it.
 pub(crate) fn matching_path<'a>(paths: &'a [String], source_doc: &str) -> Option<&'a str> {
     let suffix = format!("/{}", source_doc.trim_start_matches("./"));

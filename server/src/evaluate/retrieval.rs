@@ -30,14 +30,7 @@ pub struct Question {
 /// The questions of a file: those of `split` (all when `None`) that name a source document,
 /// and how many were skipped for lacking one.
 pub fn read_questions(path: &Path, split: Option<&str>) -> Result<(Vec<Question>, usize)> {
-    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(text).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not valid UTF-8 (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    let text = super::read_text(path)?;
     let mut questions = Vec::new();
     let mut skipped = 0;
     for (n, line) in text.lines().enumerate() {
