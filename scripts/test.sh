@@ -45,7 +45,21 @@ echo "== models (default generator, Qwen2 for tokenizer parity, both embedders, 
 echo "== tests"
 log=$(mktemp)
 status=0
-cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# The tests run in a session of their own: whatever they start and leave running is found
+# afterwards, reported and stopped (a process left behind is a bug, and one holding the output
+# open must not keep this script waiting). The log is followed until cargo ends, not until
+# every process that inherited it has closed it.
+setsid --wait cargo test --release --workspace --no-fail-fast >"$log" 2>&1 &
+tests=$!
+tail -n +1 -f --pid="$tests" "$log"
+wait "$tests" || status=$?
+left=$(pgrep -s "$tests" || true)
+if [ -n "$left" ]; then
+  echo "processes the tests left running (stopped now):"
+  ps -o pid,etime,args -p "$(echo $left | tr ' ' ',')" || true
+  kill -KILL $left 2>/dev/null || true
+  status=1
+fi
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 # Only cargo's summaries count (a worker's log line such as "job 1 failed" is not a test).
 failed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')

@@ -285,6 +285,31 @@ impl Database {
         Ok(row.try_get("id")?)
     }
 
+    /// Customer feedback events on the answers of one conversation.
+    pub async fn customer_feedback_in(&self, conversation_id: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM feedback_events f JOIN messages m ON m.id = f.message_id \
+             WHERE m.conversation_id = $1 AND f.rater_role = 'customer'",
+        )
+        .bind(conversation_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Feedback events from one rater since `since_ms`: how many, and when the oldest came.
+    pub async fn feedback_by_rater_since(&self, rater: &str, since_ms: i64) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(MIN(created_ms), 0) AS oldest FROM feedback_events \
+             WHERE rater = $1 AND created_ms >= $2",
+        )
+        .bind(rater)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+
     /// The feedback events on a message, oldest first.
     pub async fn feedback(&self, message_id: i64) -> Result<Vec<FeedbackEvent>> {
         let rows = sqlx::query(

@@ -476,7 +476,6 @@ impl Database {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Feedback events recorded at or after `since_ms`.
     /// The newest job of `model`, whatever its status.
     pub async fn last_job(&self, model: &str) -> Result<Option<TrainingJob>> {
         let sql = format!(
@@ -526,6 +525,7 @@ impl Database {
         Ok(())
     }
 
+    /// Feedback events recorded at or after `since_ms`.
     pub async fn feedback_since(&self, since_ms: i64) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM feedback_events WHERE created_ms >= $1")
             .bind(since_ms)

@@ -7,7 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// `kefu serve`'s embedded worker: a child process, restarted when it dies.
-pub fn supervise(home: PathBuf, database_url: String, stop: Arc<AtomicBool>) {
+pub fn supervise(
+    home: PathBuf,
+    database_url: String,
+    policy: kefu_trainer::dataset::Policy,
+    stop: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
         let Ok(exe) = std::env::current_exe() else {
             tracing::error!("cannot find this program to start the training worker");
@@ -17,7 +22,12 @@ pub fn supervise(home: PathBuf, database_url: String, stop: Arc<AtomicBool>) {
             let child = std::process::Command::new(&exe)
                 .env("KEFU_HOME", &home)
                 .env("KEFU_DATABASE_URL", &database_url)
-                .env(kefu_trainer::worker::EMBEDDED, "1")
+                .env("KEFU_FEEDBACK_POLICY", policy.name())
+                // The worker ends when its parent is no longer this process.
+                .env(
+                    kefu_trainer::worker::EMBEDDED,
+                    std::process::id().to_string(),
+                )
                 // The worker logs as the server does (`RUST_LOG` is inherited).
                 .env("KEFU_LOG_FORMAT", crate::logging::format().name())
                 .args(["trainer", "work"])

@@ -1,5 +1,6 @@
 //! Training jobs: new documents, the triggers, a killed worker, a database restart.
 
+use kefu_tests::test_home;
 use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -163,6 +164,7 @@ fn the_schedule_and_the_threshold_queue_training_jobs() {
                 staffed._home.path(),
                 &database,
                 model,
+                kefu_trainer::dataset::Policy::default(),
                 at,
             ))
             .unwrap()
@@ -178,21 +180,44 @@ fn the_schedule_and_the_threshold_queue_training_jobs() {
         "no feedback yet: nothing to learn, no job"
     );
 
-    // A customer's thumbs down and an agent's correction: two feedback events.
+    // The threshold counts rated answers the feedback policy admits: a customer's thumbs
+    // (however many) count once the inbox accepts them, an agent's correction at once.
+    let thumbs = |id: &str, token: &str, answer: i64, rating: &str| {
+        request(
+            "POST",
+            &server.url(&format!(
+                "/api/conversations/{id}/messages/{answer}/feedback"
+            )),
+            &vec![("authorization", format!("Bearer {token}"))],
+            Some(&json!({"rating": rating, "reasons": []})),
+        )
+        .0
+    };
     let (id, token, answer) = ask_anonymously(server, "How long do I have to return a parcel?");
-    let (status, _) = request(
-        "POST",
-        &server.url(&format!(
-            "/api/conversations/{id}/messages/{answer}/feedback"
-        )),
-        &vec![("authorization", format!("Bearer {token}"))],
-        Some(&json!({"rating": "down", "reasons": ["wrong"]})),
-    );
-    assert_eq!(status, 201);
+    assert_eq!(thumbs(&id, &token, answer, "down"), 201);
     correct(server, &staffed.admin_api, &id, answer, "Within 30 days.");
+    let (liked_id, liked_token, liked) = ask_anonymously(server, "Is the return label free?");
+    for _ in 0..5 {
+        assert_eq!(thumbs(&liked_id, &liked_token, liked, "up"), 201);
+    }
 
+    set(json!({"every_minutes": null, "after_new_feedback": 2}));
+    assert!(
+        check(now).is_none(),
+        "one corrected answer; five unreviewed thumbs-up on another count for nothing"
+    );
+    let (status, reviewed, _) = call(
+        "POST",
+        &server.url("/api/admin/feedback/review"),
+        &staffed.admin_api,
+        &Body::Json(json!({"message_ids": [liked], "decision": "accept"})),
+    );
+    assert_eq!(status, 200, "{reviewed}");
     set(json!({"every_minutes": null, "after_new_feedback": 3}));
-    assert!(check(now).is_none(), "two events are fewer than three");
+    assert!(
+        check(now).is_none(),
+        "two admitted answers are fewer than three"
+    );
     set(json!({"every_minutes": null, "after_new_feedback": 2}));
     let job = check(kefu_db::now_ms()).expect("the threshold queues a job");
     assert_eq!(
@@ -388,4 +413,89 @@ fn a_database_restart_during_a_job_loses_nothing() {
         "{text}"
     );
     ask_anonymously(server, "Where is my parcel now?");
+}
+
+/// A server killed with `kill -9` leaves no training worker behind, and neither does one killed
+/// while its worker was still starting: the worker knows its server's process id and stops as
+/// soon as its parent is another process (an orphan kept retrying a deleted database for ever
+/// and held the test run's output open).
+#[test]
+fn a_worker_ends_with_its_server() {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let server = Server::start(home.path(), None, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let worker = loop {
+        if let [worker] = children(server.child.id(), "trainer")[..] {
+            break worker;
+        }
+        assert!(Instant::now() < deadline, "the server started no worker");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = Command::new("kill")
+        .args(["-KILL", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(server);
+    let alive = || {
+        // A zombie (state Z) waiting for its new parent to reap it has ended.
+        std::fs::read_to_string(format!("/proc/{worker}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_string();
+                Some(state != "Z")
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive() {
+        assert!(
+            Instant::now() < deadline,
+            "worker {worker} outlived its server by 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Started for a server that is already gone (its parent is not that server): it stops at
+    // once, before touching the database.
+    let mut orphan = kefu(home.path(), None)
+        .args(["trainer", "work"])
+        .env("KEFU_WORKER_EMBEDDED", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = orphan.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = orphan.kill();
+            let _ = orphan.wait();
+            panic!("a worker whose server is gone kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut orphan.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("kefu serve is gone"), "{log}");
+    // A value that is no process id is a clear error, not a worker that never ends.
+    let bad = kefu(home.path(), None)
+        .args(["trainer", "work"])
+        .env("KEFU_WORKER_EMBEDDED", "yes")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("KEFU_WORKER_EMBEDDED must be the process id"),
+        "{bad:?}"
+    );
 }

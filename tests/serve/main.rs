@@ -11,3 +11,4 @@ mod jobs;
 mod sites;
 mod support;
 mod swap;
+mod trust;

@@ -3,11 +3,14 @@
 //!
 //! For each customer question, every answer the model gave (regenerations included) gets one
 //! label from its feedback events: agents outweigh customers, and among equals the latest
-//! event wins. Then:
+//! event wins (a customer who rates one answer many times gives one rating). A label is
+//! *trusted* when an agent gave it or the feedback inbox accepted it; the [`Policy`] says what
+//! untrusted (customer) labels may become. Then:
 //! - an agent's corrected answer is *chosen* against the model's answer, *rejected*;
-//! - a thumbs-up answer is chosen against a thumbs-down answer to the same question;
-//! - SFT examples are the corrected and the thumbs-up answers;
-//! - KTO examples are every labelled answer with its label (desirable or not).
+//! - a thumbs-up answer is chosen against a thumbs-down answer to the same question (under
+//!   the default policy only when the thumbs-up is trusted);
+//! - SFT examples are the corrected and the (trusted) thumbs-up answers;
+//! - KTO examples are every (trusted) labelled answer with its label (desirable or not).
 //!
 //! Each example keeps the exact messages the model was served (retrieved passages included)
 //! and its lineage (question, answer and feedback ids, model version).
@@ -16,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use kefu_db::{Database, FeedbackEvent, Message, REJECTED, Review};
+use kefu_db::{ACCEPTED, Database, FeedbackEvent, Message, REJECTED, Review};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -60,6 +63,52 @@ impl Format {
     }
 }
 
+/// Which feedback becomes training data (`--feedback-policy`, `KEFU_FEEDBACK_POLICY`).
+/// Agents' ratings and corrections, and answers the feedback inbox accepted, count under every
+/// policy; the inbox's rejections under none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// A customer's thumbs are weak evidence: they become examples only once an agent or admin
+    /// accepts them in the inbox.
+    #[default]
+    Review,
+    /// As `review`, and customers' unreviewed thumbs also make preference pairs (a liked
+    /// against a disliked answer to one question), never SFT or KTO examples.
+    PairsOnly,
+    /// Every rating counts at once: for a trusted internal deployment.
+    All,
+}
+
+impl Policy {
+    /// `review`, `pairs-only` or `all`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "review" => Some(Self::Review),
+            "pairs-only" => Some(Self::PairsOnly),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Review => "review",
+            Self::PairsOnly => "pairs-only",
+            Self::All => "all",
+        }
+    }
+
+    /// Whether a label of this trust makes SFT and KTO examples.
+    fn admits_single(self, trusted: bool) -> bool {
+        trusted || self == Self::All
+    }
+
+    /// Whether a liked answer of this trust is chosen in a pair.
+    fn admits_chosen(self, trusted: bool) -> bool {
+        trusted || self != Self::Review
+    }
+}
+
 /// Writes `examples` as JSON lines; their sha256.
 pub fn write_lines(path: &Path, examples: &[Value]) -> Result<String> {
     let mut text = String::new();
@@ -93,6 +142,22 @@ struct Labelled {
     correction: Option<(String, i64)>,
     /// The feedback inbox's latest decision on it; a rejected answer gives no examples.
     review: Option<Review>,
+    /// An agent decided the label, or the inbox accepted it.
+    trusted: bool,
+    /// Every customer rating on it (a customer may rate one answer many times).
+    customer_ratings: Vec<FeedbackEvent>,
+}
+
+impl Labelled {
+    /// When the label became what it is: its event, or the inbox's acceptance.
+    fn decided_ms(&self) -> i64 {
+        let accepted = self
+            .review
+            .as_ref()
+            .filter(|r| r.decision == ACCEPTED)
+            .map_or(0, |r| r.created_ms);
+        self.event.created_ms.max(accepted)
+    }
 }
 
 fn role_rank(role: &str) -> i64 {
@@ -138,13 +203,22 @@ async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Label
             .filter(|e| e.feedback.rater_role == "agent")
             .filter_map(|e| Some((e.feedback.corrected_answer.clone()?, e.id)))
             .next_back();
+        let review = reviews.remove(&answer.id);
+        let trusted = event.feedback.rater_role == "agent"
+            || review.as_ref().is_some_and(|r| r.decision == ACCEPTED);
         by_question.entry(question).or_default().push(Labelled {
             prompt: serde_json::from_str(&served.prompt)?,
             model_version: served.model_version,
             label,
             event: event.clone(),
             correction,
-            review: reviews.remove(&answer.id),
+            review,
+            trusted,
+            customer_ratings: events
+                .iter()
+                .filter(|e| e.feedback.rater_role == "customer" && e.feedback.rating != 0)
+                .cloned()
+                .collect(),
             answer,
         });
     }
@@ -217,13 +291,48 @@ fn single(
     }
 }
 
-/// The examples of one kind, one JSON value each.
-pub async fn compile(database: &Database, kind: Kind, format: Format) -> Result<Vec<Value>> {
+/// Every rated answer the inbox has not rejected, by question.
+async fn admissible(database: &Database) -> Result<BTreeMap<i64, Vec<Labelled>>> {
     let mut by_question = labelled_answers(database).await?;
     // The inbox's rejections keep an answer's feedback out of every kind of example.
     for answers in by_question.values_mut() {
         answers.retain(|a| a.review.as_ref().is_none_or(|r| r.decision != REJECTED));
     }
+    Ok(by_question)
+}
+
+/// The answers whose feedback `policy` turns into SFT examples or pairs, each with the moment
+/// its label became what it is: what the threshold trigger counts.
+pub async fn admitted(database: &Database, policy: Policy) -> Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    for answers in admissible(database).await?.values() {
+        for a in answers {
+            let single = a.correction.is_some() || (a.label > 0 && policy.admits_single(a.trusted));
+            let paired = a.label > 0
+                && policy.admits_chosen(a.trusted)
+                && answers
+                    .iter()
+                    .any(|b| b.label < 0 && b.answer.id != a.answer.id);
+            let rejected_side = a.label < 0
+                && answers.iter().any(|b| {
+                    b.label > 0 && b.answer.id != a.answer.id && policy.admits_chosen(b.trusted)
+                });
+            if single || paired || rejected_side {
+                out.push((a.answer.id, a.decided_ms()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The examples of one kind that `policy` admits, one JSON value each.
+pub async fn compile(
+    database: &Database,
+    kind: Kind,
+    format: Format,
+    policy: Policy,
+) -> Result<Vec<Value>> {
+    let by_question = admissible(database).await?;
     let mut out = Vec::new();
     for (question, answers) in &by_question {
         for a in answers {
@@ -251,7 +360,7 @@ pub async fn compile(database: &Database, kind: Kind, format: Format) -> Result<
                             None,
                             lineage(None, None),
                         ));
-                    } else if a.label > 0 {
+                    } else if a.label > 0 && policy.admits_single(a.trusted) {
                         out.push(single(
                             format,
                             &a.prompt,
@@ -261,18 +370,22 @@ pub async fn compile(database: &Database, kind: Kind, format: Format) -> Result<
                         ));
                     }
                 }
-                Kind::Kto => out.push(single(
+                Kind::Kto if policy.admits_single(a.trusted) => out.push(single(
                     format,
                     &a.prompt,
                     &a.answer.content,
                     Some(a.label > 0),
                     lineage(None, None),
                 )),
+                Kind::Kto => {}
             }
         }
         // Liked against disliked answers to the same question (regenerations included).
         if kind == Kind::Pairs {
-            for good in answers.iter().filter(|a| a.label > 0) {
+            for good in answers
+                .iter()
+                .filter(|a| a.label > 0 && policy.admits_chosen(a.trusted))
+            {
                 for bad in answers
                     .iter()
                     .filter(|a| a.label < 0 && a.answer.id != good.answer.id)
@@ -298,6 +411,84 @@ pub async fn compile(database: &Database, kind: Kind, format: Format) -> Result<
     Ok(out)
 }
 
+/// An answer its own customer rated this many times is flagged `repeated_ratings`.
+const REPEATED_RATINGS: usize = 3;
+/// One source (client address) rating this many answers flags them `one_source_many_answers`.
+const MANY_ANSWERS: usize = 10;
+/// This many identical customer ratings within [`BURST_MS`] flag their answers `burst`.
+const BURST: usize = 10;
+const BURST_MS: i64 = 60_000;
+/// The same answer text rated on this many answers flags them `same_text`.
+const SAME_TEXT: usize = 3;
+
+/// Why the inbox flags answers' feedback as suspicious, by answer id.
+fn suspicious(by_question: &BTreeMap<i64, Vec<Labelled>>) -> BTreeMap<i64, Vec<&'static str>> {
+    let answers: Vec<&Labelled> = by_question.values().flatten().collect();
+    let mut flags: BTreeMap<i64, Vec<&'static str>> = BTreeMap::new();
+    let mut flag = |id: i64, why: &'static str| {
+        let list = flags.entry(id).or_default();
+        if !list.contains(&why) {
+            list.push(why);
+        }
+    };
+    // (when, rating, answer) of every customer rating; sources by rater (or conversation).
+    let mut ratings = Vec::new();
+    let mut by_source: BTreeMap<String, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    let mut by_text: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for a in &answers {
+        if a.customer_ratings.len() >= REPEATED_RATINGS {
+            flag(a.answer.id, "repeated_ratings");
+        }
+        for e in &a.customer_ratings {
+            ratings.push((e.created_ms, e.feedback.rating.signum(), a.answer.id));
+            let source = e
+                .feedback
+                .rater
+                .clone()
+                .unwrap_or_else(|| format!("conversation:{}", a.answer.conversation_id));
+            by_source.entry(source).or_default().insert(a.answer.id);
+        }
+        let text = a
+            .answer
+            .content
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        by_text.entry(text).or_default().push(a.answer.id);
+    }
+    for ids in by_source.values().filter(|ids| ids.len() >= MANY_ANSWERS) {
+        for id in ids {
+            flag(*id, "one_source_many_answers");
+        }
+    }
+    for ids in by_text.values().filter(|ids| ids.len() >= SAME_TEXT) {
+        for id in ids {
+            flag(*id, "same_text");
+        }
+    }
+    for sign in [-1, 1] {
+        let mut same: Vec<(i64, i64)> = ratings
+            .iter()
+            .filter(|r| r.1 == sign)
+            .map(|r| (r.0, r.2))
+            .collect();
+        same.sort_unstable();
+        let mut start = 0;
+        for end in 0..same.len() {
+            while same[end].0 - same[start].0 > BURST_MS {
+                start += 1;
+            }
+            if end + 1 - start >= BURST {
+                for (_, id) in &same[start..=end] {
+                    flag(*id, "burst");
+                }
+            }
+        }
+    }
+    flags
+}
+
 /// What the feedback inbox lists, and how.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InboxFilter {
@@ -309,6 +500,8 @@ pub struct InboxFilter {
     pub rater: Option<String>,
     /// Words the question or the answer contains (case-insensitive).
     pub text: Option<String>,
+    /// Only answers whose feedback looks suspicious (`true`) or does not (`false`).
+    pub flagged: Option<bool>,
 }
 
 /// The feedback inbox: every rated answer, newest feedback first, with its question, its
@@ -321,6 +514,7 @@ pub async fn inbox(
     limit: usize,
 ) -> Result<(usize, Vec<Value>)> {
     let by_question = labelled_answers(database).await?;
+    let flags = suspicious(&by_question);
     let mut items = Vec::new();
     for (question_id, answers) in &by_question {
         let question = database
@@ -348,9 +542,11 @@ pub async fn inbox(
             };
             let wanted =
                 |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+            let flags = flags.get(&a.answer.id).cloned().unwrap_or_default();
             if !wanted(&filter.label, label)
                 || !wanted(&filter.review, review)
                 || !wanted(&filter.rater, &a.event.feedback.rater_role)
+                || filter.flagged.is_some_and(|f| f == flags.is_empty())
             {
                 continue;
             }
@@ -371,6 +567,8 @@ pub async fn inbox(
                 "feedback_ms": a.event.created_ms, "model_version": a.model_version,
                 "pair": pair.map(|(chosen, rejected)| json!({"chosen": chosen, "rejected": rejected})),
                 "review": review, "reviewer": a.review.as_ref().and_then(|r| r.reviewer.clone()),
+                "trusted": a.trusted, "customer_ratings": a.customer_ratings.len(),
+                "flags": flags,
             }));
         }
     }

@@ -41,6 +41,9 @@ pub struct HeldOutQuestion {
     pub question: String,
     pub answer: String,
     pub source_doc: Option<String>,
+    /// The messages it was served with (passages in the system message), for a question held
+    /// out of the feedback: answered from them instead of a fresh retrieval.
+    pub served: Option<Vec<ChatMessage>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +60,8 @@ struct QuestionRecord {
 #[derive(Debug, Default)]
 pub struct HeldOut {
     pub questions: Vec<HeldOutQuestion>,
+    /// Why no question is held out where the gate needed some (the job does not promote).
+    pub none_because: Option<String>,
     /// The knowledge base the questions are answered from.
     pub retriever: Option<Retriever>,
     pub pairs: Vec<Preference>,
@@ -107,6 +112,7 @@ pub fn read_questions(path: &Path, max: usize) -> Result<Vec<HeldOutQuestion>> {
             question: r.question,
             answer: r.answer,
             source_doc: r.source_doc.filter(|s| !s.trim().is_empty()),
+            served: None,
         })
         .collect();
     if questions.is_empty() {
@@ -190,32 +196,45 @@ fn held_out_questions(
     held_out: &HeldOut,
     settings: &GateSection,
 ) -> Result<(Value, bool)> {
-    let retriever = held_out
-        .retriever
-        .as_ref()
-        .context("held-out questions need a knowledge base")?;
     let params = greedy(128);
     let mut conversations = Vec::new();
     let mut entries = Vec::new();
     let mut scores = Vec::new();
     for q in &held_out.questions {
-        let ranked = retriever.search_keywords(&q.question, 50);
-        let (prompt, messages) = crate::knowledge::grounded(
-            production,
-            retriever,
-            &ranked,
-            &q.question,
-            PASSAGES,
-            CONTEXT_TOKENS,
-        )?;
-        let passages = prompt.system.clone();
-        let retrieved = q.source_doc.as_ref().map(|doc| {
-            let doc = doc.trim_start_matches("./");
-            prompt
-                .citations
-                .iter()
-                .any(|c| c.path.ends_with(&format!("/{doc}")) || c.path == doc)
-        });
+        let (messages, passages, retrieved) = match &q.served {
+            Some(messages) => {
+                let passages = messages
+                    .iter()
+                    .filter(|m| m.role == Role::System)
+                    .map(|m| m.content.clone())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (messages.clone(), passages, None)
+            }
+            None => {
+                let retriever = held_out
+                    .retriever
+                    .as_ref()
+                    .context("held-out questions need a knowledge base")?;
+                let ranked = retriever.search_keywords(&q.question, 50);
+                let (prompt, messages) = crate::knowledge::grounded(
+                    production,
+                    retriever,
+                    &ranked,
+                    &q.question,
+                    PASSAGES,
+                    CONTEXT_TOKENS,
+                )?;
+                let retrieved = q.source_doc.as_ref().map(|doc| {
+                    let doc = doc.trim_start_matches("./");
+                    prompt
+                        .citations
+                        .iter()
+                        .any(|c| c.path.ends_with(&format!("/{doc}")) || c.path == doc)
+                });
+                (messages, prompt.system.clone(), retrieved)
+            }
+        };
         let mut sides = Vec::new();
         for model in [production, candidate] {
             let ids = model.chat_prompt(&messages)?;
@@ -256,10 +275,18 @@ fn held_out_questions(
     let max_ratio = settings.max_held_out_loss_ratio.unwrap_or(1.05);
     let tolerance = settings.fact_tolerance.unwrap_or(0.05);
     let loss_ok = ratio.is_none_or(|r| r <= max_ratio);
-    let facts_ok = match (production_facts, candidate_facts) {
-        (Some(p), Some(c)) => c >= p - tolerance,
+    // Answers no worse than production's: facts, F1 and support within the tolerance, and no
+    // more abstentions (the references answer every held-out question).
+    let no_worse = |measure: fn(&score::AnswerScore) -> Option<f64>, higher_is_better: bool| match (
+        side(0, measure),
+        side(1, measure),
+    ) {
+        (Some(p), Some(c)) if higher_is_better => c >= p - tolerance,
+        (Some(p), Some(c)) => c <= p + tolerance,
         _ => true,
     };
+    let facts_ok = no_worse(facts, true);
+    let answers_ok = no_worse(f1, true) && no_worse(support, true) && no_worse(abstained, false);
     let retrieved: Vec<bool> = entries
         .iter()
         .filter_map(|e| e["source_retrieved"].as_bool())
@@ -273,11 +300,11 @@ fn held_out_questions(
             "production_f1": side(0, f1), "candidate_f1": side(1, f1),
             "production_support": side(0, support), "candidate_support": side(1, support),
             "production_abstained": side(0, abstained), "candidate_abstained": side(1, abstained),
-            "fact_tolerance": tolerance, "facts_ok": facts_ok,
+            "fact_tolerance": tolerance, "facts_ok": facts_ok, "answers_ok": answers_ok,
             "source_retrieved": mean(retrieved.iter().map(|&r| Some(f64::from(u8::from(r))))),
             "answers": entries,
         }),
-        loss_ok && facts_ok,
+        loss_ok && facts_ok && answers_ok,
     ))
 }
 
@@ -457,7 +484,9 @@ pub fn run(
     let production = load(production_path)?;
     let (conversations, regression, loss_ok) =
         regression(&production, &candidate, regression_path, max_ratio)?;
-    let (questions, questions_ok) = if held_out.questions.is_empty() {
+    let (questions, questions_ok) = if let Some(why) = &held_out.none_because {
+        (json!({"questions": 0, "why": why}), false)
+    } else if held_out.questions.is_empty() {
         (Value::Null, true)
     } else {
         held_out_questions(&production, &candidate, held_out, &settings)?

@@ -93,6 +93,13 @@ pub struct GateSection {
     /// the share of the reference's facts the greedy answer states.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub questions: Option<PathBuf>,
+    /// Without `questions`: the share of the admitted feedback's questions the worker holds
+    /// out of training and the gate answers with both models from the passages they were
+    /// served with, scored against the agent's or accepted answer. Chosen by a hash of the
+    /// question, so the same questions stay out job after job [default: 0.2]. With none held
+    /// out (too little feedback), the job does not promote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_out: Option<f64>,
     /// At most this many held-out questions [default: 16].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_questions: Option<usize>,
@@ -103,8 +110,9 @@ pub struct GateSection {
     /// [default: 1.05].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_held_out_loss_ratio: Option<f64>,
-    /// The candidate's mean fact recall on the held-out questions may trail production's by at
-    /// most this [default: 0.05].
+    /// The candidate's mean fact recall, token F1 and support on the held-out questions may
+    /// trail production's, and its abstentions exceed production's, by at most this
+    /// [default: 0.05].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fact_tolerance: Option<f64>,
     /// Held-out preference pairs (any shape the DPO stage reads; only the `test` split when
@@ -256,6 +264,13 @@ impl Recipe {
                     return fail(format!("[gate] {name} is between 0 and 1, not {v}"));
                 }
             }
+            if let Some(share) = gate.hold_out
+                && !(share > 0.0 && share <= 0.5)
+            {
+                return fail(format!(
+                    "[gate] hold_out is a share above 0 and at most 0.5, not {share}"
+                ));
+            }
             for (name, value) in [
                 ("max_questions", gate.max_questions),
                 ("max_pairs", gate.max_pairs),
@@ -343,6 +358,8 @@ mod tests {
             ("[sft]\nbatch = \"four\"", "batch"),
             ("[gate]\nmax_held_out_loss_ratio = 0.0", "positive number"),
             ("[gate]\nfact_tolerance = 1.5", "between 0 and 1"),
+            ("[gate]\nhold_out = 0.0", "hold_out is a share above 0"),
+            ("[gate]\nhold_out = 0.9", "at most 0.5"),
             ("[gate]\nmax_pairs = 0", "max_pairs is at least 1"),
             ("[gate]\nquestion = \"q.jsonl\"", "question"),
             ("seed = ", "r.toml"),

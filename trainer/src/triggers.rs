@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use kefu_db::{Database, TrainingJob};
 use serde_json::{Value, json};
 
-use crate::dataset::{Format, Kind, write_lines};
+use crate::dataset::{Format, Kind, Policy, write_lines};
 use crate::recipe::Recipe;
 
 /// What a job would learn from now, compared with the last job that succeeded.
@@ -41,11 +41,18 @@ impl Material {
     }
 }
 
-/// Whether there is something new to learn since the last job that succeeded.
-pub async fn new_material(home: &Path, database: &Database, model: &str) -> Result<Material> {
-    let sft = crate::dataset::compile(database, Kind::Sft, Format::Trl).await?;
-    let pairs = crate::dataset::compile(database, Kind::Pairs, Format::Trl).await?;
-    let fresh_feedback = fresh_feedback(database, model).await? > 0;
+/// Whether there is something new to learn since the last job that succeeded: feedback the
+/// policy admits (decided or accepted since that job began), or documents.
+pub async fn new_material(
+    home: &Path,
+    database: &Database,
+    model: &str,
+    policy: Policy,
+) -> Result<Material> {
+    let sft = crate::dataset::compile(database, Kind::Sft, Format::Trl, policy).await?;
+    let pairs = crate::dataset::compile(database, Kind::Pairs, Format::Trl, policy).await?;
+    let since = last_success_start(database, model).await?;
+    let fresh_feedback = admitted_since(database, policy, since).await? > 0;
     let new_documents = if wants_cpt(home)? {
         new_documents(home, database, model).await?.0.len()
     } else {
@@ -140,24 +147,47 @@ pub async fn snapshot_documents(
     Ok(fresh.len())
 }
 
-/// Feedback events since the last job that succeeded began (all of them when none did).
-async fn fresh_feedback(database: &Database, model: &str) -> Result<i64> {
-    let since = database
+/// When the last job that succeeded began (0 when none did).
+async fn last_success_start(database: &Database, model: &str) -> Result<i64> {
+    Ok(database
         .last_succeeded_job(model)
         .await?
         .and_then(|j| j.started_ms)
-        .unwrap_or(0);
-    Ok(database.feedback_since(since).await?)
+        .unwrap_or(0))
+}
+
+/// Rated answers the policy admits whose label was decided (or accepted) at `since_ms` or
+/// later: one per answer, however often it was rated.
+async fn admitted_since(database: &Database, policy: Policy, since_ms: i64) -> Result<usize> {
+    Ok(crate::dataset::admitted(database, policy)
+        .await?
+        .iter()
+        .filter(|(_, at)| *at >= since_ms)
+        .count())
+}
+
+/// Whether anything happened to the feedback since `since_ms`: an event or an inbox review
+/// (one count each, before compiling the whole log).
+async fn feedback_activity_since(database: &Database, since_ms: i64) -> Result<bool> {
+    Ok(database.feedback_since(since_ms).await? > 0
+        || database
+            .reviews()
+            .await?
+            .values()
+            .any(|r| r.created_ms >= since_ms))
 }
 
 /// The automatic triggers: queues a job for `model` (trigger `threshold` or `schedule`) when
-/// the threshold's count of feedback events since the last job began is reached, or the
-/// schedule's minutes have passed since then (at once when no job ever ran) — and only when
-/// there is something new to learn (as an admin's click needs) and no job is queued or running.
+/// the threshold's count is reached — rated answers the policy admits, decided since the last
+/// job began (a customer rating one answer twenty times is one; thumbs the policy keeps out are
+/// none) — or the schedule's minutes have passed since then (at once when no job ever ran);
+/// and only when there is something new to learn (as an admin's click needs) and no job is
+/// queued or running.
 pub async fn check_triggers(
     home: &Path,
     database: &Database,
     model: &str,
+    policy: Policy,
     now_ms: i64,
 ) -> Result<Option<TrainingJob>> {
     let schedule = database.training_schedule(model).await?;
@@ -166,8 +196,10 @@ pub async fn check_triggers(
     }
     let last_start = database.last_job(model).await?.map(|j| j.created_ms);
     let mut trigger = None;
+    let since = last_start.unwrap_or(0);
     if let Some(count) = schedule.after_new_feedback
-        && database.feedback_since(last_start.unwrap_or(0)).await? >= count
+        && feedback_activity_since(database, since).await?
+        && admitted_since(database, policy, since).await? as i64 >= count
     {
         trigger = Some("threshold");
     }
@@ -182,10 +214,14 @@ pub async fn check_triggers(
     };
     // A due schedule with no new feedback is checked at every poll: answer that with one
     // count, before compiling the whole feedback log into examples.
-    if fresh_feedback(database, model).await? == 0 && !wants_cpt(home)? {
+    let since_success = last_success_start(database, model).await?;
+    if !feedback_activity_since(database, since_success).await? && !wants_cpt(home)? {
         return Ok(None);
     }
-    if !new_material(home, database, model).await?.anything() {
+    if !new_material(home, database, model, policy)
+        .await?
+        .anything()
+    {
         return Ok(None);
     }
     Ok(database.enqueue_job(model, trigger, None).await?.ok())

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use kefu_db::{CANDIDATE, Database, ModelVersion, PRODUCTION, TrainingJob};
 use serde_json::{Value, json};
 
-use crate::dataset::{Format, Kind, write_lines};
+use crate::dataset::{Format, Kind, Policy, write_lines};
 use crate::gate::{self, HeldOut};
 use crate::pipeline::{ModelSource, StageRun};
 use crate::recipe::{Recipe, Stage};
@@ -45,10 +45,29 @@ pub struct WorkerSettings {
     pub device: Option<String>,
     /// The retention policy after each job: unlabelled versions whose files are kept.
     pub keep_versions: usize,
+    /// Which feedback becomes training data.
+    pub policy: Policy,
 }
 
-/// Set for a worker that `kefu serve` started: it ends when the server does.
+/// Set for a worker that `kefu serve` started, to the server's process id: the worker ends
+/// when its parent is no longer that process (the server ended, or was killed before the
+/// worker had even started).
 pub const EMBEDDED: &str = "KEFU_WORKER_EMBEDDED";
+
+/// The server this worker belongs to, when `kefu serve` started it.
+fn embedded_in() -> Result<Option<u32>> {
+    match std::env::var(EMBEDDED) {
+        Err(_) => Ok(None),
+        Ok(pid) => pid.trim().parse().map(Some).with_context(|| {
+            format!("{EMBEDDED} must be the process id of the server that started this worker, not {pid:?}")
+        }),
+    }
+}
+
+/// The server that started this worker is gone (its parent process changed).
+fn orphaned(parent: Option<u32>) -> bool {
+    parent.is_some_and(|p| p != std::os::unix::process::parent_id())
+}
 
 /// Fewer pairs than this and the DPO stage is left out.
 const MIN_PAIRS: usize = 8;
@@ -81,6 +100,13 @@ pub fn work(
     args: &WorkerSettings,
     models: Arc<dyn ModelSource + Send + Sync>,
 ) -> Result<()> {
+    // Started by `kefu serve`: end with it (a killed server must not leave a worker behind,
+    // even one killed while this worker was starting).
+    let parent = embedded_in()?;
+    if orphaned(parent) {
+        tracing::info!("kefu serve is gone before this worker started; stopping");
+        return Ok(());
+    }
     let url = args.database_url.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -95,10 +121,8 @@ pub fn work(
         );
         let lease_ms = (args.lease_seconds.max(2) * 1000) as i64;
         tracing::info!("{owner} waiting for jobs");
-        // Started by `kefu serve`: end with it (a killed server must not leave a worker behind).
-        let parent = std::env::var_os(EMBEDDED).map(|_| std::os::unix::process::parent_id());
         loop {
-            if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+            if orphaned(parent) {
                 tracing::info!("kefu serve is gone; stopping");
                 break;
             }
@@ -128,6 +152,7 @@ pub fn work(
                             lease_ms,
                             parent,
                             device,
+                            policy: args.policy,
                         },
                     )
                     .await;
@@ -172,9 +197,14 @@ pub fn work(
                 None => {
                     // Idle: the schedule and the threshold may start a job (taken next turn).
                     let model = crate::registry::TRAINED_MODEL;
-                    match crate::triggers::check_triggers(home, &database, model, kefu_db::now_ms())
-                        .await
-                    {
+                    let checked = crate::triggers::check_triggers(
+                        home,
+                        &database,
+                        model,
+                        args.policy,
+                        kefu_db::now_ms(),
+                    );
+                    match checked.await {
                         Ok(Some(job)) => {
                             tracing::info!("the {} queued job {}", job.trigger, job.id);
                             continue;
@@ -214,6 +244,74 @@ where
     }
 }
 
+/// The worker's recipe: `<home>/recipe.toml`, or the built-in one.
+fn base_recipe(home: &Path) -> Result<Recipe> {
+    let file = home.join("recipe.toml");
+    Ok(if file.exists() {
+        Recipe::read(&file)?
+    } else {
+        Recipe::parse(BUILT_IN_RECIPE, "the built-in recipe")?
+    })
+}
+
+/// The share of the admitted questions held out for the gate when the recipe names no
+/// held-out file.
+pub const HOLD_OUT: f64 = 0.2;
+
+/// Whether the gate holds `question` out of training at `share`: decided by a hash of the
+/// question (case and spacing ignored), so the same questions stay out job after job.
+pub fn is_held_out(question: &str, share: f64) -> bool {
+    use sha2::Digest;
+    let normal = question
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    let hash = sha2::Sha256::digest(normal.as_bytes());
+    let threshold = (share.clamp(0.0, 0.5) * 10_000.0) as u32;
+    u32::from_le_bytes([hash[0], hash[1], hash[2], hash[3]]) % 10_000 < threshold
+}
+
+/// The customer question of an example (its last user message).
+fn question_of(example: &Value) -> &str {
+    let messages = if example["messages"].is_array() {
+        &example["messages"]
+    } else {
+        &example["prompt"]
+    };
+    messages
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+}
+
+/// Splits the examples by their question: those to train on, and the held-out share.
+fn hold_out(examples: Vec<Value>, share: f64) -> (Vec<Value>, Vec<Value>) {
+    examples
+        .into_iter()
+        .partition(|e| !is_held_out(question_of(e), share))
+}
+
+/// A held-out SFT example as the gate's question: the messages it was served with (without the
+/// answer) and the agent's or accepted answer as the reference.
+fn held_out_question(example: &Value) -> Option<gate::HeldOutQuestion> {
+    let mut messages: Vec<kefu_model::ChatMessage> =
+        serde_json::from_value(example["messages"].clone()).ok()?;
+    let reference = messages
+        .pop()
+        .filter(|m| m.role == kefu_model::Role::Assistant)?;
+    Some(gate::HeldOutQuestion {
+        question: question_of(example).to_string(),
+        answer: reference.content,
+        source_doc: None,
+        served: Some(messages),
+    })
+}
+
 /// The recipe a job runs: `<home>/recipe.toml` or the built-in one, pointed at the snapshot.
 fn job_recipe(
     home: &Path,
@@ -224,12 +322,7 @@ fn job_recipe(
 ) -> Result<Recipe> {
     let sft = &data_dir.join("sft.jsonl");
     let pairs = &data_dir.join("pairs.jsonl");
-    let file = home.join("recipe.toml");
-    let mut recipe = if file.exists() {
-        Recipe::read(&file)?
-    } else {
-        Recipe::parse(BUILT_IN_RECIPE, "the built-in recipe")?
-    };
+    let mut recipe = base_recipe(home)?;
     // CPT, when the recipe has it, reads the documents this job snapshotted (those the last
     // succeeded job had not seen); without new documents it is left out.
     if document_count == 0 {
@@ -263,6 +356,8 @@ struct Lease {
     /// The server that started this worker: its end is a lost lease.
     parent: Option<u32>,
     device: Option<String>,
+    /// Which feedback the job learns from.
+    policy: Policy,
 }
 
 /// A job's snapshot: the datasets written under `jobs/<id>/data/`, the recipe pointed at
@@ -277,13 +372,32 @@ struct Snapshot {
 }
 
 /// Compiles the feedback log (and, for a CPT stage, the new documents) into the job's folder.
-async fn snapshot(home: &Path, database: &Database, job: &TrainingJob) -> Result<Snapshot> {
+async fn snapshot(
+    home: &Path,
+    database: &Database,
+    job: &TrainingJob,
+    policy: Policy,
+) -> Result<Snapshot> {
     let dir = home.join("jobs").join(job.id.to_string());
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let sft = crate::dataset::compile(database, Kind::Sft, Format::Trl).await?;
-    let pairs = crate::dataset::compile(database, Kind::Pairs, Format::Trl).await?;
+    let sft = crate::dataset::compile(database, Kind::Sft, Format::Trl, policy).await?;
+    let pairs = crate::dataset::compile(database, Kind::Pairs, Format::Trl, policy).await?;
+    // Without a held-out file the gate checks answers on a share of the feedback's own
+    // questions, kept out of every kind of training example.
+    let gate_settings = base_recipe(home)?.gate.unwrap_or_default();
+    let holding = gate_settings.questions.is_none();
+    let share = gate_settings.hold_out.unwrap_or(HOLD_OUT);
+    let admitted = sft.len();
+    let (sft, kept_out, pairs) = if holding {
+        let (sft, kept_out) = hold_out(sft, share);
+        let (pairs, _) = hold_out(pairs, share);
+        (sft, kept_out, pairs)
+    } else {
+        (sft, Vec::new(), pairs)
+    };
+    write_lines(&data_dir.join("held-out.jsonl"), &kept_out)?;
     let sft_hash = write_lines(&data_dir.join("sft.jsonl"), &sft)?;
     let pairs_hash = write_lines(&data_dir.join("pairs.jsonl"), &pairs)?;
     let documents = if crate::triggers::wants_cpt(home)? {
@@ -297,9 +411,26 @@ async fn snapshot(home: &Path, database: &Database, job: &TrainingJob) -> Result
     let regression = crate::dataset::regression(&sft);
     let regression_path = data_dir.join("regression.jsonl");
     write_lines(&regression_path, &regression)?;
-    let held_out = held_out(home, database, &recipe).await?;
+    let mut held_out = held_out(home, database, &recipe).await?;
+    if holding {
+        let max = gate_settings.max_questions.unwrap_or(16);
+        held_out.questions = kept_out
+            .iter()
+            .filter_map(held_out_question)
+            .take(max)
+            .collect();
+        if held_out.questions.is_empty() {
+            held_out.none_because = Some(format!(
+                "none of the {admitted} admitted answers' questions fell in the held-out share \
+                 ({share}): too little feedback to compare answers, so the candidate is not \
+                 promoted (promote it by hand after reading its report, or name held-out \
+                 questions in the recipe's [gate])"
+            ));
+        }
+    }
     let summary = json!({
         "sft_examples": sft.len(), "pairs": pairs.len(), "regression_examples": regression.len(),
+        "held_out_examples": kept_out.len(),
         "new_documents": documents,
         "sft_sha256": sft_hash, "pairs_sha256": pairs_hash,
         "folder": data_dir.strip_prefix(home).unwrap_or(&data_dir),
@@ -328,7 +459,7 @@ fn spawn_heartbeat(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis((lease_ms / 4).max(200) as u64)).await;
-            if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+            if orphaned(parent) {
                 lost.store(true, Ordering::SeqCst);
                 return;
             }
@@ -379,10 +510,11 @@ async fn process(
         .await?
         .context("no model is labelled production (start kefu serve once)")?;
     let production_path = crate::registry::version_path(home, &production);
-    let snapshot = snapshot(home, database, job).await?;
+    let snapshot = snapshot(home, database, job, lease.policy).await?;
     let progress = Arc::new(Mutex::new(json!({"stage": "starting"})));
     let lost = Arc::new(AtomicBool::new(false));
     let heartbeat = spawn_heartbeat(database, job.id, lease, progress.clone(), lost.clone());
+    let lost_during_work = lost.clone();
     let work = {
         let models = models.clone();
         let output = snapshot.dir.join("train");
@@ -424,6 +556,11 @@ async fn process(
     let result = work.await;
     heartbeat.abort();
     let (runs, mut report) = result??;
+    // Cancelled, failed by an admin or taken back while it trained or was gated: its model is
+    // neither registered nor promoted.
+    if lost_during_work.load(Ordering::SeqCst) {
+        bail!("{}", not_ours(job));
+    }
     report["stages"] = stage_reports(&runs);
     report["dataset"] = snapshot.summary;
     report["production"] = json!(production.id);
@@ -448,6 +585,15 @@ async fn process(
     .await
 }
 
+/// Why a job's model is thrown away.
+fn not_ours(job: &TrainingJob) -> String {
+    format!(
+        "job {} is no longer this worker's (cancelled or taken back): its model is neither \
+         registered nor promoted",
+        job.id
+    )
+}
+
 /// Stores the job's report, registers its version, labels it `candidate` and promotes it when
 /// the gate passed.
 async fn register(
@@ -466,15 +612,26 @@ async fn register(
     done["stage"] = json!("done");
     done["report"] = report.clone();
     let done = done.to_string();
-    patiently("storing the report", || {
+    let ours = patiently("storing the report", || {
         database.heartbeat_job(job.id, &lease.owner, lease.lease_ms, &done)
     })
     .await?;
+    if !ours {
+        bail!("{}", not_ours(job));
+    }
     version.report = report.to_string();
     let version = patiently("registering the version", || {
         database.register_version(&version)
     })
     .await?;
+    // Cancelled in the moment it took to register: the version stays unlabelled.
+    let still_ours = patiently("checking the job", || {
+        database.heartbeat_job(job.id, &lease.owner, lease.lease_ms, &done)
+    })
+    .await?;
+    if !still_ours {
+        bail!("{}", not_ours(job));
+    }
     patiently("labelling the candidate", || {
         database.set_label(CANDIDATE, &version.id)
     })

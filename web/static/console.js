@@ -442,7 +442,7 @@
 
     function query() {
       var parts = ["offset=" + offset, "limit=" + pageSize];
-      ["label", "review", "rater", "q"].forEach(function (name) {
+      ["label", "review", "rater", "flagged", "q"].forEach(function (name) {
         var v = filter.elements[name].value.trim();
         if (v && v !== "all") parts.push(name + "=" + encodeURIComponent(v));
       });
@@ -452,6 +452,7 @@
     function loadInbox() {
       return api("GET", "/api/admin/feedback?" + query()).then(function (data) {
         total = data.total;
+        if (data.policy) document.getElementById("inbox-policy").textContent = data.policy;
         var body = document.querySelector("#inbox tbody");
         body.textContent = "";
         document.getElementById("select-all").checked = false;
@@ -461,12 +462,17 @@
           var chosen = pair.chosen !== undefined ? pair.chosen : item.label === "up" ? item.answer : null;
           var rejected = pair.rejected !== undefined ? pair.rejected : item.label === "down" ? item.answer : null;
           var who = item.rater_role + (item.rater ? " " + item.rater : "");
-          body.appendChild(el("tr", { "data-message": item.message_id, "data-review": item.review, class: "review-" + item.review }, [
+          var trust = item.trusted ? "trusted" : "untrusted";
+          var ratings = item.customer_ratings > 1 ? "; rated " + item.customer_ratings + " times by its customer" : "";
+          var flags = (item.flags || []).map(function (f) { return f.replace(/_/g, " "); });
+          body.appendChild(el("tr", { "data-message": item.message_id, "data-review": item.review, "data-flags": (item.flags || []).join(" "), class: "review-" + item.review + (flags.length ? " flagged" : "") }, [
             el("td", {}, [el("input", { type: "checkbox", value: item.message_id, "aria-label": "Select answer " + item.message_id })]),
             el("td", {}, [text(item.question)]),
             el("td", {}, [text(chosen)]),
             el("td", {}, [text(rejected)]),
-            el("td", { text: labels[item.label] + " by " + who + (item.comment ? ": " + item.comment : "") }),
+            el("td", {}, [
+              el("div", { text: labels[item.label] + " by " + who + " (" + trust + ratings + ")" + (item.comment ? ": " + item.comment : "") }),
+              flags.length ? el("div", { class: "flags", text: "Flagged: " + flags.join(", ") }) : null]),
             el("td", { text: item.review + (item.reviewer ? " (" + item.reviewer + ")" : "") })]));
         });
         var last = Math.min(offset + pageSize, total);

@@ -147,3 +147,26 @@ pub(super) async fn connect(home: &Path, flag: Option<&str>) -> Result<kefu_db::
         .await
         .with_context(|| format!("cannot open the database {url}"))
 }
+
+/// Which feedback becomes training data (`--feedback-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FeedbackPolicy {
+    /// Agents' ratings and corrections count at once; a customer's thumbs once an agent or
+    /// admin accepts them in the feedback inbox.
+    #[default]
+    Review,
+    /// As review, and customers' unreviewed thumbs also make preference pairs (never SFT).
+    PairsOnly,
+    /// Every rating counts at once (a trusted internal deployment).
+    All,
+}
+
+impl From<FeedbackPolicy> for kefu_trainer::dataset::Policy {
+    fn from(policy: FeedbackPolicy) -> Self {
+        match policy {
+            FeedbackPolicy::Review => Self::Review,
+            FeedbackPolicy::PairsOnly => Self::PairsOnly,
+            FeedbackPolicy::All => Self::All,
+        }
+    }
+}

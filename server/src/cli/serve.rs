@@ -55,6 +55,17 @@ pub struct ServeArgs {
     /// moved through this server's admin API is followed at once.
     #[arg(long, env = "KEFU_FOLLOW_MS", default_value_t = 2000)]
     pub follow_ms: u64,
+    /// Which feedback becomes training data: `review` (a customer's thumbs once the inbox
+    /// accepts them), `pairs-only` (customers' thumbs also make preference pairs) or `all`.
+    /// The embedded worker gets the same; set `KEFU_FEEDBACK_POLICY` for workers elsewhere.
+    #[arg(long, env = "KEFU_FEEDBACK_POLICY", value_enum, default_value_t = FeedbackPolicy::Review)]
+    pub feedback_policy: FeedbackPolicy,
+    /// Ratings one conversation may give (0: no cap); more are answered 429.
+    #[arg(long, env = "KEFU_FEEDBACK_PER_CONVERSATION", default_value_t = 30)]
+    pub feedback_per_conversation: i64,
+    /// Customer ratings from one client address in an hour (0: no cap); more are answered 429.
+    #[arg(long, env = "KEFU_FEEDBACK_PER_ADDRESS_HOUR", default_value_t = 100)]
+    pub feedback_per_address_hour: i64,
     /// Run the training worker as a child process (`embedded`, restarted when it dies), or
     /// leave training to `kefu trainer work` elsewhere (`off`).
     #[arg(long, env = "KEFU_TRAINER", value_enum, default_value_t = TrainerMode::Embedded)]
@@ -115,6 +126,11 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             rate_per_ip: args.rate_per_ip,
             rate_per_site: args.rate_per_site,
             data_dir: home.to_path_buf(),
+            feedback_limits: crate::http::state::FeedbackLimits {
+                per_conversation: args.feedback_per_conversation.max(0),
+                per_source_hour: args.feedback_per_address_hour.max(0),
+            },
+            feedback_policy: args.feedback_policy.into(),
             ..crate::http::ApiConfig::default()
         };
         let serving = crate::serving::Serving::new(generator, settings);
@@ -137,6 +153,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             crate::supervise::supervise(
                 home.to_path_buf(),
                 database_url(home, args.knowledge.database_url.as_deref())?,
+                args.feedback_policy.into(),
                 stop_worker.clone(),
             );
         }

@@ -290,6 +290,9 @@ pub struct WorkArgs {
     /// The retention policy after each job: unlabelled versions whose files are kept.
     #[arg(long, env = "KEFU_KEEP_VERSIONS", default_value_t = 5)]
     pub keep_versions: usize,
+    /// Which feedback becomes training data (as `kefu serve --feedback-policy`).
+    #[arg(long, env = "KEFU_FEEDBACK_POLICY", value_enum, default_value_t = FeedbackPolicy::Review)]
+    pub feedback_policy: FeedbackPolicy,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +306,9 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
     #[arg(long, env = "KEFU_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Which feedback becomes examples (as `kefu serve --feedback-policy`).
+    #[arg(long, env = "KEFU_FEEDBACK_POLICY", value_enum, default_value_t = FeedbackPolicy::Review)]
+    pub feedback_policy: FeedbackPolicy,
 }
 
 /// Which examples to write.
@@ -347,8 +353,13 @@ impl From<ExportFormat> for Format {
 pub(super) fn export(home: &Path, args: &ExportArgs) -> Result<()> {
     let examples = runtime()?.block_on(async {
         let database = connect(home, args.database_url.as_deref()).await?;
-        let examples =
-            kefu_trainer::dataset::compile(&database, args.kind.into(), args.format.into()).await;
+        let examples = kefu_trainer::dataset::compile(
+            &database,
+            args.kind.into(),
+            args.format.into(),
+            args.feedback_policy.into(),
+        )
+        .await;
         database.close().await;
         examples
     })?;
@@ -379,6 +390,7 @@ impl WorkArgs {
             max_attempts: self.max_attempts,
             device: self.device.clone(),
             keep_versions: self.keep_versions,
+            policy: self.feedback_policy.into(),
         };
         let models = Arc::new(Catalog {
             home: home.to_path_buf(),

@@ -113,6 +113,28 @@ pub fn charge_site(state: &AppState, site: &WidgetSite) -> Result<(), ApiError> 
         .map_err(|wait| rate_limited(&format!("for the widget site `{}`", site.name), wait))
 }
 
+/// The client's address (0.0.0.0 where the server was built without connection info).
+pub fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// The client's address, as an extractor.
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_ip(&parts.extensions)))
+    }
+}
+
 /// Middleware: the per-IP limit, for every route but health, readiness and metrics.
 pub async fn limit_per_ip(
     State(state): State<Arc<AppState>>,
@@ -122,11 +144,7 @@ pub async fn limit_per_ip(
     let path = request.uri().path();
     let exempt = matches!(path, "/healthz" | "/readyz" | "/metrics");
     if !exempt {
-        let ip = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ip = client_ip(request.extensions());
         if let Err(wait) = state.ip_limits.check(&ip) {
             return rate_limited("from this address", wait).into_response();
         }

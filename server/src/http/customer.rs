@@ -300,9 +300,62 @@ pub(crate) struct FeedbackBody {
     pub(crate) comment: Option<String>,
 }
 
+/// A customer's ratings are counted per source: a hash of the client address (the address
+/// itself is not stored).
+fn rater_of(ip: std::net::IpAddr) -> String {
+    format!("ip:{}", &sha256_hex(&format!("kefu-rater:{ip}"))[..16])
+}
+
+/// The feedback caps: per conversation (in all) and per source (in the last hour).
+async fn check_feedback_caps(
+    state: &AppState,
+    conversation: &kefu_db::Conversation,
+    rater: &str,
+) -> Result<(), ApiError> {
+    let limits = &state.config.feedback_limits;
+    let given = state
+        .database
+        .customer_feedback_in(conversation.id)
+        .await
+        .map_err(ApiError::internal)?;
+    if limits.per_conversation > 0 && given >= limits.per_conversation {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "feedback_limit",
+            format!(
+                "this conversation has given its {} ratings; the latest rating of each answer \
+                 is the one that counts",
+                limits.per_conversation
+            ),
+        ));
+    }
+    let hour = 3_600_000;
+    let (recent, oldest) = state
+        .database
+        .feedback_by_rater_since(rater, kefu_db::now_ms() - hour)
+        .await
+        .map_err(ApiError::internal)?;
+    if limits.per_source_hour > 0 && recent >= limits.per_source_hour {
+        let seconds = ((oldest + hour - kefu_db::now_ms()) / 1000).max(1) as u64;
+        return Err(ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "feedback_limit",
+                format!(
+                    "too many ratings from this address ({} in the last hour); try again in {seconds} s",
+                    limits.per_source_hour
+                ),
+            )
+        });
+    }
+    Ok(())
+}
+
 pub(crate) async fn feedback(
     State(state): State<Arc<AppState>>,
     Path((id, message_id)): Path<(String, i64)>,
+    crate::http::access::ClientIp(ip): crate::http::access::ClientIp,
     headers: HeaderMap,
     ApiJson(body): ApiJson<FeedbackBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -341,12 +394,14 @@ pub(crate) async fn feedback(
             "the comment is longer than 4000 characters",
         ));
     }
+    let rater = rater_of(ip);
+    check_feedback_caps(&state, &conversation, &rater).await?;
     let event = state
         .database
         .add_feedback(&NewFeedback {
             message_id,
             rater_role: "customer".into(),
-            rater: None,
+            rater: Some(rater),
             rating,
             reasons: body.reasons,
             comment: body.comment,

@@ -32,6 +32,28 @@ pub struct ApiConfig {
     pub rate_per_site: u32,
     /// The data directory: uploaded documents are kept under `uploads/` for re-ingesting.
     pub data_dir: std::path::PathBuf,
+    /// Caps on customers' ratings.
+    pub feedback_limits: FeedbackLimits,
+    /// Which feedback becomes training data (the inbox and the admin datasets show it).
+    pub feedback_policy: kefu_trainer::dataset::Policy,
+}
+
+/// Caps on customers' ratings (0: no cap); more are answered 429 `feedback_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackLimits {
+    /// Ratings one conversation may give in all.
+    pub per_conversation: i64,
+    /// Ratings from one client address in an hour.
+    pub per_source_hour: i64,
+}
+
+impl Default for FeedbackLimits {
+    fn default() -> Self {
+        Self {
+            per_conversation: 30,
+            per_source_hour: 100,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -45,6 +67,8 @@ impl Default for ApiConfig {
             rate_per_ip: 600,
             rate_per_site: 3000,
             data_dir: std::path::PathBuf::from("."),
+            feedback_limits: FeedbackLimits::default(),
+            feedback_policy: kefu_trainer::dataset::Policy::default(),
         }
     }
 }

@@ -71,10 +71,11 @@ pub async fn list(State(state): State<Arc<AppState>>, _: Admin) -> Result<Json<V
 pub(crate) async fn current_examples(
     state: &AppState,
 ) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
-    let sft = kefu_trainer::dataset::compile(&state.database, Kind::Sft, Format::Trl)
+    let policy = state.config.feedback_policy;
+    let sft = kefu_trainer::dataset::compile(&state.database, Kind::Sft, Format::Trl, policy)
         .await
         .map_err(ApiError::internal)?;
-    let pairs = kefu_trainer::dataset::compile(&state.database, Kind::Pairs, Format::Trl)
+    let pairs = kefu_trainer::dataset::compile(&state.database, Kind::Pairs, Format::Trl, policy)
         .await
         .map_err(ApiError::internal)?;
     Ok((sft, pairs))
@@ -164,9 +165,10 @@ pub(crate) async fn export(
             ));
         }
     };
-    let examples = kefu_trainer::dataset::compile(&state.database, kind, format)
-        .await
-        .map_err(ApiError::internal)?;
+    let examples =
+        kefu_trainer::dataset::compile(&state.database, kind, format, state.config.feedback_policy)
+            .await
+            .map_err(ApiError::internal)?;
     let mut body = String::new();
     for example in examples {
         body.push_str(&example.to_string());

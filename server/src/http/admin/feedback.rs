@@ -25,7 +25,9 @@ pub async fn inbox(
 ) -> Result<Json<Value>, ApiError> {
     only(
         &query,
-        &["label", "review", "rater", "q", "offset", "limit"],
+        &[
+            "label", "review", "rater", "q", "flagged", "offset", "limit",
+        ],
     )?;
     let filter = InboxFilter {
         label: choice(&query, "label", &["up", "down", "corrected"])?,
@@ -35,6 +37,7 @@ pub async fn inbox(
             .get("q")
             .map(|q| q.trim().to_string())
             .filter(|q| !q.is_empty()),
+        flagged: choice(&query, "flagged", &["true", "false"])?.map(|f| f == "true"),
     };
     let (offset, limit) = paging(&query)?;
     let (total, items) = kefu_trainer::dataset::inbox(&state.database, &filter, offset, limit)
@@ -42,6 +45,7 @@ pub async fn inbox(
         .map_err(ApiError::internal)?;
     Ok(Json(json!({
         "total": total, "offset": offset, "limit": limit, "items": items,
+        "policy": state.config.feedback_policy.name(),
     })))
 }
 

@@ -61,6 +61,7 @@ pub async fn start_training(
         &state.config.data_dir,
         &state.database,
         TRAINED_MODEL,
+        state.config.feedback_policy,
     )
     .await
     .map_err(ApiError::internal)?;
