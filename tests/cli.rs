@@ -514,3 +514,58 @@ fn the_retention_policy_never_removes_a_labelled_version() {
         assert!(file_of(id).is_file());
     }
 }
+
+/// `kefu eval score`: the answer scorer on answers got elsewhere, JSON lines in and out; a bad
+/// line is an error naming it, and nothing is printed for the lines before it.
+#[test]
+fn eval_score_scores_answers_and_names_a_bad_line() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("judged.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"answer": "Parcels can be returned within 30 days.", "reference": "You can return parcels within 30 days of delivery."}"#,
+            "\n",
+            r#"{"answer": "I don't know.", "reference": "Thirty days.", "passages": "Returns take thirty days."}"#,
+            "\n",
+            r#"{"answer": "退货期限是三十天。", "reference": "三十天内可以退货。"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let out = run(home.path(), &["eval", "score", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let f1 = |i: usize| lines[i]["f1"].as_f64().unwrap();
+    assert!(f1(0) > 0.4 && f1(0) < 1.0, "{lines:?}");
+    assert_eq!(
+        lines[0]["support"],
+        serde_json::Value::Null,
+        "no passages, no support"
+    );
+    assert_eq!(lines[1]["abstained"], true, "{lines:?}");
+    assert!(lines[1]["support"].is_number(), "{lines:?}");
+    assert!(f1(2) > 0.3, "Chinese is scored by characters: {lines:?}");
+
+    for (text, needle) in [
+        ("{\"answer\": \"ok\"}\nnot json\n", "line 2"),
+        ("{\"reference\": \"no answer\"}\n", "line 1"),
+        ("{\"answer\": \"a\", \"refrence\": \"typo\"}\n", "refrence"),
+        ("\n\n", "no answers to score"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = run(home.path(), &["eval", "score", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(stderr.contains(needle), "{text}: {stderr}");
+        assert!(out.stdout.is_empty(), "{text}");
+    }
+    let out = run(home.path(), &["eval", "score", "/no/such/file.jsonl"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /no/such/file.jsonl"));
+}

@@ -544,7 +544,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     admin.wait(
         "the loss curve and the report",
         30,
-        "return document.querySelector('#loss-chart polyline[data-stage=sft]') && document.querySelectorAll('#report tbody tr').length === 7 && document.querySelectorAll('#greedy tbody tr').length === 1 && document.querySelectorAll('#held-out tbody tr').length === 2",
+        "return document.querySelector('#loss-chart polyline[data-stage=sft]') && document.querySelectorAll('#report tbody tr').length === 8 && ((document.querySelector('#report tr[data-row=learned-from]') || {}).textContent || '').includes('SFT: agent corrections') && document.querySelectorAll('#greedy tbody tr').length === 1 && document.querySelectorAll('#held-out tbody tr').length === 2",
     );
     let points = admin.js(
         "return document.querySelector('#loss-chart polyline').getAttribute('points').split(' ').length",

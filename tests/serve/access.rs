@@ -106,7 +106,9 @@ fn the_feedback_inbox_reviews_and_the_datasets_preview() {
             c["regression"].as_i64().unwrap(),
         )
     };
-    assert_eq!(counts(), (2, 1, 1));
+    // The customer's thumbs-up waits for the inbox (the default feedback policy); the agent's
+    // correction counts at once.
+    assert_eq!(counts(), (1, 1, 1));
     let (status, pairs) = request(
         "GET",
         &server.url("/api/admin/datasets/current?kind=pairs"),
@@ -133,9 +135,16 @@ fn the_feedback_inbox_reviews_and_the_datasets_preview() {
         (200, json!(1)),
         "{done}"
     );
-    assert_eq!(counts(), (1, 0, 0));
+    assert_eq!(counts(), (0, 0, 0));
     assert_eq!(ids(&inbox("?review=rejected")), vec![fixed_answer]);
     assert_eq!(inbox("?review=rejected")["items"][0]["reviewer"], "boss");
+    let (status, done) = review(json!({"message_ids": [liked], "decision": "accept"}));
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        counts(),
+        (1, 0, 0),
+        "accepted, the thumbs-up is an SFT example"
+    );
     let (status, sft, _) = call(
         "GET",
         &server.url("/api/admin/export/sft"),

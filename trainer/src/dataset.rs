@@ -149,6 +149,20 @@ struct Labelled {
 }
 
 impl Labelled {
+    /// Where its label comes from: `agent_correction`, `agent_rating`, `accepted_customer`
+    /// (a customer's rating the inbox accepted) or `customer` (unreviewed).
+    fn source(&self) -> &'static str {
+        if self.correction.is_some() {
+            "agent_correction"
+        } else if self.event.feedback.rater_role == "agent" {
+            "agent_rating"
+        } else if self.trusted {
+            "accepted_customer"
+        } else {
+            "customer"
+        }
+    }
+
     /// When the label became what it is: its event, or the inbox's acceptance.
     fn decided_ms(&self) -> i64 {
         let accepted = self
@@ -341,6 +355,7 @@ pub async fn compile(
                     "question_message_id": question, "answer_message_id": a.answer.id,
                     "feedback_event_id": a.event.id, "model_version": a.model_version,
                     "chosen_message_id": chosen, "rejected_message_id": rejected,
+                    "source": a.source(),
                 })
             };
             match kind {
@@ -402,6 +417,7 @@ pub async fn compile(
                             "chosen_feedback_event_id": good.event.id,
                             "rejected_feedback_event_id": bad.event.id,
                             "model_version": good.model_version,
+                            "source": good.source(),
                         }),
                     ));
                 }

@@ -294,6 +294,7 @@ fn held_out_questions(
     Ok((
         json!({
             "questions": entries.len(),
+            "from": if held_out.questions.iter().any(|q| q.served.is_some()) { "feedback" } else { "file" },
             "production_loss": production_loss, "candidate_loss": candidate_loss,
             "loss_ratio": ratio, "max_loss_ratio": max_ratio, "loss_ok": loss_ok,
             "production_fact_recall": production_facts, "candidate_fact_recall": candidate_facts,

@@ -428,9 +428,20 @@ async fn snapshot(
             ));
         }
     }
+    // What the job learns from, by where each example's label came from.
+    let mut learned_from = serde_json::Map::new();
+    for (kind, examples) in [("sft", &sft), ("pairs", &pairs)] {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for e in examples {
+            let source = e["kefu"]["source"].as_str().unwrap_or("unknown");
+            *counts.entry(source.to_string()).or_default() += 1;
+        }
+        learned_from.insert(kind.into(), json!(counts));
+    }
     let summary = json!({
         "sft_examples": sft.len(), "pairs": pairs.len(), "regression_examples": regression.len(),
-        "held_out_examples": kept_out.len(),
+        "held_out_examples": kept_out.len(), "policy": policy.name(),
+        "learned_from": learned_from,
         "new_documents": documents,
         "sft_sha256": sft_hash, "pairs_sha256": pairs_hash,
         "folder": data_dir.strip_prefix(home).unwrap_or(&data_dir),

@@ -336,10 +336,15 @@
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Merged weights against base + adapter (relative RMS logit difference, f32; the served Q8_0 file's drift and top-1 agreement)" }), el("td", { text: "—" }), el("td", { text: (p.relative_rms_difference || 0).toExponential(2) + " (≤ " + p.tolerance + "); " + fixed(p.served_q8_0_relative_rms_difference) + ", " + fixed(p.served_q8_0_top1_agreement) }), verdict(p.relative_rms_difference <= p.tolerance)]));
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Chat template renders prompts as production does" }), el("td", { text: "—" }), el("td", { text: report.template_parity ? "same" : "different" }), verdict(report.template_parity)]));
       var q = report.held_out_questions;
+      if (q && q.why) {
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Held-out questions" }), el("td", { colspan: 2, text: q.why }), verdict(false)]));
+        q = null;
+      }
       if (q) {
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Answer loss on held-out questions (" + q.questions + ", answered from the knowledge base)" }), el("td", { text: fixed(q.production_loss) }), el("td", { text: fixed(q.candidate_loss) }), verdict(q.loss_ok)]));
+        var from = q.from === "feedback" ? "held out of the feedback, answered from the passages they were served with" : "answered from the knowledge base";
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Answer loss on held-out questions (" + q.questions + ", " + from + ")" }), el("td", { text: fixed(q.production_loss) }), el("td", { text: fixed(q.candidate_loss) }), verdict(q.loss_ok)]));
         body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Facts of the reference answer stated (greedy; in brackets: share of the answer's terms its passages hold)" }), el("td", { text: fixed(q.production_fact_recall) + " (" + fixed(q.production_support) + ")" }), el("td", { text: fixed(q.candidate_fact_recall) + " (" + fixed(q.candidate_support) + ")" }), verdict(q.facts_ok)]));
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Token F1 against the reference answers (in brackets: share of answers that abstained)" }), el("td", { text: fixed(q.production_f1) + " (" + fixed(q.production_abstained) + ")" }), el("td", { text: fixed(q.candidate_f1) + " (" + fixed(q.candidate_abstained) + ")" }), el("td", {})]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Token F1 against the reference answers (in brackets: share of answers that abstained)" }), el("td", { text: fixed(q.production_f1) + " (" + fixed(q.production_abstained) + ")" }), el("td", { text: fixed(q.candidate_f1) + " (" + fixed(q.candidate_abstained) + ")" }), q.answers_ok === undefined ? el("td", {}) : verdict(q.answers_ok)]));
       }
       var hp = report.held_out_pairs;
       if (hp) {
@@ -353,6 +358,13 @@
           el("td", { text: a.candidate.answer + " (F1 " + fixed(a.candidate.f1) + ")" })]));
       });
       document.getElementById("held-out-section").hidden = !(q && q.answers && q.answers.length);
+      var d = report.dataset || {};
+      if (d.learned_from) {
+        var names = { agent_correction: "agent corrections", agent_rating: "agent ratings", accepted_customer: "accepted customer ratings", customer: "unreviewed customer ratings" };
+        var describe = function (counts) { return Object.keys(counts || {}).map(function (k) { return (names[k] || k) + " " + counts[k]; }).join(", ") || "none"; };
+        body.appendChild(el("tr", { "data-row": "learned-from" }, [el("th", { scope: "row", text: "Learned from (feedback policy " + (d.policy || "?") + "; " + (d.held_out_examples || 0) + " examples held out for the gate)" }),
+          el("td", { colspan: 2, text: "SFT: " + describe(d.learned_from.sft) + ". Pairs: " + describe(d.learned_from.pairs) + "." }), el("td", {})]));
+      }
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Gate" }), el("td", { text: short(report.production) }), el("td", { text: "" }), verdict(report.passed)]));
       (r.greedy || []).forEach(function (g) {
         greedy.appendChild(el("tr", {}, [el("td", { text: g.question || "" }), el("td", { text: g.expected }), el("td", { class: g.matches ? "pass" : "fail", text: g.candidate })]));

@@ -54,6 +54,13 @@ pub enum EvalCommand {
     /// Answer quality: each question asked through the server's answer pipeline and scored
     /// against its reference answer (token F1, fact recall, support, abstention).
     Answers(EvalAnswersArgs),
+    /// The answer scorer alone: JSON lines with `answer`, `reference` and optionally
+    /// `passages` in (a file, or `-` for standard input); token F1, fact recall, support and
+    /// abstention out, one JSON line each.
+    Score {
+        /// The file, or `-` for standard input.
+        input: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -403,4 +410,16 @@ pub(super) fn eval_answers(home: &Path, threads: usize, args: &EvalAnswersArgs) 
         }
     }
     runtime.block_on(knowledge.close())
+}
+
+pub(super) fn eval_score(input: &Path) -> Result<()> {
+    let stdout = std::io::stdout();
+    if input == Path::new("-") {
+        crate::evaluate::score::score_lines(std::io::stdin().lock(), stdout.lock())?;
+    } else {
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot read {}", input.display()))?;
+        crate::evaluate::score::score_lines(std::io::BufReader::new(file), stdout.lock())?;
+    }
+    Ok(())
 }

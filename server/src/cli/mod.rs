@@ -139,6 +139,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval {
             command: EvalCommand::Answers(args),
         } => eval_answers(&cli.home, cli.threads, &args),
+        Command::Eval {
+            command: EvalCommand::Score { input },
+        } => eval_score(&input),
     }
 }
 

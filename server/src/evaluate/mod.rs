@@ -1,8 +1,10 @@
-//! `kefu eval`: retrieval against the documents that answer each question (`retrieval`), and
-//! answers against reference answers through the server's own answer pipeline (`answers`).
+//! `kefu eval`: retrieval against the documents that answer each question (`retrieval`),
+//! answers against reference answers through the server's own answer pipeline (`answers`), and
+//! the scorer alone on answers got elsewhere (`score`).
 
 pub mod answers;
 pub mod retrieval;
+pub mod score;
 
 /// A question file's text; an unreadable or non-UTF-8 file is an error naming it.
 pub(crate) fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
