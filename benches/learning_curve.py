@@ -6,8 +6,9 @@ simulated agent scores each answer against the reference with Kefu's own scorer
 (`kefu eval score`) and thumbs a good one up, corrects a bad one with the reference answer; a
 share of customers clicks a thumb at random (noise). Then a training job through the admin
 API (the worker trains, the gate decides, the server swaps), then `kefu eval answers` on the
-test split and on the corrected questions. Prints a table per iteration, writes the figures as
-JSON and an SVG plot.
+test split and on the corrected questions — asked through the public API like the customers'
+questions, scored the same way. Prints a table per iteration, writes the figures as JSON and an
+SVG plot.
 
 python3 benches/learning_curve.py BASE ADMIN_TOKEN AGENT_TOKEN QA_FILE KB_DIR ITERATIONS OUT_DIR
 Environment: KEFU (the binary), TRAIN_LIMIT, TEST_LIMIT, GOOD_F1 (0.5), NOISE (0.1), SEED, LABEL.
@@ -48,7 +49,8 @@ def call(method, path, body=None, token=None):
 
 
 def ask(question):
-    """(conversation, customer token, message id, answer text) of one question."""
+    """(conversation, customer token, message id, answer text, passages, abstained) of one
+    question."""
     status, conversation = call("POST", "/api/conversations", {})
     assert status == 201, conversation
     request = urllib.request.Request(
@@ -66,28 +68,41 @@ def ask(question):
                 done = json.loads(line[6:])
     assert done is not None, "no done event"
     _, transcript = call("GET", f"/api/agent/conversations/{conversation['id']}", token=AGENT)
-    text = next(m["content"] for m in transcript["messages"] if m["id"] == done["message_id"])
-    return conversation["id"], conversation["customer_token"], done["message_id"], text
+    message = next(m for m in transcript["messages"] if m["id"] == done["message_id"])
+    prompt = (message.get("served") or {}).get("prompt") or []
+    passages = "\n".join(m.get("content", "") for m in prompt if m.get("role") == "system")
+    return (conversation["id"], conversation["customer_token"], done["message_id"],
+            message["content"], passages, bool(done.get("abstained")))
 
 
-def scores(pairs):
-    """Kefu's scorer on (answer, reference) pairs."""
-    lines = "".join(json.dumps({"answer": a, "reference": r}) + "\n" for a, r in pairs)
-    out = subprocess.run([KEFU, "eval", "score", "-"], input=lines, capture_output=True,
-                         text=True, check=True).stdout
-    return [json.loads(line) for line in out.splitlines()]
+def scores(judged):
+    """Kefu's scorer on (answer, reference, passages) triples."""
+    lines = "".join(json.dumps({"answer": a, "reference": r, "passages": p}) + "\n"
+                    for a, r, p in judged)
+    done = subprocess.run([KEFU, "eval", "score", "-"], input=lines, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"kefu eval score failed:\n{done.stderr}")
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
-def evaluate(qa_file, limit=None):
-    """`kefu eval answers` with the production model: (summary, per-question records)."""
-    output = os.path.join(OUT, "eval-records.jsonl")
-    command = [KEFU, "eval", "answers", "--qa", qa_file, "--json", "--output", output]
-    if limit:
-        command += ["--limit", str(limit)]
-    summary = json.loads(subprocess.run(command, capture_output=True, text=True,
-                                        check=True).stdout)
-    with open(output) as f:
-        return summary, [json.loads(line) for line in f]
+def mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def evaluate(questions):
+    """Each question asked through the public API as a customer would (the model `production`
+    names now, the server's answer pipeline and its abstentions), the answers scored against
+    the references: (figures, per-question scores)."""
+    asked = [ask(r["question"]) for r in questions]
+    judged = scores([(a[3], r["answer"], a[4]) for r, a in zip(questions, asked)])
+    for s, a in zip(judged, asked):
+        s["abstained"] = s["abstained"] or a[5]
+    figures = {key: mean(s.get(key) for s in judged)
+               for key in ("f1", "fact_recall", "support")}
+    figures["abstained"] = mean(1.0 if s["abstained"] else 0.0 for s in judged)
+    return figures, judged
 
 
 def held_out(question, share=float(os.environ.get("HOLD_OUT", "0.2"))):
@@ -108,9 +123,8 @@ train = [r for r in records if r.get("split") == "train" and in_kb(r)]
 test = [r for r in records if r.get("split") == "test" and in_kb(r)]
 if TRAIN_LIMIT:
     train = rng.sample(train, min(TRAIN_LIMIT, len(train)))
-test_file = os.path.join(OUT, "test.jsonl")
-with open(test_file, "w") as f:
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in test)
+if TEST_LIMIT:
+    test = rng.sample(test, min(int(TEST_LIMIT), len(test)))
 print(f"{LABEL}: {len(train)} train questions, {len(test)} test questions, "
       f"{ITERATIONS} iterations", flush=True)
 
@@ -118,11 +132,10 @@ curve = []
 
 
 def measure(iteration, job=None, corrected=None, seconds=None):
-    summary, _ = evaluate(test_file, TEST_LIMIT)
-    answers = summary.get("answerable") or summary
+    answers, _ = evaluate(test)
     point = {
-        "iteration": iteration, "f1": answers.get("f1"), "fact_recall": answers.get("fact_recall"),
-        "support": answers.get("support"), "abstained": answers.get("abstained"),
+        "iteration": iteration, "f1": answers["f1"], "fact_recall": answers["fact_recall"],
+        "support": answers["support"], "abstained": answers["abstained"],
         "corrected_recalled": corrected, "job": job, "seconds": seconds,
     }
     curve.append(point)
@@ -133,9 +146,9 @@ measure(0)
 for iteration in range(1, ITERATIONS + 1):
     started = time.monotonic()
     asked = [(r, *ask(r["question"])) for r in train]
-    judged = scores([(text, r["answer"]) for r, _, _, _, text in asked])
+    judged = scores([(a[3], r["answer"], a[4]) for r, *a in asked])
     corrected = []
-    for (r, conversation, customer, message, text), score in zip(asked, judged):
+    for (r, conversation, customer, message, text, _, _), score in zip(asked, judged):
         path = f"/api/agent/conversations/{conversation}/messages/{message}/feedback"
         if (score.get("f1") or 0.0) >= GOOD_F1:
             status, body = call("POST", path, {"rating": "up"}, AGENT)
@@ -161,14 +174,11 @@ for iteration in range(1, ITERATIONS + 1):
     # The corrected questions the job trained on (the gate's held-out share never is).
     learned = [r for r in corrected if not held_out(r["question"])]
     if learned:
-        corrected_file = os.path.join(OUT, f"corrected-{iteration}.jsonl")
-        with open(corrected_file, "w") as f:
-            f.writelines(json.dumps({**r, "split": None}, ensure_ascii=False) + "\n"
-                         for r in learned)
-        _, answers = evaluate(corrected_file)
-        recalled = sum(1 for a in answers if (a.get("fact_recall") or 0.0) >= 0.5) / len(answers)
+        _, answers = evaluate(learned)
+        recalled = mean(1.0 if (a.get("fact_recall") or 0.0) >= 0.5 else 0.0 for a in answers)
     measure(iteration, {"id": job["id"], "status": job["status"], "passed": report.get("passed"),
-                        "corrections": len(corrected), "held_out": len(corrected) - len(learned), "asked_s": round(asking),
+                        "corrections": len(corrected), "held_out": len(corrected) - len(learned),
+                        "asked_s": round(asking),
                         "trained_s": round(trained), "error": job.get("error")},
             recalled, round(time.monotonic() - started))
 

@@ -40,7 +40,9 @@ KEFU_PASSWORD="benchmark password" "$KEFU" users add --role admin boss >&2
 KEFU_PASSWORD="benchmark password" "$KEFU" users add --role agent ann >&2
 ADMIN=$("$KEFU" tokens add boss)
 AGENT=$("$KEFU" tokens add ann)
-serve=("$KEFU" serve --port 0 --max-tokens "${MAX_TOKENS:-256}" --follow-ms 500)
+# Answers as long in the evaluation as in serving.
+export KEFU_MAX_TOKENS=${MAX_TOKENS:-256}
+serve=("$KEFU" serve --port 0 --follow-ms 500)
 if [ -n "${MODEL:-}" ]; then serve+=(--model "$MODEL"); fi
 if [ -n "${DEVICE:-}" ]; then export KEFU_DEVICE="$DEVICE"; fi
 "${serve[@]}" > "$OUT/serve.log" 2>&1 &

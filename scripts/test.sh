@@ -53,7 +53,13 @@ setsid --wait cargo test --release --workspace --no-fail-fast >"$log" 2>&1 &
 tests=$!
 tail -n +1 -f --pid="$tests" "$log"
 wait "$tests" || status=$?
-left=$(pgrep -s "$tests" || true)
+# A worker whose server a test killed stops within seconds by itself; what still runs after
+# ten is left behind.
+for _ in $(seq 1 10); do
+  left=$(pgrep -s "$tests" || true)
+  [ -z "$left" ] && break
+  sleep 1
+done
 if [ -n "$left" ]; then
   echo "processes the tests left running (stopped now):"
   ps -o pid,etime,args -p "$(echo $left | tr ' ' ',')" || true

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// `kefu serve`'s embedded worker: a child process, restarted when it dies.
+/// `kefu serve`'s embedded worker: a child process, restarted when it dies; once `stop` is set
+/// the thread kills it and ends (join it before exiting, so no worker outlives the server).
 pub fn supervise(
     home: PathBuf,
     database_url: String,
     policy: kefu_trainer::dataset::Policy,
     stop: Arc<AtomicBool>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let Ok(exe) = std::env::current_exe() else {
             tracing::error!("cannot find this program to start the training worker");
@@ -61,5 +62,5 @@ pub fn supervise(
             }
             std::thread::sleep(Duration::from_secs(1));
         }
-    });
+    })
 }

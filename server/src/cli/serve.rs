@@ -149,14 +149,16 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         let stop_worker = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if args.trainer == TrainerMode::Embedded {
-            crate::supervise::supervise(
+        let supervisor = if args.trainer == TrainerMode::Embedded {
+            Some(crate::supervise::supervise(
                 home.to_path_buf(),
                 database_url(home, args.knowledge.database_url.as_deref())?,
                 args.feedback_policy.into(),
                 stop_worker.clone(),
-            );
-        }
+            ))
+        } else {
+            None
+        };
         println!("kefu: listening on http://{}", listener.local_addr()?);
         let app = crate::http::router(state)
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -164,6 +166,10 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The worker ends before the server does.
+        if let Some(supervisor) = supervisor {
+            let _ = tokio::task::spawn_blocking(move || supervisor.join()).await;
+        }
         tracing::info!("stopped");
         anyhow::Ok(())
     })
