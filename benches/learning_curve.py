@@ -91,7 +91,7 @@ def mean(values):
     return sum(values) / len(values) if values else None
 
 
-def evaluate(questions):
+def evaluate(questions, name):
     """Each question asked through the public API as a customer would (the model `production`
     names now, the server's answer pipeline and its abstentions), the answers scored against
     the references: (figures, per-question scores)."""
@@ -99,6 +99,11 @@ def evaluate(questions):
     judged = scores([(a[3], r["answer"], a[4]) for r, a in zip(questions, asked)])
     for s, a in zip(judged, asked):
         s["abstained"] = s["abstained"] or a[5]
+    # Every answer with its scores, to be read (OUT/answers-NAME.jsonl).
+    with open(os.path.join(OUT, f"answers-{name}.jsonl"), "w") as f:
+        for r, a, s in zip(questions, asked, judged):
+            f.write(json.dumps({"question": r["question"], "reference": r["answer"],
+                                "answer": a[3], **s}, ensure_ascii=False) + "\n")
     figures = {key: mean(s.get(key) for s in judged)
                for key in ("f1", "fact_recall", "support")}
     figures["abstained"] = mean(1.0 if s["abstained"] else 0.0 for s in judged)
@@ -132,7 +137,7 @@ curve = []
 
 
 def measure(iteration, job=None, corrected=None, seconds=None):
-    answers, _ = evaluate(test)
+    answers, judged = evaluate(test, f"test-{iteration}")
     point = {
         "iteration": iteration, "f1": answers["f1"], "fact_recall": answers["fact_recall"],
         "support": answers["support"], "abstained": answers["abstained"],
@@ -174,7 +179,7 @@ for iteration in range(1, ITERATIONS + 1):
     # The corrected questions the job trained on (the gate's held-out share never is).
     learned = [r for r in corrected if not held_out(r["question"])]
     if learned:
-        _, answers = evaluate(learned)
+        _, answers = evaluate(learned, f"corrected-{iteration}")
         recalled = mean(1.0 if (a.get("fact_recall") or 0.0) >= 0.5 else 0.0 for a in answers)
     measure(iteration, {"id": job["id"], "status": job["status"], "passed": report.get("passed"),
                         "corrections": len(corrected), "held_out": len(corrected) - len(learned),

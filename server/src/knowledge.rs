@@ -144,9 +144,21 @@ impl Knowledge {
             }
             None => {
                 let store_dir = home.join("vectors").join(&name);
-                Box::new(EdgeStore::open(&store_dir, dimension).with_context(|| {
-                    format!("cannot open the vector store {}", store_dir.display())
-                })?)
+                let store = EdgeStore::open(&store_dir, dimension).map_err(|e| {
+                    // The in-process store is one process's at a time.
+                    let busy = format!("{e:#}").contains("WouldBlock");
+                    anyhow::Error::new(e).context(if busy {
+                        format!(
+                            "cannot open the vector store {}: another kefu process (a running \
+                             `kefu serve`?) has it open; stop that process, or ask the running \
+                             server through its API",
+                            store_dir.display()
+                        )
+                    } else {
+                        format!("cannot open the vector store {}", store_dir.display())
+                    })
+                })?;
+                Box::new(store)
             }
         };
         Ok(Self {

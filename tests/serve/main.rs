@@ -6,6 +6,7 @@
 
 mod abstention;
 mod access;
+mod alongside;
 mod answers;
 mod jobs;
 mod sites;

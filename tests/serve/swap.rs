@@ -295,7 +295,7 @@ fn a_correction_is_learned_served_and_rolled_back() {
     let staffed = staffed_server(&["--max-tokens", "24", "--follow-ms", "200"]);
     let server = &staffed.server;
     let home = staffed._home.path();
-    // A short run for the test (the built-in recipe trains longer and adds DPO). The gate
+    // A short run for the test (the built-in recipe trains longer). The gate
     // holds out two questions of the shared FAQ set, answered from their document, and four
     // preference pairs; the held-out answer loss may grow by half at most (ten epochs on one
     // example move a 135 M model far). A second job below holds out questions on the corrected
