@@ -145,9 +145,11 @@ impl Knowledge {
             None => {
                 let store_dir = home.join("vectors").join(&name);
                 let store = EdgeStore::open(&store_dir, dimension).map_err(|e| {
-                    // The in-process store is one process's at a time.
+                    // The in-process store is one process's at a time (the lock's error is
+                    // deep in the chain).
+                    let e = anyhow::Error::new(e);
                     let busy = format!("{e:#}").contains("WouldBlock");
-                    anyhow::Error::new(e).context(if busy {
+                    e.context(if busy {
                         format!(
                             "cannot open the vector store {}: another kefu process (a running \
                              `kefu serve`?) has it open; stop that process, or ask the running \

@@ -11,9 +11,21 @@ use crate::support::*;
 fn a_command_beside_a_running_server_names_the_server() {
     let home = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
+    let guide = home.path().join("returns.md");
+    std::fs::write(
+        &guide,
+        "# Returns\n\nParcels can be returned within 30 days.\n",
+    )
+    .unwrap();
+    let ingested = kefu(home.path(), None)
+        .arg("ingest")
+        .arg(&guide)
+        .output()
+        .unwrap();
+    assert!(ingested.status.success(), "{ingested:?}");
     let server = Server::start(home.path(), None, &["--trainer", "off"]);
     let out = kefu(home.path(), None)
-        .args(["ask", "What is Debian?"])
+        .args(["ask", "How long do I have to return a parcel?"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -25,7 +37,12 @@ fn a_command_beside_a_running_server_names_the_server() {
     drop(server);
     // With the server gone the same command works.
     let out = kefu(home.path(), None)
-        .args(["ask", "What is Debian?", "--max-tokens", "4"])
+        .args([
+            "ask",
+            "How long do I have to return a parcel?",
+            "--max-tokens",
+            "4",
+        ])
         .output()
         .unwrap();
     assert!(
