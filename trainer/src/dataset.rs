@@ -437,6 +437,15 @@ const BURST_MS: i64 = 60_000;
 /// The same answer text rated on this many answers flags them `same_text`.
 const SAME_TEXT: usize = 3;
 
+/// A text with case and spacing ignored: how the inbox compares answers and the gate's
+/// held-out share recognizes a question.
+pub fn normalized(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
 /// Why the inbox flags answers' feedback as suspicious, by answer id.
 fn suspicious(by_question: &BTreeMap<i64, Vec<Labelled>>) -> BTreeMap<i64, Vec<&'static str>> {
     let answers: Vec<&Labelled> = by_question.values().flatten().collect();
@@ -464,14 +473,10 @@ fn suspicious(by_question: &BTreeMap<i64, Vec<Labelled>>) -> BTreeMap<i64, Vec<&
                 .unwrap_or_else(|| format!("conversation:{}", a.answer.conversation_id));
             by_source.entry(source).or_default().insert(a.answer.id);
         }
-        let text = a
-            .answer
-            .content
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase();
-        by_text.entry(text).or_default().push(a.answer.id);
+        by_text
+            .entry(normalized(&a.answer.content))
+            .or_default()
+            .push(a.answer.id);
     }
     for ids in by_source.values().filter(|ids| ids.len() >= MANY_ANSWERS) {
         for id in ids {

@@ -260,12 +260,7 @@ pub const HOLD_OUT: f64 = 0.2;
 /// question (case and spacing ignored), so the same questions stay out job after job.
 pub fn is_held_out(question: &str, share: f64) -> bool {
     use sha2::Digest;
-    let normal = question
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase();
-    let hash = sha2::Sha256::digest(normal.as_bytes());
+    let hash = sha2::Sha256::digest(crate::dataset::normalized(question).as_bytes());
     let threshold = (share.clamp(0.0, 0.5) * 10_000.0) as u32;
     u32::from_le_bytes([hash[0], hash[1], hash[2], hash[3]]) % 10_000 < threshold
 }
@@ -310,9 +305,9 @@ fn held_out_question(example: &Value) -> Option<gate::HeldOutQuestion> {
     })
 }
 
-/// The recipe a job runs: `<home>/recipe.toml` or the built-in one, pointed at the snapshot.
+/// The recipe a job runs: the worker's (`base_recipe`), pointed at the snapshot.
 fn job_recipe(
-    home: &Path,
+    mut recipe: Recipe,
     data_dir: &Path,
     sft_count: usize,
     pair_count: usize,
@@ -320,7 +315,6 @@ fn job_recipe(
 ) -> Result<Recipe> {
     let sft = &data_dir.join("sft.jsonl");
     let pairs = &data_dir.join("pairs.jsonl");
-    let mut recipe = base_recipe(home)?;
     // CPT, when the recipe has it, reads the documents this job snapshotted (those the last
     // succeeded job had not seen); without new documents it is left out.
     if document_count == 0 {
@@ -386,7 +380,8 @@ async fn snapshot(
     let pairs = crate::dataset::compile(database, Kind::Pairs, Format::Trl, policy).await?;
     // Without a held-out file the gate checks answers on a share of the feedback's own
     // questions, kept out of every kind of training example.
-    let gate_settings = base_recipe(home)?.gate.unwrap_or_default();
+    let base = base_recipe(home)?;
+    let gate_settings = base.gate.clone().unwrap_or_default();
     let holding = gate_settings.questions.is_none();
     let share = gate_settings.hold_out.unwrap_or(HOLD_OUT);
     let admitted = sft.len();
@@ -405,7 +400,7 @@ async fn snapshot(
     } else {
         0
     };
-    let recipe = job_recipe(home, &data_dir, sft.len(), pairs.len(), documents)?;
+    let recipe = job_recipe(base, &data_dir, sft.len(), pairs.len(), documents)?;
     recipe.write(&dir.join("recipe.toml"))?;
     // The regression set: every question an agent corrected, with the corrected answer.
     let regression = crate::dataset::regression(&sft);
