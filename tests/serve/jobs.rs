@@ -182,23 +182,12 @@ fn the_schedule_and_the_threshold_queue_training_jobs() {
 
     // The threshold counts rated answers the feedback policy admits: a customer's thumbs
     // (however many) count once the inbox accepts them, an agent's correction at once.
-    let thumbs = |id: &str, token: &str, answer: i64, rating: &str| {
-        request(
-            "POST",
-            &server.url(&format!(
-                "/api/conversations/{id}/messages/{answer}/feedback"
-            )),
-            &vec![("authorization", format!("Bearer {token}"))],
-            Some(&json!({"rating": rating, "reasons": []})),
-        )
-        .0
-    };
     let (id, token, answer) = ask_anonymously(server, "How long do I have to return a parcel?");
-    assert_eq!(thumbs(&id, &token, answer, "down"), 201);
+    assert_eq!(thumbs(server, &id, &token, answer, "down").0, 201);
     correct(server, &staffed.admin_api, &id, answer, "Within 30 days.");
     let (liked_id, liked_token, liked) = ask_anonymously(server, "Is the return label free?");
     for _ in 0..5 {
-        assert_eq!(thumbs(&liked_id, &liked_token, liked, "up"), 201);
+        assert_eq!(thumbs(server, &liked_id, &liked_token, liked, "up").0, 201);
     }
 
     set(json!({"every_minutes": null, "after_new_feedback": 2}));

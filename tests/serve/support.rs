@@ -606,3 +606,21 @@ impl Drop for PrivatePostgres {
             .output();
     }
 }
+
+/// A customer's rating of an answer: (status, body).
+pub(crate) fn thumbs(
+    server: &Server,
+    id: &str,
+    token: &str,
+    answer: i64,
+    rating: &str,
+) -> (u16, Value) {
+    request(
+        "POST",
+        &server.url(&format!(
+            "/api/conversations/{id}/messages/{answer}/feedback"
+        )),
+        &vec![("authorization", format!("Bearer {token}"))],
+        Some(&json!({"rating": rating})),
+    )
+}

@@ -8,18 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// A customer's rating of an answer: (status, body).
-fn thumbs(server: &Server, id: &str, token: &str, answer: i64, rating: &str) -> (u16, Value) {
-    request(
-        "POST",
-        &server.url(&format!(
-            "/api/conversations/{id}/messages/{answer}/feedback"
-        )),
-        &vec![("authorization", format!("Bearer {token}"))],
-        Some(&json!({"rating": rating})),
-    )
-}
-
 /// `kefu export KIND` on the server's data directory under `policy`: the examples.
 fn export(staffed: &Staffed, kind: &str, policy: &str) -> Vec<Value> {
     let out = kefu(staffed._home.path(), None)
