@@ -35,7 +35,7 @@ echo "== build"
 cargo build --release --workspace
 KEFU="$CARGO_TARGET_DIR/release/kefu"
 
-echo "== models (default generator, Qwen2 for tokenizer parity, both embedders, ONNX Runtime)"
+echo "== models (the default and the small generator, both embedders, ONNX Runtime)"
 "$KEFU" models fetch smollm2-135m-instruct
 "$KEFU" models fetch qwen2.5-coder-0.5b-instruct
 "$KEFU" models fetch multilingual-e5-small

@@ -65,7 +65,9 @@ fn home_with_default_model() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kefu"));
     assert!(
-        home.join("models/smollm2-135m-instruct/model.gguf")
+        home.join("models")
+            .join(kefu_tests::DEFAULT_MODEL)
+            .join("model.gguf")
             .exists(),
         "the default model is not in {}: run `KEFU_HOME={} kefu models fetch` (.ci/run does)",
         home.display(),

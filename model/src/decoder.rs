@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 pub use crate::linear::{Linear, Lora, LoraDropout, Weight};
 use crate::linear::{Mode, ProjectionGroup};
 
+mod checkpoint;
+
 /// Where the decoder's weights come from. Names are Hugging Face names
 /// (`model.layers.0.self_attn.q_proj.weight`); each source maps them to its own layout.
 pub trait WeightSource {
@@ -295,6 +297,25 @@ struct Block {
 }
 
 impl Block {
+    /// The block on `x` `(batch, seq, hidden)`: attention and MLP, each with its residual.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        offset: usize,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x, mode)?;
+        let h = self
+            .self_attn
+            .forward(&h, rope, mask, offset, cache, mode)?;
+        let x = (x + h)?;
+        let h = self.post_attention_layernorm.forward(&x, mode)?;
+        Ok((&x + self.mlp.forward(&h, mode)?)?)
+    }
+
     /// Which group holds `target`, and its index there.
     fn locate(target: Target) -> (fn(&Block) -> &ProjectionGroup, usize) {
         match target {
@@ -382,6 +403,9 @@ pub struct Decoder {
     rope: Rope,
     device: Device,
     dtype: DType,
+    /// Activation checkpointing per layer (training): the layer inputs kept by each forward
+    /// pass, until [`Decoder::backward_checkpoints`] consumes them. `None`: off.
+    checkpoints: Option<Arc<checkpoint::Tapes>>,
 }
 
 impl Decoder {
@@ -495,6 +519,7 @@ impl Decoder {
             rope: Rope::new(config, device, dtype)?,
             device: device.clone(),
             dtype,
+            checkpoints: None,
         })
     }
 
@@ -559,20 +584,22 @@ impl Decoder {
         }
         let mask = self.causal_mask(seq_len, offset)?;
         let mut x = self.embed_tokens.forward(input_ids)?;
-        for (i, block) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            let h = block.input_layernorm.forward(&x, mode)?;
-            let h = block.self_attn.forward(
-                &h,
-                &self.rope,
-                mask.as_ref(),
-                offset,
-                layer_cache,
-                mode,
-            )?;
-            x = (x + h)?;
-            let h = block.post_attention_layernorm.forward(&x, mode)?;
-            x = (x + block.mlp.forward(&h, mode)?)?;
+        // Training passes draw each layer's adapter-dropout masks from a seed of their own, so
+        // that a checkpointed layer recomputes the same masks.
+        let dropout = match mode {
+            Mode::Training => checkpoint::LayerDropout::draw(self),
+            Mode::Inference => None,
+        };
+        if mode == Mode::Training && cache.is_none() && self.checkpoints.is_some() {
+            x = self.checkpointed_layers(x, mask, dropout)?;
+        } else {
+            for (i, block) in self.layers.iter().enumerate() {
+                if let Some(dropout) = &dropout {
+                    dropout.reseed(i);
+                }
+                let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+                x = block.forward(&x, &self.rope, mask.as_ref(), offset, layer_cache, mode)?;
+            }
         }
         self.norm.forward(&x, mode)
     }

@@ -454,6 +454,10 @@ impl ProjectionGroup {
         self.parts.get_mut(index)
     }
 
+    pub(crate) fn parts(&self) -> &[Linear] {
+        &self.parts
+    }
+
     /// The base weight of projection `index` as a dense `(out, in)` tensor.
     pub(crate) fn base_weight(&self, index: usize) -> Result<Tensor> {
         let stack = self

@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
-use common::{default_model_path, max_abs_diff};
+use common::{max_abs_diff, small_model_path};
 use kefu_model::decoder::Decoder;
 use kefu_model::gguf::{GgufFile, GgufSource};
 use kefu_model::testing::{TinySpec, write_tiny_gguf};
@@ -229,7 +229,7 @@ fn greedy_tokens(logits: &[Tensor]) -> Vec<u32> {
 /// differences of the attention sums can flip a rounding step and grow through 30 layers.
 #[test]
 fn default_model_matches_quantized_llama() {
-    let path = default_model_path();
+    let path = small_model_path();
     let file = GgufFile::open(&path).unwrap();
     let tokenizer = kefu_model::tokenizer::from_gguf_metadata(file.metadata()).unwrap();
     let encode = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().to_vec();
@@ -280,7 +280,7 @@ fn default_model_matches_quantized_llama() {
 fn fast_kernels_keep_the_default_models_perplexity() {
     use kefu_model::{LoadOptions, LoadedModel};
 
-    let path = default_model_path();
+    let path = small_model_path();
     let load = |fast_kernels, requantize| {
         let options = LoadOptions {
             decoder: DecoderOptions {

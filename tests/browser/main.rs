@@ -40,12 +40,16 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let mut server = kefu(home.path())
-        // The support check off: the small default model's 24-token answers are what the
-        // page shows; the relevance floor stays on (a question about something else abstains).
+        // The small model (the embedded worker trains it while the pages are checked; the
+        // default model's answers are checked through the widget API in the serve tests). The
+        // support check off: its 24-token answers are what the page shows; the relevance floor
+        // stays on (a question about something else abstains).
         .args([
             "serve",
             "--port",
             "0",
+            "--model",
+            kefu_tests::SMALL_MODEL,
             "--max-tokens",
             "24",
             "--min-support",

@@ -9,10 +9,11 @@ use crate::support::*;
 
 /// With a `[cpt]` stage in the worker's recipe, documents count as something to learn: a job
 /// snapshots the documents the last succeeded job had not seen and trains on them (here with
-/// no feedback at all); the next trigger has nothing new until another document arrives.
+/// no feedback at all; the real default model trained, merged, gated and registered); the next
+/// trigger has nothing new until another document arrives.
 #[test]
 fn a_job_learns_the_documents_the_last_one_had_not_seen() {
-    let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off"]);
+    let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off", PRODUCT_DEFAULT]);
     let server = &staffed.server;
     let home = staffed._home.path();
     let trigger = || {

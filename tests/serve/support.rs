@@ -1,12 +1,18 @@
 //! What the serving tests share: a running `kefu serve`, HTTP calls, staffed servers, widget
 //! sites, private databases.
 
+pub(crate) use kefu_tests::SMALL_MODEL;
 use kefu_tests::{http_agent as agent, kefu_command, test_home};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// In a server's extra arguments: serve without `--model` — the registry's `production`
+/// version, or the product's default model ([`kefu_tests::DEFAULT_MODEL`]) on a fresh data
+/// directory.
+pub(crate) const PRODUCT_DEFAULT: &str = "<no --model: the product's default>";
 
 /// `database_url` `None`: the default, SQLite in the data directory.
 pub(crate) fn kefu(home: &Path, database_url: Option<&str>) -> Command {
@@ -38,10 +44,24 @@ impl Server {
         Self::spawn_logging(command, extra, Stdio::inherit())
     }
 
-    /// [`Server::spawn`] with its standard error (the log) sent to `log`.
+    /// [`Server::spawn`] with its standard error (the log) sent to `log`. The server serves
+    /// the small model ([`SMALL_MODEL`], as `--model`) unless `extra` names a model or holds
+    /// [`PRODUCT_DEFAULT`].
     pub(crate) fn spawn_logging(mut command: Command, extra: &[&str], log: Stdio) -> Self {
+        let product_default = extra.contains(&PRODUCT_DEFAULT);
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != PRODUCT_DEFAULT)
+            .collect();
+        let model: &[&str] = if product_default || extra.contains(&"--model") {
+            &[]
+        } else {
+            &["--model", SMALL_MODEL]
+        };
         let mut child = command
             .args(["serve", "--port", "0"])
+            .args(model)
             .args(if extra.contains(&"--max-tokens") {
                 &[][..]
             } else {
@@ -54,7 +74,7 @@ impl Server {
             } else {
                 &["--answer-unrelated", "--min-support", "0"][..]
             })
-            .args(extra)
+            .args(&extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

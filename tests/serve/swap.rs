@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// Hot-swap across two replicas on one PostgreSQL: a trained model registered as a version and
+/// Hot-swap across two replicas on one PostgreSQL, on the real default model: a trained model
+/// registered as a version and
 /// promoted through one replica's admin API is loaded, warmed up and switched to by both, while
 /// a stream of questions goes on with no failed request (p99 latency printed); answers name the
 /// version that produced them; rollback through the other replica brings the old version back;
@@ -83,7 +84,8 @@ fn replicas_follow_the_production_label_without_a_failed_request() {
         merged.to_str().unwrap(),
     ]);
 
-    let extra = ["--max-tokens", "6", "--follow-ms", "200"];
+    // The real default model, trained, merged and swapped in under load.
+    let extra = ["--max-tokens", "6", "--follow-ms", "200", PRODUCT_DEFAULT];
     let first = Server::spawn(with_registry(home), &extra);
     let second = Server::spawn(with_registry(other_home.path()), &extra);
     let version_of = |server: &Server| {
@@ -665,7 +667,7 @@ fn an_explicit_model_is_served_over_the_registry_s_production() {
     assert!(pinned.stop().success());
 
     // Without --model the registry decides: production, now the model asked for last time.
-    let unpinned = Server::start(&home, None, &[]);
+    let unpinned = Server::start(&home, None, &[PRODUCT_DEFAULT]);
     assert_eq!(models(&unpinned)["serving"], served.as_str());
     assert!(unpinned.stop().success());
     // The same --model again changes nothing.

@@ -31,8 +31,17 @@ pub fn kefu_command() -> Command {
     Command::new(kefu_binary())
 }
 
+/// The product's default chat model (`kefu serve` without `--model` on a fresh data
+/// directory): the end-to-end tests of each capability on the real default model use it.
+pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct";
+
+/// A real, small chat model (SmolLM2-135M, about five times faster than the default): the
+/// tests about something other than the model — the loop's mechanics, access, the platform —
+/// serve and train it.
+pub const SMALL_MODEL: &str = "smollm2-135m-instruct";
+
 /// The data directory holding the fetched models (`KEFU_TEST_HOME`, else `~/.cache/kefu`):
-/// the default chat model, the default embedder and ONNX Runtime must be there.
+/// the default and the small chat model, the default embedder and ONNX Runtime must be there.
 pub fn test_home() -> PathBuf {
     let home = std::env::var("KEFU_TEST_HOME")
         .map(PathBuf::from)
@@ -41,6 +50,7 @@ pub fn test_home() -> PathBuf {
         "models/multilingual-e5-small/model.onnx",
         "models/onnxruntime/libonnxruntime.so",
         "models/smollm2-135m-instruct/model.gguf",
+        "models/qwen2.5-coder-0.5b-instruct/model.gguf",
     ] {
         assert!(
             home.join(needed).exists(),

@@ -66,6 +66,7 @@ pub struct StageOptions {
     pub output: PathBuf,
     pub base_weights: Option<BaseWeights>,
     pub device: Option<String>,
+    pub checkpoint_layers: Option<bool>,
     pub epochs: Option<usize>,
     pub max_steps: Option<usize>,
     pub learning_rate: Option<f64>,
@@ -186,6 +187,10 @@ impl Settings {
             eval_every: args.eval_every.or(section.eval_every).unwrap_or(0),
             patience: args.patience.or(section.patience).unwrap_or(0),
             beta: args.beta.or(section.beta).unwrap_or(0.1),
+            checkpoint_layers: args
+                .checkpoint_layers
+                .or(recipe.checkpoint_layers)
+                .unwrap_or(false),
         };
         if !(0.0..1.0).contains(&config.lora.dropout) {
             bail!(
@@ -255,6 +260,7 @@ impl Settings {
             model: Some(self.model.clone()),
             base_weights: Some(self.base_weights.name().into()),
             seed: Some(c.seed),
+            checkpoint_layers: Some(c.checkpoint_layers),
             lora: Some(LoraSection {
                 rank: Some(c.lora.rank),
                 alpha: Some(c.lora.alpha),

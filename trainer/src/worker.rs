@@ -73,12 +73,15 @@ fn orphaned(parent: Option<u32>) -> bool {
 const MIN_PAIRS: usize = 8;
 
 /// The model the worker trains when nothing says otherwise: SFT, one example a step (two
-/// accumulated). A served prompt with its passages is about 1,100 tokens; with this trainer a
-/// step on one such example peaks at about 14 GB on the CPU (attention's activations are kept
-/// for the backward pass), two at about 24 GB, so batch 2 — and DPO, which scores chosen and
-/// rejected together — does not fit a 24 GB machine. A recipe's `[dpo]` adds DPO when there
-/// are pairs enough.
+/// accumulated), each layer recomputed in the backward pass. A served prompt with its passages
+/// is about 1,100 tokens; one step on one such example keeping every layer's activations peaked
+/// at 13 GB with SmolLM2-135M on the CPU (attention's scores, `heads × seq²` per layer),
+/// which with DPO (chosen and rejected together) or batch 2 does not fit a 24 GB machine;
+/// checkpointed, 4.2 GB (SmolLM2) and 6.2 GB (Qwen2.5-0.5B, the default)
+/// (`benches/train_memory.sh`). A recipe's `[dpo]` adds DPO when there are pairs enough.
 const BUILT_IN_RECIPE: &str = r#"
+checkpoint_layers = true
+
 [lora]
 rank = 16
 alpha = 32.0

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 
-/// Where the real default model is: `KEFU_TEST_MODEL`, else the cache `.ci/run` fills.
-pub fn default_model_path() -> PathBuf {
+/// Where the real small model (SmolLM2-135M-Instruct) is: `KEFU_TEST_MODEL`, else the cache
+/// `.ci/run` fills.
+pub fn small_model_path() -> PathBuf {
     if let Ok(path) = std::env::var("KEFU_TEST_MODEL") {
         return PathBuf::from(path);
     }

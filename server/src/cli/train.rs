@@ -64,6 +64,7 @@ impl StageArgs {
             output: self.output.clone(),
             base_weights: self.base_weights.map(Into::into),
             device: self.device.clone(),
+            checkpoint_layers: self.checkpoint_layers.then_some(true),
             epochs: self.epochs,
             max_steps: self.max_steps,
             learning_rate: self.learning_rate,
@@ -100,7 +101,7 @@ pub struct StageArgs {
     /// `conversations` or `question` / `answer`); DPO: preference pairs.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Base chat model: a name (installed or known) or a path [default: smollm2-135m-instruct].
+    /// Base chat model: a name (installed or known) or a path [default: qwen2.5-coder-0.5b-instruct].
     #[arg(long, env = "KEFU_MODEL")]
     pub model: Option<String>,
     /// Start from the base with this adapter merged in (e.g. DPO after SFT: the SFT adapter,
@@ -117,6 +118,10 @@ pub struct StageArgs {
     /// --base-weights does not apply there) [default: cpu].
     #[arg(long, env = "KEFU_DEVICE")]
     pub device: Option<String>,
+    /// Recompute each layer in the backward pass instead of keeping its activations: far less
+    /// memory on long examples for about a third more time (the recipe's `checkpoint_layers`).
+    #[arg(long)]
+    pub checkpoint_layers: bool,
     /// [default: 1]
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -227,18 +232,33 @@ pub struct MergeArgs {
     /// Without one, the base is converted as it is.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// The base model the adapter was trained on: a name (installed or known) or a GGUF path.
-    #[arg(long, env = "KEFU_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: String,
+    /// The base model the adapter was trained on: a name (installed or known) or a GGUF path
+    /// [default: the adapter's own `base_model_name_or_path`, else the default model].
+    #[arg(long, env = "KEFU_MODEL")]
+    pub model: Option<String>,
     /// Where to write: a `.gguf` file (for `kefu serve` / `kefu generate`), or a folder for
     /// Hugging Face weights (f32 safetensors, config.json, tokenizer.json).
     #[arg(long)]
     pub output: PathBuf,
 }
 
+/// The base an adapter names in its `adapter_config.json` (`kefu train` writes the model it
+/// trained on there), if it names one.
+fn adapter_base(adapter: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(adapter.join("adapter_config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let base = config["base_model_name_or_path"].as_str()?.trim();
+    (!base.is_empty()).then(|| base.to_string())
+}
+
 /// `kefu merge`: writes base + adapter as one GGUF model or one Hugging Face folder.
 pub fn merge(home: &Path, args: &MergeArgs) -> Result<()> {
-    let gguf = pipeline::gguf_of(&crate::models::resolve_model(home, &args.model)?)?;
+    let model = match (&args.model, &args.adapter) {
+        (Some(model), _) => model.clone(),
+        (None, Some(adapter)) => adapter_base(adapter).unwrap_or_else(|| DEFAULT_MODEL.into()),
+        (None, None) => DEFAULT_MODEL.into(),
+    };
+    let gguf = pipeline::gguf_of(&crate::models::resolve_model(home, &model)?)?;
     let to_gguf = args.output.extension().is_some_and(|e| e == "gguf");
     if !to_gguf && args.output.is_file() {
         bail!(
