@@ -247,7 +247,10 @@ fn a_sha256_mismatch_on_download_is_a_clear_error() {
 fn no_reachable_source_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let output = run(tmp.path(), &["models", "fetch"]);
-    assert_clear_failure(&output, "could not fetch `smollm2-135m-instruct`");
+    assert_clear_failure(
+        &output,
+        &format!("could not fetch `{}`", kefu_tests::DEFAULT_MODEL),
+    );
 }
 
 #[test]

@@ -533,4 +533,13 @@ impl Database {
             .await?;
         Ok(row.try_get("n")?)
     }
+
+    /// Inbox decisions (accept / reject) made at or after `since_ms`.
+    pub async fn reviews_since(&self, since_ms: i64) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM feedback_reviews WHERE created_ms >= $1")
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
 }

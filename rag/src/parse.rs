@@ -265,10 +265,139 @@ fn parse_markdown(text: &str) -> (Option<String>, Vec<Section>) {
                 builder.current.push_str("\n\n")
             }
             Event::End(TagEnd::TableCell) => builder.current.push_str(" | "),
+            // Markup is dropped; a placeholder that only looks like a tag (`<foo>_<Version>.deb`
+            // in a FAQ) is text the reader needs.
+            Event::InlineHtml(h) | Event::Html(h) => {
+                let kept = html_as_text(&h);
+                match &mut heading {
+                    Some((_, text)) => text.push_str(kept),
+                    None => builder.current.push_str(kept),
+                }
+            }
             _ => {}
         }
     }
     builder.finish()
+}
+
+/// Element names an author writes inside Markdown.
+const HTML_ELEMENTS: &[&str] = &[
+    "a",
+    "abbr",
+    "address",
+    "article",
+    "aside",
+    "audio",
+    "b",
+    "blockquote",
+    "body",
+    "br",
+    "button",
+    "caption",
+    "center",
+    "cite",
+    "code",
+    "col",
+    "colgroup",
+    "dd",
+    "del",
+    "details",
+    "dfn",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "embed",
+    "figcaption",
+    "figure",
+    "font",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "header",
+    "hr",
+    "html",
+    "i",
+    "iframe",
+    "img",
+    "input",
+    "ins",
+    "kbd",
+    "label",
+    "li",
+    "link",
+    "main",
+    "mark",
+    "meta",
+    "nav",
+    "noscript",
+    "object",
+    "ol",
+    "p",
+    "picture",
+    "pre",
+    "q",
+    "s",
+    "samp",
+    "script",
+    "section",
+    "select",
+    "small",
+    "source",
+    "span",
+    "strike",
+    "strong",
+    "style",
+    "sub",
+    "summary",
+    "sup",
+    "svg",
+    "table",
+    "tbody",
+    "td",
+    "template",
+    "textarea",
+    "tfoot",
+    "th",
+    "thead",
+    "title",
+    "tr",
+    "tt",
+    "u",
+    "ul",
+    "var",
+    "video",
+    "wbr",
+];
+
+/// What raw HTML in Markdown leaves in the text: markup (an element of HTML, a comment, a
+/// declaration) nothing — a line break a newline —, text in angle brackets itself.
+fn html_as_text(html: &str) -> &str {
+    let Some(rest) = html.trim_start().strip_prefix('<') else {
+        return "";
+    };
+    if rest.starts_with('!') || rest.starts_with('?') {
+        return "";
+    }
+    let name: String = rest
+        .trim_start_matches('/')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let name = name.to_ascii_lowercase();
+    if name == "br" {
+        "\n"
+    } else if HTML_ELEMENTS.contains(&name.as_str()) || name.contains('-') {
+        ""
+    } else {
+        html
+    }
 }
 
 /// Decodes the character references that occur in ordinary HTML text.
@@ -437,6 +566,27 @@ mod tests {
         );
         assert_eq!(doc.sections[1].text, "Run apt.");
         assert!(doc.sections[2].text.contains("- one"));
+    }
+
+    #[test]
+    fn markdown_keeps_placeholders_in_angle_brackets_and_drops_markup() {
+        let doc = parse_bytes(
+            b"# Names
+
+Files are named <foo>_<VersionNumber>-<DebianRevisionNumber>.deb               here.
+
+Some <b>bold</b> text<br>and <!-- a comment --> more.",
+            Format::Markdown,
+            "x",
+        )
+        .unwrap();
+        let text = &doc.sections[0].text;
+        assert!(
+            text.contains("<foo>_<VersionNumber>-<DebianRevisionNumber>.deb"),
+            "{text}"
+        );
+        assert!(text.contains("Some bold text\nand"), "{text}");
+        assert!(!text.contains("<b>") && !text.contains("comment"), "{text}");
     }
 
     #[test]

@@ -169,12 +169,7 @@ async fn admitted_since(database: &Database, policy: Policy, since_ms: i64) -> R
 /// Whether anything happened to the feedback since `since_ms`: an event or an inbox review
 /// (one count each, before compiling the whole log).
 async fn feedback_activity_since(database: &Database, since_ms: i64) -> Result<bool> {
-    Ok(database.feedback_since(since_ms).await? > 0
-        || database
-            .reviews()
-            .await?
-            .values()
-            .any(|r| r.created_ms >= since_ms))
+    Ok(database.feedback_since(since_ms).await? > 0 || database.reviews_since(since_ms).await? > 0)
 }
 
 /// The automatic triggers: queues a job for `model` (trigger `threshold` or `schedule`) when
@@ -195,13 +190,19 @@ pub async fn check_triggers(
         return Ok(None);
     }
     let last_start = database.last_job(model).await?.map(|j| j.created_ms);
-    let mut trigger = None;
     let since = last_start.unwrap_or(0);
+    // The feedback log is compiled at most once per check, and only after a count says
+    // something happened to it.
+    let mut admitted = None;
+    let mut trigger = None;
     if let Some(count) = schedule.after_new_feedback
         && feedback_activity_since(database, since).await?
-        && admitted_since(database, policy, since).await? as i64 >= count
     {
-        trigger = Some("threshold");
+        let all = crate::dataset::admitted(database, policy).await?;
+        if all.iter().filter(|(_, at)| *at >= since).count() as i64 >= count {
+            trigger = Some("threshold");
+        }
+        admitted = Some(all);
     }
     if trigger.is_none()
         && let Some(minutes) = schedule.every_minutes
@@ -212,15 +213,18 @@ pub async fn check_triggers(
     let Some(trigger) = trigger else {
         return Ok(None);
     };
-    // A due schedule with no new feedback is checked at every poll: answer that with one
-    // count, before compiling the whole feedback log into examples.
+    // Something new to learn, as an admin's click needs: feedback the policy admits decided
+    // since the last job that succeeded began, or documents it had not seen.
     let since_success = last_success_start(database, model).await?;
-    if !feedback_activity_since(database, since_success).await? && !wants_cpt(home)? {
-        return Ok(None);
-    }
-    if !new_material(home, database, model, policy)
-        .await?
-        .anything()
+    let fresh_feedback = match admitted {
+        Some(all) => all.iter().any(|(_, at)| *at >= since_success),
+        None if feedback_activity_since(database, since_success).await? => {
+            admitted_since(database, policy, since_success).await? > 0
+        }
+        None => false,
+    };
+    if !fresh_feedback
+        && !(wants_cpt(home)? && !new_documents(home, database, model).await?.0.is_empty())
     {
         return Ok(None);
     }
