@@ -223,9 +223,9 @@ pub async fn check_triggers(
         }
         None => false,
     };
-    if !fresh_feedback
-        && !(wants_cpt(home)? && !new_documents(home, database, model).await?.0.is_empty())
-    {
+    let unseen_documents =
+        wants_cpt(home)? && !new_documents(home, database, model).await?.0.is_empty();
+    if !fresh_feedback && !unseen_documents {
         return Ok(None);
     }
     Ok(database.enqueue_job(model, trigger, None).await?.ok())
