@@ -590,8 +590,8 @@ impl Decoder {
             Mode::Training => checkpoint::LayerDropout::draw(self),
             Mode::Inference => None,
         };
-        if mode == Mode::Training && cache.is_none() && self.checkpoints.is_some() {
-            x = self.checkpointed_layers(x, mask, dropout)?;
+        if let (Mode::Training, None, Some(tapes)) = (mode, &cache, &self.checkpoints) {
+            x = self.checkpointed_layers(x, mask, dropout, tapes)?;
         } else {
             for (i, block) in self.layers.iter().enumerate() {
                 if let Some(dropout) = &dropout {

@@ -7,9 +7,8 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::max_abs_diff;
-use kefu_model::decoder::Target;
 use kefu_model::testing::{TinySpec, write_tiny_gguf};
-use kefu_model::{Architecture, LoadOptions, LoadedModel, Lora, LoraDropout};
+use kefu_model::{Architecture, LoadOptions, LoadedModel, LoraDropout};
 
 struct Adapted {
     _dir: tempfile::TempDir,
@@ -29,22 +28,7 @@ fn adapted(architecture: Architecture) -> Adapted {
     let path = write_tiny_gguf(dir.path(), &spec);
     let mut model = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
     let dropout = LoraDropout::new(0.2, 5);
-    let mut vars = Vec::new();
-    for layer in 0..model.config().num_hidden_layers {
-        for target in Target::ALL {
-            let linear = model.decoder.linear_mut(layer, target).unwrap();
-            let (out_f, in_f) = (linear.out_features(), linear.in_features());
-            let a = Var::randn(0f32, 0.1, (4, in_f), &Device::Cpu).unwrap();
-            let b = Var::randn(0f32, 0.05, (out_f, 4), &Device::Cpu).unwrap();
-            linear.lora = Some(Lora {
-                a: a.as_tensor().clone(),
-                b: b.as_tensor().clone(),
-                scale: 2.0,
-                dropout: Some(dropout.clone()),
-            });
-            vars.extend([a, b]);
-        }
-    }
+    let vars = common::attach_adapters(&mut model, Some(dropout.clone()));
     Adapted {
         _dir: dir,
         model,

@@ -230,22 +230,7 @@ fn lora_with_zero_b_is_exactly_the_base_and_every_adapter_gets_a_gradient() {
 fn chunked_target_logprobs_match_the_full_logits_and_their_gradients() {
     for architecture in [Architecture::Llama, Architecture::Qwen2] {
         let (_dir, mut model) = tiny(architecture);
-        let mut vars = Vec::new();
-        for layer in 0..model.config().num_hidden_layers {
-            for target in Target::ALL {
-                let linear = model.decoder.linear_mut(layer, target).unwrap();
-                let (out_f, in_f) = (linear.out_features(), linear.in_features());
-                let a = Var::randn(0f32, 0.1, (4, in_f), &Device::Cpu).unwrap();
-                let b = Var::randn(0f32, 0.05, (out_f, 4), &Device::Cpu).unwrap();
-                linear.lora = Some(Lora {
-                    a: a.as_tensor().clone(),
-                    b: b.as_tensor().clone(),
-                    scale: 2.0,
-                    dropout: None,
-                });
-                vars.extend([a, b]);
-            }
-        }
+        let vars = common::attach_adapters(&mut model, None);
         let x = Tensor::new(
             &[[5u32, 9, 77, 120, 3, 44], [8, 8, 31, 2, 90, 17]],
             &Device::Cpu,

@@ -107,10 +107,8 @@ impl Decoder {
         x: Tensor,
         mask: Option<Tensor>,
         dropout: Option<LayerDropout>,
+        tapes: &Tapes,
     ) -> Result<Tensor> {
-        let Some(tapes) = &self.checkpoints else {
-            unreachable!("called only with checkpointing on")
-        };
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = x;
         for (i, block) in self.layers.iter().enumerate() {

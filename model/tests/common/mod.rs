@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor, Var};
+use kefu_model::decoder::Target;
+use kefu_model::{LoadedModel, Lora, LoraDropout};
 
 /// Where the real small model (SmolLM2-135M-Instruct) is: `KEFU_TEST_MODEL`, else the cache
 /// `.ci/run` fills.
@@ -45,4 +47,26 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Rank-4 adapters (scale 2, A and B random) on every projection of every layer, with
+/// `dropout` on their inputs; returns their variables, A then B per projection.
+pub fn attach_adapters(model: &mut LoadedModel, dropout: Option<LoraDropout>) -> Vec<Var> {
+    let mut vars = Vec::new();
+    for layer in 0..model.config().num_hidden_layers {
+        for target in Target::ALL {
+            let linear = model.decoder.linear_mut(layer, target).unwrap();
+            let (out_f, in_f) = (linear.out_features(), linear.in_features());
+            let a = Var::randn(0f32, 0.1, (4, in_f), &Device::Cpu).unwrap();
+            let b = Var::randn(0f32, 0.05, (out_f, 4), &Device::Cpu).unwrap();
+            linear.lora = Some(Lora {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: 2.0,
+                dropout: dropout.clone(),
+            });
+            vars.extend([a, b]);
+        }
+    }
+    vars
 }
