@@ -574,3 +574,52 @@ fn eval_score_scores_answers_and_names_a_bad_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /no/such/file.jsonl"));
 }
+
+/// A database URL's password never reaches a message or the help text, whether the URL came
+/// as a flag or from `KEFU_DATABASE_URL`.
+#[test]
+fn database_passwords_are_never_printed() {
+    let home = tempfile::tempdir().unwrap();
+    let url = "postgres://kefu:hunter22@127.0.0.1:9/kefu";
+    let out = kefu_command()
+        .env("KEFU_HOME", home.path())
+        .env("KEFU_PASSWORD", "long enough password")
+        .args([
+            "users",
+            "add",
+            "--role",
+            "agent",
+            "ann",
+            "--database-url",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert_clear_failure(
+        &out,
+        "cannot open the database postgres://kefu:***@127.0.0.1:9/kefu",
+    );
+    assert!(!stderr(&out).contains("hunter22"), "{}", stderr(&out));
+    let out = kefu_command()
+        .env("KEFU_HOME", home.path())
+        .env("KEFU_DATABASE_URL", "mysql://kefu:hunter22@db/kefu")
+        .args(["tokens", "list"])
+        .output()
+        .unwrap();
+    assert_clear_failure(&out, "mysql://kefu:***@db/kefu");
+    assert!(!stderr(&out).contains("hunter22"), "{}", stderr(&out));
+    for command in [&["serve", "--help"][..], &["tokens", "list", "--help"]] {
+        let help = kefu_command()
+            .env("KEFU_DATABASE_URL", url)
+            .args(command)
+            .output()
+            .unwrap();
+        assert!(help.status.success());
+        assert!(
+            stdout(&help).contains("KEFU_DATABASE_URL"),
+            "{}",
+            stdout(&help)
+        );
+        assert!(!stdout(&help).contains("hunter22"), "{}", stdout(&help));
+    }
+}

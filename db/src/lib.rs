@@ -10,7 +10,7 @@ mod chat;
 mod sites;
 mod training;
 
-pub use accounts::{Session, User};
+pub use accounts::{ApiToken, Session, TOKEN_ID_CHARS, User};
 pub use chat::{
     ACCEPTED, Conversation, FeedbackEvent, Message, NewFeedback, REJECTED, Review, ServedPrompt,
     now_ms,
@@ -37,6 +37,34 @@ pub enum DbError {
 
 pub type Result<T> = std::result::Result<T, DbError>;
 
+/// `url` fit to print: a password (`scheme://user:PASSWORD@host`, or a `password=` query
+/// parameter) is replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut shown = url.to_string();
+    if let Some(scheme_end) = shown.find("://") {
+        let rest = &shown[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let start = scheme_end + 3 + colon + 1;
+            shown.replace_range(start..scheme_end + 3 + at, "***");
+        }
+    }
+    if let Some(query) = shown.find('?') {
+        let (head, tail) = shown.split_at(query + 1);
+        let parameters: Vec<String> = tail
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        shown = format!("{head}{}", parameters.join("&"));
+    }
+    shown
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Sqlite,
@@ -50,7 +78,7 @@ impl Engine {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Engine::Postgres)
         } else {
-            Err(DbError::UnsupportedUrl(url.to_string()))
+            Err(DbError::UnsupportedUrl(redact_url(url)))
         }
     }
 }
@@ -171,6 +199,12 @@ impl Database {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("id")?)
+    }
+
+    /// A read-only round trip to the database (readiness checks).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
     }
 
     /// The id of the knowledge base `name`, if it exists.

@@ -316,6 +316,76 @@ async fn sites_users_and_detached_conversations(engine: Engine) {
     test.drop_database().await;
 }
 
+/// Sessions and API tokens: a password reset ends both, expired sessions are purged, tokens
+/// are listed by id and revoked one by one or per user.
+async fn sessions_and_tokens(engine: Engine) {
+    let test = TestDatabase::new(engine, "sessions").await;
+    let db = Database::connect(&test.url).await.unwrap();
+    db.ping().await.unwrap();
+    let ann = db.upsert_user("ann", "agent", "h1").await.unwrap();
+    let bob = db.upsert_user("bob", "admin", "h1").await.unwrap();
+    let later = kefu_db::now_ms() + 60_000;
+    db.create_session("ann-live", ann.id, "c", later)
+        .await
+        .unwrap();
+    db.create_session("ann-old", ann.id, "c", kefu_db::now_ms() - 1)
+        .await
+        .unwrap();
+    assert_eq!(db.purge_expired_sessions().await.unwrap(), 1);
+    db.create_session("bob-live", bob.id, "c", later)
+        .await
+        .unwrap();
+    assert_eq!(db.session_count().await.unwrap(), 2);
+    // Starting a session purges the expired ones of everyone.
+    db.create_session("bob-old", bob.id, "c", kefu_db::now_ms() - 1)
+        .await
+        .unwrap();
+    db.create_session("bob-new", bob.id, "c", later)
+        .await
+        .unwrap();
+    assert_eq!(db.session_count().await.unwrap(), 3);
+    let hash_a = "a".repeat(64);
+    let hash_b = "b".repeat(64);
+    let hash_c = "c".repeat(64);
+    db.create_api_token(&hash_a, ann.id, "ci").await.unwrap();
+    db.create_api_token(&hash_b, bob.id, "ci").await.unwrap();
+    db.create_api_token(&hash_c, bob.id, "backup")
+        .await
+        .unwrap();
+    let listed = db.api_tokens().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|t| t.id.len() == kefu_db::TOKEN_ID_CHARS));
+    assert_eq!(listed[0].user, "ann");
+    // A reset of ann's password ends her sessions and tokens, not bob's.
+    db.upsert_user("ann", "agent", "h2").await.unwrap();
+    assert!(db.session("ann-live").await.unwrap().is_none());
+    assert!(db.session("bob-live").await.unwrap().is_some());
+    assert_eq!(db.api_token_user(&hash_a).await.unwrap(), None);
+    assert!(db.api_token_user(&hash_b).await.unwrap().is_some());
+    // Revoking: by id (a prefix of the hash), never by a short or non-hex prefix.
+    assert_eq!(db.revoke_api_token("bbb").await.unwrap(), 0);
+    assert_eq!(db.revoke_api_token("%").await.unwrap(), 0);
+    assert_eq!(db.revoke_api_token(&"x".repeat(16)).await.unwrap(), 0);
+    assert_eq!(db.revoke_api_token(&"b".repeat(16)).await.unwrap(), 1);
+    assert_eq!(db.api_token_user(&hash_b).await.unwrap(), None);
+    assert!(db.api_token_user(&hash_c).await.unwrap().is_some());
+    assert_eq!(db.revoke_user_tokens(bob.id, Some("ci")).await.unwrap(), 0);
+    assert_eq!(db.revoke_user_tokens(bob.id, None).await.unwrap(), 1);
+    assert!(db.api_tokens().await.unwrap().is_empty());
+    db.close().await;
+    test.drop_database().await;
+}
+
+#[tokio::test]
+async fn sqlite_ends_sessions_and_revokes_tokens() {
+    sessions_and_tokens(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_ends_sessions_and_revokes_tokens() {
+    sessions_and_tokens(Engine::Postgres).await;
+}
+
 /// Versions, labels that move, and the job queue with its leases.
 async fn registry_and_job_queue(engine: Engine) {
     let test = TestDatabase::new(engine, "registry").await;
@@ -487,4 +557,31 @@ async fn a_bad_url_is_a_clear_error() {
     let err = Database::connect("mysql://localhost/x").await.unwrap_err();
     assert!(matches!(err, DbError::UnsupportedUrl(_)));
     assert!(err.to_string().contains("sqlite://"));
+    // A password in a URL never reaches a message.
+    let err = Database::connect("mysql://kefu:hunter22@db.example/x")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter22"), "{err}");
+    assert!(err.to_string().contains("kefu:***@db.example"), "{err}");
+}
+
+#[test]
+fn passwords_are_redacted_from_urls() {
+    use kefu_db::redact_url;
+    assert_eq!(
+        redact_url("postgres://kefu:s3cr@t@db:5432/kefu"),
+        "postgres://kefu:***@db:5432/kefu"
+    );
+    assert_eq!(
+        redact_url("postgres://db/kefu?user=kefu&password=s3cret&sslmode=require"),
+        "postgres://db/kefu?user=kefu&password=***&sslmode=require"
+    );
+    assert_eq!(
+        redact_url("postgres://kefu@db/kefu"),
+        "postgres://kefu@db/kefu"
+    );
+    assert_eq!(
+        redact_url("sqlite:///data/kefu.db?mode=rwc"),
+        "sqlite:///data/kefu.db?mode=rwc"
+    );
 }

@@ -64,17 +64,21 @@ impl Generation {
 }
 
 /// Length of the longest suffix of `text` that begins some stop string (held back while
-/// streaming, since it may still become a stop string).
+/// streaming, since it may still become a stop string). Only the last (longest stop string)
+/// bytes can be such a suffix, so the work per call is bounded by the stop strings, not the text.
 fn partial_stop_suffix(text: &str, stops: &[String]) -> usize {
-    let mut longest = 0;
-    for (start, _) in text.char_indices() {
-        let suffix = &text[start..];
+    let longest_stop = stops.iter().map(String::len).max().unwrap_or(0);
+    let mut from = text.len().saturating_sub(longest_stop);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    for (start, _) in text[from..].char_indices() {
+        let suffix = &text[from + start..];
         if stops.iter().any(|s| s.starts_with(suffix)) {
-            longest = longest.max(suffix.len());
-            break;
+            return suffix.len();
         }
     }
-    longest
+    0
 }
 
 impl LoadedModel {
@@ -275,13 +279,16 @@ impl Sequence<'_> {
         self.history.push(token);
         if self.streamer.push(token)?.is_some() {
             let text = self.streamer.text();
+            // Text already streamed holds no stop string nor the start of one (that is held
+            // back), so only the rest is searched: linear in the answer overall.
             let stop_at = self
                 .params
                 .stop
                 .iter()
                 .filter(|s| !s.is_empty())
-                .filter_map(|s| text.find(s.as_str()))
-                .min();
+                .filter_map(|s| text[self.sent..].find(s.as_str()))
+                .min()
+                .map(|at| self.sent + at);
             if let Some(at) = stop_at {
                 if at > self.sent {
                     on_text(&text[self.sent..at]);
@@ -345,5 +352,40 @@ mod tests {
         assert_eq!(partial_stop_suffix("Hello", &stops), 0);
         assert_eq!(partial_stop_suffix("你好\n", &stops), 1);
         assert_eq!(partial_stop_suffix("anything", &[]), 0);
+        // A stop string whose start is a multi-byte character, at a window edge.
+        let stops = vec!["好的".to_string()];
+        assert_eq!(partial_stop_suffix("你好", &stops), 3);
+        assert_eq!(partial_stop_suffix("abc好", &stops), 3);
+        assert_eq!(partial_stop_suffix("你", &stops), 0);
+    }
+
+    /// The bounded window finds what a scan of every suffix finds.
+    #[test]
+    fn the_window_agrees_with_a_full_scan() {
+        fn full_scan(text: &str, stops: &[String]) -> usize {
+            text.char_indices()
+                .map(|(start, _)| &text[start..])
+                .find(|suffix| stops.iter().any(|s| s.starts_with(suffix)))
+                .map_or(0, str::len)
+        }
+        let alphabet: Vec<char> = "ab好\n".chars().collect();
+        let mut state = 12345u64;
+        let mut pick = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..2000 {
+            let text: String = (0..pick(12)).map(|_| alphabet[pick(4)]).collect();
+            let stops: Vec<String> = (0..pick(3))
+                .map(|_| (0..1 + pick(4)).map(|_| alphabet[pick(4)]).collect())
+                .collect();
+            assert_eq!(
+                partial_stop_suffix(&text, &stops),
+                full_scan(&text, &stops),
+                "{text:?} {stops:?}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@
 pub mod chunk;
 pub mod e5;
 pub mod embed;
+mod entities;
 pub mod eval;
 pub mod fusion;
 pub mod keyword;
@@ -15,6 +16,7 @@ pub mod parse;
 pub mod prompt;
 pub mod retrieve;
 pub mod score;
+pub mod testing;
 pub mod text;
 pub mod vector;
 

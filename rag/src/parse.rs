@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::text::{is_cjk, normalize_whitespace};
 
+mod html;
+mod pdf;
+
 /// Files larger than this are refused (a knowledge-base document, not a data dump).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -151,12 +154,12 @@ pub fn parse_bytes(
     fallback_title: &str,
 ) -> Result<ParsedDocument, ParseError> {
     let (title, sections) = match format {
-        Format::Pdf => parse_pdf(bytes)?,
+        Format::Pdf => pdf::parse_pdf(bytes)?,
         _ => {
             let text = as_text(bytes)?;
             match format {
                 Format::Markdown => parse_markdown(text),
-                Format::Html => parse_html(text),
+                Format::Html => html::parse_html(text),
                 _ => (None, vec![section(Vec::new(), text)]),
             }
         }
@@ -398,142 +401,6 @@ fn html_as_text(html: &str) -> &str {
     } else {
         html
     }
-}
-
-/// Decodes the character references that occur in ordinary HTML text.
-fn decode_entities(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        let Some(end) = tail.find(';').filter(|&e| e <= 10) else {
-            out.push('&');
-            rest = &tail[1..];
-            continue;
-        };
-        let name = &tail[1..end];
-        let decoded = match name {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            "nbsp" => Some(' '),
-            _ => name
-                .strip_prefix("#x")
-                .or_else(|| name.strip_prefix("#X"))
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| name.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
-        };
-        match decoded {
-            Some(c) => {
-                out.push(c);
-                rest = &tail[end + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &tail[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn parse_html(text: &str) -> (Option<String>, Vec<Section>) {
-    let Ok(dom) = tl::parse(text, tl::ParserOptions::default()) else {
-        // tl accepts almost anything; if it does not, keep the text without markup.
-        return (None, vec![section(Vec::new(), text)]);
-    };
-    let parser = dom.parser();
-    let mut builder = SectionBuilder::default();
-    let mut page_title = None;
-    fn walk(
-        handle: tl::NodeHandle,
-        parser: &tl::Parser<'_>,
-        builder: &mut SectionBuilder,
-        page_title: &mut Option<String>,
-    ) {
-        let Some(node) = handle.get(parser) else {
-            return;
-        };
-        match node {
-            tl::Node::Raw(raw) => builder
-                .current
-                .push_str(&decode_entities(&raw.as_utf8_str())),
-            tl::Node::Comment(_) => {}
-            tl::Node::Tag(tag) => {
-                let name = tag.name().as_utf8_str().to_ascii_lowercase();
-                match name.as_str() {
-                    "script" | "style" | "noscript" | "template" => {}
-                    "title" => {
-                        *page_title = Some(normalize_whitespace(&decode_entities(
-                            &tag.inner_text(parser),
-                        )));
-                    }
-                    "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => {
-                        let level = usize::from(name.as_bytes()[1] - b'0');
-                        let text = normalize_whitespace(&decode_entities(&tag.inner_text(parser)));
-                        builder.heading(level, text);
-                    }
-                    _ => {
-                        let block = matches!(
-                            name.as_str(),
-                            "p" | "div"
-                                | "li"
-                                | "tr"
-                                | "pre"
-                                | "blockquote"
-                                | "section"
-                                | "article"
-                                | "table"
-                                | "ul"
-                                | "ol"
-                                | "dd"
-                                | "dt"
-                                | "br"
-                        );
-                        if name == "li" {
-                            builder.current.push_str("\n- ");
-                        }
-                        for child in tag.children().top().iter() {
-                            walk(*child, parser, builder, page_title);
-                        }
-                        if block {
-                            builder.current.push_str("\n\n");
-                        } else if name == "td" || name == "th" {
-                            builder.current.push_str(" | ");
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for handle in dom.children() {
-        walk(*handle, parser, &mut builder, &mut page_title);
-    }
-    let (h1, sections) = builder.finish();
-    (page_title.or(h1), sections)
-}
-
-fn parse_pdf(bytes: &[u8]) -> Result<(Option<String>, Vec<Section>), ParseError> {
-    if !bytes.starts_with(b"%PDF") {
-        return Err(ParseError::CorruptPdf("no %PDF header".into()));
-    }
-    // pdf-extract panics on some malformed files; a bad upload must stay an error.
-    let result = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes));
-    let text = match result {
-        Ok(Ok(text)) => text,
-        Ok(Err(e)) => return Err(ParseError::CorruptPdf(e.to_string())),
-        Err(_) => {
-            return Err(ParseError::CorruptPdf(
-                "the PDF structure is invalid".into(),
-            ));
-        }
-    };
-    Ok((None, vec![section(Vec::new(), &text)]))
 }
 
 #[cfg(test)]

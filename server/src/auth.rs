@@ -43,6 +43,17 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether two secrets are equal, in time that depends on their lengths only (never on where
+/// they first differ), so a caller cannot guess a token byte by byte from response times.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
 /// `admin` or `agent`.
 pub fn check_role(role: &str) -> Result<(), String> {
     match role {
@@ -62,5 +73,14 @@ mod tests {
         assert!(verify_password("correct horse", &hash));
         assert!(!verify_password("Correct horse", &hash));
         assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(secrets_equal("abc123", "abc123"));
+        assert!(!secrets_equal("abc123", "abc124"));
+        assert!(!secrets_equal("abc123", "xbc123"));
+        assert!(!secrets_equal("abc", "abc1"));
+        assert!(secrets_equal("", ""));
     }
 }

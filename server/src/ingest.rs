@@ -71,7 +71,7 @@ fn expand(paths: &[PathBuf], report: &mut IngestReport) -> Vec<PathBuf> {
     files
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 

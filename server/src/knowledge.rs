@@ -107,9 +107,12 @@ impl Knowledge {
     /// `vectors/<embedder>` in the data directory, or the collection `kefu_<embedder>` on a
     /// Qdrant server (vectors of different models never mix).
     pub async fn open(home: &Path, database_url: &str, options: &KnowledgeOptions) -> Result<Self> {
-        let database = Database::connect(database_url)
-            .await
-            .with_context(|| format!("cannot open the database {database_url}"))?;
+        let database = Database::connect(database_url).await.with_context(|| {
+            format!(
+                "cannot open the database {}",
+                kefu_db::redact_url(database_url)
+            )
+        })?;
         let (name, dir) = embedder_dir(home, &options.embedder)?;
         let spec = EmbedderSpec::for_model(&name).unwrap_or(EmbedderSpec {
             query_prefix: String::new(),

@@ -23,8 +23,9 @@ pub struct Serving {
     settings: GeneratorSettings,
     /// Wakes the follower at once (after an admin moved a label).
     pub wake: tokio::sync::Notify,
-    /// Versions that could not be loaded, with the reason.
-    refused: Mutex<HashMap<String, String>>,
+    /// Versions that could not be loaded: the reason, and the file as it was then (its size
+    /// and modification time), so a file that changes since is tried again.
+    refused: Mutex<HashMap<String, (String, Option<FileStamp>)>>,
     pub swaps: AtomicU64,
     /// How long the last switch held the lock, in microseconds.
     pub last_switch_micros: AtomicU64,
@@ -64,7 +65,16 @@ impl Serving {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(version)
-            .cloned()
+            .map(|(reason, _)| reason.clone())
+    }
+
+    /// Whether `version` was refused and its file has not changed since.
+    fn still_refused(&self, version: &str, file: &Path) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(version)
+            .is_some_and(|(_, stamp)| *stamp == FileStamp::of(file))
     }
 
     fn switch(&self, generator: Generator) {
@@ -214,6 +224,23 @@ async fn prepare(
     Ok(generator)
 }
 
+/// A file's size and modification time: whether it changed since it was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    bytes: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(file: &Path) -> Option<Self> {
+        let metadata = std::fs::metadata(file).ok()?;
+        Some(Self {
+            bytes: metadata.len(),
+            modified: metadata.modified().ok(),
+        })
+    }
+}
+
 /// Brings the serving generator in line with the `production` label once. Returns the version
 /// switched to, if any.
 pub async fn follow_once(
@@ -224,11 +251,17 @@ pub async fn follow_once(
     let Some(version) = database.labelled(PRODUCTION).await? else {
         return Ok(None);
     };
-    if version.id == serving.current().version || serving.refused(&version.id).is_some() {
+    let file = kefu_trainer::registry::version_path(home, &version);
+    if version.id == serving.current().version || serving.still_refused(&version.id, &file) {
         return Ok(None);
     }
     match prepare(home, &version, &serving.settings).await {
         Ok(generator) => {
+            serving
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&version.id);
             serving.switch(generator);
             tracing::info!("now serving version {}", version.id);
             Ok(Some(version.id))
@@ -244,7 +277,7 @@ pub async fn follow_once(
                 .refused
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(version.id.clone(), reason.clone());
+                .insert(version.id.clone(), (reason.clone(), FileStamp::of(&file)));
             bail!(reason)
         }
     }

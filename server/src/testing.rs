@@ -1,5 +1,6 @@
 //! `RegistryStandIn`: a local stand-in for a package index (PEP 503 pages plus file downloads
-//! with HTTP range requests) and for the Hugging Face hub (`/<id>/resolve/main/<file>`), for
+//! with HTTP range requests) and for the Hugging Face hub (`/api/models/<id>/revision/main`,
+//! `/<id>/resolve/<commit>/<file>`), for
 //! tests of fetching. It is a fake at the network seam only; the
 //! download, resume, hash and unzip code under test is the real one.
 
@@ -18,6 +19,8 @@ pub struct RegistryStandIn {
     pub address: String,
     /// Every request line and its `Range` header, in order.
     pub requests: RequestLog,
+    /// The `Authorization` header of every request that had one, in order.
+    pub authorizations: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -39,12 +42,14 @@ impl RegistryStandIn {
             .expect("non-blocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let requests: RequestLog = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, requests2, authorizations2) =
+            (stop.clone(), requests.clone(), authorizations.clone());
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = serve(stream, &files, &routes, &requests2);
+                        let _ = serve(stream, &files, &routes, &requests2, &authorizations2);
                     }
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
                 }
@@ -53,6 +58,7 @@ impl RegistryStandIn {
         Self {
             address,
             requests,
+            authorizations,
             stop,
             thread: Some(thread),
         }
@@ -81,6 +87,7 @@ fn serve(
     files: &Files,
     routes: &HashMap<String, Vec<u8>>,
     requests: &Mutex<Vec<(String, Option<String>)>>,
+    authorizations: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -92,10 +99,15 @@ fn serve(
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("range")
-        {
-            range = Some(value.trim().to_string());
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("range") {
+                range = Some(value.trim().to_string());
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorizations
+                    .lock()
+                    .expect("authorizations lock")
+                    .push(value.trim().to_string());
+            }
         }
     }
     let path = request_line

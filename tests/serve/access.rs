@@ -293,6 +293,27 @@ fn every_route_with_every_caller() {
         Some(&json!({"name": "spare", "allowed_origins": ["http://spare.test"]})),
     );
     let spare = spare["id"].as_i64().unwrap();
+    // A token for the revoke route to remove (the callers' own tokens stay).
+    let made = kefu(staffed._home.path(), None)
+        .args(["tokens", "add", "ann", "--label", "spare"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (_, tokens) = request(
+        "GET",
+        &server.url("/api/admin/tokens"),
+        &staffed.admin_api,
+        None,
+    );
+    let spare_token = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "spare")
+        .expect("the spare token is listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let callers: [(&str, &Identity); 7] = [
         ("anonymous", &vec![]),
@@ -405,6 +426,18 @@ fn every_route_with_every_caller() {
         (
             "DELETE",
             "/api/admin/users/temp".into(),
+            Body::Empty,
+            admins(204, 404),
+        ),
+        (
+            "GET",
+            "/api/admin/tokens".into(),
+            Body::Empty,
+            admins(200, 200),
+        ),
+        (
+            "DELETE",
+            format!("/api/admin/tokens/{spare_token}"),
             Body::Empty,
             admins(204, 404),
         ),
@@ -574,6 +607,7 @@ fn every_route_with_every_caller() {
             .replace(&format!("/documents/{document}"), "/documents/{document}")
             .replace("/default/", "/{kb}/")
             .replace("/users/temp", "/users/{name}")
+            .replace(&format!("/tokens/{spare_token}"), "/tokens/{token}")
             .replace(&format!("/sites/{spare}"), "/sites/{site}")
             .replace("/export/pairs", "/export/{kind}")
             .replace(&format!("/models/{serving}/"), "/models/{version}/")

@@ -345,6 +345,26 @@ pub(crate) fn the_platform_answers_streams_cites_and_records(database_url: Optio
         "source_missing",
     );
     std::fs::rename(kept.with_extension("moved"), &kept).unwrap();
+    // A truncated copy is refused, never re-ingested over the good chunks.
+    std::fs::write(&kept, &guide[..20]).unwrap();
+    assert_error(
+        request("POST", &reingest_url, &admin_api, None),
+        409,
+        "source_changed",
+    );
+    std::fs::write(&kept, guide).unwrap();
+    // Bytes that do not parse under the same name replace neither the copy nor the document.
+    assert_error(
+        upload("returns.md", b"caf\xe9", &admin_api),
+        400,
+        "unreadable_document",
+    );
+    assert_eq!(std::fs::read(&kept).unwrap(), guide);
+    let leftovers: Vec<_> = std::fs::read_dir(kept.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary copies: {leftovers:?}");
     let (_, listed_again) = request("GET", &documents_url, &admin_api, None);
     assert_eq!(listed_again, listed, "a failed re-ingest changes nothing");
     let delete = |who: &Identity| {

@@ -268,6 +268,9 @@ fn replicas_follow_the_production_label_without_a_failed_request() {
         &json!({"content": "Still there?"}),
     );
     assert_eq!((status, events.last().unwrap().0.as_str()), (200, "done"));
+    // Once the file is whole again it is tried again, and served.
+    std::fs::write(&file, &bytes).unwrap();
+    wait_for(&first, &trained);
 
     // Bad input: an unknown version; a file that is not a model.
     let (status, missing) = request(

@@ -87,6 +87,107 @@ pub async fn prune(home: &Path, database: &Database, keep: usize) -> Result<Vec<
     Ok(pruned)
 }
 
+/// Job folders' retention: the training outputs (`jobs/<id>/train/`: checkpoints, adapters,
+/// merged models — gigabytes each) of every job but the newest `keep`, the queued and running
+/// ones and those in the lineage of a labelled version (the version, its parent, theirs…) are
+/// removed. The data snapshots (`jobs/<id>/data/`, small) stay for the datasets page. Returns
+/// the jobs whose outputs were removed.
+pub async fn prune_job_folders(home: &Path, database: &Database, keep: usize) -> Result<Vec<i64>> {
+    let jobs_dir = home.join("jobs");
+    let Ok(entries) = std::fs::read_dir(&jobs_dir) else {
+        return Ok(Vec::new());
+    };
+    let mut with_outputs: Vec<i64> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|id| jobs_dir.join(id.to_string()).join("train").is_dir())
+        .collect();
+    with_outputs.sort_unstable_by(|a, b| b.cmp(a));
+    let mut protected: std::collections::HashSet<i64> =
+        with_outputs.iter().take(keep).copied().collect();
+    for job in database.jobs(i64::MAX).await? {
+        if matches!(
+            job.status,
+            kefu_db::JobStatus::Queued | kefu_db::JobStatus::Running
+        ) {
+            protected.insert(job.id);
+        }
+    }
+    let versions: std::collections::HashMap<String, ModelVersion> = database
+        .model_versions()
+        .await?
+        .into_iter()
+        .map(|v| (v.id.clone(), v))
+        .collect();
+    for (_, labelled) in database.labels().await? {
+        let mut next = Some(labelled);
+        let mut seen = std::collections::HashSet::new();
+        while let Some(id) = next.take() {
+            if !seen.insert(id.clone()) {
+                break;
+            }
+            if let Some(version) = versions.get(&id) {
+                protected.extend(version.job_id);
+                next = version.parent_id.clone();
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    for id in with_outputs {
+        if protected.contains(&id) {
+            continue;
+        }
+        let train = jobs_dir.join(id.to_string()).join("train");
+        std::fs::remove_dir_all(&train)
+            .with_context(|| format!("cannot remove {}", train.display()))?;
+        removed.push(id);
+    }
+    Ok(removed)
+}
+
+/// Removes what failed or killed imports left in `incoming/`: files of processes that are
+/// no longer running (the staged name starts with the importer's process id).
+fn sweep_incoming(incoming: &Path) {
+    let Ok(entries) = std::fs::read_dir(incoming) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split(['.', '-']).next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A staged import in `incoming/`, removed (with any partial copy beside it) unless it was
+/// moved into the registry.
+struct Staged(PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        // A re-quantization's partial copy is `<stem>.partial.…`.
+        if let (Some(folder), Some(stem)) = (self.0.parent(), self.0.file_stem()) {
+            let prefix = format!("{}.", stem.to_string_lossy());
+            if let Ok(entries) = std::fs::read_dir(folder) {
+                for entry in entries.filter_map(|e| e.ok()) {
+                    if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Where a version's file is: relative paths are inside the registry's folder.
 pub fn version_path(home: &Path, version: &ModelVersion) -> PathBuf {
     let path = Path::new(&version.path);
@@ -115,30 +216,29 @@ pub fn import(
     let incoming = registry.join("incoming");
     std::fs::create_dir_all(&incoming)
         .with_context(|| format!("cannot create {}", incoming.display()))?;
-    let staged = incoming.join(format!("{}.gguf", std::process::id()));
+    sweep_incoming(&incoming);
+    let staged = Staged(incoming.join(format!("{}.gguf", std::process::id())));
     let mut source =
         GgufFile::open(file).with_context(|| format!("{} is not a model", file.display()))?;
     if source.has_slow_weights() {
-        requantize(&mut source, &staged, kefu_model::gguf::GgmlDType::Q8_0)?;
+        requantize(&mut source, &staged.0, kefu_model::gguf::GgmlDType::Q8_0)?;
     } else {
-        std::fs::copy(file, &staged).with_context(|| format!("cannot copy {}", file.display()))?;
+        std::fs::copy(file, &staged.0)
+            .with_context(|| format!("cannot copy {}", file.display()))?;
     }
-    let checked = LoadedModel::load(
-        &staged,
+    LoadedModel::load(
+        &staged.0,
         &LoadOptions {
             requantize: false,
             ..LoadOptions::default()
         },
-    );
-    if let Err(e) = checked {
-        let _ = std::fs::remove_file(&staged);
-        return Err(anyhow::Error::new(e).context(format!("{} does not load", file.display())));
-    }
-    let id = version_of(&staged)?;
+    )
+    .with_context(|| format!("{} does not load", file.display()))?;
+    let id = version_of(&staged.0)?;
     let dir = registry.join(&id);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let target = dir.join("model.gguf");
-    std::fs::rename(&staged, &target)
+    std::fs::rename(&staged.0, &target)
         .with_context(|| format!("cannot move the model into {}", target.display()))?;
     Ok(ModelVersion {
         id: id.clone(),

@@ -190,6 +190,15 @@ pub fn work(
                             job.id
                         );
                     }
+                    match crate::registry::prune_job_folders(home, &database, args.keep_versions)
+                        .await
+                    {
+                        Ok(removed) if !removed.is_empty() => tracing::info!(
+                            "retention removed the training outputs of jobs {removed:?}"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("job folder retention failed: {e:#}"),
+                    }
                     if args.once {
                         break;
                     }

@@ -68,7 +68,7 @@
         .then(function (r) { return r.json().then(function (d) { if (!r.ok) throw new Error(d.message); return d; }); })
         .then(function () {
           var next = login.getAttribute("data-next") || "/agent";
-          location.href = next.charAt(0) === "/" && next.charAt(1) !== "/" ? next : "/agent";
+          location.href = /^\/(?![\/\\])[^\\\u0000-\u001f]*$/.test(next) ? next : "/agent";
         }, function (error) { showError(login, error); });
     });
   }

@@ -141,7 +141,7 @@
     if (!list || !list.length) return null;
     var items = list.map(function (c) {
       var label = "[" + c.number + "] " + c.title + (c.heading && c.heading !== c.title ? " — " + c.heading : "");
-      var head = /^https?:\/\//.test(c.path || "") ? el("a", { href: c.path, target: "_blank", rel: "noopener", text: label }) : el("strong", { text: label });
+      var head = /^https?:\/\//.test(c.url || "") ? el("a", { href: c.url, target: "_blank", rel: "noopener", text: label }) : el("strong", { text: label });
       return el("li", {}, [head, c.excerpt ? el("span", { "class": "kefu-excerpt", text: c.excerpt }) : null]);
     });
     return el("details", { "class": "kefu-cites" }, [el("summary", { text: T.sources + " (" + list.length + ")" }), el("ol", {}, items)]);

@@ -118,14 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     database_url,
                 },
         } => users_add(&cli.home, &role, &name, database_url.as_deref()),
-        Command::Tokens {
-            command:
-                TokensCommand::Add {
-                    user,
-                    label,
-                    database_url,
-                },
-        } => tokens_add(&cli.home, &user, &label, database_url.as_deref()),
+        Command::Tokens { command } => tokens(&cli.home, command),
         Command::Export(args) => export(&cli.home, &args),
         Command::Train { command } => train::run(&cli.home, &command),
         Command::Merge(args) => merge(&cli.home, &args),

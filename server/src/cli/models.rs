@@ -35,18 +35,20 @@ pub enum ModelsCommand {
         #[arg(long)]
         promote: bool,
         /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
-        #[arg(long, env = "KEFU_DATABASE_URL")]
+        #[arg(long, env = "KEFU_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
     /// The retention policy: remove the registry files of unlabelled versions beyond the
     /// newest --keep (labelled versions — production, candidate, previous — are never removed;
-    /// the versions' records and reports stay). The training worker runs it after each job.
+    /// the versions' records and reports stay), and the training outputs (`jobs/<id>/train/`)
+    /// of jobs beyond the newest --keep that no labelled version descends from (their data
+    /// snapshots stay). The training worker runs it after each job.
     Prune {
         /// Unlabelled versions to keep, newest first.
         #[arg(long, env = "KEFU_KEEP_VERSIONS", default_value_t = 5)]
         keep: usize,
         /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
-        #[arg(long, env = "KEFU_DATABASE_URL")]
+        #[arg(long, env = "KEFU_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
 }
@@ -342,8 +344,12 @@ pub(super) fn models_prune(home: &Path, keep: usize, url: Option<&str>) -> Resul
     runtime()?.block_on(async {
         let database = kefu_db::Database::connect(&url).await?;
         let pruned = kefu_trainer::registry::prune(home, &database, keep).await;
+        let jobs = kefu_trainer::registry::prune_job_folders(home, &database, keep).await;
         database.close().await;
         let pruned = pruned?;
+        for job in jobs? {
+            println!("removed the training outputs of job {job}");
+        }
         if pruned.is_empty() {
             println!("nothing to remove: every unlabelled version is among the newest {keep}");
         }

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Customer ratings from one client address in an hour (0: no cap); more are answered 429.
     #[arg(long, env = "KEFU_FEEDBACK_PER_ADDRESS_HOUR", default_value_t = 100)]
     pub feedback_per_address_hour: i64,
+    /// The address people reach this server at, such as `https://help.example.com` behind a
+    /// TLS-terminating proxy; an `https://` address makes the session cookie `Secure`.
+    #[arg(long, env = "KEFU_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
     /// Run the training worker as a child process (`embedded`, restarted when it dies), or
     /// leave training to `kefu trainer work` elsewhere (`off`).
     #[arg(long, env = "KEFU_TRAINER", value_enum, default_value_t = TrainerMode::Embedded)]
@@ -131,6 +135,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
                 per_source_hour: args.feedback_per_address_hour.max(0),
             },
             feedback_policy: args.feedback_policy.into(),
+            public_url: args.public_url.clone(),
             ..crate::http::ApiConfig::default()
         };
         let serving = crate::serving::Serving::new(generator, settings);
@@ -160,11 +165,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             None
         };
         println!("kefu: listening on http://{}", listener.local_addr()?);
-        let app = crate::http::router(state)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        crate::http::listen::serve(listener, crate::http::router(state), shutdown_signal()).await?;
         stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
         // The worker ends before the server does.
         if let Some(supervisor) = supervisor {
@@ -173,6 +174,22 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// `--public-url`: an absolute http(s) address without a query, kept without a trailing `/`.
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or("the public URL starts with https:// or http://")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || rest.contains(['?', '#', ' ', '\\']) || text.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "`{text}` is not an address like https://help.example.com"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_string())
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, finish the requests in flight.

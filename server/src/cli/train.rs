@@ -290,7 +290,7 @@ pub enum TrainerCommand {
 #[derive(Debug, Args)]
 pub struct WorkArgs {
     /// Database: sqlite://PATH or postgres://... (default: kefu.db in the data directory).
-    #[arg(long, env = "KEFU_DATABASE_URL")]
+    #[arg(long, env = "KEFU_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Take at most one job, then exit.
     #[arg(long)]
@@ -307,7 +307,8 @@ pub struct WorkArgs {
     /// Where to train: cpu, or cuda / cuda:N in a CUDA build.
     #[arg(long, env = "KEFU_DEVICE")]
     pub device: Option<String>,
-    /// The retention policy after each job: unlabelled versions whose files are kept.
+    /// The retention policy after each job: unlabelled versions whose files are kept, and jobs
+    /// whose training outputs are kept besides those of labelled versions' lineage.
     #[arg(long, env = "KEFU_KEEP_VERSIONS", default_value_t = 5)]
     pub keep_versions: usize,
     /// Which feedback becomes training data (as `kefu serve --feedback-policy`).
@@ -324,7 +325,7 @@ pub struct ExportArgs {
     /// Write to this file instead of standard output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    #[arg(long, env = "KEFU_DATABASE_URL")]
+    #[arg(long, env = "KEFU_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Which feedback becomes examples (as `kefu serve --feedback-policy`).
     #[arg(long, env = "KEFU_FEEDBACK_POLICY", value_enum, default_value_t = FeedbackPolicy::Review)]

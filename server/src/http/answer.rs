@@ -64,9 +64,19 @@ pub(crate) fn finish_name(reason: FinishReason) -> &'static str {
     }
 }
 
+/// A citation as callers see it: title, heading, excerpt, and the document's public `url` when
+/// it was ingested from one — never the server's file path (a document ingested from disk is
+/// named by its file name only, `source`).
 pub(crate) fn citation_json(c: &Citation) -> Value {
+    let is_url = c.path.starts_with("https://") || c.path.starts_with("http://");
+    let source = if is_url {
+        c.path.as_str()
+    } else {
+        c.path.rsplit(['/', '\\']).next().unwrap_or_default()
+    };
     json!({"number": c.number, "chunk_id": c.chunk_id, "title": c.title, "heading": c.heading,
-           "path": c.path, "score": c.score, "excerpt": c.excerpt})
+           "url": is_url.then_some(c.path.as_str()), "source": source,
+           "score": c.score, "excerpt": c.excerpt})
 }
 
 /// Queues `prompt` on `generator`; its events arrive on the receiver (dropping it cancels the
@@ -242,9 +252,15 @@ pub(crate) async fn answer(
                     return;
                 }
                 Event::Failed(message) => {
-                    let _ = sse.send(SseEvent::default().event("error").data(
-                        json!({"code": "generation_failed", "message": message}).to_string(),
-                    ));
+                    // The cause goes to the log; the customer gets the request's id there.
+                    tracing::error!(target: "kefu::http", "generation failed: {message}");
+                    let _ = sse.send(
+                        SseEvent::default().event("error").data(
+                            json!({"code": "generation_failed",
+                               "message": "the answer could not be generated; try again"})
+                            .to_string(),
+                        ),
+                    );
                     return;
                 }
             }

@@ -54,28 +54,7 @@ pub(crate) async fn create_conversation(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
-    let named = match &request.knowledge_base {
-        Some(name) => Some(crate::http::admin::documents::existing_kb(&state, name).await?),
-        None => None,
-    };
-    let kb = match (&site, named) {
-        (Some(site), Some(kb)) if kb != site.knowledge_base_id => {
-            return Err(ApiError::bad_request(
-                "knowledge_base_mismatch",
-                format!(
-                    "the widget site `{}` answers from its own knowledge base",
-                    site.name
-                ),
-            ));
-        }
-        (Some(site), _) => site.knowledge_base_id,
-        (None, Some(kb)) => kb,
-        (None, None) => state
-            .database
-            .knowledge_base(&state.config.default_kb)
-            .await
-            .map_err(ApiError::internal)?,
-    };
+    let kb = conversation_kb(&state, &headers, site.as_ref(), request.knowledge_base).await?;
     let token = random_hex(24);
     let conversation = state
         .database
@@ -97,14 +76,66 @@ pub(crate) async fn create_conversation(
     ))
 }
 
-/// The conversation `public_id`, if the request carries its customer's token, comes from an
-/// origin its widget site allows, and names no other site. A wrong token answers like an
-/// unknown id, so ids cannot be probed.
-pub(crate) async fn customer_conversation(
+/// The knowledge base a new conversation answers from: a widget site's own; the default one
+/// for an anonymous caller; a named one only for staff (a session or an API token). Whether a
+/// name exists is told to staff only, so anonymous callers cannot enumerate knowledge bases.
+async fn conversation_kb(
+    state: &AppState,
+    headers: &HeaderMap,
+    site: Option<&kefu_db::WidgetSite>,
+    named: Option<String>,
+) -> Result<i64, ApiError> {
+    let default = || async {
+        state
+            .database
+            .knowledge_base(&state.config.default_kb)
+            .await
+            .map_err(ApiError::internal)
+    };
+    let Some(name) = named.filter(|n| site.is_some() || *n != state.config.default_kb) else {
+        return match site {
+            Some(site) => Ok(site.knowledge_base_id),
+            None => default().await,
+        };
+    };
+    if let Some(site) = site {
+        let found = state
+            .database
+            .find_knowledge_base(&name)
+            .await
+            .map_err(ApiError::internal)?;
+        if found != Some(site.knowledge_base_id) {
+            return Err(ApiError::bad_request(
+                "knowledge_base_mismatch",
+                format!(
+                    "the widget site `{}` answers from its own knowledge base",
+                    site.name
+                ),
+            ));
+        }
+        return Ok(site.knowledge_base_id);
+    }
+    let staff =
+        crate::http::guard::authenticate(&state.database, &axum::http::Method::POST, headers).await;
+    if staff.is_err() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "knowledge_base_not_allowed",
+            "customers' conversations use the default knowledge base (or their widget site's); \
+             only staff may name another",
+        ));
+    }
+    crate::http::admin::documents::existing_kb(state, &name).await
+}
+
+/// The conversation `public_id` and its widget site, if the request carries its customer's
+/// token, comes from an origin its widget site allows, and names no other site. A wrong token
+/// answers like an unknown id, so ids cannot be probed.
+async fn owned_conversation(
     state: &AppState,
     headers: &HeaderMap,
     public_id: &str,
-) -> Result<kefu_db::Conversation, ApiError> {
+) -> Result<(kefu_db::Conversation, Option<kefu_db::WidgetSite>), ApiError> {
     let requested = crate::http::access::requested_site(state, headers).await?;
     let token = headers
         .get(header::AUTHORIZATION)
@@ -121,29 +152,49 @@ pub(crate) async fn customer_conversation(
         .database
         .conversation(public_id)
         .await
-        .map_err(ApiError::internal)?;
-    let not_found = || {
-        ApiError::not_found(
-            "conversation_not_found",
-            "no such conversation for this customer",
-        )
-    };
-    let conversation = match conversation {
-        Some(c) if c.customer_secret_hash == sha256_hex(token.trim()) => c,
-        _ => return Err(not_found()),
-    };
-    if requested.is_some() && requested.as_ref().map(|s| s.id) != conversation.site_id {
-        return Err(not_found());
-    }
+        .map_err(ApiError::internal)?
+        .filter(|c| c.customer_secret_hash == sha256_hex(token.trim()))
+        .filter(|c| requested.is_none() || requested.as_ref().map(|s| s.id) == c.site_id)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "conversation_not_found",
+                "no such conversation for this customer",
+            )
+        })?;
     let site = match (requested, conversation.site_id) {
         (Some(site), _) => Some(site),
         (None, Some(id)) => state.database.site(id).await.map_err(ApiError::internal)?,
         (None, None) => None,
     };
     crate::http::access::check_origin(site.as_ref(), headers)?;
+    Ok((conversation, site))
+}
+
+/// [`owned_conversation`], charged to its widget site's budget.
+pub(crate) async fn customer_conversation(
+    state: &AppState,
+    headers: &HeaderMap,
+    public_id: &str,
+) -> Result<kefu_db::Conversation, ApiError> {
+    let (conversation, site) = owned_conversation(state, headers, public_id).await?;
     if let Some(site) = &site {
         crate::http::access::charge_site(state, site)?;
     }
+    Ok(conversation)
+}
+
+/// [`owned_conversation`] for the widget's background poll of its messages: charged to the
+/// conversation's own budget ([`crate::http::state::POLLS_PER_MINUTE`]) instead of the site's
+/// and the address's, so open widgets do not use up what customers' questions need.
+async fn polled_conversation(
+    state: &AppState,
+    headers: &HeaderMap,
+    public_id: &str,
+) -> Result<kefu_db::Conversation, ApiError> {
+    let (conversation, _) = owned_conversation(state, headers, public_id).await?;
+    state.poll_limits.check(&conversation.id).map_err(|wait| {
+        crate::http::access::rate_limited("for this conversation's updates", wait)
+    })?;
     Ok(conversation)
 }
 
@@ -179,7 +230,7 @@ pub(crate) async fn list_messages(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let conversation = customer_conversation(&state, &headers, &id).await?;
+    let conversation = polled_conversation(&state, &headers, &id).await?;
     let messages = state
         .database
         .messages(conversation.id)
@@ -226,6 +277,14 @@ pub(crate) async fn regenerate(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let conversation = customer_conversation(&state, &headers, &id).await?;
+    if conversation.status == "agent" {
+        // A person answers this conversation now; the model stays out of it.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "agent_has_conversation",
+            "a support agent has taken this conversation over; they will answer",
+        ));
+    }
     let message = conversation_message(&state, &conversation, message_id).await?;
     // Regenerating an answer answers its question again; a question can be named directly.
     let question_id = match (message.role.as_str(), message.reply_to) {
@@ -360,6 +419,14 @@ pub(crate) async fn feedback(
     ApiJson(body): ApiJson<FeedbackBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let conversation = customer_conversation(&state, &headers, &id).await?;
+    if conversation.status == "agent" {
+        // A person answers this conversation now; the model stays out of it.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "agent_has_conversation",
+            "a support agent has taken this conversation over; they will answer",
+        ));
+    }
     let message = conversation_message(&state, &conversation, message_id).await?;
     if message.role != "assistant" {
         return Err(ApiError::bad_request(

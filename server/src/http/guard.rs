@@ -8,7 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 
-use crate::auth::{API_TOKEN_PREFIX, CSRF_HEADER, SESSION_COOKIE, sha256_hex};
+use crate::auth::{API_TOKEN_PREFIX, CSRF_HEADER, SESSION_COOKIE, secrets_equal, sha256_hex};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
@@ -78,7 +78,7 @@ pub async fn authenticate(
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe {
         let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-        if sent != Some(session.csrf_token.as_str()) {
+        if !sent.is_some_and(|sent| secrets_equal(sent, &session.csrf_token)) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "csrf_token_invalid",

@@ -1,7 +1,8 @@
 //! The layers around every route (tower-http): sensitive headers kept out of logs, a request
 //! id (kept from `X-Request-Id` or made here, sent back, in every log line of the request and
 //! in every JSON error body), one access-log line per request, panics turned into JSON 500s,
-//! and gzip for what is worth compressing (never event streams).
+//! gzip for what is worth compressing (never event streams), a deadline on request bodies and
+//! the security headers (`nosniff`, a content security policy and no framing for HTML pages).
 
 use std::time::Duration;
 
@@ -138,10 +139,76 @@ pub async fn deadline(
     }
 }
 
+/// Gives a request body its deadline ([`crate::http::listen::body_deadline`]): a client that
+/// sends it too slowly gets an error instead of holding the handler.
+async fn body_in_time(request: Request, next: Next) -> Response<Body> {
+    use http_body::Body as _;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let deadline = crate::http::listen::body_deadline(declared);
+    let request =
+        request.map(|body| Body::new(crate::http::listen::DeadlineBody::new(body, deadline)));
+    next.run(request).await
+}
+
+/// Headers every response carries: no MIME sniffing, no referrer beyond this server; HTML
+/// pages get a content security policy (scripts, styles and connections from this server only)
+/// and may not be framed — the staff pages nowhere, the demo page only by itself.
+async fn security_headers(request: Request, next: Next) -> Response<Body> {
+    let staff_page = !request.uri().path().starts_with("/api/") && request.uri().path() != "/";
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if html {
+        // The widget on the demo page adds its own <style> element.
+        let policy = if staff_page {
+            STAFF_PAGE_POLICY
+        } else {
+            DEMO_PAGE_POLICY
+        };
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(policy),
+        );
+        headers.insert(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static(if staff_page { "DENY" } else { "SAMEORIGIN" }),
+        );
+    }
+    response
+}
+
+/// The content security policy of the staff pages (sign-in, agent console, admin).
+pub const STAFF_PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
+/// The demo page's: the same, with the inline styles the widget adds, framed only by itself.
+pub const DEMO_PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     form-action 'self'; base-uri 'none'; frame-ancestors 'self'";
+
 /// `router` inside the layers (the last added is the outermost).
 pub fn wrap(router: Router) -> Router {
     router
+        .layer(axum::middleware::from_fn(body_in_time))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(request_id_in_errors))
         .layer(CompressionLayer::new())
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

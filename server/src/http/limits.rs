@@ -1,4 +1,5 @@
-//! Token-bucket rate limits, per key (an IP address, a widget site).
+//! Token-bucket rate limits, per key (an IP address, a widget site), and the back-off after
+//! failed sign-ins (per account and per address).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -47,9 +48,99 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
+/// Failed sign-ins per key: after `free` failures in a row each further failure locks the key
+/// for twice as long as the last (1 s, 2 s, 4 s … up to [`MAX_LOCK`]); a success clears it.
+/// A locked key is refused before any password is checked.
+#[derive(Debug)]
+pub struct LoginThrottle<K> {
+    free: u32,
+    failures: Mutex<HashMap<K, (u32, Instant)>>,
+}
+
+/// The longest a key stays locked after failed sign-ins.
+pub const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
+
+impl<K: std::hash::Hash + Eq + Clone> LoginThrottle<K> {
+    pub fn new(free: u32) -> Self {
+        Self {
+            free,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_after(&self, failures: u32) -> Duration {
+        match failures.checked_sub(self.free) {
+            None | Some(0) => Duration::ZERO,
+            Some(extra) => Duration::from_secs(1u64 << (extra - 1).min(20)).min(MAX_LOCK),
+        }
+    }
+
+    /// `Err(wait)` while `key` is locked.
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(key) {
+            Some(&(count, at)) => {
+                let until = at + self.lock_after(count);
+                let now = Instant::now();
+                if until > now {
+                    Err(until - now)
+                } else {
+                    Ok(())
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed sign-in for `key`.
+    pub fn failed(&self, key: &K) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if failures.len() > 100_000 {
+            // Forget keys whose last failure is older than the longest lock.
+            failures.retain(|_, (_, at)| now.duration_since(*at) < MAX_LOCK);
+        }
+        let entry = failures.entry(key.clone()).or_insert((0, now));
+        if now.duration_since(entry.1) > MAX_LOCK {
+            entry.0 = 0;
+        }
+        *entry = (entry.0.saturating_add(1), now);
+    }
+
+    /// A successful sign-in clears `key`.
+    pub fn succeeded(&self, key: &K) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_sign_ins_lock_a_key_for_longer_and_longer() {
+        let throttle = LoginThrottle::new(3);
+        for _ in 0..3 {
+            assert!(throttle.check(&"ann").is_ok());
+            throttle.failed(&"ann");
+        }
+        // Three free failures; the fourth locks for 1 s, the fifth for 2 s.
+        assert!(throttle.check(&"ann").is_ok());
+        throttle.failed(&"ann");
+        let wait = throttle.check(&"ann").unwrap_err();
+        assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(500));
+        throttle.failed(&"ann");
+        let wait = throttle.check(&"ann").unwrap_err();
+        assert!(wait > Duration::from_millis(1500), "{wait:?}");
+        assert!(throttle.check(&"bob").is_ok());
+        for _ in 0..100 {
+            throttle.failed(&"ann");
+        }
+        assert!(throttle.check(&"ann").unwrap_err() <= MAX_LOCK);
+        throttle.succeeded(&"ann");
+        assert!(throttle.check(&"ann").is_ok());
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_says_how_long_to_wait() {

@@ -1,6 +1,7 @@
 //! `kefu serve`'s HTTP API (axum), by audience: customers (`customer`, streamed grounded
 //! answers through `answer`), staff sign-in (`session`), agents (`agent`), admins (`admin`),
-//! the OpenAI-compatible API (`openai`) and the web pages (`pages`). `state` and `error` are
+//! the OpenAI-compatible API (`openai`) and the web pages (`pages`); `listen` is the connection
+//! loop with its header and body deadlines. `state` and `error` are
 //! what the route modules share and import none of them; `guard` holds the staff and admin
 //! extractors, `access` the widget sites, CORS and rate limits. Every path is in `routes`.
 
@@ -13,6 +14,7 @@ pub mod error;
 pub mod guard;
 pub mod layers;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod openai;
 pub mod pages;

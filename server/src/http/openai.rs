@@ -137,21 +137,29 @@ fn chat_messages(
     Ok(messages)
 }
 
+/// At most this many stop strings (OpenAI's limit), of at most this many characters each.
+const MAX_STOP_STRINGS: usize = 4;
+const MAX_STOP_CHARS: usize = 64;
+
 /// The request's sampling settings, checked.
 fn generation_params(
     state: &AppState,
     request: &ChatCompletionRequest,
 ) -> Result<GenerationParams, ApiError> {
+    // The server's answer length (`--max-tokens`) is the most a request may ask for: a larger
+    // request is cut to it (its `finish_reason` says `length` when it ran out).
+    let limit = state.config.answers.max_tokens;
     let max_tokens = request
         .max_completion_tokens
         .or(request.max_tokens)
-        .unwrap_or(state.config.answers.max_tokens);
-    if max_tokens == 0 || max_tokens > 4096 {
+        .unwrap_or(limit);
+    if max_tokens == 0 {
         return Err(ApiError::bad_request(
             "invalid_max_tokens",
-            "max_tokens is between 1 and 4096",
+            format!("max_tokens is at least 1 (this server's limit is {limit})"),
         ));
     }
+    let max_tokens = max_tokens.min(limit);
     let temperature = request.temperature.unwrap_or(0.0);
     if !(0.0..=2.0).contains(&temperature)
         || request
@@ -178,6 +186,18 @@ fn generation_params(
             ));
         }
     };
+    if stop.len() > MAX_STOP_STRINGS
+        || stop
+            .iter()
+            .any(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_stop",
+            format!(
+                "stop is at most {MAX_STOP_STRINGS} strings of 1 to {MAX_STOP_CHARS} characters"
+            ),
+        ));
+    }
     Ok(GenerationParams {
         sampling: SamplingConfig {
             temperature,
@@ -235,11 +255,16 @@ async fn prompt_of(
         .filter(|m| m.role != Role::System)
         .cloned()
         .collect();
-    let kb_id = state
-        .database
-        .knowledge_base(&kb)
-        .await
-        .map_err(ApiError::internal)?;
+    // Only the default knowledge base is made on first use; another name must exist.
+    let kb_id = if kb == state.config.default_kb {
+        state
+            .database
+            .knowledge_base(&kb)
+            .await
+            .map_err(ApiError::internal)?
+    } else {
+        crate::http::admin::documents::existing_kb(state, &kb).await?
+    };
     let prepared = prepare(state, generator, kb_id, question, history).await?;
     Ok((prepared.prompt, prepared.citations))
 }

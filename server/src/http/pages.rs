@@ -56,8 +56,12 @@ fn language(headers: &HeaderMap, asked: Option<&str>) -> String {
     }
 }
 
-/// This server's origin as the browser sees it.
-fn origin(headers: &HeaderMap) -> String {
+/// This server's address as browsers reach it: `--public-url` when set (behind a proxy, with
+/// its `https://`), else the request's own `Host` over plain HTTP.
+fn origin(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(public) = &state.config.public_url {
+        return public.clone();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -94,10 +98,14 @@ struct LangQuery {
     lang: Option<String>,
 }
 
-async fn demo(headers: HeaderMap, Query(query): Query<LangQuery>) -> Response {
+async fn demo(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<LangQuery>,
+) -> Response {
     render(&web::Demo {
         lang: language(&headers, query.lang.as_deref()),
-        origin: origin(&headers),
+        origin: origin(&state, &headers),
     })
 }
 
@@ -142,6 +150,17 @@ async fn asset(
     }
 }
 
+/// Whether `next` is a path on this server, where sign-in may send the browser: it starts with
+/// one `/`, and nothing in it lets a browser read it as another host (`//host`, `/\host` —
+/// browsers treat a backslash as a slash —, control characters, a scheme).
+fn is_local_path(next: &str) -> bool {
+    next.starts_with('/')
+        && !next[1..].starts_with(['/', '\\'])
+        && !next.contains('\\')
+        && !next.chars().any(char::is_control)
+        && next.len() <= 2048
+}
+
 #[derive(Debug, Deserialize, Default)]
 struct LoginQuery {
     next: Option<String>,
@@ -149,10 +168,9 @@ struct LoginQuery {
 }
 
 async fn login(headers: HeaderMap, Query(query): Query<LoginQuery>) -> Response {
-    // Only paths on this server: never send a signed-in user elsewhere.
     let next = query
         .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .filter(|n| is_local_path(n))
         .unwrap_or_else(|| "/agent".into());
     render(&web::Login {
         page: web::Page {
@@ -277,7 +295,7 @@ async fn sites(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     match state.database.sites().await {
         Ok(sites) => render(&web::Sites {
             page,
-            origin: origin(&headers),
+            origin: origin(&state, &headers),
             sites: sites
                 .into_iter()
                 .map(|s| web::SiteRow {
@@ -310,5 +328,30 @@ async fn datasets(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
     match signed_in(&state, &headers, "/admin/datasets", "datasets", true).await {
         Ok(page) => render(&web::Datasets { page }),
         Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_path;
+
+    #[test]
+    fn sign_in_sends_browsers_only_to_paths_on_this_server() {
+        for local in ["/agent", "/admin/training?job=3", "/a/b#c"] {
+            assert!(is_local_path(local), "{local}");
+        }
+        // `/%5Cexample.com` arrives decoded as `/\example.com`.
+        for elsewhere in [
+            "//example.com",
+            "/\\example.com",
+            "/\\/example.com",
+            "/agent\\..\\/\\example.com",
+            "https://example.com",
+            "example.com",
+            "/\texample",
+            "",
+        ] {
+            assert!(!is_local_path(elsewhere), "{elsewhere:?}");
+        }
     }
 }

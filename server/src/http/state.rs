@@ -11,7 +11,7 @@ use tokio::sync::RwLock;
 
 use crate::generator::Generator;
 use crate::http::error::ApiError;
-use crate::http::limits::RateLimiter;
+use crate::http::limits::{LoginThrottle, RateLimiter};
 use crate::knowledge::Knowledge;
 
 /// Limits and defaults of the API.
@@ -36,6 +36,18 @@ pub struct ApiConfig {
     pub feedback_limits: FeedbackLimits,
     /// Which feedback becomes training data (the inbox and the admin datasets show it).
     pub feedback_policy: kefu_trainer::dataset::Policy,
+    /// The address people reach this server at (`--public-url`); `https://…` makes the
+    /// session cookie `Secure`.
+    pub public_url: Option<String>,
+}
+
+impl ApiConfig {
+    /// Whether cookies must be `Secure` (the server is reached over HTTPS).
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
 }
 
 /// Caps on customers' ratings (0: no cap); more are answered 429 `feedback_limit`.
@@ -69,6 +81,7 @@ impl Default for ApiConfig {
             data_dir: std::path::PathBuf::from("."),
             feedback_limits: FeedbackLimits::default(),
             feedback_policy: kefu_trainer::dataset::Policy::default(),
+            public_url: None,
         }
     }
 }
@@ -84,7 +97,27 @@ pub struct AppState {
     pub(crate) retrievers: RwLock<HashMap<i64, Arc<Retriever>>>,
     pub(crate) ip_limits: RateLimiter<std::net::IpAddr>,
     pub(crate) site_limits: RateLimiter<i64>,
+    /// The widget's polls of a conversation's messages, per conversation.
+    pub(crate) poll_limits: RateLimiter<i64>,
+    /// Password hashing (Argon2, ~19 MiB and tens of milliseconds each) runs at most
+    /// [`PASSWORD_CHECKS`] at a time, so a burst of sign-ins neither eats memory nor takes the
+    /// blocking pool that retrieval runs on.
+    pub(crate) password_checks: tokio::sync::Semaphore,
+    /// Failed sign-ins per account name and per client address.
+    pub(crate) account_failures: LoginThrottle<String>,
+    pub(crate) address_failures: LoginThrottle<std::net::IpAddr>,
 }
+
+/// Polls of one conversation's messages a minute (the widget polls every 2 s while open).
+pub const POLLS_PER_MINUTE: u32 = 60;
+/// Password hashes computed at once, at most.
+pub const PASSWORD_CHECKS: usize = 2;
+/// How long a sign-in waits for a password check before it is answered 503 `busy`.
+pub const PASSWORD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Failed sign-ins in a row before an account is locked for a while (1 s, doubling).
+pub const FREE_ACCOUNT_FAILURES: u32 = 5;
+/// The same for one client address (it may try several names).
+pub const FREE_ADDRESS_FAILURES: u32 = 20;
 
 impl AppState {
     pub fn new(
@@ -99,6 +132,10 @@ impl AppState {
             serving: Arc::new(serving),
             ip_limits: RateLimiter::new(config.rate_per_ip),
             site_limits: RateLimiter::new(config.rate_per_site),
+            poll_limits: RateLimiter::new(POLLS_PER_MINUTE),
+            password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
+            account_failures: LoginThrottle::new(FREE_ACCOUNT_FAILURES),
+            address_failures: LoginThrottle::new(FREE_ADDRESS_FAILURES),
             config,
             retrievers: RwLock::new(HashMap::new()),
         })
@@ -107,6 +144,33 @@ impl AppState {
     /// The generator a new request uses (and keeps until it ends, across a hot-swap).
     pub fn generator(&self) -> Arc<Generator> {
         self.serving.current()
+    }
+
+    /// One of the [`PASSWORD_CHECKS`] password-hashing slots; 503 `busy` when none frees
+    /// up within [`PASSWORD_WAIT`].
+    pub(crate) async fn password_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        tokio::time::timeout(PASSWORD_WAIT, self.password_checks.acquire())
+            .await
+            .map_err(|_| ApiError {
+                retry_after: Some(5),
+                ..ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many sign-ins at once; try again in a few seconds",
+                )
+            })?
+            .map_err(ApiError::internal)
+    }
+
+    /// Runs `work` (password hashing) on the blocking pool in a password slot.
+    pub(crate) async fn password_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _slot = self.password_slot().await?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(ApiError::internal)
     }
 
     /// The knowledge base's retriever, loaded on first use.

@@ -40,6 +40,7 @@ pub struct Fetcher {
     sources: Sources,
     models_dir: PathBuf,
     downloads_dir: PathBuf,
+    hub_token: Option<String>,
 }
 
 /// What `fetch` produced.
@@ -90,6 +91,27 @@ impl Fetcher {
             sources,
             models_dir: data_dir.join("models"),
             downloads_dir: data_dir.join("downloads"),
+            hub_token: std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
+        }
+    }
+
+    /// Sends `token` to the hub (and only to it) as `Authorization: Bearer …`, for gated or
+    /// private models; `Fetcher::new` takes it from `HF_TOKEN`.
+    pub fn with_hub_token(mut self, token: Option<String>) -> Self {
+        self.hub_token = token;
+        self
+    }
+
+    /// A GET of `url`, with the hub token when `url` is on the hub.
+    fn get(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let request = self.agent.get(url);
+        match &self.hub_token {
+            Some(token) if !self.sources.hub.is_empty() && url.starts_with(&self.sources.hub) => {
+                request.header("Authorization", format!("Bearer {}", token.trim()))
+            }
+            _ => request,
         }
     }
 
@@ -289,7 +311,7 @@ impl Fetcher {
     fn download(&self, url: &str, dest: &Path, label: &str) -> Result<()> {
         let partial = PathBuf::from(format!("{}.partial", dest.display()));
         let have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        let mut request = self.agent.get(url);
+        let mut request = self.get(url);
         if have > 0 {
             request = request.header("Range", format!("bytes={have}-"));
         }
@@ -347,63 +369,85 @@ impl Fetcher {
         Ok(())
     }
 
-    /// The normal path: the model's Hugging Face folder (config, tokenizer, safetensors).
+    /// The normal path: the model's Hugging Face folder (config, tokenizer, safetensors) at
+    /// the commit `main` names when the fetch starts (one revision for every file), each large
+    /// file checked against the sha256 the hub lists for it; file names from the hub are
+    /// plain names, never paths.
     fn fetch_from_hub(&self, hf_id: &str, name: &str) -> Result<PathBuf> {
         if self.sources.hub.is_empty() {
             bail!("the hub is disabled (HF_ENDPOINT is empty)");
         }
-        let base = format!(
-            "{}/{hf_id}/resolve/main",
-            self.sources.hub.trim_end_matches('/')
-        );
-        let probe = self
-            .agent
-            .head(&format!("{base}/config.json"))
+        check_hub_id(hf_id)?;
+        let hub = self.sources.hub.trim_end_matches('/');
+        let described = self
+            .get(&format!(
+                "{hub}/api/models/{hf_id}/revision/main?blobs=true"
+            ))
             .config()
-            .timeout_global(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .call()
             .with_context(|| format!("cannot reach {}", self.sources.hub))?;
-        if !probe.status().is_success() && !probe.status().is_redirection() {
-            bail!("{hf_id}: the hub answered {}", probe.status());
+        let status = described.status();
+        if !status.is_success() {
+            bail!("{hf_id}: the hub answered {status}");
         }
+        let revision = HubRevision::parse(
+            &described
+                .into_body()
+                .with_config()
+                .limit(16 << 20)
+                .read_to_string()?,
+        )
+        .with_context(|| format!("the hub's description of {hf_id}"))?;
+        let base = format!("{hub}/{hf_id}/resolve/{}", revision.commit);
         let dir = self.model_dir(name).join("hf");
         fs::create_dir_all(&dir)?;
-        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        let fetch_file = |file: &str| -> Result<PathBuf> {
+            let file = plain_file_name(file)?;
+            let Some(sha256) = revision.files.get(file) else {
+                bail!("{hf_id} at {} has no file {file}", revision.commit);
+            };
             let dest = dir.join(file);
             if !dest.exists() {
                 self.download(&format!("{base}/{file}"), &dest, file)?;
             }
-        }
-        let index = dir.join("model.safetensors.index.json");
-        let shards: Vec<String> = match self.download(
-            &format!("{base}/model.safetensors.index.json"),
-            &index,
-            "index",
-        ) {
-            Ok(()) => {
-                let index: serde_json::Value = serde_json::from_str(&fs::read_to_string(&index)?)?;
-                let mut files: Vec<String> = index["weight_map"]
-                    .as_object()
-                    .map(|m| {
-                        m.values()
-                            .filter_map(|v| v.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                files.sort();
-                files.dedup();
-                files
+            if let Some(sha256) = sha256 {
+                require_sha256(&dest, sha256, file)?;
             }
-            Err(_) => vec!["model.safetensors".to_string()],
+            Ok(dest)
+        };
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            fetch_file(file)?;
+        }
+        let shards: Vec<String> = if revision.files.contains_key(SHARD_INDEX) {
+            let index: serde_json::Value =
+                serde_json::from_str(&fs::read_to_string(fetch_file(SHARD_INDEX)?)?)
+                    .with_context(|| format!("{hf_id}'s {SHARD_INDEX} is not JSON"))?;
+            let mut files: Vec<String> = index["weight_map"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            files.dedup();
+            if files.is_empty() {
+                bail!("{hf_id}'s {SHARD_INDEX} names no weight files");
+            }
+            files
+        } else {
+            vec!["model.safetensors".to_string()]
         };
         for shard in shards {
-            let dest = dir.join(&shard);
-            if !dest.exists() {
-                self.download(&format!("{base}/{shard}"), &dest, &shard)?;
-            }
+            fetch_file(&shard)?;
         }
-        fs::write(dir.join(".complete"), hf_id)?;
+        fs::write(
+            dir.join(".complete"),
+            format!("{hf_id}@{}", revision.commit),
+        )?;
         Ok(dir)
     }
 
@@ -474,6 +518,77 @@ fn tls_config() -> ureq::tls::TlsConfig {
         }
     }
     builder.build()
+}
+
+/// The index of a sharded safetensors model.
+const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// A Hugging Face id is `owner/name`, each part letters, digits, `.`, `_` and `-`, neither `.`
+/// nor `..`: it becomes a folder name and part of URLs.
+fn check_hub_id(id: &str) -> Result<()> {
+    let parts: Vec<&str> = id.split('/').collect();
+    let fine = parts.len() == 2
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && *part != "."
+                && *part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        });
+    if !fine {
+        bail!("`{id}` is not a Hugging Face id (owner/name)");
+    }
+    Ok(())
+}
+
+/// A file name from the hub, accepted only as a plain name in the model's folder (no folder
+/// part, no `..`, no absolute path), so a hostile index cannot write elsewhere.
+fn plain_file_name(name: &str) -> Result<&str> {
+    let fine = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !fine {
+        bail!("the hub named a file `{name}`, which is not a plain file name; refused");
+    }
+    Ok(name)
+}
+
+/// What the hub says of one revision of a model: its commit and every file, with the sha256
+/// of those stored in LFS (the weights).
+#[derive(Debug)]
+struct HubRevision {
+    commit: String,
+    files: std::collections::HashMap<String, Option<String>>,
+}
+
+impl HubRevision {
+    fn parse(text: &str) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+        let commit = value["sha"]
+            .as_str()
+            .filter(|c| c.len() == 40 && c.chars().all(|h| h.is_ascii_hexdigit()))
+            .context("it names no commit (`sha`)")?
+            .to_string();
+        let files = value["siblings"]
+            .as_array()
+            .context("it lists no files (`siblings`)")?
+            .iter()
+            .filter_map(|file| {
+                let name = file["rfilename"].as_str()?.to_string();
+                let sha256 = file["lfs"]["sha256"]
+                    .as_str()
+                    .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+                    .map(str::to_ascii_lowercase);
+                Some((name, sha256))
+            })
+            .collect();
+        Ok(Self { commit, files })
+    }
 }
 
 /// Fails, and removes the file, unless `path` hashes to `expected`.
@@ -552,6 +667,49 @@ pub fn installed_path(models_dir: &Path, name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::find_link;
+
+    #[test]
+    fn hub_names_are_plain_names() {
+        for good in ["model-00001-of-00002.safetensors", "config.json", "a_b.c"] {
+            assert!(super::plain_file_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "../escape.safetensors",
+            "/etc/passwd",
+            "sub/model.safetensors",
+            "..",
+            "",
+            "a\\b",
+            "model.safetensors\n",
+        ] {
+            assert!(super::plain_file_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["Qwen/Qwen2.5-0.5B-Instruct", "kefu-tests/Tiny-Qwen"] {
+            assert!(super::check_hub_id(good).is_ok(), "{good}");
+        }
+        for bad in ["a/..", "../b", "a/b/c", "a", "a/b c", "a/"] {
+            assert!(super::check_hub_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_hub_revision_lists_files_and_their_hashes() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let hash = "ab".repeat(32);
+        let text = format!(
+            r#"{{"sha": "{commit}", "siblings": [{{"rfilename": "config.json"}},
+               {{"rfilename": "model.safetensors", "lfs": {{"sha256": "{hash}", "size": 3}}}}]}}"#
+        );
+        let revision = super::HubRevision::parse(&text).unwrap();
+        assert_eq!(revision.commit, commit);
+        assert_eq!(revision.files["config.json"], None);
+        assert_eq!(
+            revision.files["model.safetensors"].as_deref(),
+            Some(hash.as_str())
+        );
+        assert!(super::HubRevision::parse(r#"{"sha": "main", "siblings": []}"#).is_err());
+        assert!(super::HubRevision::parse("not json").is_err());
+    }
 
     #[test]
     fn finds_absolute_and_relative_links() {

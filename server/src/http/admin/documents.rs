@@ -139,16 +139,61 @@ pub(crate) async fn ingest_in_request(
         })
     })
     .map_err(ApiError::internal)?;
-    let outcome = outcome.map_err(|e| {
-        let code = match &e {
-            kefu_rag::ParseError::Unsupported(_) => "unsupported_type",
-            kefu_rag::ParseError::TooLarge { .. } => "too_large",
-            _ => "unreadable_document",
-        };
-        ApiError::bad_request(code, format!("{name}: {e}"))
-    })?;
+    let outcome = outcome.map_err(|e| unusable(name, &e))?;
     state.retrievers.write().await.remove(&kb_id);
     Ok(outcome)
+}
+
+/// 400 with what is wrong with the document `name`.
+fn unusable(name: &str, error: &kefu_rag::ParseError) -> ApiError {
+    let code = match error {
+        kefu_rag::ParseError::Unsupported(_) => "unsupported_type",
+        kefu_rag::ParseError::TooLarge { .. } => "too_large",
+        _ => "unreadable_document",
+    };
+    ApiError::bad_request(code, format!("{name}: {error}"))
+}
+
+/// Writes `bytes` as `file` atomically and durably: a temporary name beside it, flushed to
+/// the disk, renamed over it, the folder flushed. A failure (a full disk) leaves the earlier
+/// copy as it was and no temporary file behind: 507 `storage_full` or 500.
+async fn keep_copy(file: &FsPath, bytes: &[u8]) -> Result<(), ApiError> {
+    let file = file.to_path_buf();
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let folder = file.parent().expect("an upload file has a folder");
+        std::fs::create_dir_all(folder)?;
+        let partial = folder.join(format!(
+            ".{}.partial-{}",
+            file.file_name().unwrap_or_default().to_string_lossy(),
+            crate::auth::random_hex(4)
+        ));
+        let written = (|| {
+            use std::io::Write;
+            let mut out = std::fs::File::create(&partial)?;
+            out.write_all(&bytes)?;
+            out.sync_all()?;
+            std::fs::rename(&partial, &file)?;
+            std::fs::File::open(folder)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| {
+        if e.raw_os_error() == Some(28) {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the server's disk is full; the document was not stored",
+            )
+        } else {
+            ApiError::internal(format!("cannot keep the upload: {e}"))
+        }
+    })
 }
 
 pub(crate) fn outcome_json(outcome: Outcome, id: Option<i64>) -> (StatusCode, Json<Value>) {
@@ -188,16 +233,18 @@ pub async fn upload_document(
         .await
         .map_err(ApiError::internal)?;
     let key = format!("{UPLOAD_PREFIX}{kb}/{name}");
+    // Bytes that do not parse replace nothing, neither the copy nor the stored document.
+    let format =
+        kefu_rag::parse::Format::of(FsPath::new(&name)).map_err(|e| unusable(&name, &e))?;
+    let checked = body.clone();
+    tokio::task::spawn_blocking(move || kefu_rag::parse::parse_bytes(&checked, format, "upload"))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| unusable(&name, &e))?;
+    // The copy first (kept for re-ingesting: new chunking, a new embedder), then the
+    // database: whatever the database holds has its copy.
+    keep_copy(&upload_file(&state, kb_id, &name), &body).await?;
     let outcome = ingest_in_request(&state, kb_id, &key, &name, &body, false).await?;
-    // Keep the bytes, so the document can be re-ingested (new chunking, new embedder).
-    let file = upload_file(&state, kb_id, &name);
-    let saved = async {
-        tokio::fs::create_dir_all(file.parent().expect("an upload file has a folder")).await?;
-        tokio::fs::write(&file, &body).await
-    };
-    saved.await.map_err(|e| {
-        ApiError::internal(format!("cannot keep the upload {}: {e}", file.display()))
-    })?;
     let document = state
         .database
         .document(kb_id, &key)
@@ -247,6 +294,21 @@ pub async fn reingest_document(
             ),
         )
     })?;
+    // An upload's copy must be the bytes that were ingested: a truncated or damaged copy never
+    // replaces good chunks. (A file ingested from disk is read as it is now.)
+    if document.path.starts_with(UPLOAD_PREFIX)
+        && crate::ingest::sha256_hex(&bytes) != document.content_hash
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "source_changed",
+            format!(
+                "the kept copy {} is not what was ingested (its sha256 differs); upload the \
+                 document again",
+                source.display()
+            ),
+        ));
+    }
     let name = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -78,9 +78,9 @@ pub(crate) async fn add_user(
         ));
     }
     let password = body.password.clone();
-    let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
+    let hash = state
+        .password_work(move || crate::auth::hash_password(&password))
+        .await?
         .map_err(ApiError::internal)?;
     let user = state
         .database
@@ -91,4 +91,41 @@ pub(crate) async fn add_user(
         StatusCode::CREATED,
         Json(json!({"name": user.name, "role": user.role})),
     ))
+}
+
+/// Every API token by id, user, label and creation time (never the tokens).
+pub async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let tokens = state
+        .database
+        .api_tokens()
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "tokens": tokens.iter().map(|t| json!({
+            "id": t.id, "user": t.user, "label": t.label, "created_ms": t.created_ms,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// Revokes an API token by its id: it stops working at once.
+pub async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let revoked = state
+        .database
+        .revoke_api_token(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    if revoked == 0 {
+        return Err(ApiError::not_found(
+            "token_not_found",
+            format!("no API token with the id `{id}` (GET /api/admin/tokens lists them)"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
