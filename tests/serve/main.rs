@@ -8,6 +8,7 @@ mod abstention;
 mod access;
 mod alongside;
 mod answers;
+mod faults;
 mod hardening;
 mod jobs;
 mod sites;

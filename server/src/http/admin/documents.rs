@@ -138,7 +138,7 @@ pub(crate) async fn ingest_in_request(
             anyhow::Ok(outcome)
         })
     })
-    .map_err(ApiError::internal)?;
+    .map_err(|e| storage_error(format!("{e:#}")))?;
     let outcome = outcome.map_err(|e| unusable(name, &e))?;
     state.retrievers.write().await.remove(&kb_id);
     Ok(outcome)
@@ -154,46 +154,89 @@ fn unusable(name: &str, error: &kefu_rag::ParseError) -> ApiError {
     ApiError::bad_request(code, format!("{name}: {error}"))
 }
 
-/// Writes `bytes` as `file` atomically and durably: a temporary name beside it, flushed to
-/// the disk, renamed over it, the folder flushed. A failure (a full disk) leaves the earlier
-/// copy as it was and no temporary file behind: 507 `storage_full` or 500.
-async fn keep_copy(file: &FsPath, bytes: &[u8]) -> Result<(), ApiError> {
-    let file = file.to_path_buf();
-    let bytes = bytes.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let folder = file.parent().expect("an upload file has a folder");
-        std::fs::create_dir_all(folder)?;
-        let partial = folder.join(format!(
-            ".{}.partial-{}",
-            file.file_name().unwrap_or_default().to_string_lossy(),
-            crate::auth::random_hex(4)
-        ));
-        let written = (|| {
-            use std::io::Write;
-            let mut out = std::fs::File::create(&partial)?;
-            out.write_all(&bytes)?;
-            out.sync_all()?;
-            std::fs::rename(&partial, &file)?;
-            std::fs::File::open(folder)?.sync_all()
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&partial);
+/// 507 `storage_full` when `error` says the disk is full, else 500.
+fn storage_error(error: impl std::fmt::Display) -> ApiError {
+    let text = error.to_string();
+    if text.contains("No space left") || text.contains("disk is full") {
+        tracing::error!(target: "kefu::http", "out of disk space: {text}");
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            "the server's disk is full; the document was not stored",
+        )
+    } else {
+        ApiError::internal(text)
+    }
+}
+
+/// The kept copy of an upload being replaced: the new bytes are in place, the earlier ones
+/// (if any) kept aside under a hard link until the database has the new document.
+struct CopyInPlace {
+    file: PathBuf,
+    earlier: Option<PathBuf>,
+}
+
+impl CopyInPlace {
+    /// Writes `bytes` as `file` atomically and durably: a temporary name beside it, flushed to
+    /// the disk, renamed over it, the folder flushed; the earlier copy stays linked aside. A
+    /// failure (a full disk) leaves the earlier copy as it was and no temporary file behind.
+    async fn write(file: &FsPath, bytes: &[u8]) -> Result<Self, ApiError> {
+        let file = file.to_path_buf();
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let folder = file.parent().expect("an upload file has a folder");
+            std::fs::create_dir_all(folder)?;
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            let tag = crate::auth::random_hex(4);
+            let partial = folder.join(format!(".{name}.partial-{tag}"));
+            let aside = folder.join(format!(".{name}.earlier-{tag}"));
+            let earlier = file.exists().then_some(aside);
+            let written = (|| {
+                use std::io::Write;
+                let mut out = std::fs::File::create(&partial)?;
+                out.write_all(&bytes)?;
+                out.sync_all()?;
+                if let Some(aside) = &earlier {
+                    std::fs::hard_link(&file, aside)?;
+                }
+                std::fs::rename(&partial, &file)?;
+                std::fs::File::open(folder)?.sync_all()
+            })();
+            match written {
+                Ok(()) => Ok(Self { file, earlier }),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    if let Some(aside) = &earlier {
+                        let _ = std::fs::remove_file(aside);
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(storage_error)
+    }
+
+    /// The database has the new document: the earlier copy goes.
+    fn keep(self) {
+        if let Some(earlier) = &self.earlier {
+            let _ = std::fs::remove_file(earlier);
         }
-        written
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| {
-        if e.raw_os_error() == Some(28) {
-            ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "storage_full",
-                "the server's disk is full; the document was not stored",
-            )
-        } else {
-            ApiError::internal(format!("cannot keep the upload: {e}"))
+    }
+
+    /// The database kept the earlier document: its copy is put back (or, for a new name,
+    /// the new copy removed).
+    fn undo(self) {
+        match &self.earlier {
+            Some(earlier) => {
+                let _ = std::fs::rename(earlier, &self.file);
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.file);
+            }
         }
-    })
+    }
 }
 
 pub(crate) fn outcome_json(outcome: Outcome, id: Option<i64>) -> (StatusCode, Json<Value>) {
@@ -227,11 +270,20 @@ pub async fn upload_document(
         ));
     }
     check_kb_name(&kb)?;
-    let kb_id = state
+    // Made on first upload; an existing one is only read (no write on a full disk).
+    let kb_id = match state
         .database
-        .knowledge_base(&kb)
+        .find_knowledge_base(&kb)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)?
+    {
+        Some(id) => id,
+        None => state
+            .database
+            .knowledge_base(&kb)
+            .await
+            .map_err(storage_error)?,
+    };
     let key = format!("{UPLOAD_PREFIX}{kb}/{name}");
     // Bytes that do not parse replace nothing, neither the copy nor the stored document.
     let format =
@@ -243,8 +295,17 @@ pub async fn upload_document(
         .map_err(|e| unusable(&name, &e))?;
     // The copy first (kept for re-ingesting: new chunking, a new embedder), then the
     // database: whatever the database holds has its copy.
-    keep_copy(&upload_file(&state, kb_id, &name), &body).await?;
-    let outcome = ingest_in_request(&state, kb_id, &key, &name, &body, false).await?;
+    let copy = CopyInPlace::write(&upload_file(&state, kb_id, &name), &body).await?;
+    let outcome = match ingest_in_request(&state, kb_id, &key, &name, &body, false).await {
+        Ok(outcome) => {
+            copy.keep();
+            outcome
+        }
+        Err(error) => {
+            copy.undo();
+            return Err(error);
+        }
+    };
     let document = state
         .database
         .document(kb_id, &key)
