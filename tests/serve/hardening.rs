@@ -83,18 +83,34 @@ fn a_burst_of_bad_sign_ins_stays_small_and_customers_still_get_answers() {
         peak < before + 400 * 1024,
         "peak {peak} KiB against {before} KiB before the burst"
     );
-    // The account (and this address) are locked now, even for the right password.
-    let (status, body, retry) = call(
-        "POST",
-        &url,
-        &vec![],
-        &Body::Json(json!({"name": "boss", "password": "correct horse battery"})),
-    );
+}
+
+/// Five wrong passwords for an account are free; the sixth locks it for a second, even for
+/// the right password, and says for how long.
+#[test]
+fn failed_sign_ins_lock_the_account() {
+    let staffed = staffed_server(&["--trainer", "off"]);
+    let url = staffed.server.url("/api/auth/login");
+    let attempt = |password: &str| {
+        call(
+            "POST",
+            &url,
+            &vec![],
+            &Body::Json(json!({"name": "ann", "password": password})),
+        )
+    };
+    for _ in 0..6 {
+        assert_eq!(attempt("not the password").0, 401);
+    }
+    let (status, body, retry) = attempt("correct horse battery");
     assert_eq!(
         (status, body["code"].as_str()),
-        (429, Some("too_many_sign_ins"))
+        (429, Some("too_many_sign_ins")),
+        "{body}"
     );
-    assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(retry.as_deref(), Some("1"));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(attempt("correct horse battery").0, 200);
 }
 
 /// Reads until the server closes the connection or `limit` passes; returns what arrived and
