@@ -308,3 +308,107 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// A training job on a disk with a few megabytes left: it fails naming the full disk,
+/// registers and promotes nothing, leaves nothing in the registry's `incoming/`; with room
+/// again the next job succeeds.
+#[test]
+fn a_job_on_a_full_disk_fails_clearly_and_changes_nothing() {
+    let disk = SmallDisk::new(1024);
+    let home = disk.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::symlink(test_home().join("models"), home.join("models")).unwrap();
+    std::fs::write(
+        home.join("recipe.toml"),
+        "[lora]\nrank = 4\nalpha = 8.0\n[sft]\nepochs = 1\nlr = 1e-3\nbatch = 1\n\
+         max_len = 512\neval_fraction = 0.0\n",
+    )
+    .unwrap();
+    let added = kefu(&home, None)
+        .args(["users", "add", "--role", "admin", "boss"])
+        .env("KEFU_PASSWORD", "correct horse battery")
+        .output()
+        .unwrap();
+    assert!(added.status.success());
+    let token = kefu(&home, None)
+        .args(["tokens", "add", "boss"])
+        .output()
+        .unwrap();
+    let admin: Identity = vec![(
+        "authorization",
+        format!("Bearer {}", String::from_utf8(token.stdout).unwrap().trim()),
+    )];
+    let mut command = kefu(&home, None);
+    command.env("KEFU_WORKER_POLL_MS", "200");
+    let server = Server::spawn(command, &["--max-tokens", "16"]);
+    let (_, ready) = get(&server.url("/readyz"), None);
+    let original = ready["model_version"].as_str().unwrap().to_string();
+    let (id, _, answer) = ask_anonymously(&server, "How do I install a package?");
+    correct(
+        &server,
+        &admin,
+        &id,
+        answer,
+        "Run apt install with the package's name.",
+    );
+    let versions = || {
+        request("GET", &server.url("/api/admin/models"), &admin, None).1["versions"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = versions();
+    let finished = |job: i64| {
+        let url = server.url(&format!("/api/admin/training/jobs/{job}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(900);
+        loop {
+            let (_, job) = request("GET", &url, &admin, None);
+            if matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(std::time::Instant::now() < deadline, "{job}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    let trigger = || {
+        let (status, job) = request(
+            "POST",
+            &server.url("/api/admin/training/jobs"),
+            &admin,
+            None,
+        );
+        assert_eq!(status, 202, "{job}");
+        job["id"].as_i64().unwrap()
+    };
+
+    // Leave 8 MiB: the database works, a merged model (over 100 MB) cannot be written.
+    disk.fill();
+    {
+        let filler = std::fs::OpenOptions::new()
+            .write(true)
+            .open(disk.path().join("filler"))
+            .unwrap();
+        let size = filler.metadata().unwrap().len();
+        filler.set_len(size.saturating_sub(8 << 20)).unwrap();
+    }
+    let job = finished(trigger());
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        error.contains("no space") || error.contains("full"),
+        "{job}"
+    );
+    assert_eq!(versions(), before);
+    assert_eq!(
+        get(&server.url("/readyz"), None).1["model_version"],
+        original.as_str()
+    );
+    assert!(walk(&home.join("registry/incoming")).is_empty());
+
+    disk.make_room();
+    let job = finished(trigger());
+    assert_eq!(job["status"], "succeeded", "{job}");
+}
