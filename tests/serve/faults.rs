@@ -209,20 +209,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
         .output()
         .unwrap();
     assert!(ingest.status.success(), "{ingest:?}");
-    let added = kefu(&home, None)
-        .args(["users", "add", "--role", "admin", "boss"])
-        .env("KEFU_PASSWORD", "correct horse battery")
-        .output()
-        .unwrap();
-    assert!(added.status.success());
-    let token = kefu(&home, None)
-        .args(["tokens", "add", "boss"])
-        .output()
-        .unwrap();
-    let admin: Identity = vec![(
-        "authorization",
-        format!("Bearer {}", String::from_utf8(token.stdout).unwrap().trim()),
-    )];
+    let admin = staff_member(&home, None, "admin", "boss");
     let server = Server::start(&home, None, &["--trainer", "off"]);
     let before = documents(&server, &admin);
     assert_eq!(before.len(), 1);
@@ -324,20 +311,7 @@ fn a_job_on_a_full_disk_fails_clearly_and_changes_nothing() {
          max_len = 512\neval_fraction = 0.0\n",
     )
     .unwrap();
-    let added = kefu(&home, None)
-        .args(["users", "add", "--role", "admin", "boss"])
-        .env("KEFU_PASSWORD", "correct horse battery")
-        .output()
-        .unwrap();
-    assert!(added.status.success());
-    let token = kefu(&home, None)
-        .args(["tokens", "add", "boss"])
-        .output()
-        .unwrap();
-    let admin: Identity = vec![(
-        "authorization",
-        format!("Bearer {}", String::from_utf8(token.stdout).unwrap().trim()),
-    )];
+    let admin = staff_member(&home, None, "admin", "boss");
     let mut command = kefu(&home, None);
     command.env("KEFU_WORKER_POLL_MS", "200");
     let server = Server::spawn(command, &["--max-tokens", "16"]);

@@ -260,23 +260,9 @@ fn shop_server() -> (tempfile::TempDir, Server, Identity) {
             .unwrap();
         assert!(ingest.status.success(), "{ingest:?}");
     }
-    let added = kefu(home.path(), None)
-        .args(["users", "add", "--role", "admin", "boss"])
-        .env("KEFU_PASSWORD", "correct horse battery")
-        .output()
-        .unwrap();
-    assert!(added.status.success(), "{added:?}");
-    let token = kefu(home.path(), None)
-        .args(["tokens", "add", "boss"])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let admin = staff_member(home.path(), None, "admin", "boss");
     let server = Server::start(home.path(), None, &["--trainer", "off"]);
-    (
-        home,
-        server,
-        vec![("authorization", format!("Bearer {token}"))],
-    )
+    (home, server, admin)
 }
 
 /// Customers cannot probe knowledge-base names nor learn the server's file paths; `/v1`

@@ -322,6 +322,29 @@ pub(crate) fn call(
     )
 }
 
+/// Adds the user `name` with `role` (password "correct horse battery") through the CLI and
+/// returns an API token of theirs as an identity.
+pub(crate) fn staff_member(
+    home: &Path,
+    database_url: Option<&str>,
+    role: &str,
+    name: &str,
+) -> Identity {
+    let added = kefu(home, database_url)
+        .args(["users", "add", "--role", role, name])
+        .env("KEFU_PASSWORD", "correct horse battery")
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let out = kefu(home, database_url)
+        .args(["tokens", "add", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
 /// A server on SQLite with an admin (`boss`) and an agent (`ann`), each with an API token.
 pub(crate) struct Staffed {
     pub(crate) _home: tempfile::TempDir,
@@ -349,25 +372,8 @@ pub(crate) fn staffed_server_on(
 ) -> Staffed {
     let home = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(test_home().join("models"), home.path().join("models")).unwrap();
-    for (role, name) in [("admin", "boss"), ("agent", "ann")] {
-        let added = kefu(home.path(), database_url)
-            .args(["users", "add", "--role", role, name])
-            .env("KEFU_PASSWORD", "correct horse battery")
-            .output()
-            .unwrap();
-        assert!(added.status.success(), "{added:?}");
-    }
-    let token_of = |user: &str| {
-        let out = kefu(home.path(), database_url)
-            .args(["tokens", "add", user])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        vec![("authorization", format!("Bearer {token}"))]
-    };
-    let admin_api = token_of("boss");
-    let agent_api = token_of("ann");
+    let admin_api = staff_member(home.path(), database_url, "admin", "boss");
+    let agent_api = staff_member(home.path(), database_url, "agent", "ann");
     let mut command = kefu(home.path(), database_url);
     command.envs(env.iter().copied());
     let server = Server::spawn(command, extra);
