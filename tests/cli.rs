@@ -267,6 +267,50 @@ fn a_prompt_longer_than_the_context_window_is_a_clear_error() {
 }
 
 #[test]
+fn a_bad_prefill_chunk_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = run(
+        tmp.path(),
+        &["serve", "--prefill-chunk", "0", "--port", "0"],
+    );
+    assert_clear_failure(&output, "--prefill-chunk must be at least 1");
+    // Larger than the model's context: refused once the model is loaded, before listening.
+    std::os::unix::fs::symlink(
+        kefu_tests::test_home().join("models"),
+        tmp.path().join("models"),
+    )
+    .unwrap();
+    let spec = TinySpec {
+        context: 64,
+        ..TinySpec::new(Architecture::Qwen2)
+    };
+    let model = write_tiny_gguf(tmp.path(), &spec);
+    let output = run(
+        tmp.path(),
+        &[
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--prefill-chunk",
+            "65",
+            "--port",
+            "0",
+            "--trainer",
+            "off",
+        ],
+    );
+    assert_clear_failure(
+        &output,
+        "--prefill-chunk 65 is larger than the model's context of 64 tokens",
+    );
+    assert!(
+        !stdout(&output).contains("listening"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
 fn an_empty_prompt_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());

@@ -123,7 +123,7 @@ impl Rope {
 /// Keys and values of past positions, one pair per layer, for one batch of sequences.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<candle_nn::kv_cache::KvCache>,
+    pub(crate) layers: Vec<candle_nn::kv_cache::KvCache>,
 }
 
 impl KvCache {

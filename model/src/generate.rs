@@ -9,6 +9,7 @@ use crate::chat::ChatMessage;
 use crate::decoder::KvCache;
 use crate::error::{Error, Result};
 use crate::loader::LoadedModel;
+use crate::prefix::PrefixCache;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::TextStreamer;
 
@@ -52,6 +53,8 @@ pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens taken from a prefix cache (the model ran only the rest).
+    pub cached_tokens: usize,
     pub finish_reason: FinishReason,
     pub prefill_seconds: f64,
     pub decode_seconds: f64,
@@ -110,12 +113,26 @@ impl LoadedModel {
         Ok(sequence.finish(on_text))
     }
 
-    /// Checks `prompt` and `params` and runs the prompt through the model (prefill): the
-    /// returned sequence is ready for its first [`Sequence::advance`].
+    /// Checks `prompt` and `params` and runs the prompt through the model (prefill) in one
+    /// pass: the returned sequence is ready for its first [`Sequence::advance`].
     pub fn start_sequence(
         &self,
         prompt: &[u32],
         params: &GenerationParams,
+    ) -> Result<Sequence<'_>> {
+        let mut sequence = self.begin_sequence(prompt, params, None)?;
+        sequence.prefill(prompt.len())?;
+        Ok(sequence)
+    }
+
+    /// Checks `prompt` and `params` and sets up a sequence without running the model: the
+    /// longest prefix of `prompt` that `prefix` holds is copied in, and [`Sequence::prefill`]
+    /// runs the rest, a chunk at a time, before the first [`Sequence::advance`].
+    pub fn begin_sequence(
+        &self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        prefix: Option<&PrefixCache>,
     ) -> Result<Sequence<'_>> {
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
@@ -139,11 +156,10 @@ impl LoadedModel {
             )));
         }
         let sampler = Sampler::new(params.sampling.clone())?;
-        let mut cache = KvCache::new(self.config());
-        let start = Instant::now();
-        let input = Tensor::new(prompt, self.decoder.device())?.unsqueeze(0)?;
-        let logits = self.decoder.forward(&input, &mut cache)?;
-        let pending = Some(Next::of(&logits.squeeze(0)?, &params.sampling)?);
+        let (cache, reused) = match prefix {
+            Some(prefix) => prefix.lookup(self.config(), prompt)?,
+            None => (KvCache::new(self.config()), 0),
+        };
         Ok(Sequence {
             model: self,
             params: params.clone(),
@@ -153,12 +169,13 @@ impl LoadedModel {
             streamer: TextStreamer::new(&self.tokenizer),
             budget: params.max_tokens.min(context - prompt.len()),
             prompt_tokens: prompt.len(),
+            reused_tokens: reused,
             generated: Vec::new(),
             sent: 0,
-            pending,
+            pending: None,
             finish_reason: None,
             final_text: None,
-            prefill_seconds: start.elapsed().as_secs_f64(),
+            prefill_seconds: 0.0,
             decode_start: Instant::now(),
         })
     }
@@ -197,6 +214,8 @@ pub struct Sequence<'a> {
     streamer: TextStreamer<'a>,
     budget: usize,
     prompt_tokens: usize,
+    /// Prompt positions copied from a prefix cache instead of being run through the model.
+    reused_tokens: usize,
     generated: Vec<u32>,
     /// Bytes of the text already handed to the caller.
     sent: usize,
@@ -244,6 +263,54 @@ impl Next {
 impl Sequence<'_> {
     fn next_of(&self, row: &Tensor) -> Result<Next> {
         Next::of(row, &self.params.sampling)
+    }
+
+    /// Runs up to `chunk` more prompt tokens through the model; `true` once the whole prompt
+    /// has run (the sequence is then ready for [`Self::advance`]). Each chunk attends to every
+    /// position before it, so chunks give what one pass gives.
+    pub fn prefill(&mut self, chunk: usize) -> Result<bool> {
+        if chunk == 0 {
+            return Err(Error::InvalidParameter(
+                "a prefill chunk must hold at least one token".into(),
+            ));
+        }
+        let done = self.cache.len();
+        if self.pending.is_some() || done >= self.prompt_tokens || self.finish_reason.is_some() {
+            return Ok(true);
+        }
+        let start = Instant::now();
+        let end = self.prompt_tokens.min(done + chunk);
+        let input =
+            Tensor::new(&self.history[done..end], self.model.decoder.device())?.unsqueeze(0)?;
+        let logits = self.model.decoder.forward(&input, &mut self.cache)?;
+        if end == self.prompt_tokens {
+            self.pending = Some(self.next_of(&logits.squeeze(0)?)?);
+            self.decode_start = Instant::now();
+        }
+        self.prefill_seconds += start.elapsed().as_secs_f64();
+        Ok(end == self.prompt_tokens)
+    }
+
+    /// Whether the whole prompt has run through the model.
+    pub fn is_prefilled(&self) -> bool {
+        self.pending.is_some() || self.cache.len() >= self.prompt_tokens
+    }
+
+    /// Prompt tokens still to run through the model.
+    pub fn prompt_tokens_left(&self) -> usize {
+        self.prompt_tokens.saturating_sub(self.cache.len())
+    }
+
+    /// Prompt tokens taken from a prefix cache.
+    pub fn reused_tokens(&self) -> usize {
+        self.reused_tokens
+    }
+
+    /// Stores what this sequence has run through the model (prompt and reply so far) in
+    /// `prefix`, for a later prompt that starts the same way (the conversation's next turn).
+    pub fn remember(&self, prefix: &PrefixCache) -> Result<()> {
+        let fed = self.cache.len().min(self.history.len());
+        prefix.insert(&self.history[..fed], &self.cache)
     }
 
     /// The token the next forward pass feeds.
@@ -334,6 +401,7 @@ impl Sequence<'_> {
             text,
             tokens: self.generated,
             prompt_tokens: self.prompt_tokens,
+            cached_tokens: self.reused_tokens,
             finish_reason,
             prefill_seconds: self.prefill_seconds,
             decode_seconds: self.decode_start.elapsed().as_secs_f64(),

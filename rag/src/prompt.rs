@@ -24,6 +24,14 @@ fn instructions(language: Language) -> (&'static str, &'static str, &'static str
     }
 }
 
+/// The instructions a grounded prompt's system message starts with, without the passages that
+/// follow them; `None` for a system message this module did not write.
+pub fn instructions_of(system: &str) -> Option<&'static str> {
+    [SYSTEM_PROMPT, SYSTEM_PROMPT_ZH]
+        .into_iter()
+        .find(|instructions| system.starts_with(instructions))
+}
+
 /// A passage given to the model, with what its citation shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Citation {
@@ -88,9 +96,20 @@ impl Citation {
 /// the passages they cite.
 #[derive(Debug, Clone)]
 pub struct GroundedPrompt {
+    /// The instructions, then the passages.
     pub system: String,
+    /// The passages alone under their heading (or the line saying none were found).
+    pub passages: String,
     pub question: String,
     pub citations: Vec<Citation>,
+}
+
+impl GroundedPrompt {
+    /// The question as the next turn of a conversation whose earlier turns are kept as they
+    /// were given to the model: its passages, then the question, in one user message.
+    pub fn follow_up_turn(&self) -> String {
+        format!("{}\n\n{}", self.passages, self.question)
+    }
 }
 
 /// Takes the best fused passages (at most `max_passages`) while the prompt stays within
@@ -124,13 +143,14 @@ pub fn grounded_prompt<E>(
         passages.push_str(&block);
         citations.push(citation);
     }
-    let system = if citations.is_empty() {
-        format!("{instructions}\n\n{none}")
+    let passages = if citations.is_empty() {
+        none.to_string()
     } else {
-        format!("{instructions}\n\n{heading}\n\n{}", passages.trim_end())
+        format!("{heading}\n\n{}", passages.trim_end())
     };
     Ok(GroundedPrompt {
-        system,
+        system: format!("{instructions}\n\n{passages}"),
+        passages,
         question: question.to_string(),
         citations,
     })
@@ -155,6 +175,14 @@ mod tests {
 
     fn words(text: &str) -> Result<usize, std::convert::Infallible> {
         Ok(text.split_whitespace().count())
+    }
+
+    #[test]
+    fn instructions_are_found_in_front_of_their_passages() {
+        let system = format!("{SYSTEM_PROMPT}\n\nPassages:\n\n[1] A\nB");
+        assert_eq!(instructions_of(&system), Some(SYSTEM_PROMPT));
+        assert_eq!(instructions_of(SYSTEM_PROMPT_ZH), Some(SYSTEM_PROMPT_ZH));
+        assert_eq!(instructions_of("You are a pirate."), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Load for `benches/serve_load.sh`: C concurrent conversations against a running `kefu
-//! serve`, each asking Q questions one after another over the public API (SSE). Prints one
-//! JSON object: requests, errors, time to first token p50 / p99, aggregate tokens/s.
+//! serve`, each asking Q questions one after another in one conversation over the public API
+//! (SSE). Prints one JSON object: requests, errors, time to first token and to the complete
+//! answer (p50 / p99), gaps between streamed pieces (p50 / p99), aggregate tokens/s, and the
+//! prompt tokens the model ran per turn (the rest came from the prefix cache).
 //!
 //! cargo run --release -p server --example load -- BASE_URL CONCURRENCY QUESTIONS_EACH
 
@@ -18,10 +20,23 @@ const QUESTIONS: &[&str] = &[
     "What does the stable directory contain?",
 ];
 
+#[derive(Default)]
 struct Outcome {
     ok: bool,
     first_token_ms: Option<f64>,
+    complete_ms: Option<f64>,
     tokens: usize,
+    /// Milliseconds between consecutive streamed pieces.
+    gaps_ms: Vec<f64>,
+    /// The turn in its conversation (0: the first question).
+    turn: usize,
+    /// `done`'s usage: prompt tokens, and those the prefix cache supplied.
+    prompt_tokens: u64,
+    cached_tokens: u64,
+}
+
+fn failed() -> Outcome {
+    Outcome::default()
 }
 
 fn converse(base: &str, questions: usize, offset: usize) -> Vec<Outcome> {
@@ -34,11 +49,7 @@ fn converse(base: &str, questions: usize, offset: usize) -> Vec<Outcome> {
         .post(&format!("{base}/api/conversations"))
         .send("{}".as_bytes())
     else {
-        return vec![Outcome {
-            ok: false,
-            first_token_ms: None,
-            tokens: 0,
-        }];
+        return vec![failed()];
     };
     let conversation: Value = created
         .body_mut()
@@ -50,11 +61,7 @@ fn converse(base: &str, questions: usize, offset: usize) -> Vec<Outcome> {
         conversation["id"].as_str(),
         conversation["customer_token"].as_str(),
     ) else {
-        return vec![Outcome {
-            ok: false,
-            first_token_ms: None,
-            tokens: 0,
-        }];
+        return vec![failed()];
     };
     for q in 0..questions {
         let question = QUESTIONS[(offset + q) % QUESTIONS.len()];
@@ -65,45 +72,50 @@ fn converse(base: &str, questions: usize, offset: usize) -> Vec<Outcome> {
             .header("authorization", &format!("Bearer {token}"))
             .send(json!({"content": question}).to_string().as_bytes());
         let Ok(response) = response else {
-            outcomes.push(Outcome {
-                ok: false,
-                first_token_ms: None,
-                tokens: 0,
-            });
+            outcomes.push(failed());
             continue;
         };
         if response.status().as_u16() != 200 {
-            outcomes.push(Outcome {
-                ok: false,
-                first_token_ms: None,
-                tokens: 0,
-            });
+            outcomes.push(failed());
             continue;
         }
-        let mut first = None;
-        let mut tokens = 0;
-        let mut done = false;
+        let mut outcome = Outcome {
+            turn: q,
+            ..failed()
+        };
+        let mut last_piece: Option<Instant> = None;
         let mut event = String::new();
         for line in BufReader::new(response.into_body().into_reader()).lines() {
             let Ok(line) = line else { break };
             if let Some(name) = line.strip_prefix("event:") {
                 event = name.trim().to_string();
-            } else if line.starts_with("data:") {
+            } else if let Some(data) = line.strip_prefix("data:") {
                 match event.as_str() {
                     "token" => {
-                        tokens += 1;
-                        first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+                        let now = Instant::now();
+                        outcome.tokens += 1;
+                        if let Some(last) = last_piece {
+                            outcome.gaps_ms.push((now - last).as_secs_f64() * 1000.0);
+                        }
+                        last_piece = Some(now);
+                        outcome
+                            .first_token_ms
+                            .get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
                     }
-                    "done" => done = true,
+                    "done" => {
+                        let done: Value = serde_json::from_str(data.trim()).unwrap_or_default();
+                        outcome.ok = true;
+                        outcome.complete_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                        outcome.prompt_tokens =
+                            done["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+                        outcome.cached_tokens =
+                            done["usage"]["cached_tokens"].as_u64().unwrap_or(0);
+                    }
                     _ => {}
                 }
             }
         }
-        outcomes.push(Outcome {
-            ok: done,
-            first_token_ms: first,
-            tokens,
-        });
+        outcomes.push(outcome);
     }
     outcomes
 }
@@ -133,10 +145,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect()
     });
     let seconds = started.elapsed().as_secs_f64();
-    let mut ttft: Vec<f64> = outcomes.iter().filter_map(|o| o.first_token_ms).collect();
-    ttft.sort_by(f64::total_cmp);
+    let sorted = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values
+    };
+    let ttft = sorted(outcomes.iter().filter_map(|o| o.first_token_ms).collect());
+    let complete = sorted(outcomes.iter().filter_map(|o| o.complete_ms).collect());
+    let gaps = sorted(outcomes.iter().flat_map(|o| o.gaps_ms.clone()).collect());
     let tokens: usize = outcomes.iter().map(|o| o.tokens).sum();
     let errors = outcomes.iter().filter(|o| !o.ok).count();
+    // Mean prompt tokens the model ran, and mean prompt tokens, per turn.
+    let turns = outcomes.iter().map(|o| o.turn + 1).max().unwrap_or(0);
+    let per_turn: Vec<Value> = (0..turns)
+        .map(|t| {
+            let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.ok && o.turn == t).collect();
+            let n = of.len().max(1) as f64;
+            let prompt = of.iter().map(|o| o.prompt_tokens as f64).sum::<f64>() / n;
+            let cached = of.iter().map(|o| o.cached_tokens as f64).sum::<f64>() / n;
+            json!({"turn": t + 1, "answers": of.len(), "prompt_tokens": prompt.round(),
+                   "prefilled_tokens": (prompt - cached).round()})
+        })
+        .collect();
     println!(
         "{}",
         json!({
@@ -146,6 +175,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "seconds": seconds,
             "ttft_p50_ms": percentile(&ttft, 50.0),
             "ttft_p99_ms": percentile(&ttft, 99.0),
+            "complete_p50_ms": percentile(&complete, 50.0),
+            "complete_p99_ms": percentile(&complete, 99.0),
+            "gap_p50_ms": percentile(&gaps, 50.0),
+            "gap_p99_ms": percentile(&gaps, 99.0),
+            "per_turn": per_turn,
             "tokens": tokens,
             "tokens_per_second": tokens as f64 / seconds,
         })

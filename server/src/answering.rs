@@ -6,7 +6,7 @@
 use anyhow::Result;
 use kefu_model::generate::GenerationParams;
 use kefu_model::sampling::SamplingConfig;
-use kefu_model::{ChatMessage, LoadedModel};
+use kefu_model::{ChatMessage, LoadedModel, Role};
 use kefu_rag::prompt::Citation;
 use kefu_rag::score::{abstained, abstention_reply, support};
 use kefu_rag::{Language, Ranked, RetrievalConfig, Retriever};
@@ -131,14 +131,36 @@ fn unrelated(ranked: &Ranked, floor: f32) -> (Option<f32>, bool) {
     (best, unrelated)
 }
 
+/// The conversation before a question.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// Earlier turns as plain text, oldest first.
+    pub turns: Vec<ChatMessage>,
+    /// The previous answer's prompt as the model was given it, followed by that answer: the
+    /// question then continues it (its passages in its own turn), so the model's state after
+    /// the previous answer — kept by the prefix cache — is reused and only the new turn runs.
+    pub served: Option<Vec<ChatMessage>>,
+}
+
+impl From<Vec<ChatMessage>> for History {
+    fn from(turns: Vec<ChatMessage>) -> Self {
+        Self {
+            turns,
+            served: None,
+        }
+    }
+}
+
 /// Retrieves and builds the grounded prompt of `question` after `history` (blocking: embedding
-/// and tokenizing are model work).
+/// and tokenizing). A conversation continues its previous prompt while the whole stays within
+/// twice the passages' budget plus the history's; past that it starts over: instructions and
+/// the new passages, the earlier turns as text that fit `history_tokens`, the question.
 pub fn prepare(
     knowledge: &Knowledge,
     retriever: &Retriever,
     model: &LoadedModel,
     question: &str,
-    history: Vec<ChatMessage>,
+    history: History,
     settings: &AnswerSettings,
 ) -> Result<Prepared> {
     let ranked = knowledge.search(retriever, question, &RetrievalConfig::default())?;
@@ -152,11 +174,25 @@ pub fn prepare(
         settings.passages,
         settings.context_tokens,
     )?;
-    // Earlier turns go between the instructions and the question.
-    let question_turn = messages.pop();
-    messages.extend(fit_history(model, history, settings.history_tokens)?);
-    messages.extend(question_turn);
-    let prompt = model.chat_prompt(&messages)?;
+    let continued = match history.served {
+        Some(mut chain) => {
+            chain.push(ChatMessage::new(Role::User, grounded.follow_up_turn()));
+            let prompt = model.chat_prompt(&chain)?;
+            let budget = 2 * settings.context_tokens + settings.history_tokens;
+            (prompt.len() <= budget).then_some((prompt, chain))
+        }
+        None => None,
+    };
+    let (prompt, messages) = match continued {
+        Some(continued) => continued,
+        None => {
+            // Earlier turns go between the instructions and the question.
+            let question_turn = messages.pop();
+            messages.extend(fit_history(model, history.turns, settings.history_tokens)?);
+            messages.extend(question_turn);
+            (model.chat_prompt(&messages)?, messages)
+        }
+    };
     let passages = grounded
         .citations
         .iter()

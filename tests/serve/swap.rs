@@ -519,9 +519,46 @@ fn a_correction_is_learned_served_and_rolled_back() {
         "from the trigger to serving the new version: {:?}",
         started.elapsed()
     );
-    let (id, _, _, said) = ask();
+    // The new version starts with an empty prefix cache: the question the old version
+    // answered (its state cached) runs whole, and the answer is the new version's.
+    let (id, token, done, said) = ask_for_done(server, question);
     assert!(said.contains("marmalade"), "the trained version: {said}");
+    assert_eq!(done["usage"]["cached_tokens"], 0, "{done}");
     assert_eq!(served_version(&id), version);
+    // Asked again, all of the prompt but its last token comes from this version's cache (the
+    // answer may differ in a token: the served kernels' 8-bit activations make a one-position
+    // pass differ slightly from a whole-prompt one; model/tests/prefix.rs measures it).
+    let (_, _, again, said_again) = ask_for_done(server, question);
+    let prompt_tokens = again["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        again["usage"]["cached_tokens"].as_u64(),
+        Some(prompt_tokens - 1),
+        "{again}"
+    );
+    assert!(said_again.contains("marmalade"), "{said_again}");
+    // A follow-up in the first conversation continues its prompt: the model runs only the new
+    // turn (its passages and question).
+    let (status, events) = post_sse(
+        &server.url(&format!("/api/conversations/{id}/messages")),
+        Some(&token),
+        &json!({"content": "And what does the Kefu test check?"}),
+    );
+    assert_eq!(status, 200, "{events:?}");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "done", "{events:?}");
+    let follow_up: Value = serde_json::from_str(data).unwrap();
+    let usage = &follow_up["usage"];
+    let first_prompt = done["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        usage["cached_tokens"].as_u64().unwrap() >= first_prompt,
+        "the follow-up reused less than the first turn's prompt: {usage} after {}",
+        done["usage"]
+    );
+    eprintln!(
+        "prefilled per turn: {} then {}",
+        first_prompt,
+        usage["prompt_tokens"].as_u64().unwrap() - usage["cached_tokens"].as_u64().unwrap()
+    );
 
     // Nothing new since that job.
     let (status, nothing) = request(
@@ -549,9 +586,11 @@ fn a_correction_is_learned_served_and_rolled_back() {
         assert!(Instant::now() < deadline, "never went back to {original}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (id, _, _, said) = ask();
+    let (id, _, done, said) = ask_for_done(server, question);
     assert!(!said.contains("marmalade"), "after the rollback: {said}");
     assert_eq!(served_version(&id), original);
+    // The version served again starts over too: nothing of the trained one's state.
+    assert_eq!(done["usage"]["cached_tokens"], 0, "{done}");
     let (status, jobs) = request(
         "GET",
         &server.url("/api/admin/training/jobs"),

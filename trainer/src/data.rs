@@ -289,12 +289,46 @@ pub fn tokenize(
     conversation: &Conversation,
     max_len: usize,
 ) -> Result<Option<Tokenized>> {
-    let (answer, context) = conversation
-        .messages
+    let tokenized = tokenize_messages(model, &conversation.messages, max_len)?;
+    if tokenized.is_some() {
+        return Ok(tokenized);
+    }
+    // A conversation that continued its grounded prompt (each follow-up brings its passages in
+    // its own turn) keeps the first turn's passages in the system message; too long, it is
+    // learned without them: the answer's own passages are in its turn.
+    match compacted(&conversation.messages) {
+        Some(messages) => tokenize_messages(model, &messages, max_len),
+        None => Ok(None),
+    }
+}
+
+/// `messages` with the first turn's passages left out of the system message, when it is a
+/// grounded prompt's and a later user turn follows.
+fn compacted(messages: &[ChatMessage]) -> Option<Vec<ChatMessage>> {
+    let (first, rest) = messages.split_first()?;
+    let users = rest.iter().filter(|m| m.role == Role::User).count();
+    if first.role != Role::System || users < 2 {
+        return None;
+    }
+    let instructions = kefu_rag::prompt::instructions_of(&first.content)?;
+    if instructions.len() == first.content.len() {
+        return None;
+    }
+    let mut messages = messages.to_vec();
+    messages[0].content = instructions.to_string();
+    Some(messages)
+}
+
+fn tokenize_messages(
+    model: &LoadedModel,
+    messages: &[ChatMessage],
+    max_len: usize,
+) -> Result<Option<Tokenized>> {
+    let (answer, context) = messages
         .split_last()
         .ok_or_else(|| TrainError::Data("an empty conversation".into()))?;
     let prompt = model.chat_prompt(context)?;
-    let full_text = model.template.render(&conversation.messages, false)?;
+    let full_text = model.template.render(messages, false)?;
     let full = model.encode(&full_text)?;
     // The template renders the answer after the prompt; if a template does something else,
     // fall back to the prompt followed by the answer's own tokens and an end of turn.
@@ -321,6 +355,31 @@ pub fn tokenize(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_continued_conversation_is_compacted_without_its_first_passages() {
+        use kefu_rag::prompt::SYSTEM_PROMPT;
+        let grounded = format!("{SYSTEM_PROMPT}\n\nPassages:\n\n[1] Sid\nUnstable is sid.");
+        let turn = |role, text: &str| ChatMessage::new(role, text.to_string());
+        let chain = vec![
+            turn(Role::System, &grounded),
+            turn(Role::User, "What is unstable called?"),
+            turn(Role::Assistant, "Sid [1]."),
+            turn(
+                Role::User,
+                "Passages:\n\n[1] Buster\nBuster is 10.\n\nAnd buster?",
+            ),
+            turn(Role::Assistant, "Debian 10 [1]."),
+        ];
+        let compact = compacted(&chain).unwrap();
+        assert_eq!(compact[0].content, SYSTEM_PROMPT);
+        assert_eq!(compact[1..], chain[1..]);
+        // One question: nothing to compact; a system message of another origin is kept.
+        assert!(compacted(&chain[..3]).is_none());
+        let mut other = chain.clone();
+        other[0].content = "You are a pirate.".into();
+        assert!(compacted(&other).is_none());
+    }
 
     #[test]
     fn every_shape_becomes_a_conversation_ending_in_the_answer() {

@@ -204,7 +204,7 @@ pub(super) fn ask(home: &Path, threads: usize, args: &AskArgs) -> Result<()> {
         &retriever,
         &model,
         &args.question,
-        Vec::new(),
+        Default::default(),
         &settings,
     )?;
     let stdout = std::io::stdout();
@@ -353,14 +353,7 @@ pub(super) fn eval_answers(home: &Path, threads: usize, args: &EvalAnswersArgs) 
     let generator = crate::generator::Generator::start(
         model,
         name.clone(),
-        &crate::generator::GeneratorSettings {
-            name: name.clone(),
-            device: candle_core::Device::Cpu,
-            workers: 1,
-            max_batch: 1,
-            capacity: 1,
-            metrics: Default::default(),
-        },
+        &crate::generator::GeneratorSettings::single(&name, candle_core::Device::Cpu),
     )?;
     let mut output = match &args.output {
         Some(path) => Some(std::io::BufWriter::new(

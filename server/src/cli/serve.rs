@@ -37,6 +37,19 @@ pub struct ServeArgs {
     /// Conversations each worker decodes together, one forward pass per step for all.
     #[arg(long, env = "KEFU_BATCH", default_value_t = 16)]
     pub batch: usize,
+    /// Prompt and reply tokens (the longest reply counted) the conversations a worker decodes
+    /// together may hold; a question that would pass it waits its turn (bounds memory).
+    #[arg(long, env = "KEFU_BATCH_TOKENS", default_value_t = 32_768)]
+    pub batch_tokens: usize,
+    /// Prompt tokens run through the model per step while other conversations are decoding:
+    /// smaller keeps their tokens flowing while a new question starts, larger starts it sooner.
+    #[arg(long, env = "KEFU_PREFILL_CHUNK", default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// Memory for the prefix cache (MiB; 0: off): the model's state after recent prompts and
+    /// replies, so a prompt that starts the same way (the conversation's next turn, the same
+    /// question with the same passages) runs only its new tokens.
+    #[arg(long, env = "KEFU_PREFIX_CACHE_MB", default_value_t = 512)]
+    pub prefix_cache_mb: usize,
     /// Generations that may wait for a worker; more are answered 503 with Retry-After.
     #[arg(long, env = "KEFU_QUEUE", default_value_t = 16)]
     pub queue: usize,
@@ -83,9 +96,16 @@ pub enum TrainerMode {
 }
 
 pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()> {
-    if args.workers == 0 || args.batch == 0 || args.queue == 0 || args.max_body_bytes < 1024 {
+    if args.workers == 0
+        || args.batch == 0
+        || args.queue == 0
+        || args.prefill_chunk == 0
+        || args.batch_tokens == 0
+        || args.max_body_bytes < 1024
+    {
         bail!(
-            "--workers, --batch and --queue must be at least 1 and --max-body-bytes at least 1024"
+            "--workers, --batch, --queue, --batch-tokens and --prefill-chunk must be at least 1 \
+             and --max-body-bytes at least 1024"
         );
     }
     let answers = args.answers.settings()?;
@@ -108,6 +128,13 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
                 .with_context(|| format!("cannot load the model at {}", path.display()))
         })
         .await??;
+        let context = model.config().max_position_embeddings;
+        if args.prefill_chunk > context {
+            bail!(
+                "--prefill-chunk {} is larger than the model's context of {context} tokens",
+                args.prefill_chunk
+            );
+        }
         let weights = model.weights_path.clone();
         let version = tokio::task::spawn_blocking(move || fetch::sha256_file(&weights)).await??;
         let settings = crate::generator::GeneratorSettings {
@@ -116,6 +143,9 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             workers: args.workers,
             max_batch: args.batch,
             capacity: args.queue,
+            batch_tokens: args.batch_tokens,
+            prefill_chunk: args.prefill_chunk,
+            prefix_cache_bytes: args.prefix_cache_mb.saturating_mul(1 << 20),
             metrics: Default::default(),
         };
         let generator = crate::generator::Generator::start(model, version, &settings)?;

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use kefu_model::ChatMessage;
 use kefu_rag::Retriever;
 use kefu_rag::score::{self, AnswerScore, mean};
 use kefu_trainer::data::OnBadLine;
@@ -235,7 +234,7 @@ fn ask(
         retriever,
         &generator.model,
         &question.question,
-        Vec::<ChatMessage>::new(),
+        Default::default(),
         settings,
     )?;
     let (draft, prompt_tokens, completion_tokens) = match prepared.abstention {

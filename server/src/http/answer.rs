@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use kefu_db::ServedPrompt;
-use kefu_model::ChatMessage;
 use kefu_model::generate::{FinishReason, GenerationParams};
 use kefu_rag::prompt::Citation;
 use serde_json::{Value, json};
@@ -17,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::answering::{self, Abstention, Prepared};
+use crate::answering::{self, Abstention, History, Prepared};
 use crate::generator::{Event, Generator, QueueFull, Summary};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -29,7 +28,7 @@ pub(crate) async fn prepare(
     generator: &Arc<Generator>,
     knowledge_base_id: i64,
     question: String,
-    history: Vec<ChatMessage>,
+    history: History,
 ) -> Result<Prepared, ApiError> {
     let retriever = state.retriever(knowledge_base_id).await?;
     let state = state.clone();
@@ -98,7 +97,7 @@ fn done_event(
     stored: Result<i64, ApiError>,
     prepared: &Prepared,
     version: &str,
-    finish_reason: &str,
+    summary: &Summary,
     outcome: &Outcome,
 ) -> SseEvent {
     match stored {
@@ -111,8 +110,14 @@ fn done_event(
                     None => prepared.citations.iter().map(citation_json).collect::<Vec<_>>(),
                     Some(_) => Vec::new(),
                 },
-                "finish_reason": finish_reason,
+                "finish_reason": finish_name(summary.finish_reason),
                 "model_version": version,
+                // Prompt tokens, and those the prefix cache supplied (the model ran the rest).
+                "usage": {
+                    "prompt_tokens": summary.prompt_tokens,
+                    "cached_tokens": summary.cached_tokens,
+                    "completion_tokens": summary.completion_tokens,
+                },
                 "abstained": outcome.abstention.is_some(),
                 "abstention_reason": outcome.abstention.map(Abstention::name),
                 // What the customer should see when it differs from the streamed text.
@@ -165,6 +170,7 @@ async fn abstain_at_once(
     let summary = Summary {
         text: String::new(),
         prompt_tokens: 0,
+        cached_tokens: 0,
         completion_tokens: 0,
         finish_reason: FinishReason::EndOfTurn,
         first_token_ms: 0,
@@ -187,7 +193,7 @@ async fn abstain_at_once(
         SseEvent::default()
             .event("token")
             .data(json!({"text": outcome.text}).to_string()),
-        done_event(stored, &prepared, &version, "stop", &outcome),
+        done_event(stored, &prepared, &version, &summary, &outcome),
     ];
     let stream = tokio_stream::iter(events.into_iter().map(Ok::<_, Infallible>));
     Sse::new(stream).into_response()
@@ -203,7 +209,7 @@ pub(crate) async fn answer(
     conversation: kefu_db::Conversation,
     question_id: i64,
     question: String,
-    history: Vec<ChatMessage>,
+    history: History,
 ) -> Result<Response, ApiError> {
     // One generator for the whole answer: a hot-swap mid-stream does not move it.
     let generator = state.generator();
@@ -246,8 +252,8 @@ pub(crate) async fn answer(
                         &outcome,
                     )
                     .await;
-                    let finish = finish_name(summary.finish_reason);
-                    let event = done_event(stored, &prepared, &generator.version, finish, &outcome);
+                    let event =
+                        done_event(stored, &prepared, &generator.version, &summary, &outcome);
                     let _ = sse.send(event);
                     return;
                 }

@@ -14,6 +14,7 @@ use kefu_model::{ChatMessage, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::answering::History;
 use crate::auth::{random_hex, sha256_hex};
 use crate::http::answer::answer;
 use crate::http::error::{ApiError, ApiJson};
@@ -321,20 +322,25 @@ pub(crate) async fn conversation_message(
     }
 }
 
-/// The last messages before `before` (all when `None`), as chat turns.
+/// The conversation before `before` (all of it when `None`): its last messages as chat turns,
+/// and — when the last of them is the model's answer — that answer's prompt as served followed
+/// by the answer, which the next question continues.
 pub(crate) async fn history(
     state: &AppState,
     conversation_id: i64,
     before: Option<i64>,
-) -> Result<Vec<ChatMessage>, ApiError> {
+) -> Result<History, ApiError> {
     let messages = state
         .database
         .messages(conversation_id)
         .await
         .map_err(ApiError::internal)?;
-    let turns: Vec<ChatMessage> = messages
+    let earlier: Vec<_> = messages
         .iter()
         .filter(|m| before.is_none_or(|b| m.id < b))
+        .collect();
+    let turns: Vec<ChatMessage> = earlier
+        .iter()
         .map(|m| {
             let role = if m.role == "customer" {
                 Role::User
@@ -345,7 +351,24 @@ pub(crate) async fn history(
         })
         .collect();
     let skip = turns.len().saturating_sub(state.config.history_messages);
-    Ok(turns.into_iter().skip(skip).collect())
+    let served = match earlier.last() {
+        Some(last) if last.role == "assistant" => state
+            .database
+            .served_prompt(last.id)
+            .await
+            .map_err(ApiError::internal)?
+            .and_then(|served| serde_json::from_str::<Vec<ChatMessage>>(&served.prompt).ok())
+            .filter(|prompt| !prompt.is_empty())
+            .map(|mut prompt| {
+                prompt.push(ChatMessage::new(Role::Assistant, last.content.clone()));
+                prompt
+            }),
+        _ => None,
+    };
+    Ok(History {
+        turns: turns.into_iter().skip(skip).collect(),
+        served,
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -69,6 +69,19 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "kefu_generated_tokens_total {}",
         g.generated_tokens.load(Relaxed)
     );
+    // Prompt tokens the model ran, and those the prefix cache supplied instead.
+    let _ = writeln!(out, "# TYPE kefu_prefill_tokens_total counter");
+    let _ = writeln!(
+        out,
+        "kefu_prefill_tokens_total {}",
+        g.prefilled_tokens.load(Relaxed)
+    );
+    let _ = writeln!(out, "# TYPE kefu_prefix_cache_tokens_total counter");
+    let _ = writeln!(
+        out,
+        "kefu_prefix_cache_tokens_total {}",
+        g.cached_tokens.load(Relaxed)
+    );
     let _ = writeln!(out, "# TYPE kefu_generation_seconds_total counter");
     let _ = writeln!(
         out,

@@ -265,7 +265,7 @@ async fn prompt_of(
     } else {
         crate::http::admin::documents::existing_kb(state, &kb).await?
     };
-    let prepared = prepare(state, generator, kb_id, question, history).await?;
+    let prepared = prepare(state, generator, kb_id, question, history.into()).await?;
     Ok((prepared.prompt, prepared.citations))
 }
 
@@ -340,6 +340,7 @@ async fn completion(
             "prompt_tokens": summary.prompt_tokens,
             "completion_tokens": summary.completion_tokens,
             "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": summary.cached_tokens},
         },
         "kefu_citations": citations,
     }))
