@@ -19,10 +19,12 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
 fi
 
 # The browser test drives Debian's chromium through chromedriver; a CJK font renders the
-# widget's Chinese interface in its screenshots.
-if ! command -v chromedriver >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "wenquanyi"; then
-  echo "installing chromium, chromium-driver and a CJK font"
-  apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null
+# widget's Chinese interface in its screenshots; the proxy test runs Kefu behind Debian's nginx.
+if ! command -v chromedriver >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "wenquanyi" \
+  || ! [ -x /usr/sbin/nginx ]; then
+  echo "installing chromium, chromium-driver, a CJK font and nginx"
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei \
+    nginx-light >/dev/null
 fi
 
 echo "== formatting and lints"

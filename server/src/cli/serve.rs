@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// TLS-terminating proxy; an `https://` address makes the session cookie `Secure`.
     #[arg(long, env = "KEFU_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or networks, comma
+    /// separated, such as `127.0.0.1,10.0.0.0/8`); rate limits and feedback caps then count the
+    /// client's address. Empty: the connection's address is the client's.
+    #[arg(long, env = "KEFU_TRUSTED_PROXIES", default_value = "",
+          value_parser = crate::http::proxy::TrustedProxies::parse)]
+    pub trusted_proxies: crate::http::proxy::TrustedProxies,
     /// Run the training worker as a child process (`embedded`, restarted when it dies), or
     /// leave training to `kefu trainer work` elsewhere (`off`).
     #[arg(long, env = "KEFU_TRAINER", value_enum, default_value_t = TrainerMode::Embedded)]
@@ -166,6 +172,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             },
             feedback_policy: args.feedback_policy.into(),
             public_url: args.public_url.clone(),
+            trusted_proxies: args.trusted_proxies.clone(),
             ..crate::http::ApiConfig::default()
         };
         let serving = crate::serving::Serving::new(generator, settings);

@@ -113,8 +113,17 @@ pub fn charge_site(state: &AppState, site: &WidgetSite) -> Result<(), ApiError> 
         .map_err(|wait| rate_limited(&format!("for the widget site `{}`", site.name), wait))
 }
 
-/// The client's address (0.0.0.0 where the server was built without connection info).
+/// The client's address: through trusted proxies, the one they forwarded
+/// (`proxy::client_address`), else the connection's.
 pub fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
+    match extensions.get::<crate::http::proxy::ClientAddress>() {
+        Some(resolved) => resolved.0,
+        None => peer_ip(extensions),
+    }
+}
+
+/// The connection's own address (0.0.0.0 where the server was built without connection info).
+pub fn peer_ip(extensions: &axum::http::Extensions) -> IpAddr {
     extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())

@@ -172,9 +172,16 @@ async fn security_headers(request: Request, next: Next) -> Response<Body> {
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
-    let html = headers
+    let content_type = headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    if content_type.starts_with(b"text/event-stream") {
+        // Each event as it happens, through proxies too (nginx buffers responses otherwise).
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    let html = content_type.starts_with(b"text/html");
     if html {
         // The widget on the demo page adds its own <style> element.
         let policy = if staff_page {

@@ -3,7 +3,8 @@
 //! the OpenAI-compatible API (`openai`) and the web pages (`pages`); `listen` is the connection
 //! loop with its header and body deadlines. `state` and `error` are
 //! what the route modules share and import none of them; `guard` holds the staff and admin
-//! extractors, `access` the widget sites, CORS and rate limits. Every path is in `routes`.
+//! extractors, `access` the widget sites, CORS and rate limits, `proxy` the client's address
+//! behind trusted reverse proxies. Every path is in `routes`.
 
 pub mod access;
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod listen;
 pub mod metrics;
 pub mod openai;
 pub mod pages;
+pub mod proxy;
 pub mod routes;
 pub mod session;
 pub mod state;

@@ -178,6 +178,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::proxy::client_address,
+        ))
         .with_state(state);
     crate::http::layers::wrap(router)
 }

@@ -39,6 +39,8 @@ pub struct ApiConfig {
     /// The address people reach this server at (`--public-url`); `https://…` makes the
     /// session cookie `Secure`.
     pub public_url: Option<String>,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxies`).
+    pub trusted_proxies: crate::http::proxy::TrustedProxies,
 }
 
 impl ApiConfig {
@@ -82,6 +84,7 @@ impl Default for ApiConfig {
             feedback_limits: FeedbackLimits::default(),
             feedback_policy: kefu_trainer::dataset::Policy::default(),
             public_url: None,
+            trusted_proxies: Default::default(),
         }
     }
 }
