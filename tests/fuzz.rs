@@ -281,6 +281,13 @@ fn document_parsers_survive_mutated_documents() {
     fuzz("text", &markdown, Duration::from_secs(2), |bytes| {
         let _ = parse_bytes(bytes, Format::Text, "fuzz");
     });
+    let csv = vec![
+        b"question,answer\n\"How long, exactly?\",\"30 days\"\"\"\nIs it free?,Yes.\n".to_vec(),
+        "问题,答案\n怎么退货？,三十天内。\n".as_bytes().to_vec(),
+    ];
+    fuzz("csv", &csv, Duration::from_secs(1), |bytes| {
+        let _ = parse_bytes(bytes, Format::Csv, "fuzz");
+    });
     quiet_pdf_panics();
     let pdf = vec![kefu_rag::testing::one_page_pdf(
         "Parcels can be returned within 30 days.",

@@ -297,6 +297,117 @@ fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
     assert_clear_failure(&empty_answers, "the knowledge base `nothing-here` is empty");
 }
 
+/// A FAQ spreadsheet's rows are found by their questions and cited by them; a PDF's passages
+/// are cited by page; a spreadsheet without question and answer columns is that file's error
+/// while the rest is ingested.
+#[test]
+fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
+    let tmp = fresh_home();
+    let home = tmp.path();
+    let docs = home.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("faq.csv"),
+        "Question,Answer\n\
+         How long do I have to return an item?,\"Thirty days from delivery, with the receipt.\"\n\
+         Do you ship to Switzerland?,\"Yes, in four to six working days.\"\n\
+         Can I pay by invoice?,Business customers can pay by invoice within 14 days.\n",
+    )
+    .unwrap();
+    std::fs::write(docs.join("prices.csv"), "product,price\nshoe,10\n").unwrap();
+    let page = |content: usize| {
+        format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R \
+             /Resources << /Font << /F1 6 0 R >> >> >>"
+        )
+    };
+    let manual = kefu_rag::testing::pdf(&[
+        "<< /Type /Catalog /Pages 2 0 R >>".into(),
+        "<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>".into(),
+        page(5),
+        page(7),
+        kefu_rag::testing::stream(
+            "",
+            "BT /F1 12 Tf 72 720 Td (The kettle heats one litre.) Tj ET",
+        ),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into(),
+        kefu_rag::testing::stream(
+            "",
+            "BT /F1 12 Tf 72 720 Td (Descale the kettle every month with citric acid.) Tj ET",
+        ),
+    ]);
+    std::fs::write(docs.join("kettle.pdf"), manual).unwrap();
+    let docs = docs.to_str().unwrap().to_string();
+    let out = run(home, &["ingest", &docs, "--kb", "shop"]);
+    let (said, errors) = (stdout(&out), stderr(&out));
+    assert!(
+        !out.status.success(),
+        "a bad file makes the run fail: {said}"
+    );
+    assert!(said.contains("2 added"), "{said}{errors}");
+    assert!(
+        errors.contains("prices.csv") && errors.contains("`question` and an `answer`"),
+        "{errors}"
+    );
+    let qa = home.join("qa.jsonl");
+    std::fs::write(
+        &qa,
+        "{\"question\": \"Can I send something back after three weeks?\", \"source_doc\": \"docs/faq.csv\"}\n\
+         {\"question\": \"Do you deliver to Switzerland?\", \"source_doc\": \"docs/faq.csv\"}\n\
+         {\"question\": \"How do I descale my kettle?\", \"source_doc\": \"docs/kettle.pdf\"}\n",
+    )
+    .unwrap();
+    let report = succeed(
+        home,
+        &[
+            "eval",
+            "retrieval",
+            "--qa",
+            qa.to_str().unwrap(),
+            "--kb",
+            "shop",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["fused"]["recall@1"], 1.0, "{report}");
+    let answer = succeed(
+        home,
+        &[
+            "ask",
+            "How do I descale my kettle?",
+            "--kb",
+            "shop",
+            "--max-tokens",
+            "24",
+            "--answer-unrelated",
+            "--min-support",
+            "0",
+        ],
+    );
+    let (_, sources) = answer.split_once("Sources:").expect("a Sources section");
+    assert!(sources.contains("Page 2"), "the page is cited: {answer}");
+    let answer = succeed(
+        home,
+        &[
+            "ask",
+            "Do you ship to Switzerland?",
+            "--kb",
+            "shop",
+            "--max-tokens",
+            "24",
+            "--answer-unrelated",
+            "--min-support",
+            "0",
+        ],
+    );
+    let (_, sources) = answer.split_once("Sources:").expect("a Sources section");
+    assert!(
+        sources.contains("Do you ship to Switzerland?"),
+        "the FAQ row is cited by its question: {answer}"
+    );
+}
+
 #[test]
 fn a_deleted_file_is_pruned_and_its_answers_go_with_it() {
     let tmp = fresh_home();

@@ -1,5 +1,5 @@
-//! Parsing Markdown, HTML, plain text and PDF into titled sections with heading paths, with the
-//! document's language (zh / en) detected.
+//! Parsing Markdown, HTML, plain text, PDF and FAQ spreadsheets (CSV) into titled sections with
+//! heading paths, with the document's language (zh / en) detected.
 
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use crate::text::{is_cjk, normalize_whitespace};
 
 mod html;
 mod pdf;
+mod sheet;
 
 /// Files larger than this are refused (a knowledge-base document, not a data dump).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -74,7 +75,10 @@ pub enum ParseError {
     NotFound(String),
     #[error("cannot read {path}: {message}")]
     Io { path: String, message: String },
-    #[error("unsupported file type `{0}` (supported: .md, .markdown, .html, .htm, .txt, .pdf)")]
+    #[error(
+        "unsupported file type `{0}` (supported: .md, .markdown, .html, .htm, .txt, .pdf, \
+         .csv)"
+    )]
     Unsupported(String),
     #[error("the file is empty (no text after parsing)")]
     Empty,
@@ -86,6 +90,8 @@ pub enum ParseError {
     NotUtf8 { offset: usize },
     #[error("the PDF cannot be read: {0}")]
     CorruptPdf(String),
+    #[error("the FAQ spreadsheet cannot be read: {0}")]
+    BadSpreadsheet(String),
 }
 
 /// The formats Kefu reads, by file extension.
@@ -95,6 +101,8 @@ pub enum Format {
     Html,
     Text,
     Pdf,
+    /// A FAQ spreadsheet: question and answer columns.
+    Csv,
 }
 
 impl Format {
@@ -108,6 +116,7 @@ impl Format {
             "html" | "htm" => Format::Html,
             "txt" | "text" => Format::Text,
             "pdf" => Format::Pdf,
+            "csv" => Format::Csv,
             _ => {
                 return Err(ParseError::Unsupported(if ext.is_empty() {
                     "(no extension)".into()
@@ -160,6 +169,7 @@ pub fn parse_bytes(
             match format {
                 Format::Markdown => parse_markdown(text),
                 Format::Html => html::parse_html(text),
+                Format::Csv => sheet::parse_faq_csv(text)?,
                 _ => (None, vec![section(Vec::new(), text)]),
             }
         }

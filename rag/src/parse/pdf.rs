@@ -1,4 +1,5 @@
-//! PDF documents (pdf-extract over lopdf), guarded against the files that would loop it or
+//! PDF documents (pdf-extract over lopdf), read page by page — each page a section headed
+//! "Page N", so a citation names its page —, guarded against the files that would loop it or
 //! overflow its stack, its panics caught: a bad upload is an error, never a hung or dead server.
 
 use super::{ParseError, Section, section};
@@ -8,9 +9,9 @@ pub(super) fn parse_pdf(bytes: &[u8]) -> Result<(Option<String>, Vec<Section>), 
         return Err(ParseError::CorruptPdf("no %PDF header".into()));
     }
     // pdf-extract panics on some malformed files; a bad upload must stay an error.
-    let result = std::panic::catch_unwind(|| pdf_text(bytes));
-    let text = match result {
-        Ok(Ok(text)) => text,
+    let result = std::panic::catch_unwind(|| pdf_pages(bytes));
+    let pages = match result {
+        Ok(Ok(pages)) => pages,
         Ok(Err(e)) => return Err(ParseError::CorruptPdf(e)),
         Err(_) => {
             return Err(ParseError::CorruptPdf(
@@ -18,19 +19,23 @@ pub(super) fn parse_pdf(bytes: &[u8]) -> Result<(Option<String>, Vec<Section>), 
             ));
         }
     };
-    Ok((None, vec![section(Vec::new(), &text)]))
+    let sections = pages
+        .into_iter()
+        .map(|(number, text)| section(vec![format!("Page {number}")], &text))
+        .collect();
+    Ok((None, sections))
 }
 
 /// The longest chain of page-tree parents a page may have.
 const MAX_PAGE_TREE_DEPTH: usize = 64;
 
-/// A PDF's text, after the checks pdf-extract does not make: it follows a page's `Parent`
+/// A PDF's text by page number, after the checks pdf-extract does not make: it follows a page's `Parent`
 /// chain and form XObjects' `Do` calls without bounds, so a page that is its own parent loops
 /// for ever and a form that draws itself overflows the stack (an abort no `catch_unwind`
 /// catches). Pages whose parents loop are refused; the `Do` calls inside every stream that is
 /// drawn as an XObject are dropped (a form inside a form is rare in text documents), so
 /// drawing goes one level deep at most.
-fn pdf_text(bytes: &[u8]) -> Result<String, String> {
+fn pdf_pages(bytes: &[u8]) -> Result<Vec<(u32, String)>, String> {
     use pdf_extract::{Document, Object, content::Content};
     let mut document = Document::load_mem(bytes).map_err(|e| e.to_string())?;
     if document.is_encrypted() {
@@ -97,15 +102,58 @@ fn pdf_text(bytes: &[u8]) -> Result<String, String> {
             stream.set_plain_content(content.encode().map_err(|e| e.to_string())?);
         }
     }
-    let mut text = String::new();
-    pdf_extract::output_doc(&document, &mut pdf_extract::PlainTextOutput::new(&mut text))
+    let mut pages = Vec::new();
+    for number in document.get_pages().into_keys() {
+        let mut text = String::new();
+        pdf_extract::output_doc_page(
+            &document,
+            &mut pdf_extract::PlainTextOutput::new(&mut text),
+            number,
+        )
         .map_err(|e| e.to_string())?;
-    Ok(text)
+        pages.push((number, text));
+    }
+    Ok(pages)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::{Format, parse_bytes};
+
+    /// Each page is a section named after its number, so a citation names the page.
+    #[test]
+    fn pages_become_sections_named_after_their_number() {
+        use crate::testing::{pdf, stream};
+        let page = |content: usize| {
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R \
+                 /Resources << /Font << /F1 6 0 R >> >> >>"
+            )
+        };
+        let two_pages = pdf(&[
+            "<< /Type /Catalog /Pages 2 0 R >>".into(),
+            "<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>".into(),
+            page(5),
+            page(7),
+            stream("", "BT /F1 12 Tf 72 720 Td (Returns take 30 days.) Tj ET"),
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into(),
+            stream(
+                "",
+                "BT /F1 12 Tf 72 720 Td (Refunds reach the card in 5 days.) Tj ET",
+            ),
+        ]);
+        let parsed = parse_bytes(&two_pages, Format::Pdf, "policy").unwrap();
+        let pages: Vec<(String, String)> = parsed
+            .sections
+            .iter()
+            .map(|s| (s.heading_path.join("/"), s.text.clone()))
+            .collect();
+        assert_eq!(pages.len(), 2, "{pages:?}");
+        assert_eq!(pages[0].0, "Page 1");
+        assert!(pages[0].1.contains("30 days"), "{pages:?}");
+        assert_eq!(pages[1].0, "Page 2");
+        assert!(pages[1].1.contains("5 days"), "{pages:?}");
+    }
 
     /// PDFs that loop pdf-extract for ever (a page that is its own parent) or overflow its
     /// stack (a form that draws itself, a page whose content draws itself) are refused or read
@@ -115,6 +163,7 @@ mod tests {
         use crate::testing::{one_page_pdf, pdf, stream};
         let fine = parse_bytes(&one_page_pdf("Returns take 30 days."), Format::Pdf, "x").unwrap();
         assert!(fine.sections[0].text.contains("30 days"), "{fine:?}");
+        assert_eq!(fine.sections[0].heading_path, ["Page 1"]);
         let font = "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string();
         let own_parent = pdf(&[
             "<< /Type /Catalog /Pages 2 0 R >>".into(),
