@@ -5,6 +5,8 @@
 #
 #   bash benches/serve_load.sh
 #   MODEL=smollm2-135m-instruct LEVELS="1 16" PREFILL_CHUNK=128 bash benches/serve_load.sh
+#   QA=../shared/data/qa/en.jsonl bash benches/serve_load.sh   # every conversation asks other
+#                                                              # Debian FAQ questions
 #
 # Each level: C conversations asking one question after another (1 x 8, 4 x 2, 16 x 1 unless
 # QUESTIONS is set); time to first token and to the complete answer, gaps between streamed
@@ -35,12 +37,28 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 BASE=$(sed -n 's/^kefu: listening on //p' "$HOME_DIR/serve.log")
+# With QA (a question file of ../shared/data/qa), the Debian FAQ questions of it, shuffled
+# with a fixed seed, so that conversations ask different questions (none repeats another's
+# prompt, so the prefix cache helps only within a conversation).
+POOL=
+if [ -n "${QA:-}" ]; then
+  POOL="$HOME_DIR/questions.jsonl"
+  python3 - "$QA" "$POOL" <<'PY'
+import json, random, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [r for r in rows if (r.get("source_doc") or "").startswith("kb/en/debian-faq")]
+random.Random(7).shuffle(rows)
+with open(sys.argv[2], "w") as out:
+    for r in rows:
+        out.write(json.dumps({"question": r["question"]}) + "\n")
+PY
+fi
 echo "kefu serve load, model ${MODEL:-default}, ${SERVE_ARGS[*]}, $(nproc) cpus, $(date -u +%F)"
 printf '%5s %5s %6s %9s %9s %11s %11s %8s %8s %9s  %s\n' conv req errors "ttft p50" "ttft p99" \
   "answer p50" "answer p99" "gap p50" "gap p99" "tokens/s" "prefilled tokens per turn (of prompt)"
 for c in $LEVELS; do
   q=${QUESTIONS:-$(( c == 1 ? 8 : (c == 4 ? 2 : 1) ))}
-  "$CARGO_TARGET_DIR/release/examples/load" "$BASE" "$c" "$q" | python3 -c "
+  "$CARGO_TARGET_DIR/release/examples/load" "$BASE" "$c" "$q" ${POOL:+"$POOL"} | python3 -c "
 import json, sys
 r = json.load(sys.stdin)
 turns = ' '.join('%d (%d)' % (t['prefilled_tokens'], t['prompt_tokens']) for t in r['per_turn'])

@@ -288,6 +288,14 @@ fn document_parsers_survive_mutated_documents() {
     fuzz("csv", &csv, Duration::from_secs(1), |bytes| {
         let _ = parse_bytes(bytes, Format::Csv, "fuzz");
     });
+    // A workbook written by openpyxl: the zip reader and the sheet's XML under mutation.
+    let xlsx = vec![
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../rag/tests/fixtures/faq.xlsx"))
+            .unwrap(),
+    ];
+    fuzz("xlsx", &xlsx, Duration::from_secs(2), |bytes| {
+        let _ = parse_bytes(bytes, Format::Xlsx, "fuzz");
+    });
     quiet_pdf_panics();
     let pdf = vec![kefu_rag::testing::one_page_pdf(
         "Parcels can be returned within 30 days.",

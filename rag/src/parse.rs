@@ -1,5 +1,5 @@
-//! Parsing Markdown, HTML, plain text, PDF and FAQ spreadsheets (CSV) into titled sections with
-//! heading paths, with the document's language (zh / en) detected.
+//! Parsing Markdown, HTML, plain text, PDF and FAQ spreadsheets (CSV, XLSX) into titled
+//! sections with heading paths, with the document's language (zh / en) detected.
 
 use std::path::Path;
 
@@ -77,7 +77,7 @@ pub enum ParseError {
     Io { path: String, message: String },
     #[error(
         "unsupported file type `{0}` (supported: .md, .markdown, .html, .htm, .txt, .pdf, \
-         .csv)"
+         .csv, .xlsx)"
     )]
     Unsupported(String),
     #[error("the file is empty (no text after parsing)")]
@@ -103,6 +103,8 @@ pub enum Format {
     Pdf,
     /// A FAQ spreadsheet: question and answer columns.
     Csv,
+    /// The same as an Excel workbook (its first worksheet).
+    Xlsx,
 }
 
 impl Format {
@@ -117,6 +119,7 @@ impl Format {
             "txt" | "text" => Format::Text,
             "pdf" => Format::Pdf,
             "csv" => Format::Csv,
+            "xlsx" => Format::Xlsx,
             _ => {
                 return Err(ParseError::Unsupported(if ext.is_empty() {
                     "(no extension)".into()
@@ -164,6 +167,7 @@ pub fn parse_bytes(
 ) -> Result<ParsedDocument, ParseError> {
     let (title, sections) = match format {
         Format::Pdf => pdf::parse_pdf(bytes)?,
+        Format::Xlsx => sheet::parse_faq_xlsx(bytes)?,
         _ => {
             let text = as_text(bytes)?;
             match format {

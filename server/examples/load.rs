@@ -4,7 +4,10 @@
 //! answer (p50 / p99), gaps between streamed pieces (p50 / p99), aggregate tokens/s, and the
 //! prompt tokens the model ran per turn (the rest came from the prefix cache).
 //!
-//! cargo run --release -p server --example load -- BASE_URL CONCURRENCY QUESTIONS_EACH
+//! cargo run --release -p server --example load -- BASE_URL CONCURRENCY QUESTIONS_EACH [QA_FILE]
+//!
+//! With QA_FILE (JSON lines with a `question`), conversation c asks that file's questions
+//! c·Q … c·Q + Q − 1 (every conversation different ones); without it, six built-in ones.
 
 use std::io::{BufRead, BufReader};
 use std::time::Instant;
@@ -39,7 +42,7 @@ fn failed() -> Outcome {
     Outcome::default()
 }
 
-fn converse(base: &str, questions: usize, offset: usize) -> Vec<Outcome> {
+fn converse(base: &str, questions: usize, offset: usize, pool: &[String]) -> Vec<Outcome> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -64,7 +67,7 @@ fn converse(base: &str, questions: usize, offset: usize) -> Vec<Outcome> {
         return vec![failed()];
     };
     for q in 0..questions {
-        let question = QUESTIONS[(offset + q) % QUESTIONS.len()];
+        let question = pool[(offset + q) % pool.len()].as_str();
         let started = Instant::now();
         let response = agent
             .post(&format!("{base}/api/conversations/{id}/messages"))
@@ -129,15 +132,29 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [base, concurrency, questions] = args.as_slice() else {
-        return Err("usage: load BASE_URL CONCURRENCY QUESTIONS_EACH".into());
+    let (base, concurrency, questions, file) = match args.as_slice() {
+        [base, concurrency, questions] => (base, concurrency, questions, None),
+        [base, concurrency, questions, file] => (base, concurrency, questions, Some(file)),
+        _ => return Err("usage: load BASE_URL CONCURRENCY QUESTIONS_EACH [QA_FILE]".into()),
     };
     let concurrency: usize = concurrency.parse()?;
     let questions: usize = questions.parse()?;
+    let pool: Vec<String> = match file {
+        Some(file) => std::fs::read_to_string(file)?
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|record| record["question"].as_str().map(str::to_string))
+            .collect(),
+        None => QUESTIONS.iter().map(|q| q.to_string()).collect(),
+    };
+    if pool.is_empty() {
+        return Err("no questions to ask".into());
+    }
+    let pool = &pool;
     let started = Instant::now();
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..concurrency)
-            .map(|c| scope.spawn(move || converse(base, questions, c)))
+            .map(|c| scope.spawn(move || converse(base, questions, c * questions, pool)))
             .collect();
         handles
             .into_iter()

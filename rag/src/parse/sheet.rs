@@ -1,33 +1,44 @@
-//! FAQ spreadsheets as support teams keep them: a CSV file whose header names a question column
-//! and an answer column (`question` / `answer`, `q` / `a`, `问题` / `答案`, in any case and
-//! order; other columns are ignored). Each row becomes a section headed by its question, so
-//! retrieval finds the question's words and a citation names it.
+//! FAQ spreadsheets as support teams keep them: a CSV file or an Excel workbook (`.xlsx`, its
+//! first worksheet) whose header row names a question column and an answer column (`question` /
+//! `answer`, `q` / `a`, `问题` / `答案`, in any case and order; other columns are ignored). Each
+//! row becomes a section headed by its question, so retrieval finds the question's words and a
+//! citation names it.
+
+use std::io::Read;
 
 use super::{ParseError, Section, section};
 
 const QUESTION_NAMES: &[&str] = &["question", "questions", "q", "问题", "问"];
 const ANSWER_NAMES: &[&str] = &["answer", "answers", "a", "答案", "回答", "答"];
+/// The most a workbook's parts may hold once decompressed (a zip bomb is an error).
+const MAX_PART_BYTES: u64 = 64 << 20;
 
-fn column(headers: &csv::StringRecord, names: &[&str]) -> Option<usize> {
+fn bad(message: impl Into<String>) -> ParseError {
+    ParseError::BadSpreadsheet(message.into())
+}
+
+fn column(headers: &[String], names: &[&str]) -> Option<usize> {
     headers.iter().position(|h| {
         let h = h.trim().trim_start_matches('\u{feff}').to_lowercase();
         names.contains(&h.as_str())
     })
 }
 
-pub(super) fn parse_faq_csv(text: &str) -> Result<(Option<String>, Vec<Section>), ParseError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|e| ParseError::BadSpreadsheet(e.to_string()))?
-        .clone();
+/// Rows (numbered as a spreadsheet shows them) with a header first: a section per filled row.
+fn faq_sections(
+    rows: Vec<(usize, Vec<String>)>,
+) -> Result<(Option<String>, Vec<Section>), ParseError> {
+    let mut rows = rows
+        .into_iter()
+        .filter(|(_, cells)| cells.iter().any(|c| !c.trim().is_empty()));
+    let Some((_, headers)) = rows.next() else {
+        return Err(ParseError::Empty);
+    };
     let (Some(question), Some(answer)) = (
         column(&headers, QUESTION_NAMES),
         column(&headers, ANSWER_NAMES),
     ) else {
-        return Err(ParseError::BadSpreadsheet(format!(
+        return Err(bad(format!(
             "the first row must name a `question` and an `answer` column (found: {})",
             headers
                 .iter()
@@ -37,36 +48,282 @@ pub(super) fn parse_faq_csv(text: &str) -> Result<(Option<String>, Vec<Section>)
         )));
     };
     let mut sections = Vec::new();
-    for (index, record) in reader.records().enumerate() {
-        // Row numbers as a spreadsheet shows them: the header is row 1.
-        let row = index + 2;
-        let record = record.map_err(|e| ParseError::BadSpreadsheet(format!("row {row}: {e}")))?;
-        let cell = |i: usize| record.get(i).map(str::trim).unwrap_or_default();
+    for (row, cells) in rows {
+        let cell = |i: usize| cells.get(i).map(|c| c.trim()).unwrap_or_default();
         let (q, a) = (cell(question), cell(answer));
         match (q.is_empty(), a.is_empty()) {
-            (true, true) => continue, // a blank row
+            (true, true) => continue, // other columns only
             (false, false) => sections.push(section(vec![q.to_string()], a)),
-            (true, false) => {
-                return Err(ParseError::BadSpreadsheet(format!(
-                    "row {row} has an answer but no question"
-                )));
-            }
-            (false, true) => {
-                return Err(ParseError::BadSpreadsheet(format!(
-                    "row {row} has a question but no answer"
-                )));
-            }
+            (true, false) => return Err(bad(format!("row {row} has an answer but no question"))),
+            (false, true) => return Err(bad(format!("row {row} has a question but no answer"))),
         }
     }
     Ok((None, sections))
 }
 
+pub(super) fn parse_faq_csv(text: &str) -> Result<(Option<String>, Vec<Section>), ParseError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_reader(text.as_bytes());
+    let mut rows = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let row = index + 1;
+        let record = record.map_err(|e| bad(format!("row {row}: {e}")))?;
+        rows.push((row, record.iter().map(str::to_string).collect()));
+    }
+    faq_sections(rows)
+}
+
+pub(super) fn parse_faq_xlsx(bytes: &[u8]) -> Result<(Option<String>, Vec<Section>), ParseError> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| bad(format!("not an Excel workbook (.xlsx): {e}")))?;
+    let mut part = |name: &str| -> Result<Option<String>, ParseError> {
+        let file = match archive.by_name(name) {
+            Ok(file) => file,
+            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+            Err(e) => return Err(bad(format!("{name}: {e}"))),
+        };
+        let mut text = String::new();
+        file.take(MAX_PART_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        if text.len() as u64 > MAX_PART_BYTES {
+            return Err(bad(format!("{name} is larger than {MAX_PART_BYTES} bytes")));
+        }
+        Ok(Some(text))
+    };
+    let shared = match part("xl/sharedStrings.xml")? {
+        Some(xml) => shared_strings(&xml),
+        None => Vec::new(),
+    };
+    let sheet = first_sheet_path(&mut part)?;
+    let xml = part(&sheet)?.ok_or_else(|| bad(format!("the workbook has no {sheet}")))?;
+    faq_sections(sheet_rows(&xml, &shared)?)
+}
+
+/// The first worksheet's part, through the workbook and its relationships.
+fn first_sheet_path(
+    part: &mut impl FnMut(&str) -> Result<Option<String>, ParseError>,
+) -> Result<String, ParseError> {
+    let fallback = "xl/worksheets/sheet1.xml".to_string();
+    let (Some(workbook), Some(relations)) = (
+        part("xl/workbook.xml")?,
+        part("xl/_rels/workbook.xml.rels")?,
+    ) else {
+        return Ok(fallback);
+    };
+    let Some(id) = Tags::new(&workbook)
+        .find(|t| t.name == "sheet" && !t.closing)
+        .and_then(|t| attribute(t.attributes, "r:id"))
+    else {
+        return Ok(fallback);
+    };
+    let target = Tags::new(&relations)
+        .filter(|t| t.name == "Relationship")
+        .find(|t| attribute(t.attributes, "Id").as_deref() == Some(id.as_str()))
+        .and_then(|t| attribute(t.attributes, "Target"));
+    Ok(match target {
+        Some(target) if target.starts_with('/') => target.trim_start_matches('/').to_string(),
+        Some(target) => format!("xl/{target}"),
+        None => fallback,
+    })
+}
+
+/// The shared-string table: each `<si>`'s text runs joined (phonetic runs left out).
+fn shared_strings(xml: &str) -> Vec<String> {
+    let mut strings = Vec::new();
+    let mut current = String::new();
+    let mut phonetic = false;
+    for tag in Tags::new(xml) {
+        match (tag.name, tag.closing) {
+            ("si", false) => current.clear(),
+            ("si", true) => strings.push(std::mem::take(&mut current)),
+            ("rPh", closing) => phonetic = !closing && !tag.empty,
+            ("t", false) if !phonetic && !tag.empty => current.push_str(&decode(tag.text)),
+            _ => {}
+        }
+    }
+    strings
+}
+
+/// Rows of a worksheet: each cell's value as text at its column.
+fn sheet_rows(xml: &str, shared: &[String]) -> Result<Vec<(usize, Vec<String>)>, ParseError> {
+    let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
+    // The cell being read: its column, its type, its value so far.
+    let mut cell: Option<(usize, String, String)> = None;
+    for tag in Tags::new(xml) {
+        match (tag.name, tag.closing) {
+            ("row", false) => {
+                let number = attribute(tag.attributes, "r")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(rows.last().map_or(1, |(n, _)| n + 1));
+                rows.push((number, Vec::new()));
+            }
+            ("c", false) => {
+                let row = rows
+                    .last_mut()
+                    .ok_or_else(|| bad("a cell outside any row"))?;
+                let column = attribute(tag.attributes, "r")
+                    .and_then(|r| column_of(&r))
+                    .unwrap_or(row.1.len());
+                let kind = attribute(tag.attributes, "t").unwrap_or_default();
+                cell = Some((column, kind, String::new()));
+                if tag.empty {
+                    cell = None;
+                }
+            }
+            ("v" | "t", false) if !tag.empty => {
+                if let Some((_, _, value)) = cell.as_mut() {
+                    value.push_str(&decode(tag.text));
+                }
+            }
+            ("c", true) => {
+                let Some((column, kind, value)) = cell.take() else {
+                    continue;
+                };
+                let text = if kind == "s" {
+                    let index: usize = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad(format!("a shared-string index `{value}`")))?;
+                    shared
+                        .get(index)
+                        .cloned()
+                        .ok_or_else(|| bad(format!("shared string {index} does not exist")))?
+                } else {
+                    value
+                };
+                let row = &mut rows
+                    .last_mut()
+                    .ok_or_else(|| bad("a cell outside any row"))?
+                    .1;
+                if column >= 16_384 {
+                    return Err(bad("a cell beyond Excel's last column"));
+                }
+                if row.len() <= column {
+                    row.resize(column + 1, String::new());
+                }
+                row[column] = text;
+            }
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
+
+/// The zero-based column of a cell reference such as `B7` or `AA12`.
+fn column_of(reference: &str) -> Option<usize> {
+    let letters: String = reference
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect();
+    if letters.is_empty() || letters.len() > 3 {
+        return None;
+    }
+    letters
+        .chars()
+        .try_fold(0usize, |n, c| {
+            Some(n * 26 + (c.to_ascii_uppercase() as usize - 'A' as usize + 1))
+        })
+        .map(|n| n - 1)
+}
+
+fn decode(text: &str) -> String {
+    super::html::decode_entities(text)
+}
+
+/// The value of attribute `name` (namespace prefix included, as written) in a tag's attributes.
+fn attribute(attributes: &str, name: &str) -> Option<String> {
+    let mut rest = attributes;
+    while let Some(at) = rest.find(name) {
+        let before_ok = at == 0 || rest.as_bytes()[at - 1].is_ascii_whitespace();
+        let after = rest[at + name.len()..].trim_start();
+        if before_ok && let Some(value) = after.strip_prefix('=') {
+            let value = value.trim_start();
+            let quote = value.chars().next()?;
+            if quote == '"' || quote == '\'' {
+                let end = value[1..].find(quote)?;
+                return Some(decode(&value[1..1 + end]));
+            }
+        }
+        rest = &rest[at + name.len()..];
+    }
+    None
+}
+
+/// One XML tag and the text that follows it up to the next tag.
+struct Tag<'a> {
+    /// Without any namespace prefix (`x:row` is `row`), except where it is part of the name
+    /// the callers ask for.
+    name: &'a str,
+    attributes: &'a str,
+    closing: bool,
+    /// `<c/>`
+    empty: bool,
+    text: &'a str,
+}
+
+/// The tags of an XML text in order, comments, declarations and processing instructions
+/// skipped. Linear in the text; no nesting is tracked (callers keep what state they need).
+struct Tags<'a> {
+    xml: &'a str,
+    at: usize,
+}
+
+impl<'a> Tags<'a> {
+    fn new(xml: &'a str) -> Self {
+        Self { xml, at: 0 }
+    }
+}
+
+impl<'a> Iterator for Tags<'a> {
+    type Item = Tag<'a>;
+
+    fn next(&mut self) -> Option<Tag<'a>> {
+        loop {
+            let start = self.at + self.xml[self.at..].find('<')?;
+            let end = start + self.xml[start..].find('>')?;
+            let inner = &self.xml[start + 1..end];
+            let text_end = self.xml[end + 1..]
+                .find('<')
+                .map_or(self.xml.len(), |n| end + 1 + n);
+            self.at = end + 1;
+            if inner.starts_with('?') || inner.starts_with('!') {
+                if inner.starts_with("!--") && !inner.ends_with("--") {
+                    // A comment holding '>': skip to its real end.
+                    let close = self.xml[start..].find("-->")?;
+                    self.at = start + close + 3;
+                }
+                continue;
+            }
+            let closing = inner.starts_with('/');
+            let inner = inner.trim_start_matches('/');
+            let empty = inner.ends_with('/');
+            let inner = inner.trim_end_matches('/');
+            let (name, attributes) = inner
+                .split_once(|c: char| c.is_ascii_whitespace())
+                .unwrap_or((inner, ""));
+            let name = name.rsplit(':').next().unwrap_or(name);
+            return Some(Tag {
+                name,
+                attributes,
+                closing,
+                empty,
+                text: &self.xml[end + 1..text_end],
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::super::{Format, ParseError, parse_bytes};
 
     #[test]
-    fn rows_become_sections_headed_by_their_question() {
+    fn csv_rows_become_sections_headed_by_their_question() {
         let csv = "\u{feff}ID,Answer,Question\n\
                    1,\"Within 30 days, with the receipt.\",How long do I have to return an item?\n\
                    2,\"Yes.\nIt is free over 50 EUR.\",Is shipping free?\n\
@@ -103,9 +360,106 @@ mod tests {
         assert!(orphan.to_string().contains("row 2"), "{orphan}");
         assert!(matches!(error("question,answer\n"), ParseError::Empty));
         let unterminated = error("question,answer\n\"How?,never closed\n");
-        assert!(matches!(
-            unterminated,
-            ParseError::BadSpreadsheet(_) | ParseError::Empty
-        ));
+        assert!(
+            matches!(unterminated, ParseError::BadSpreadsheet(_)),
+            "{unterminated}"
+        );
+    }
+
+    /// A workbook written by openpyxl (inline strings, numbers, a blank row, a second sheet;
+    /// `tests/fixtures/make_faq_xlsx.py`).
+    #[test]
+    fn an_excel_workbook_s_first_sheet_is_read() {
+        let bytes = include_bytes!("../../tests/fixtures/faq.xlsx");
+        let parsed = parse_bytes(bytes, Format::Xlsx, "faq").unwrap();
+        let rows: Vec<(String, String)> = parsed
+            .sections
+            .iter()
+            .map(|s| (s.heading_path.join("/"), s.text.clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "How long do I have to return an item?".to_string(),
+                    "Thirty days from delivery, with the receipt & the box.".to_string()
+                ),
+                (
+                    "Do you ship to Switzerland?".into(),
+                    "Yes, in four to six working days.".into()
+                ),
+                ("怎么退货？".into(), "三十天内凭收据退货。".into()),
+                ("Can I pay by invoice?".into(), "14".into()),
+            ]
+        );
+    }
+
+    /// Excel itself keeps text in a shared-string table, rich text in runs.
+    fn workbook(parts: &[(&str, &str)]) -> Vec<u8> {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, text) in parts {
+            zip.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zip.write_all(text.as_bytes()).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn shared_strings_and_bad_workbooks() {
+        let shared = "<sst><si><t>Question</t></si><si><t>Answer</t></si>\
+                      <si><r><rPr><b/></rPr><t>Where </t></r><r><t xml:space=\"preserve\">is it?</t></r>\
+                      <rPh><t>ignored</t></rPh></si><si><t>In &lt;Lyon&gt;.</t></si></sst>";
+        let sheet = "<worksheet><sheetData><row r=\"1\"><c r=\"B1\" t=\"s\"><v>0</v></c>\
+                     <c r=\"C1\" t=\"s\"><v>1</v></c></row><row r=\"3\"><c r=\"A3\"/>\
+                     <c r=\"B3\" t=\"s\"><v>2</v></c><c r=\"C3\" t=\"s\"><v>3</v></c></row>\
+                     </sheetData></worksheet>";
+        let book = workbook(&[
+            (
+                "xl/workbook.xml",
+                "<workbook><sheets><sheet name=\"FAQ\" sheetId=\"1\" r:id=\"rId7\"/></sheets></workbook>",
+            ),
+            (
+                "xl/_rels/workbook.xml.rels",
+                "<Relationships><Relationship Id=\"rId7\" Type=\"x\" Target=\"worksheets/faq.xml\"/></Relationships>",
+            ),
+            ("xl/sharedStrings.xml", shared),
+            ("xl/worksheets/faq.xml", sheet),
+        ]);
+        let parsed = parse_bytes(&book, Format::Xlsx, "faq").unwrap();
+        assert_eq!(parsed.sections[0].heading_path, ["Where is it?"]);
+        assert_eq!(parsed.sections[0].text, "In <Lyon>.");
+
+        let error = |bytes: &[u8]| {
+            parse_bytes(bytes, Format::Xlsx, "x")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error(b"question,answer\n").contains("not an Excel workbook"));
+        assert!(error(&workbook(&[("other.xml", "<a/>")])).contains("sheet1.xml"));
+        let dangling = sheet.replace("<v>3</v>", "<v>99</v>");
+        let message = error(&workbook(&[
+            ("xl/sharedStrings.xml", shared),
+            ("xl/worksheets/sheet1.xml", &dangling),
+        ]));
+        assert!(message.contains("shared string 99"), "{message}");
+        let half = sheet.replace("<c r=\"C3\" t=\"s\"><v>3</v></c>", "");
+        let message = error(&workbook(&[
+            ("xl/sharedStrings.xml", shared),
+            ("xl/worksheets/sheet1.xml", &half),
+        ]));
+        assert!(
+            message.contains("row 3 has a question but no answer"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn cell_references_name_their_column() {
+        assert_eq!(super::column_of("A1"), Some(0));
+        assert_eq!(super::column_of("Z9"), Some(25));
+        assert_eq!(super::column_of("AA12"), Some(26));
+        assert_eq!(super::column_of("XFD1"), Some(16_383));
+        assert_eq!(super::column_of("12"), None);
     }
 }
