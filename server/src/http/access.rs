@@ -7,16 +7,17 @@
 //! conversation was opened through. Requests without an `Origin` header (servers, scripts) and
 //! same-origin pages (the demo page) need no site.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kefu_db::WidgetSite;
 
 use crate::http::error::ApiError;
+use crate::http::proxy::{ClientAddress, peer_ip};
 use crate::http::state::AppState;
 
 pub const SITE_HEADER: &str = "x-kefu-site";
@@ -114,20 +115,28 @@ pub fn charge_site(state: &AppState, site: &WidgetSite) -> Result<(), ApiError> 
 }
 
 /// The client's address: through trusted proxies, the one they forwarded
-/// (`proxy::client_address`), else the connection's.
+/// ([`client_address`]), else the connection's.
 pub fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
-    match extensions.get::<crate::http::proxy::ClientAddress>() {
+    match extensions.get::<ClientAddress>() {
         Some(resolved) => resolved.0,
         None => peer_ip(extensions),
     }
 }
 
-/// The connection's own address (0.0.0.0 where the server was built without connection info).
-pub fn peer_ip(extensions: &axum::http::Extensions) -> IpAddr {
-    extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+/// Middleware: resolves the client's address once (`--trusted-proxies`), before the rate
+/// limits read it.
+pub async fn client_address(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let trusted = &state.config.trusted_proxies;
+    if !trusted.is_empty() {
+        let peer = peer_ip(request.extensions());
+        let client = trusted.client(peer, request.headers());
+        request.extensions_mut().insert(ClientAddress(client));
+    }
+    next.run(request).await
 }
 
 /// The client's address, as an extractor.

@@ -4,17 +4,11 @@
 //! saw — so a client cannot pick its own address (rate limits and feedback caps key on it).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 
-use crate::http::state::AppState;
-
-/// The client's address as resolved through trusted proxies; `access::client_ip` prefers it.
+/// The client's address as resolved through trusted proxies (`access::client_address`);
+/// `access::client_ip` prefers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
@@ -107,19 +101,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Middleware: resolves the client's address once, before the rate limits read it.
-pub async fn client_address(
-    State(state): State<Arc<AppState>>,
-    mut request: Request,
-    next: Next,
-) -> Response<Body> {
-    let trusted = &state.config.trusted_proxies;
-    if !trusted.is_empty() {
-        let peer = crate::http::access::peer_ip(request.extensions());
-        let client = trusted.client(peer, request.headers());
-        request.extensions_mut().insert(ClientAddress(client));
-    }
-    next.run(request).await
+/// The connection's own address (0.0.0.0 where the server was built without connection info).
+pub fn peer_ip(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 #[cfg(test)]

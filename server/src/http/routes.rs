@@ -180,7 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::http::proxy::client_address,
+            crate::http::access::client_address,
         ))
         .with_state(state);
     crate::http::layers::wrap(router)
