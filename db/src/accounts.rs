@@ -306,6 +306,29 @@ impl Database {
         rows.iter().map(conversation_from).collect()
     }
 
+    /// Conversations (newest first, at most `limit`) holding a message that contains `text`
+    /// (ASCII letters in any case); `%`, `_` in `text` match only themselves.
+    pub async fn search_conversations(&self, text: &str, limit: i64) -> Result<Vec<Conversation>> {
+        let pattern = format!(
+            "%{}%",
+            text.to_lowercase()
+                .replace('!', "!!")
+                .replace('%', "!%")
+                .replace('_', "!_")
+        );
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id IN \
+             (SELECT conversation_id FROM messages WHERE LOWER(content) LIKE $1 ESCAPE '!') \
+             ORDER BY id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(pattern)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(conversation_from).collect()
+    }
+
     /// Every assistant answer with at least one feedback event, oldest first: what the
     /// dataset compiler reads.
     pub async fn rated_answers(&self) -> Result<Vec<i64>> {

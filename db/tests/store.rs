@@ -386,6 +386,71 @@ async fn postgres_ends_sessions_and_revokes_tokens() {
     sessions_and_tokens(Engine::Postgres).await;
 }
 
+/// Conversations found by the text of their messages, wildcards taken literally.
+async fn conversation_search(engine: Engine) {
+    let test = TestDatabase::new(engine, "search").await;
+    let db = Database::connect(&test.url).await.unwrap();
+    let kb = db.knowledge_base("support").await.unwrap();
+    let parcel = db.create_conversation(kb, "s1", "h1", None).await.unwrap();
+    db.add_message(parcel.id, "customer", "Where is my PARCEL?", None)
+        .await
+        .unwrap();
+    let refund = db.create_conversation(kb, "s2", "h2", None).await.unwrap();
+    db.add_message(refund.id, "customer", "退款要多久？ 100% sure_thing", None)
+        .await
+        .unwrap();
+    db.add_message(
+        refund.id,
+        "assistant",
+        "Five days for a parcel refund.",
+        None,
+    )
+    .await
+    .unwrap();
+    let ids = |found: Vec<kefu_db::Conversation>| -> Vec<String> {
+        found.into_iter().map(|c| c.public_id).collect()
+    };
+    assert_eq!(
+        ids(db.search_conversations("parcel", 10).await.unwrap()),
+        ["s2", "s1"]
+    );
+    assert_eq!(
+        ids(db.search_conversations("parcel", 1).await.unwrap()),
+        ["s2"]
+    );
+    assert_eq!(
+        ids(db.search_conversations("退款", 10).await.unwrap()),
+        ["s2"]
+    );
+    assert_eq!(
+        ids(db.search_conversations("100%", 10).await.unwrap()),
+        ["s2"]
+    );
+    assert!(db.search_conversations("1_0", 10).await.unwrap().is_empty());
+    assert!(
+        db.search_conversations("%parcel", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(db.search_conversations("e_t", 10).await.unwrap()),
+        ["s2"]
+    );
+    db.close().await;
+    test.drop_database().await;
+}
+
+#[tokio::test]
+async fn sqlite_searches_conversations() {
+    conversation_search(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_searches_conversations() {
+    conversation_search(Engine::Postgres).await;
+}
+
 /// Versions, labels that move, and the job queue with its leases.
 async fn registry_and_job_queue(engine: Engine) {
     let test = TestDatabase::new(engine, "registry").await;

@@ -388,6 +388,12 @@ fn every_route_with_every_caller() {
             staff(200),
         ),
         (
+            "GET",
+            format!("/api/agent/conversations/{id}/export?format=json"),
+            Body::Empty,
+            staff(200),
+        ),
+        (
             "POST",
             format!("/api/agent/conversations/{id}/messages/{answer}/feedback"),
             Body::Json(json!({"rating": "down", "corrected_answer": "Within 30 days."})),
@@ -635,4 +641,88 @@ fn every_route_with_every_caller() {
             }
         }
     }
+}
+
+/// Staff find conversations by the text of their messages and export them as Markdown or JSON;
+/// bad parameters are 400s.
+#[test]
+fn transcripts_are_searched_and_exported() {
+    let staffed = staffed_server(&["--max-tokens", "8", "--trainer", "off"]);
+    let server = &staffed.server;
+    let agent = &staffed.agent_api;
+    let (parcel, _, _) = ask_anonymously(server, "Where is my parcel 4711?");
+    let (refund, _, _) = ask_anonymously(server, "退款要多久？");
+    let found = |q: &str| -> Vec<String> {
+        let url = server.url(&format!("/api/agent/conversations?q={q}"));
+        let (status, body) = request("GET", &url, agent, None);
+        assert_eq!(status, 200, "{body}");
+        body["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(found("PARCEL%204711"), [parcel.as_str()]);
+    assert_eq!(found("%E9%80%80%E6%AC%BE"), [refund.as_str()]); // 退款
+    assert!(found("nothing-like-this").is_empty());
+    for bad in ["q=", "q=%20%20", "query=parcel"] {
+        let url = server.url(&format!("/api/agent/conversations?{bad}"));
+        assert_error(request("GET", &url, agent, None), 400, "invalid_filter");
+    }
+    let export = |query: &str| {
+        let mut response = kefu_tests::http_agent()
+            .get(&server.url(&format!("/api/agent/conversations/{parcel}/export{query}")))
+            .header("authorization", agent[0].1.as_str())
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let (kind, disposition) = (header("content-type"), header("content-disposition"));
+        (
+            status,
+            kind,
+            disposition,
+            response.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let (status, kind, disposition, markdown) = export("");
+    assert_eq!(status, 200, "{markdown}");
+    assert!(kind.starts_with("text/markdown"), "{kind}");
+    assert!(
+        disposition.contains(&format!("conversation-{parcel}.md")),
+        "{disposition}"
+    );
+    assert!(
+        markdown.starts_with(&format!("# Conversation {parcel}")),
+        "{markdown}"
+    );
+    assert!(markdown.contains("## Customer ("), "{markdown}");
+    assert!(markdown.contains("Where is my parcel 4711?"), "{markdown}");
+    assert!(markdown.contains("## Assistant ("), "{markdown}");
+    let (status, kind, _, json) = export("?format=json");
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("application/json"), "{kind}");
+    let transcript: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(transcript["id"], parcel.as_str());
+    assert_eq!(transcript["messages"].as_array().unwrap().len(), 2);
+    let (status, _, _, body) = export("?format=pdf");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_format"), "{body}");
+    let url = server.url("/api/agent/conversations/no-such-thing/export");
+    assert_error(
+        request("GET", &url, agent, None),
+        404,
+        "conversation_not_found",
+    );
+    // Customers cannot export.
+    let url = server.url(&format!("/api/agent/conversations/{parcel}/export"));
+    let (status, _) = request("GET", &url, &vec![], None);
+    assert_eq!(status, 401);
 }

@@ -1,11 +1,15 @@
-//! The agent console's routes: conversations and transcripts, ratings and corrections,
-//! taking a conversation over, handing it back, and replying as a person.
+//! The agent console's routes: conversations (searched by text) and transcripts (exported as
+//! Markdown or JSON), ratings and corrections, taking a conversation over, handing it back,
+//! and replying as a person.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use kefu_db::NewFeedback;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,15 +21,23 @@ use crate::http::error::{ApiError, ApiJson};
 use crate::http::guard::Staff;
 use crate::http::state::AppState;
 
+/// The most recent 200 conversations, or with `?q=TEXT` those with a message containing it.
 pub(crate) async fn agent_conversations(
     State(state): State<Arc<AppState>>,
     _: Staff,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let conversations = state
-        .database
-        .recent_conversations(200)
-        .await
-        .map_err(ApiError::internal)?;
+    crate::http::admin::query::only(&query, &["q"])?;
+    let conversations = match query.get("q").map(|q| q.trim()) {
+        None => state.database.recent_conversations(200).await,
+        Some(q) if q.is_empty() || q.chars().count() > 200 => {
+            return Err(crate::http::admin::query::invalid(
+                "q is the text to search for, 1 to 200 characters",
+            ));
+        }
+        Some(q) => state.database.search_conversations(q, 200).await,
+    }
+    .map_err(ApiError::internal)?;
     Ok(Json(json!({
         "conversations": conversations.iter().map(|c| json!({
             "id": c.public_id, "status": c.status, "created_ms": c.created_ms,
@@ -99,6 +111,119 @@ pub(crate) async fn agent_transcript(
     Ok(Json(
         json!({"id": conversation.public_id, "status": conversation.status, "messages": out}),
     ))
+}
+
+/// A conversation to keep or send on: `?format=markdown` (the default) or `json`, as a
+/// download.
+pub(crate) async fn export_transcript(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    crate::http::admin::query::only(&query, &["format"])?;
+    let format = query.get("format").map_or("markdown", String::as_str);
+    if !matches!(format, "markdown" | "json") {
+        return Err(ApiError::bad_request(
+            "invalid_format",
+            format!("format is markdown or json, not `{format}`"),
+        ));
+    }
+    let Json(transcript) = agent_transcript(State(state), staff, Path(id.clone())).await?;
+    let (body, content_type, extension) = if format == "json" {
+        let text = serde_json::to_string_pretty(&transcript).map_err(ApiError::internal)?;
+        (text, "application/json", "json")
+    } else {
+        (
+            transcript_markdown(&transcript),
+            "text/markdown; charset=utf-8",
+            "md",
+        )
+    };
+    let disposition = format!("attachment; filename=\"conversation-{id}.{extension}\"");
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// A transcript as Markdown: who said what, with the answers' sources and ratings.
+fn transcript_markdown(transcript: &Value) -> String {
+    let mut out = format!(
+        "# Conversation {}\n\nStatus: {}\n",
+        transcript["id"].as_str().unwrap_or_default(),
+        transcript["status"].as_str().unwrap_or_default()
+    );
+    for message in transcript["messages"].as_array().into_iter().flatten() {
+        let who = match message["role"].as_str().unwrap_or_default() {
+            "customer" => "Customer",
+            "assistant" => "Assistant",
+            "agent" => "Agent",
+            other => other,
+        };
+        let when = message["created_ms"]
+            .as_i64()
+            .map(|ms| format!(" ({})", iso_time(ms)))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\n## {who}{when}\n\n{}\n",
+            message["content"].as_str().unwrap_or_default().trim()
+        ));
+        let sources: Vec<String> = message["served"]["retrieved"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| {
+                let heading = r["heading"].as_str().filter(|h| !h.is_empty());
+                format!(
+                    "{}. {}{}",
+                    i + 1,
+                    r["title"].as_str().unwrap_or_default(),
+                    heading.map(|h| format!(" — {h}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        if !sources.is_empty() {
+            out.push_str(&format!("\nSources:\n\n{}\n", sources.join("\n")));
+        }
+        for feedback in message["feedback"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n> Rated {} by {}{}\n",
+                feedback["rating"].as_str().unwrap_or_default(),
+                feedback["rater_role"].as_str().unwrap_or_default(),
+                feedback["corrected_answer"]
+                    .as_str()
+                    .map(|c| format!("; corrected: {c}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM UTC`.
+fn iso_time(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,4 +355,36 @@ pub(crate) async fn agent_reply(
         .await
         .map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(json!({"message_id": message.id}))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_civil_dates() {
+        assert_eq!(iso_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(iso_time(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(
+            iso_time(1_796_515_200_000 + 3_660_000),
+            "2026-12-06 01:01 UTC"
+        );
+    }
+
+    #[test]
+    fn a_transcript_reads_as_markdown() {
+        let transcript = json!({"id": "abc", "status": "bot", "messages": [
+            {"role": "customer", "content": "Where is my parcel?", "created_ms": 0},
+            {"role": "assistant", "content": "At the depot [1].", "created_ms": 60_000,
+             "served": {"retrieved": [{"title": "Shipping", "heading": "Depots"}]},
+             "feedback": [{"rating": "down", "rater_role": "agent",
+                           "corrected_answer": "On its way."}]},
+        ]});
+        let markdown = transcript_markdown(&transcript);
+        assert!(markdown.starts_with("# Conversation abc\n"), "{markdown}");
+        assert!(markdown.contains("## Customer (1970-01-01 00:00 UTC)\n\nWhere is my parcel?"));
+        assert!(markdown.contains("## Assistant (1970-01-01 00:01 UTC)\n\nAt the depot [1]."));
+        assert!(markdown.contains("1. Shipping — Depots"), "{markdown}");
+        assert!(markdown.contains("> Rated down by agent; corrected: On its way."));
+    }
 }

@@ -119,6 +119,10 @@ fn staff_routes() -> Router<Arc<AppState>> {
         .route("/api/agent/conversations", get(agent_conversations))
         .route("/api/agent/conversations/{id}", get(agent_transcript))
         .route(
+            "/api/agent/conversations/{id}/export",
+            get(export_transcript),
+        )
+        .route(
             "/api/agent/conversations/{id}/messages/{message}/feedback",
             post(agent_feedback),
         )
