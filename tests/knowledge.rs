@@ -41,6 +41,16 @@ fn eval_json(home: &Path, qa: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// `kefu eval retrieval --json` of question file `qa` on knowledge base `kb`.
+fn eval_kb_json(home: &Path, qa: &Path, kb: &str) -> serde_json::Value {
+    let qa = qa.to_str().unwrap();
+    let out = succeed(
+        home,
+        &["eval", "retrieval", "--qa", qa, "--kb", kb, "--json"],
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// Measured 2026-11-29 (see the issue note and docs/BENCHMARKS.md for the figures).
 #[test]
 fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
@@ -321,26 +331,9 @@ fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
         docs.join("faq-book.xlsx"),
     )
     .unwrap();
-    let page = |content: usize| {
-        format!(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R \
-             /Resources << /Font << /F1 6 0 R >> >> >>"
-        )
-    };
-    let manual = kefu_rag::testing::pdf(&[
-        "<< /Type /Catalog /Pages 2 0 R >>".into(),
-        "<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>".into(),
-        page(5),
-        page(7),
-        kefu_rag::testing::stream(
-            "",
-            "BT /F1 12 Tf 72 720 Td (The kettle heats one litre.) Tj ET",
-        ),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into(),
-        kefu_rag::testing::stream(
-            "",
-            "BT /F1 12 Tf 72 720 Td (Descale the kettle every month with citric acid.) Tj ET",
-        ),
+    let manual = kefu_rag::testing::pages_pdf(&[
+        "The kettle heats one litre.",
+        "Descale the kettle every month with citric acid.",
     ]);
     std::fs::write(docs.join("kettle.pdf"), manual).unwrap();
     let docs = docs.to_str().unwrap().to_string();
@@ -364,19 +357,7 @@ fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
          {\"question\": \"如何退货？\", \"source_doc\": \"docs/faq-book.xlsx\"}\n",
     )
     .unwrap();
-    let report = succeed(
-        home,
-        &[
-            "eval",
-            "retrieval",
-            "--qa",
-            qa.to_str().unwrap(),
-            "--kb",
-            "shop",
-            "--json",
-        ],
-    );
-    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    let report = eval_kb_json(home, &qa, "shop");
     assert_eq!(report["fused"]["recall@1"], 1.0, "{report}");
     let answer = succeed(
         home,
@@ -448,19 +429,7 @@ fn a_deleted_file_is_pruned_and_its_answers_go_with_it() {
         "{\"question\": \"When do parcels leave the warehouse?\", \"source_doc\": \"docs/shipping.md\"}\n",
     )
     .unwrap();
-    let report = succeed(
-        home,
-        &[
-            "eval",
-            "retrieval",
-            "--qa",
-            qa.to_str().unwrap(),
-            "--kb",
-            "shop",
-            "--json",
-        ],
-    );
-    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    let report = eval_kb_json(home, &qa, "shop");
     assert_eq!(report["fused"]["recall@1"], 1.0, "{report}");
     assert_eq!(report["dense"]["recall@1"], 1.0, "{report}");
 }

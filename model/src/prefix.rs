@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::decoder::KvCache;
 use crate::error::Result;
 
-/// What a cache has done so far.
+/// What a cache has done so far, and what it holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PrefixStats {
     pub lookups: u64,
@@ -24,6 +24,7 @@ pub struct PrefixStats {
     /// Positions taken from the cache instead of being run through the model.
     pub reused_tokens: u64,
     pub evictions: u64,
+    /// Stored sequences and their bytes now.
     pub entries: usize,
     pub bytes: usize,
 }
@@ -69,7 +70,12 @@ impl PrefixCache {
     }
 
     pub fn stats(&self) -> PrefixStats {
-        self.lock().stats
+        let state = self.lock();
+        PrefixStats {
+            entries: state.entries.len(),
+            bytes: state.entries.iter().map(|e| e.bytes).sum(),
+            ..state.stats
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -181,8 +187,6 @@ impl PrefixCache {
             bytes,
             last_used,
         });
-        state.stats.entries = state.entries.len();
-        state.stats.bytes = held + bytes;
         Ok(())
     }
 }

@@ -14,10 +14,7 @@ use kefu_model::{
 };
 
 fn tiny(architecture: Architecture) -> (tempfile::TempDir, LoadedModel) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_tiny_gguf(dir.path(), &TinySpec::new(architecture));
-    let model = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
-    (dir, model)
+    common::tiny_model(architecture, &LoadOptions::default())
 }
 
 fn params(max_tokens: usize) -> GenerationParams {

@@ -14,7 +14,6 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{max_abs_diff, model_path, small_model_path};
 use kefu_model::generate::GenerationParams;
-use kefu_model::testing::{TinySpec, write_tiny_gguf};
 use kefu_model::{
     Architecture, ChatMessage, DecoderOptions, Error, KvCache, LoadOptions, LoadedModel,
     PrefixCache, Role,
@@ -32,10 +31,7 @@ fn dense() -> LoadOptions {
 }
 
 fn tiny(architecture: Architecture) -> (tempfile::TempDir, LoadedModel) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_tiny_gguf(dir.path(), &TinySpec::new(architecture));
-    let model = LoadedModel::load(&path, &dense()).unwrap();
-    (dir, model)
+    common::tiny_model(architecture, &dense())
 }
 
 fn forced(max_tokens: usize) -> GenerationParams {

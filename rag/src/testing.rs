@@ -34,15 +34,35 @@ pub fn stream(dictionary: &str, content: &str) -> String {
     )
 }
 
-/// A one-page PDF with `text` on it (Helvetica, object 5).
+/// A one-page PDF with `text` on it.
 pub fn one_page_pdf(text: &str) -> Vec<u8> {
-    pdf(&[
-        "<< /Type /Catalog /Pages 2 0 R >>".into(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".into(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
-         /Resources << /Font << /F1 5 0 R >> >> >>"
-            .into(),
-        stream("", &format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET")),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into(),
-    ])
+    pages_pdf(&[text])
+}
+
+/// A PDF with one page per text, each line of text on its page (Helvetica, object 3).
+pub fn pages_pdf(texts: &[&str]) -> Vec<u8> {
+    let kids: Vec<String> = (0..texts.len())
+        .map(|i| format!("{} 0 R", 4 + 2 * i))
+        .collect();
+    let mut objects = vec![
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {} >>",
+            kids.join(" "),
+            texts.len()
+        ),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        objects.push(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {} 0 R \
+             /Resources << /Font << /F1 3 0 R >> >> >>",
+            5 + 2 * i
+        ));
+        objects.push(stream(
+            "",
+            &format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET"),
+        ));
+    }
+    pdf(&objects)
 }

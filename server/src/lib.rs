@@ -18,6 +18,7 @@ pub mod models;
 pub mod serving;
 pub mod supervise;
 pub mod testing;
+pub mod time;
 
 /// The `kefu` program: applies the configuration file, parses the command line and runs the
 /// command; a failure is printed as `error: …` with exit status 1. The `kefu` binary (and the

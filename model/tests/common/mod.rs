@@ -35,6 +35,17 @@ pub fn model_path(name: &str) -> PathBuf {
     path
 }
 
+/// A tiny random-weight model of `architecture` loaded with `options` (and the folder it is in).
+pub fn tiny_model(
+    architecture: kefu_model::Architecture,
+    options: &kefu_model::LoadOptions,
+) -> (tempfile::TempDir, LoadedModel) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = kefu_model::testing::TinySpec::new(architecture);
+    let path = kefu_model::testing::write_tiny_gguf(dir.path(), &spec);
+    (dir, LoadedModel::load(&path, options).unwrap())
+}
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)

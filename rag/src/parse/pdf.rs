@@ -123,24 +123,9 @@ mod tests {
     /// Each page is a section named after its number, so a citation names the page.
     #[test]
     fn pages_become_sections_named_after_their_number() {
-        use crate::testing::{pdf, stream};
-        let page = |content: usize| {
-            format!(
-                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R \
-                 /Resources << /Font << /F1 6 0 R >> >> >>"
-            )
-        };
-        let two_pages = pdf(&[
-            "<< /Type /Catalog /Pages 2 0 R >>".into(),
-            "<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>".into(),
-            page(5),
-            page(7),
-            stream("", "BT /F1 12 Tf 72 720 Td (Returns take 30 days.) Tj ET"),
-            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into(),
-            stream(
-                "",
-                "BT /F1 12 Tf 72 720 Td (Refunds reach the card in 5 days.) Tj ET",
-            ),
+        let two_pages = crate::testing::pages_pdf(&[
+            "Returns take 30 days.",
+            "Refunds reach the card in 5 days.",
         ]);
         let parsed = parse_bytes(&two_pages, Format::Pdf, "policy").unwrap();
         let pages: Vec<(String, String)> = parsed

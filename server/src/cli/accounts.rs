@@ -71,7 +71,7 @@ pub(super) fn tokens(home: &Path, command: TokensCommand) -> Result<()> {
                     token.id,
                     token.user,
                     token.label,
-                    crate::cli::common::utc_time(token.created_ms)
+                    crate::time::utc_time(token.created_ms)
                 );
             }
             anyhow::Ok(())

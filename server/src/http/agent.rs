@@ -166,7 +166,7 @@ fn transcript_markdown(transcript: &Value) -> String {
         };
         let when = message["created_ms"]
             .as_i64()
-            .map(|ms| format!(" ({})", iso_time(ms)))
+            .map(|ms| format!(" ({})", crate::time::utc_time(ms)))
             .unwrap_or_default();
         out.push_str(&format!(
             "\n## {who}{when}\n\n{}\n",
@@ -203,27 +203,6 @@ fn transcript_markdown(transcript: &Value) -> String {
         }
     }
     out
-}
-
-/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM UTC`.
-fn iso_time(ms: i64) -> String {
-    let seconds = ms.div_euclid(1000);
-    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60
-    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,16 +339,6 @@ pub(crate) async fn agent_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_civil_dates() {
-        assert_eq!(iso_time(0), "1970-01-01 00:00 UTC");
-        assert_eq!(iso_time(951_782_400_000), "2000-02-29 00:00 UTC");
-        assert_eq!(
-            iso_time(1_796_515_200_000 + 3_660_000),
-            "2026-12-06 01:01 UTC"
-        );
-    }
 
     #[test]
     fn a_transcript_reads_as_markdown() {

@@ -63,25 +63,14 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         g.first_token_ms.load(Relaxed) as f64 / 1e3
     );
     let _ = writeln!(out, "kefu_time_to_first_token_seconds_count {generations}");
-    let _ = writeln!(out, "# TYPE kefu_generated_tokens_total counter");
-    let _ = writeln!(
-        out,
-        "kefu_generated_tokens_total {}",
-        g.generated_tokens.load(Relaxed)
-    );
-    // Prompt tokens the model ran, and those the prefix cache supplied instead.
-    let _ = writeln!(out, "# TYPE kefu_prefill_tokens_total counter");
-    let _ = writeln!(
-        out,
-        "kefu_prefill_tokens_total {}",
-        g.prefilled_tokens.load(Relaxed)
-    );
-    let _ = writeln!(out, "# TYPE kefu_prefix_cache_tokens_total counter");
-    let _ = writeln!(
-        out,
-        "kefu_prefix_cache_tokens_total {}",
-        g.cached_tokens.load(Relaxed)
-    );
+    // Tokens generated; prompt tokens the model ran, and those the prefix cache supplied.
+    for (name, value) in [
+        ("kefu_generated_tokens_total", &g.generated_tokens),
+        ("kefu_prefill_tokens_total", &g.prefilled_tokens),
+        ("kefu_prefix_cache_tokens_total", &g.cached_tokens),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+    }
     let _ = writeln!(out, "# TYPE kefu_generation_seconds_total counter");
     let _ = writeln!(
         out,
