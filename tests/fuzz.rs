@@ -296,6 +296,16 @@ fn document_parsers_survive_mutated_documents() {
     fuzz("xlsx", &xlsx, Duration::from_secs(2), |bytes| {
         let _ = parse_bytes(bytes, Format::Xlsx, "fuzz");
     });
+    // A Word document written by python-docx: its document and styles parts under mutation.
+    let docx = vec![
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../rag/tests/fixtures/guide.docx"),
+        )
+        .unwrap(),
+    ];
+    fuzz("docx", &docx, Duration::from_secs(2), |bytes| {
+        let _ = parse_bytes(bytes, Format::Docx, "fuzz");
+    });
     quiet_pdf_panics();
     let pdf = vec![kefu_rag::testing::one_page_pdf(
         "Parcels can be returned within 30 days.",

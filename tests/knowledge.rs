@@ -308,10 +308,11 @@ fn ingest_evaluate_restart_and_ask_on_the_shared_knowledge_base() {
 }
 
 /// A FAQ spreadsheet's rows are found by their questions and cited by them; a PDF's passages
-/// are cited by page; a spreadsheet without question and answer columns is that file's error
-/// while the rest is ingested.
+/// are cited by page; a Word document's by its headings; a spreadsheet without question and
+/// answer columns, and a Word file that is not one, are those files' errors while the rest is
+/// ingested.
 #[test]
-fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
+fn faq_spreadsheets_pdf_pages_and_word_documents_are_ingested_and_cited() {
     let tmp = fresh_home();
     let home = tmp.path();
     let docs = home.join("docs");
@@ -336,6 +337,14 @@ fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
         "Descale the kettle every month with citric acid.",
     ]);
     std::fs::write(docs.join("kettle.pdf"), manual).unwrap();
+    // A Word document written by python-docx (rag/tests/fixtures/make_guide_docx.py), and a
+    // ".docx" that is a renamed text file.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../rag/tests/fixtures/guide.docx"),
+        docs.join("guide.docx"),
+    )
+    .unwrap();
+    std::fs::write(docs.join("notes.docx"), "just text, not a Word document").unwrap();
     let docs = docs.to_str().unwrap().to_string();
     let out = run(home, &["ingest", &docs, "--kb", "shop"]);
     let (said, errors) = (stdout(&out), stderr(&out));
@@ -343,9 +352,13 @@ fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
         !out.status.success(),
         "a bad file makes the run fail: {said}"
     );
-    assert!(said.contains("3 added"), "{said}{errors}");
+    assert!(said.contains("4 added"), "{said}{errors}");
     assert!(
         errors.contains("prices.csv") && errors.contains("`question` and an `answer`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("notes.docx") && errors.contains("not a Word document"),
         "{errors}"
     );
     let qa = home.join("qa.jsonl");
@@ -354,7 +367,8 @@ fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
         "{\"question\": \"When will my refund arrive on my card?\", \"source_doc\": \"docs/faq.csv\"}\n\
          {\"question\": \"Do you deliver to Norway?\", \"source_doc\": \"docs/faq.csv\"}\n\
          {\"question\": \"How do I descale my kettle?\", \"source_doc\": \"docs/kettle.pdf\"}\n\
-         {\"question\": \"如何退货？\", \"source_doc\": \"docs/faq-book.xlsx\"}\n",
+         {\"question\": \"如何退货？\", \"source_doc\": \"docs/faq-book.xlsx\"}\n\
+         {\"question\": \"How soon must I report a damaged parcel?\", \"source_doc\": \"docs/guide.docx\"}\n",
     )
     .unwrap();
     let report = eval_kb_json(home, &qa, "shop");
@@ -393,6 +407,25 @@ fn faq_spreadsheets_and_pdf_pages_are_ingested_and_cited() {
     assert!(
         sources.contains("Do you ship to Norway?"),
         "the FAQ row is cited by its question: {answer}"
+    );
+    let answer = succeed(
+        home,
+        &[
+            "ask",
+            "How soon must I report a damaged parcel?",
+            "--kb",
+            "shop",
+            "--max-tokens",
+            "24",
+            "--answer-unrelated",
+            "--min-support",
+            "0",
+        ],
+    );
+    let (_, sources) = answer.split_once("Sources:").expect("a Sources section");
+    assert!(
+        sources.contains("Shop guide") && sources.contains("Damaged parcels"),
+        "the Word document is cited by its title and heading: {answer}"
     );
 }
 

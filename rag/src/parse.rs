@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::text::{is_cjk, normalize_whitespace};
 
+mod docx;
 mod html;
+mod ooxml;
 mod pdf;
 mod sheet;
 
@@ -77,7 +79,7 @@ pub enum ParseError {
     Io { path: String, message: String },
     #[error(
         "unsupported file type `{0}` (supported: .md, .markdown, .html, .htm, .txt, .pdf, \
-         .csv, .xlsx)"
+         .csv, .xlsx, .docx)"
     )]
     Unsupported(String),
     #[error("the file is empty (no text after parsing)")]
@@ -92,6 +94,8 @@ pub enum ParseError {
     CorruptPdf(String),
     #[error("the FAQ spreadsheet cannot be read: {0}")]
     BadSpreadsheet(String),
+    #[error("the Word document cannot be read: {0}")]
+    BadWordDocument(String),
 }
 
 /// The formats Kefu reads, by file extension.
@@ -105,6 +109,8 @@ pub enum Format {
     Csv,
     /// The same as an Excel workbook (its first worksheet).
     Xlsx,
+    /// A Word document: paragraphs under their headings.
+    Docx,
 }
 
 impl Format {
@@ -120,6 +126,7 @@ impl Format {
             "pdf" => Format::Pdf,
             "csv" => Format::Csv,
             "xlsx" => Format::Xlsx,
+            "docx" => Format::Docx,
             _ => {
                 return Err(ParseError::Unsupported(if ext.is_empty() {
                     "(no extension)".into()
@@ -168,6 +175,7 @@ pub fn parse_bytes(
     let (title, sections) = match format {
         Format::Pdf => pdf::parse_pdf(bytes)?,
         Format::Xlsx => sheet::parse_faq_xlsx(bytes)?,
+        Format::Docx => docx::parse_docx(bytes)?,
         _ => {
             let text = as_text(bytes)?;
             match format {

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 pub(crate) const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// What a test script calls `kefu`: the widget's shadow root (its parts live there, out of
+/// the page's styles), or the document while the widget is not on the page.
+const WIDGET_ROOT: &str =
+    "const kefu = (document.querySelector('kefu-widget') || {}).shadowRoot || document;";
+
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -126,8 +131,11 @@ impl Browser {
         self.call("GET", "/url", None).as_str().unwrap().to_string()
     }
 
-    /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its value. The
+    /// script sees `kefu`: the widget's shadow root once the widget is on the page (the
+    /// document before).
     pub(crate) fn js(&self, script: &str, args: Value) -> Value {
+        let script = format!("{WIDGET_ROOT}\n{script}");
         self.call(
             "POST",
             "/execute/sync",
@@ -156,11 +164,11 @@ impl Browser {
         }
     }
 
+    /// The first element `css` selects inside the widget's shadow root, else in the page.
     pub(crate) fn element(&self, css: &str) -> String {
-        let found = self.call(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
+        let found = self.js(
+            "return kefu.querySelector(arguments[0]) || document.querySelector(arguments[0])",
+            json!([css]),
         );
         found[ELEMENT]
             .as_str()
@@ -227,7 +235,8 @@ pub(crate) fn base64_decode(text: &str) -> Vec<u8> {
 }
 
 /// Serves fixed pages on a second origin (another port): `/` embeds the widget with `key`,
-/// `/wrong` with a wrong key, `/nokey` without one.
+/// `/dark` the same in the dark theme and a brand colour, `/wrong` with a wrong key, `/nokey`
+/// without one.
 pub(crate) fn second_origin(widget: &str, key: &str) -> (u16, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -245,6 +254,12 @@ pub(crate) fn second_origin(widget: &str, key: &str) -> (u16, std::thread::JoinH
             page("data-site=\"kefu_site_0000000000\" data-lang=\"en\""),
         ),
         ("/nokey ", page("data-lang=\"en\"")),
+        (
+            "/dark ",
+            page(&format!(
+                "data-site=\"{key}\" data-theme=\"dark\" data-color=\"#0a7d5a\""
+            )),
+        ),
     ];
     let handle = std::thread::spawn(move || {
         for stream in listener.incoming() {

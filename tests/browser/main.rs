@@ -1,11 +1,14 @@
 //! The pages in a real browser: Debian's `chromium`, headless, driven over WebDriver
 //! (`chromedriver`) by a small client below. A customer asks a Debian FAQ question in the
 //! widget on the demo page, sees the answer stream in with a citation and rates it down with a
-//! reason; an agent in a second browser profile signs in, sees the rating, writes a correction
-//! and takes over; the customer's widget shows the agent's reply; the pairs export holds the
-//! correction. The widget also works from a page on a second origin, shows "unavailable" for a
-//! wrong or missing key, and markup in messages, titles and names stays text. Screenshots go to
-//! `docs/screenshots/`.
+//! reason, copies an answer and stops one mid-stream (stored as cancelled); an agent in a
+//! second browser profile signs in, sees the rating, writes a correction and takes over; the
+//! customer's widget is told of the take-over and hand-back and shows the agent's Markdown reply
+//! (a list, a link; a script tag stays text) over its event stream, then starts a new
+//! conversation; the pairs export holds the correction. The widget (in its shadow root) also
+//! works from a page on a second origin, in the dark theme and a brand colour there, shows
+//! "unavailable" for a wrong or missing key, and markup in messages, titles and names stays
+//! text. Screenshots go to `docs/screenshots/`.
 
 mod driver;
 
@@ -84,11 +87,11 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     customer.wait(
         "the chat bubble",
         10,
-        "return document.querySelector('.kefu-bubble')",
+        "return kefu.querySelector('.kefu-bubble')",
     );
     customer.click(".kefu-bubble");
     customer.js(
-        "window.__pieces = []; const log = document.querySelector('.kefu-log');
+        "window.__pieces = []; const log = kefu.querySelector('.kefu-log');
          new MutationObserver(() => { const t = log.querySelector('.kefu-assistant .kefu-text');
            if (t && t.textContent && window.__pieces[window.__pieces.length - 1] !== t.textContent)
              window.__pieces.push(t.textContent); })
@@ -101,7 +104,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     customer.wait(
         "the finished answer",
         120,
-        "return document.querySelector('.kefu-assistant[data-message]')",
+        "return kefu.querySelector('.kefu-assistant[data-message]')",
     );
     let pieces = customer.js("return window.__pieces.length", json!([]));
     assert!(
@@ -110,7 +113,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     );
     customer.click(".kefu-cites summary");
     let cites = customer.js(
-        "return document.querySelector('.kefu-cites').innerText",
+        "return kefu.querySelector('.kefu-cites').innerText",
         json!([]),
     );
     let (_, documents) = api(
@@ -142,10 +145,10 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     customer.wait(
         "the reason form",
         5,
-        "return document.querySelector('[data-kefu=reason] select')",
+        "return kefu.querySelector('[data-kefu=reason] select')",
     );
     customer.js(
-        "document.querySelector('[data-kefu=reason] select').value = 'incomplete'",
+        "kefu.querySelector('[data-kefu=reason] select').value = 'incomplete'",
         json!([]),
     );
     customer.type_into("[data-kefu=reason] input", "It does not say which one.");
@@ -153,7 +156,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     customer.wait(
         "the thanks",
         10,
-        "return document.querySelector('.kefu-log').innerText.includes('Thanks for the feedback')",
+        "return kefu.querySelector('.kefu-log').innerText.includes('Thanks for the feedback')",
     );
     // Markup in a customer message is shown as text and never runs.
     let markup = "<img src=x onerror=\"window.__xss=1\">Is <b>this</b> bold?";
@@ -162,16 +165,78 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     customer.wait(
         "the second answer",
         120,
-        "return document.querySelectorAll('.kefu-assistant[data-message]').length >= 2",
+        "return kefu.querySelectorAll('.kefu-assistant[data-message]').length >= 2",
     );
     let shown = customer.js(
-        "const m = [...document.querySelectorAll('.kefu-customer')].pop();
+        "const m = [...kefu.querySelectorAll('.kefu-customer')].pop();
          return [m.textContent, m.querySelectorAll('img, b').length, window.__xss === undefined]",
         json!([]),
     );
     assert_eq!(shown, json!([markup, 0, true]));
+    // Copy: the answer's text goes to the clipboard and the button says so.
+    customer.click(".kefu-assistant[data-message] [data-kefu=copy]");
+    customer.wait(
+        "the copied state",
+        5,
+        "return kefu.querySelector('.kefu-assistant[data-message] [data-kefu=copy]').textContent === 'Copied'",
+    );
+    // Stop: pressed as soon as the first words arrive; the stream ends, the widget marks the
+    // answer stopped, and the server stored exactly the partial text, as cancelled.
+    customer.js(
+        "const log = kefu.querySelector('.kefu-log');
+         const seen = kefu.querySelectorAll('.kefu-assistant').length;
+         new MutationObserver((_, observer) => {
+           const all = kefu.querySelectorAll('.kefu-assistant');
+           if (all.length > seen && all[all.length - 1].textContent) {
+             observer.disconnect();
+             kefu.querySelector('[data-kefu=stop]').click();
+           }
+         }).observe(log, {subtree: true, childList: true, characterData: true});",
+        json!([]),
+    );
+    customer.type_into(
+        ".kefu-input textarea",
+        "Explain step by step how to upgrade a Debian system to the next release.",
+    );
+    customer.click(".kefu-input button");
+    let stopped = customer.wait(
+        "the stopped answer",
+        120,
+        "const a = kefu.querySelector('.kefu-assistant[data-stopped=true][data-message]');
+         return a && kefu.querySelector('[data-kefu=stop]').hidden
+           && [a.getAttribute('data-message'), a.querySelector('.kefu-text').innerText,
+               a.querySelector('.kefu-stopped').textContent]",
+    );
+    assert_eq!(stopped[2], "Stopped", "{stopped}");
+    let conversation = customer.js(
+        &format!("return JSON.parse(localStorage.getItem('kefu:{base}:')).id",),
+        json!([]),
+    );
+    let (_, transcript) = api(
+        "GET",
+        &format!(
+            "{base}/api/agent/conversations/{}",
+            conversation.as_str().unwrap()
+        ),
+        &token,
+        None,
+    );
+    let stored = transcript["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"].as_i64() == stopped[0].as_str().unwrap().parse().ok())
+        .unwrap()
+        .clone();
+    assert_eq!(stored["served"]["finish_reason"], "cancelled", "{stored}");
+    assert_eq!(
+        words(&plain(stored["content"].as_str().unwrap())),
+        words(stopped[1].as_str().unwrap()),
+        "the stored partial answer is what the widget showed"
+    );
 
-    // The agent, in a second browser profile: sign in, see the rating, correct, take over.
+    // The agent, in a second browser profile and in Chinese (switched on the page, then
+    // remembered): sign in, see the rating, correct, take over.
     let console = Browser::open(&driver, 1280, 900, false);
     console.goto(&format!("{base}/agent"));
     console.wait(
@@ -187,6 +252,15 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         10,
         "return document.querySelector('#conversations button')",
     );
+    console.click("#language");
+    let chinese = console.wait(
+        "the console in Chinese",
+        10,
+        "return document.documentElement.lang === 'zh' && document.querySelector('#conversations button')
+           && [document.querySelector('nav a[aria-current]').textContent, document.querySelector('#transcript-head').textContent.trim(),
+               document.querySelector('#sign-out').textContent]",
+    );
+    assert_eq!(chinese, json!(["会话", "请选择一个会话。", "退出登录"]));
     console.click("#conversations button");
     let rated = console.wait(
         "the customer's rating",
@@ -195,14 +269,23 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     );
     let rated = rated.as_str().unwrap();
     assert!(
-        rated.contains("customer") && rated.contains("incomplete"),
+        rated.contains("客户: 踩") && rated.contains("incomplete"),
         "{rated}"
     );
     let served = console.js(
-        "return document.querySelector('.served summary').textContent",
+        "return [document.querySelector('.served summary').textContent, document.querySelector('#take-over').textContent,
+                 document.querySelector('.msg-assistant .role').textContent]",
         json!([]),
     );
-    assert!(served.as_str().unwrap().contains("passages"), "{served}");
+    assert!(
+        served[0]
+            .as_str()
+            .unwrap()
+            .starts_with("提供给模型的上下文"),
+        "{served}"
+    );
+    assert_eq!(served[1], "接管");
+    assert_eq!(served[2], "智能助手");
     let markup_in_console = console.js(
         "return [...document.querySelectorAll('.msg-customer .content')].map(c => [c.textContent, c.children.length])",
         json!([]),
@@ -229,7 +312,9 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         10,
         "return !document.querySelector('#reply').hidden",
     );
-    let reply = "Hello, this is Ann from support. Stable is the right choice for you.";
+    let reply = "Hello, this is Ann from support. Stable is the right choice for you:\n\n\
+                 - **Stable** gets security updates\n- see [the FAQ](https://www.debian.org/doc/manuals/debian-faq/)\n\n\
+                 <script>window.__xss = 2</script>";
     console.type_into("#reply-text", reply);
     console.click("#reply button");
     console.wait(
@@ -237,6 +322,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         10,
         "return [...document.querySelectorAll('.msg-agent')].length > 0",
     );
+    console.js("window.scrollTo(0, 0)", json!([]));
     console.screenshot("agent-console.png");
     // Hand back to the bot, then take over again (the customer's widget must see the reply).
     console.click("#hand-back");
@@ -262,15 +348,54 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         "return document.querySelector('#hand-back')",
     );
 
-    // The customer's widget shows the agent's reply.
-    customer.wait(
+    // The customer's widget shows the agent's reply, pushed over its event stream, as
+    // Markdown: a list with bold text and a link; the script tag stays text and never runs.
+    let rendered = customer.wait(
         "the agent's reply in the widget",
         20,
-        &format!(
-            "const a = document.querySelector('.kefu-agent'); return a && a.textContent.includes({})",
-            json!(reply)
-        ),
+        "const a = kefu.querySelector('.kefu-agent .kefu-text');
+         const link = a && a.querySelector('li a');
+         return link && [a.querySelectorAll('ul > li').length, a.querySelector('li strong').textContent,
+           link.href, link.target, link.rel, a.querySelectorAll('script').length,
+           a.textContent.includes('<script>window.__xss = 2</script>'), window.__xss === undefined]",
     );
+    assert_eq!(
+        rendered,
+        json!([
+            2,
+            "Stable",
+            "https://www.debian.org/doc/manuals/debian-faq/",
+            "_blank",
+            "noopener noreferrer nofollow",
+            0,
+            true,
+            true
+        ])
+    );
+    // Take-over, hand-back and take-over again reached the widget as they happened.
+    let notes = customer.js(
+        "return [...kefu.querySelectorAll('.kefu-note')].map(n => n.textContent)",
+        json!([]),
+    );
+    let notes: Vec<&str> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    let joined = "A support agent has joined the conversation.";
+    let back = "You are chatting with the assistant again.";
+    assert!(notes.ends_with(&[joined, back, joined]), "{notes:?}");
+    customer.screenshot("widget-markdown.png");
+    // A new conversation: the log empties and the next question opens another one.
+    customer.click("[data-kefu=new]");
+    let emptied = customer.js(
+        &format!(
+            "return [kefu.querySelectorAll('.kefu-msg').length, JSON.parse(localStorage.getItem('kefu:{base}:')).id]"
+        ),
+        json!([]),
+    );
+    assert_eq!(emptied, json!([0, null]));
 
     // The pairs export holds the correction as chosen, the model's answer as rejected.
     let (status, pairs) = api(
@@ -309,8 +434,8 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         json!([]),
     );
     assert!(
-        notice.as_str().unwrap().contains("session ended"),
-        "{notice}"
+        notice.as_str().unwrap().contains("会话已过期"),
+        "the sign-in page remembers the language: {notice}"
     );
     console.type_into("input[name=name]", "ann");
     console.type_into("input[name=password]", "correct horse battery");
@@ -458,11 +583,11 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     visitor.wait(
         "the chat bubble",
         10,
-        "return document.querySelector('.kefu-bubble')",
+        "return kefu.querySelector('.kefu-bubble')",
     );
     visitor.click(".kefu-bubble");
     let placeholder = visitor.js(
-        "return document.querySelector('.kefu-input textarea').placeholder",
+        "return kefu.querySelector('.kefu-input textarea').placeholder",
         json!([]),
     );
     assert_eq!(placeholder, json!("请输入您的问题…"), "the page's language");
@@ -474,7 +599,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     visitor.wait(
         "an answer on the second origin",
         120,
-        "return document.querySelector('.kefu-assistant[data-message]')",
+        "return kefu.querySelector('.kefu-assistant[data-message]')",
     );
     visitor.screenshot("widget-phone.png");
     // Reloading keeps the conversation.
@@ -482,16 +607,16 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     visitor.wait(
         "the bubble again",
         10,
-        "return document.querySelector('.kefu-bubble')",
+        "return kefu.querySelector('.kefu-bubble')",
     );
     visitor.click(".kefu-bubble");
     visitor.wait(
         "the earlier messages",
         10,
-        "return document.querySelectorAll('.kefu-assistant').length >= 1",
+        "return kefu.querySelectorAll('.kefu-assistant').length >= 1",
     );
     let questions = visitor.js(
-        "return document.querySelectorAll('.kefu-customer').length",
+        "return kefu.querySelectorAll('.kefu-customer').length",
         json!([]),
     );
     assert_eq!(questions, json!(1), "each message shown once");
@@ -502,10 +627,10 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     visitor.wait(
         "the abstention with its hand-off action",
         120,
-        "return document.querySelector('.kefu-assistant[data-abstained=true] [data-kefu=handoff]')",
+        "return kefu.querySelector('.kefu-assistant[data-abstained=true] [data-kefu=handoff]')",
     );
     let said = visitor.js(
-        "return document.querySelector('.kefu-assistant[data-abstained=true] .kefu-text').textContent",
+        "return kefu.querySelector('.kefu-assistant[data-abstained=true] .kefu-text').textContent",
         json!([]),
     );
     assert!(said.as_str().unwrap().contains("人工客服"), "{said}");
@@ -514,18 +639,41 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     visitor.wait(
         "the hand-off notice",
         10,
-        "return document.querySelector('.kefu-log').innerText.includes('人工客服即将接入')",
+        "return kefu.querySelector('.kefu-log').innerText.includes('人工客服即将接入')",
     );
+    // Dark, in the site's colour (`data-theme`, `data-color`), with the same conversation.
+    visitor.goto(&format!("{shop}/dark"));
+    visitor.wait(
+        "the bubble on the dark page",
+        10,
+        "return kefu.querySelector('.kefu-bubble')",
+    );
+    visitor.click(".kefu-bubble");
+    let colours = visitor.wait(
+        "the dark widget with its messages",
+        10,
+        "const log = kefu.querySelector('.kefu-log');
+         return kefu.querySelectorAll('.kefu-assistant').length >= 2 && [
+           getComputedStyle(kefu.querySelector('.kefu-bubble')).backgroundColor,
+           getComputedStyle(kefu.querySelector('.kefu-panel')).backgroundColor,
+           getComputedStyle(document.body).backgroundColor]",
+    );
+    assert_eq!(
+        colours,
+        json!(["rgb(10, 125, 90)", "rgb(31, 33, 37)", "rgba(0, 0, 0, 0)"]),
+        "the brand colour, a dark panel, and the page's own style untouched"
+    );
+    visitor.screenshot("widget-dark.png");
     for page in ["wrong", "nokey"] {
         visitor.goto(&format!("{shop}/{page}"));
         visitor.wait(
             "the unavailable state",
             10,
-            "const r = document.querySelector('[data-kefu=widget]'); return r && r.getAttribute('data-state') === 'unavailable'",
+            "const r = kefu.querySelector('.kefu-root'); return r && r.getAttribute('data-state') === 'unavailable'",
         );
         visitor.click(".kefu-bubble");
         let text = visitor.js(
-            "return document.querySelector('.kefu-log').innerText",
+            "return kefu.querySelector('.kefu-log').innerText",
             json!([]),
         );
         assert!(
@@ -636,4 +784,31 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     );
     assert_eq!(shown, json!(1));
     admin.screenshot("admin-datasets.png");
+}
+
+/// The text a reader sees of a Markdown answer: without heading and list markers.
+fn plain(markdown: &str) -> String {
+    let lines = markdown.lines().map(|line| {
+        let line = line.trim_start().trim_start_matches('#').trim_start();
+        if let Some(rest) = line
+            .strip_prefix(['-', '*', '+'])
+            .filter(|r| r.starts_with(' '))
+        {
+            return rest;
+        }
+        let digits = line.chars().take_while(char::is_ascii_digit).count();
+        match line[digits..].strip_prefix(['.', ')']) {
+            Some(rest) if digits > 0 && rest.starts_with(' ') => rest,
+            _ => line,
+        }
+    });
+    lines.collect::<Vec<_>>().join(" ")
+}
+
+/// The words of a text, punctuation and markup left out.
+fn words(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

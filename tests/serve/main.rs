@@ -11,6 +11,7 @@ mod answers;
 mod faults;
 mod hardening;
 mod jobs;
+mod live;
 mod proxy;
 mod sites;
 mod support;

@@ -212,6 +212,12 @@ async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Label
         let Some((event, label)) = decide(&events) else {
             continue;
         };
+        // An answer the customer stopped is cut short: never an example of a good answer
+        // (its correction, or its rating down, still counts).
+        let correction_given = events.iter().any(|e| e.feedback.corrected_answer.is_some());
+        if served.finish_reason == "cancelled" && label > 0 && !correction_given {
+            continue;
+        }
         let correction = events
             .iter()
             .filter(|e| e.feedback.rater_role == "agent")

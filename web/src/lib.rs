@@ -4,11 +4,15 @@
 
 use askama::Template;
 
+pub mod i18n;
+
 /// What every staff page shows around its content.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
     /// `en` or `zh`.
     pub lang: String,
+    /// The page's own path, where switching the language comes back to.
+    pub path: String,
     /// The session's CSRF token, for the page's API calls.
     pub csrf: String,
     /// The signed-in user's name (empty on the sign-in page).
@@ -16,6 +20,18 @@ pub struct Page {
     pub admin: bool,
     /// Which navigation entry is current.
     pub section: &'static str,
+}
+
+impl Page {
+    /// `english` in the page's language.
+    pub fn t<'a>(&self, english: &'a str) -> &'a str {
+        i18n::translate(&self.lang, english)
+    }
+
+    /// The page's texts for `console.js` (JSON; `{}` in English).
+    pub fn texts_json(&self) -> String {
+        i18n::texts_json(&self.lang)
+    }
 }
 
 #[derive(Template)]
@@ -153,6 +169,7 @@ mod tests {
     fn staff(section: &'static str) -> Page {
         Page {
             lang: "en".into(),
+            path: "/admin/documents".into(),
             csrf: "token123".into(),
             user: "<b>ann</b>".into(),
             admin: true,

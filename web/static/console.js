@@ -7,6 +7,21 @@
   var csrfMeta = document.querySelector("meta[name=csrf-token]");
   var csrf = csrfMeta ? csrfMeta.content : "";
 
+  /* The page's language: its texts come with it (English pages carry none). t("Job {0}", 7)
+   * is the text in the page's language with its placeholders filled. */
+  var textsNode = document.getElementById("kefu-texts");
+  var TEXTS = textsNode ? JSON.parse(textsNode.textContent) : {};
+  function t(text) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    return (TEXTS[text] || text).replace(/\{(\d)\}/g, function (_, i) { return String(args[+i]); });
+  }
+  /* An API error in the page's language: its code's text, the server's details beside it. */
+  function errorText(data, fallback) {
+    var message = (data && data.message) || fallback;
+    var known = data && data.code && TEXTS["code:" + data.code];
+    return known ? known + "（" + message + "）" : message;
+  }
+
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
     for (var k in attrs || {}) {
@@ -19,8 +34,8 @@
   }
 
   function saveDrafts() {
-    document.querySelectorAll("[data-draft]").forEach(function (t) {
-      if (t.value) sessionStorage.setItem("kefu-draft:" + location.pathname + ":" + t.getAttribute("data-draft"), t.value);
+    document.querySelectorAll("[data-draft]").forEach(function (field) {
+      if (field.value) sessionStorage.setItem("kefu-draft:" + location.pathname + ":" + field.getAttribute("data-draft"), field.value);
     });
   }
 
@@ -47,7 +62,7 @@
         var type = r.headers.get("content-type") || "";
         var parsed = type.indexOf("json") >= 0 ? r.json() : r.text();
         return parsed.then(function (data) {
-          if (!r.ok) throw new Error((data && data.message) || r.statusText);
+          if (!r.ok) throw new Error(errorText(data, r.statusText));
           return data;
         });
       });
@@ -65,7 +80,7 @@
       e.preventDefault();
       fetch("/api/auth/login", { method: "POST", headers: { "Content-Type": "application/json" }, credentials: "same-origin",
         body: JSON.stringify({ name: login.name.value, password: login.password.value }) })
-        .then(function (r) { return r.json().then(function (d) { if (!r.ok) throw new Error(d.message); return d; }); })
+        .then(function (r) { return r.json().then(function (d) { if (!r.ok) throw new Error(errorText(d, r.statusText)); return d; }); })
         .then(function () {
           var next = login.getAttribute("data-next") || "/agent";
           location.href = /^\/(?![\/\\])[^\\\u0000-\u001f]*$/.test(next) ? next : "/agent";
@@ -87,7 +102,7 @@
     var transcript = document.getElementById("transcript");
     var head = document.getElementById("transcript-head");
     var reply = document.getElementById("reply");
-    var statusLabel = { assistant: "bot", handoff_requested: "wants a human", agent: "with an agent" };
+    var statusLabel = { assistant: t("bot"), handoff_requested: t("wants a human"), agent: t("with an agent") };
 
     function loadList() {
       return api("GET", "/api/agent/conversations").then(function (data) {
@@ -107,21 +122,21 @@
     }
 
     function feedbackLine(f) {
-      var rating = f.rating > 0 ? "thumbs up" : f.rating < 0 ? "thumbs down" : "note";
-      var parts = [f.rater_role + ": " + rating];
+      var rating = f.rating > 0 ? t("thumbs up") : f.rating < 0 ? t("thumbs down") : t("note");
+      var parts = [t(f.rater_role) + ": " + rating];
       if (f.reasons && f.reasons.length) parts.push("(" + f.reasons.join(", ") + ")");
       if (f.comment) parts.push("“" + f.comment + "”");
       var li = el("li", { "class": "feedback" }, [parts.join(" ")]);
-      if (f.corrected_answer) li.appendChild(el("div", { "class": "correction", text: "Correction: " + f.corrected_answer }));
+      if (f.corrected_answer) li.appendChild(el("div", { "class": "correction", text: t("Correction: {0}", f.corrected_answer) }));
       return li;
     }
 
     function answerTools(m) {
       var box = el("div", { "class": "tools" });
-      var up = el("button", { type: "button", text: "Good answer" });
-      var down = el("button", { type: "button", text: "Bad answer" });
-      var area = el("textarea", { rows: "3", "aria-label": "Corrected answer", "data-draft": "correction-" + m.id, placeholder: "Write the answer it should have given" });
-      var save = el("button", { type: "submit", text: "Save correction" });
+      var up = el("button", { type: "button", text: t("Good answer") });
+      var down = el("button", { type: "button", text: t("Bad answer") });
+      var area = el("textarea", { rows: "3", "aria-label": t("Corrected answer"), "data-draft": "correction-" + m.id, placeholder: t("Write the answer it should have given") });
+      var save = el("button", { type: "submit", text: t("Save correction") });
       var form = el("form", { "class": "correct" }, [area, save]);
       up.addEventListener("click", function () { api("POST", "/api/agent/conversations/" + current + "/messages/" + m.id + "/feedback", { rating: "up" }).then(loadTranscript); });
       down.addEventListener("click", function () { api("POST", "/api/agent/conversations/" + current + "/messages/" + m.id + "/feedback", { rating: "down" }).then(loadTranscript); });
@@ -147,26 +162,26 @@
         head.textContent = "";
         var actions = el("div", { "class": "actions" });
         if (c.status === "agent") {
-          actions.appendChild(el("button", { type: "button", id: "hand-back", text: "Hand back to the bot", onclick: function () { api("POST", "/api/agent/conversations/" + current + "/release", {}).then(function () { lastTranscript = ""; loadTranscript(); }); } }));
+          actions.appendChild(el("button", { type: "button", id: "hand-back", text: t("Hand back to the bot"), onclick: function () { api("POST", "/api/agent/conversations/" + current + "/release", {}).then(function () { lastTranscript = ""; loadTranscript(); }); } }));
         } else {
-          actions.appendChild(el("button", { type: "button", id: "take-over", text: "Take over", onclick: function () { api("POST", "/api/agent/conversations/" + current + "/takeover", {}).then(function () { lastTranscript = ""; loadTranscript(); }); } }));
+          actions.appendChild(el("button", { type: "button", id: "take-over", text: t("Take over"), onclick: function () { api("POST", "/api/agent/conversations/" + current + "/takeover", {}).then(function () { lastTranscript = ""; loadTranscript(); }); } }));
         }
-        head.appendChild(el("h2", { text: "Conversation " + c.id.slice(0, 8) + " · " + (statusLabel[c.status] || c.status) }));
+        head.appendChild(el("h2", { text: t("Conversation {0}", c.id.slice(0, 8)) + " · " + (statusLabel[c.status] || c.status) }));
         head.appendChild(actions);
         reply.hidden = c.status !== "agent";
         transcript.textContent = "";
         c.messages.forEach(function (m) {
           var item = el("li", { "class": "msg msg-" + m.role, "data-message": m.id }, [
-            el("div", { "class": "role", text: m.role }),
+            el("div", { "class": "role", text: t(m.role) }),
             el("div", { "class": "content", text: m.content })
           ]);
           if (m.role === "assistant") {
             if (m.served) {
               var passages = (m.served.retrieved || []).map(function (r) {
-                return el("li", {}, [el("strong", { text: (r.title || "") + (r.heading ? " — " + r.heading : "") }), " ", el("span", { "class": "muted", text: "score " + (r.score !== undefined ? Number(r.score).toFixed(3) : "?") }), el("div", { "class": "excerpt", text: r.text || "" })]);
+                return el("li", {}, [el("strong", { text: (r.title || "") + (r.heading ? " — " + r.heading : "") }), " ", el("span", { "class": "muted", text: t("score") + " " + (r.score !== undefined ? Number(r.score).toFixed(3) : "?") }), el("div", { "class": "excerpt", text: r.text || "" })]);
               });
               item.appendChild(el("details", { "class": "served" }, [
-                el("summary", { text: "Context it was given (" + passages.length + " passages, model " + String(m.served.model_version).slice(0, 12) + ")" }),
+                el("summary", { text: t("Context it was given ({0} passages, model {1})", passages.length, String(m.served.model_version).slice(0, 12)) }),
                 el("ol", {}, passages)
               ]));
             }
@@ -188,9 +203,28 @@
       }, function (error) { alert(error.message); });
     });
 
-    function tick() { loadList().then(loadTranscript).catch(function () { /* retried next tick */ }); }
-    tick();
-    setInterval(tick, 2000);
+    /* Reloads the list and the open transcript; calls while one runs coalesce into one more. */
+    var loading = null, again = false;
+    function reload() {
+      if (loading) { again = true; return; }
+      loading = loadList().then(loadTranscript).catch(function () { /* the next event retries */ }).then(function () {
+        loading = null;
+        if (again) { again = false; reload(); }
+      });
+    }
+    /* Changes are pushed (`sync` on connecting and every 30 s, `conversation` per change);
+     * the browser reconnects by itself when the stream drops. */
+    function connect() {
+      var live = new EventSource("/api/agent/events");
+      live.addEventListener("sync", reload);
+      live.addEventListener("conversation", reload);
+      live.onerror = function () {
+        /* Refused (not a dropped connection): a reload finds out why — an ended session goes
+         * to sign in, drafts kept — and the stream is tried again. */
+        if (live.readyState === EventSource.CLOSED) { reload(); setTimeout(connect, 5000); }
+      };
+    }
+    connect();
   }
 
   /* Admin: documents. */
@@ -205,9 +239,9 @@
       var done = 0;
       progress.hidden = false;
       function next() {
-        if (!files.length) { status.textContent = done + " uploaded"; setTimeout(function () { location.reload(); }, 300); return; }
+        if (!files.length) { status.textContent = t("{0} uploaded", done); setTimeout(function () { location.reload(); }, 300); return; }
         var file = files.shift();
-        status.textContent = "Uploading " + file.name + "…";
+        status.textContent = t("Uploading {0}…", file.name);
         var request = new XMLHttpRequest();
         request.open("POST", "/api/admin/knowledge-bases/" + encodeURIComponent(kb) + "/documents?name=" + encodeURIComponent(file.name));
         request.setRequestHeader("X-CSRF-Token", csrf);
@@ -216,7 +250,7 @@
           if (request.status === 401) return signInAgain();
           if (request.status >= 400) {
             var message = request.statusText;
-            try { message = JSON.parse(request.responseText).message; } catch (err) { /* not JSON */ }
+            try { message = errorText(JSON.parse(request.responseText), message); } catch (err) { /* not JSON */ }
             status.textContent = file.name + ": " + message;
             progress.hidden = true;
             return;
@@ -224,7 +258,7 @@
           done += 1;
           next();
         };
-        request.onerror = function () { status.textContent = file.name + ": the upload failed"; };
+        request.onerror = function () { status.textContent = t("{0}: the upload failed", file.name); };
         request.send(file);
       }
       next();
@@ -234,11 +268,11 @@
       if (!action) return;
       var row = e.target.closest("tr");
       var path = "/api/admin/knowledge-bases/" + encodeURIComponent(kb) + "/documents/" + row.getAttribute("data-id");
-      if (action === "delete" && confirm("Delete this document and its passages?")) {
+      if (action === "delete" && confirm(t("Delete this document and its passages?"))) {
         api("DELETE", path).then(function () { row.remove(); }, function (error) { alert(error.message); });
       } else if (action === "reingest") {
         e.target.disabled = true;
-        api("POST", path + "/reingest", {}).then(function (r) { e.target.textContent = "Re-ingested (" + r.chunks + " passages)"; }, function (error) { alert(error.message); e.target.disabled = false; });
+        api("POST", path + "/reingest", {}).then(function (r) { e.target.textContent = t("Re-ingested ({0} passages)", r.chunks); }, function (error) { alert(error.message); e.target.disabled = false; });
       }
     });
   }
@@ -254,7 +288,7 @@
     document.querySelector("[data-page=users] tbody").addEventListener("click", function (e) {
       if (e.target.getAttribute("data-action") !== "delete-user") return;
       var row = e.target.closest("tr");
-      if (confirm("Remove " + row.getAttribute("data-name") + "?")) {
+      if (confirm(t("Remove {0}?", row.getAttribute("data-name")))) {
         api("DELETE", "/api/admin/users/" + encodeURIComponent(row.getAttribute("data-name"))).then(function () { row.remove(); }, function (error) { alert(error.message); });
       }
     });
@@ -274,8 +308,8 @@
       var row = e.target.closest("tr");
       if (action === "save-origins") {
         api("PUT", "/api/admin/sites/" + row.getAttribute("data-id"), { allowed_origins: origins(row.querySelector("input").value) })
-          .then(function () { e.target.textContent = "Saved"; }, function (error) { alert(error.message); });
-      } else if (action === "delete-site" && confirm("Remove this site? Its key stops working at once.")) {
+          .then(function () { e.target.textContent = t("Saved"); }, function (error) { alert(error.message); });
+      } else if (action === "delete-site" && confirm(t("Remove this site? Its key stops working at once."))) {
         api("DELETE", "/api/admin/sites/" + row.getAttribute("data-id")).then(function () { row.remove(); }, function (error) { alert(error.message); });
       }
     });
@@ -295,22 +329,22 @@
       while (svg.firstChild) svg.removeChild(svg.firstChild);
       var ns = "http://www.w3.org/2000/svg";
       var line = function (attrs) { var n = document.createElementNS(ns, attrs.tag); for (var k in attrs) if (k !== "tag") n.setAttribute(k, attrs[k]); svg.appendChild(n); return n; };
-      if (!points.length) { var t = line({ tag: "text", x: 20, y: 110 }); t.textContent = "No steps yet"; return; }
+      if (!points.length) { var empty = line({ tag: "text", x: 20, y: 110 }); empty.textContent = t("No steps yet"); return; }
       var losses = points.map(function (p) { return p.loss; });
       var lo = Math.min.apply(null, losses), hi = Math.max.apply(null, losses);
       if (hi - lo < 1e-9) { hi = lo + 1; }
       var w = 560, h = 180, x0 = 36, y0 = 10;
       line({ tag: "line", x1: x0, y1: y0 + h, x2: x0 + w, y2: y0 + h, stroke: "#888" });
       line({ tag: "line", x1: x0, y1: y0, x2: x0, y2: y0 + h, stroke: "#888" });
-      [hi, lo].forEach(function (v, i) { var t = line({ tag: "text", x: 2, y: i ? y0 + h : y0 + 10, "font-size": 10 }); t.textContent = v.toFixed(2); });
+      [hi, lo].forEach(function (v, i) { var tick = line({ tag: "text", x: 2, y: i ? y0 + h : y0 + 10, "font-size": 10 }); tick.textContent = v.toFixed(2); });
       var n = points.length;
       var stages = {};
       points.forEach(function (p, i) { (stages[p.stage] = stages[p.stage] || []).push([x0 + (n === 1 ? 0 : i * w / (n - 1)), y0 + h - (p.loss - lo) / (hi - lo) * h]); });
       var legend = 0;
       Object.keys(stages).forEach(function (stage) {
         line({ tag: "polyline", fill: "none", stroke: colours[stage] || "#333", "stroke-width": 2, points: stages[stage].map(function (xy) { return xy.join(","); }).join(" "), "data-stage": stage });
-        var t = line({ tag: "text", x: x0 + w - 60, y: y0 + 12 + 14 * legend++, fill: colours[stage] || "#333", "font-size": 12 });
-        t.textContent = stage.toUpperCase();
+        var name = line({ tag: "text", x: x0 + w - 60, y: y0 + 12 + 14 * legend++, fill: colours[stage] || "#333", "font-size": 12 });
+        name.textContent = stage.toUpperCase();
       });
     }
 
@@ -327,28 +361,28 @@
       var body = document.querySelector("#report tbody");
       var greedy = document.querySelector("#greedy tbody");
       body.textContent = ""; greedy.textContent = "";
-      if (!report) { body.appendChild(el("tr", {}, [el("td", { colspan: 4, text: "The report appears when the job has finished." })])); return; }
+      if (!report) { body.appendChild(el("tr", {}, [el("td", { colspan: 4, text: t("The report appears when the job has finished.") })])); return; }
       var r = report.regression || {};
-      var verdict = function (ok) { return el("td", { class: ok ? "pass" : "fail", text: ok ? "pass" : "fail" }); };
-      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Answer loss on corrected questions (" + (r.examples || 0) + ")" }), el("td", { text: fixed(r.production_loss) }), el("td", { text: fixed(r.candidate_loss) }),
+      var verdict = function (ok) { return el("td", { class: ok ? "pass" : "fail", text: ok ? t("pass") : t("fail") }); };
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Answer loss on corrected questions ({0})", r.examples || 0) }), el("td", { text: fixed(r.production_loss) }), el("td", { text: fixed(r.candidate_loss) }),
         verdict(r.loss_ratio === null || r.loss_ratio === undefined || r.loss_ratio <= r.max_loss_ratio)]));
       var p = report.parity || {};
-      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Merged weights against base + adapter (relative RMS logit difference, f32; the served Q8_0 file's drift and top-1 agreement)" }), el("td", { text: "—" }), el("td", { text: (p.relative_rms_difference || 0).toExponential(2) + " (≤ " + p.tolerance + "); " + fixed(p.served_q8_0_relative_rms_difference) + ", " + fixed(p.served_q8_0_top1_agreement) }), verdict(p.relative_rms_difference <= p.tolerance)]));
-      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Chat template renders prompts as production does" }), el("td", { text: "—" }), el("td", { text: report.template_parity ? "same" : "different" }), verdict(report.template_parity)]));
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Merged weights against base + adapter (relative RMS logit difference, f32; the served Q8_0 file's drift and top-1 agreement)") }), el("td", { text: "—" }), el("td", { text: (p.relative_rms_difference || 0).toExponential(2) + " (≤ " + p.tolerance + "); " + fixed(p.served_q8_0_relative_rms_difference) + ", " + fixed(p.served_q8_0_top1_agreement) }), verdict(p.relative_rms_difference <= p.tolerance)]));
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Chat template renders prompts as production does") }), el("td", { text: "—" }), el("td", { text: report.template_parity ? t("same") : t("different") }), verdict(report.template_parity)]));
       var q = report.held_out_questions;
       if (q && q.why) {
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Held-out questions" }), el("td", { colspan: 2, text: q.why }), verdict(false)]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Held-out questions") }), el("td", { colspan: 2, text: q.why }), verdict(false)]));
         q = null;
       }
       if (q) {
-        var from = q.from === "feedback" ? "held out of the feedback, answered from the passages they were served with" : "answered from the knowledge base";
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Answer loss on held-out questions (" + q.questions + ", " + from + ")" }), el("td", { text: fixed(q.production_loss) }), el("td", { text: fixed(q.candidate_loss) }), verdict(q.loss_ok)]));
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Facts of the reference answer stated (greedy; in brackets: share of the answer's terms its passages hold)" }), el("td", { text: fixed(q.production_fact_recall) + " (" + fixed(q.production_support) + ")" }), el("td", { text: fixed(q.candidate_fact_recall) + " (" + fixed(q.candidate_support) + ")" }), verdict(q.facts_ok)]));
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Token F1 against the reference answers (in brackets: share of answers that abstained)" }), el("td", { text: fixed(q.production_f1) + " (" + fixed(q.production_abstained) + ")" }), el("td", { text: fixed(q.candidate_f1) + " (" + fixed(q.candidate_abstained) + ")" }), q.answers_ok === undefined ? el("td", {}) : verdict(q.answers_ok)]));
+        var from = q.from === "feedback" ? t("held out of the feedback, answered from the passages they were served with") : t("answered from the knowledge base");
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Answer loss on held-out questions ({0}, {1})", q.questions, from) }), el("td", { text: fixed(q.production_loss) }), el("td", { text: fixed(q.candidate_loss) }), verdict(q.loss_ok)]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Facts of the reference answer stated (greedy; in brackets: share of the answer's terms its passages hold)") }), el("td", { text: fixed(q.production_fact_recall) + " (" + fixed(q.production_support) + ")" }), el("td", { text: fixed(q.candidate_fact_recall) + " (" + fixed(q.candidate_support) + ")" }), verdict(q.facts_ok)]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Token F1 against the reference answers (in brackets: share of answers that abstained)") }), el("td", { text: fixed(q.production_f1) + " (" + fixed(q.production_abstained) + ")" }), el("td", { text: fixed(q.candidate_f1) + " (" + fixed(q.candidate_abstained) + ")" }), q.answers_ok === undefined ? el("td", {}) : verdict(q.answers_ok)]));
       }
       var hp = report.held_out_pairs;
       if (hp) {
-        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Preference accuracy on held-out pairs (" + hp.pairs + "); the candidate's reward accuracy against production in brackets" }), el("td", { text: fixed(hp.production_preference_accuracy) }), el("td", { text: fixed(hp.candidate_preference_accuracy) + " (" + fixed(hp.reward_accuracy) + ")" }), verdict(hp.ok)]));
+        body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Preference accuracy on held-out pairs ({0}); the candidate's reward accuracy against production in brackets", hp.pairs) }), el("td", { text: fixed(hp.production_preference_accuracy) }), el("td", { text: fixed(hp.candidate_preference_accuracy) + " (" + fixed(hp.reward_accuracy) + ")" }), verdict(hp.ok)]));
       }
       var heldOut = document.querySelector("#held-out tbody");
       heldOut.textContent = "";
@@ -360,12 +394,12 @@
       document.getElementById("held-out-section").hidden = !(q && q.answers && q.answers.length);
       var d = report.dataset || {};
       if (d.learned_from) {
-        var names = { agent_correction: "agent corrections", agent_rating: "agent ratings", accepted_customer: "accepted customer ratings", customer: "unreviewed customer ratings" };
-        var describe = function (counts) { return Object.keys(counts || {}).map(function (k) { return (names[k] || k) + " " + counts[k]; }).join(", ") || "none"; };
-        body.appendChild(el("tr", { "data-row": "learned-from" }, [el("th", { scope: "row", text: "Learned from (feedback policy " + (d.policy || "?") + "; " + (d.held_out_examples || 0) + " examples held out for the gate)" }),
-          el("td", { colspan: 2, text: "SFT: " + describe(d.learned_from.sft) + ". Pairs: " + describe(d.learned_from.pairs) + "." }), el("td", {})]));
+        var names = { agent_correction: t("agent corrections"), agent_rating: t("agent ratings"), accepted_customer: t("accepted customer ratings"), customer: t("unreviewed customer ratings") };
+        var describe = function (counts) { return Object.keys(counts || {}).map(function (k) { return (names[k] || k) + " " + counts[k]; }).join(", ") || t("none"); };
+        body.appendChild(el("tr", { "data-row": "learned-from" }, [el("th", { scope: "row", text: t("Learned from (feedback policy {0}; {1} examples held out for the gate)", d.policy || "?", d.held_out_examples || 0) }),
+          el("td", { colspan: 2, text: t("SFT: {0}. Pairs: {1}.", describe(d.learned_from.sft), describe(d.learned_from.pairs)) }), el("td", {})]));
       }
-      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: "Gate" }), el("td", { text: short(report.production) }), el("td", { text: "" }), verdict(report.passed)]));
+      body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Gate") }), el("td", { text: short(report.production) }), el("td", { text: "" }), verdict(report.passed)]));
       (r.greedy || []).forEach(function (g) {
         greedy.appendChild(el("tr", {}, [el("td", { text: g.question || "" }), el("td", { text: g.expected }), el("td", { class: g.matches ? "pass" : "fail", text: g.candidate })]));
       });
@@ -374,7 +408,7 @@
     function showJob(id) {
       return api("GET", "/api/admin/training/jobs/" + id).then(function (job) {
         document.getElementById("job-detail").hidden = false;
-        document.getElementById("job-title").textContent = "Job " + job.id + ": " + job.status + (job.error ? " (" + job.error + ")" : "");
+        document.getElementById("job-title").textContent = t("Job {0}", job.id) + ": " + t(job.status) + (job.error ? " (" + job.error + ")" : "");
         drawCurve(curveOf(job));
         showReport(job.report);
       });
@@ -387,9 +421,9 @@
         data.jobs.forEach(function (job) {
           var p = job.progress || {};
           var live = job.status === "running" || job.status === "queued";
-          var progress = !live ? (p.curve ? p.curve.length + " steps" : "") : p.stage ? p.stage + (p.total ? " " + p.step + "/" + p.total + ", loss " + fixed(p.loss) : "") : "";
-          var open = el("button", { type: "button", text: "Job " + job.id, onclick: function () { selected = job.id; showJob(job.id); } });
-          body.appendChild(el("tr", { "data-job": job.id, "data-status": job.status }, [el("td", {}, [open]), el("td", { text: job.status + (job.error ? ": " + job.error : "") }), el("td", { text: progress }), el("td", { text: when(job.started_ms) }), el("td", {}, [el("code", { text: short(job.version) })])]));
+          var progress = !live ? (p.curve ? t("{0} steps", p.curve.length) : "") : p.stage ? p.stage + (p.total ? " " + p.step + "/" + p.total + ", " + t("loss") + " " + fixed(p.loss) : "") : "";
+          var open = el("button", { type: "button", text: t("Job {0}", job.id), onclick: function () { selected = job.id; showJob(job.id); } });
+          body.appendChild(el("tr", { "data-job": job.id, "data-status": job.status }, [el("td", {}, [open]), el("td", { text: t(job.status) + (job.error ? ": " + job.error : "") }), el("td", { text: progress }), el("td", { text: when(job.started_ms) }), el("td", {}, [el("code", { text: short(job.version) })])]));
         });
         if (selected === null && data.jobs.length) selected = data.jobs[0].id;
         if (selected !== null) return showJob(selected);
@@ -401,18 +435,18 @@
         var body = document.querySelector("#versions tbody");
         body.textContent = "";
         data.versions.forEach(function (v) {
-          var labels = v.labels.join(", ") + (v.id === data.serving ? " (serving here)" : "");
-          var gate = v.report && typeof v.report.passed === "boolean" ? (v.report.passed ? "passed" : "failed") : "—";
+          var labels = v.labels.join(", ") + (v.id === data.serving ? " " + t("(serving here)") : "");
+          var gate = v.report && typeof v.report.passed === "boolean" ? (v.report.passed ? t("passed") : t("failed")) : "—";
           var actions = el("td");
           if (v.labels.indexOf("production") < 0) {
-            actions.appendChild(el("button", { type: "button", "data-action": "promote", text: "Promote", onclick: function () {
-              if (!confirm("Serve version " + short(v.id) + " to every customer?")) return;
-              api("POST", "/api/admin/models/" + v.id + "/promote", {}).then(function () { status.textContent = "Version " + short(v.id) + " is production"; refresh(); }, function (e) { status.textContent = e.message; });
+            actions.appendChild(el("button", { type: "button", "data-action": "promote", text: t("Promote"), onclick: function () {
+              if (!confirm(t("Serve version {0} to every customer?", short(v.id)))) return;
+              api("POST", "/api/admin/models/" + v.id + "/promote", {}).then(function () { status.textContent = t("Version {0} is production", short(v.id)); refresh(); }, function (e) { status.textContent = e.message; });
             } }));
           }
           body.appendChild(el("tr", { "data-version": v.id }, [el("td", {}, [el("code", { text: short(v.id), title: v.id })]), el("td", { text: labels }), el("td", { text: when(v.created_ms) }), el("td", { text: gate }), actions]));
         });
-        if (data.serving_refused) status.textContent = "The production version was refused: " + data.serving_refused;
+        if (data.serving_refused) status.textContent = t("The production version was refused: {0}", data.serving_refused);
       });
     }
 
@@ -429,15 +463,15 @@
       var saved = schedule.querySelector(".saved"), box = schedule.querySelector(".error");
       saved.textContent = ""; box.hidden = true;
       var body = { every_minutes: number(schedule.elements.every_minutes), after_new_feedback: number(schedule.elements.after_new_feedback) };
-      api("PUT", "/api/admin/training/schedule", body).then(function () { saved.textContent = "Saved"; }, function (e) { showError(schedule, e); });
+      api("PUT", "/api/admin/training/schedule", body).then(function () { saved.textContent = t("Saved"); }, function (e) { showError(schedule, e); });
     });
 
     document.getElementById("train-now").addEventListener("click", function () {
-      api("POST", "/api/admin/training/jobs", {}).then(function (job) { status.textContent = "Job " + job.id + " queued"; selected = job.id; refresh(); }, function (e) { status.textContent = e.message; });
+      api("POST", "/api/admin/training/jobs", {}).then(function (job) { status.textContent = t("Job {0} queued", job.id); selected = job.id; refresh(); }, function (e) { status.textContent = e.message; });
     });
     document.getElementById("roll-back").addEventListener("click", function () {
-      if (!confirm("Put the previous version back into production?")) return;
-      api("POST", "/api/admin/models/rollback", {}).then(function (r) { status.textContent = "Rolled back to " + short(r.production); refresh(); }, function (e) { status.textContent = e.message; });
+      if (!confirm(t("Put the previous version back into production?"))) return;
+      api("POST", "/api/admin/models/rollback", {}).then(function (r) { status.textContent = t("Rolled back to {0}", short(r.production)); refresh(); }, function (e) { status.textContent = e.message; });
     });
     refresh();
     setInterval(refresh, 3000);
@@ -449,8 +483,8 @@
     var filter = document.getElementById("inbox-filter");
     var inboxStatus = document.getElementById("inbox-status");
     var offset = 0, pageSize = 50, total = 0;
-    var labels = { up: "thumbs up", down: "thumbs down", corrected: "corrected" };
-    var text = function (t) { return el("div", { class: "pair-text", text: t || "—" }); };
+    var labels = { up: t("thumbs up"), down: t("thumbs down"), corrected: t("corrected") };
+    var text = function (value) { return el("div", { class: "pair-text", text: value || "—" }); };
 
     function query() {
       var parts = ["offset=" + offset, "limit=" + pageSize];
@@ -468,27 +502,27 @@
         var body = document.querySelector("#inbox tbody");
         body.textContent = "";
         document.getElementById("select-all").checked = false;
-        if (!data.items.length) body.appendChild(el("tr", {}, [el("td", { colspan: 6, text: "No rated answers match." })]));
+        if (!data.items.length) body.appendChild(el("tr", {}, [el("td", { colspan: 6, text: t("No rated answers match.") })]));
         data.items.forEach(function (item) {
           var pair = item.pair || {};
           var chosen = pair.chosen !== undefined ? pair.chosen : item.label === "up" ? item.answer : null;
           var rejected = pair.rejected !== undefined ? pair.rejected : item.label === "down" ? item.answer : null;
-          var who = item.rater_role + (item.rater ? " " + item.rater : "");
-          var trust = item.trusted ? "trusted" : "untrusted";
-          var ratings = item.customer_ratings > 1 ? "; rated " + item.customer_ratings + " times by its customer" : "";
-          var flags = (item.flags || []).map(function (f) { return f.replace(/_/g, " "); });
+          var who = t(item.rater_role) + (item.rater ? " " + item.rater : "");
+          var trust = item.trusted ? t("trusted") : t("untrusted");
+          var ratings = item.customer_ratings > 1 ? t("; rated {0} times by its customer", item.customer_ratings) : "";
+          var flags = (item.flags || []).map(function (f) { return t(f.replace(/_/g, " ")); });
           body.appendChild(el("tr", { "data-message": item.message_id, "data-review": item.review, "data-flags": (item.flags || []).join(" "), class: "review-" + item.review + (flags.length ? " flagged" : "") }, [
-            el("td", {}, [el("input", { type: "checkbox", value: item.message_id, "aria-label": "Select answer " + item.message_id })]),
+            el("td", {}, [el("input", { type: "checkbox", value: item.message_id, "aria-label": t("Select answer {0}", item.message_id) })]),
             el("td", {}, [text(item.question)]),
             el("td", {}, [text(chosen)]),
             el("td", {}, [text(rejected)]),
             el("td", {}, [
-              el("div", { text: labels[item.label] + " by " + who + " (" + trust + ratings + ")" + (item.comment ? ": " + item.comment : "") }),
-              flags.length ? el("div", { class: "flags", text: "Flagged: " + flags.join(", ") }) : null]),
-            el("td", { text: item.review + (item.reviewer ? " (" + item.reviewer + ")" : "") })]));
+              el("div", { text: t("{0} by {1} ({2})", labels[item.label], who, trust + ratings) + (item.comment ? ": " + item.comment : "") }),
+              flags.length ? el("div", { class: "flags", text: t("Flagged: {0}", flags.join(", ")) }) : null]),
+            el("td", { text: t(item.review) + (item.reviewer ? " (" + item.reviewer + ")" : "") })]));
         });
         var last = Math.min(offset + pageSize, total);
-        document.getElementById("inbox-page").textContent = total ? (offset + 1) + "–" + last + " of " + total : "";
+        document.getElementById("inbox-page").textContent = total ? t("{0}–{1} of {2}", offset + 1, last, total) : "";
         document.getElementById("inbox-prev").disabled = offset === 0;
         document.getElementById("inbox-next").disabled = last >= total;
       }).catch(function (e) { inboxStatus.textContent = e.message; });
@@ -496,9 +530,9 @@
 
     function decide(decision) {
       var ids = Array.prototype.map.call(document.querySelectorAll("#inbox tbody input:checked"), function (c) { return Number(c.value); });
-      if (!ids.length) { inboxStatus.textContent = "Select at least one answer first."; return; }
+      if (!ids.length) { inboxStatus.textContent = t("Select at least one answer first."); return; }
       api("POST", "/api/admin/feedback/review", { message_ids: ids, decision: decision }).then(function (r) {
-        inboxStatus.textContent = r.reviewed + (r.reviewed === 1 ? " answer " : " answers ") + r.decision;
+        inboxStatus.textContent = r.reviewed === 1 ? t("1 answer {0}", t(r.decision)) : t("{0} answers {1}", r.reviewed, t(r.decision));
         return loadInbox();
       }, function (e) { inboxStatus.textContent = e.message; });
     }
@@ -528,20 +562,20 @@
       var path = "/api/admin/datasets/" + encodeURIComponent(shown.id) + "?kind=" + shown.kind + "&offset=" + shown.offset + "&limit=20";
       return api("GET", path).then(function (data) {
         document.getElementById("preview").hidden = false;
-        document.getElementById("preview-title").textContent = (shown.id === "current" ? "The next job's data" : "Job " + shown.id + "'s snapshot") + ": " + shown.kind;
+        document.getElementById("preview-title").textContent = (shown.id === "current" ? t("The next job's data") : t("Job {0}'s snapshot", shown.id)) + ": " + shown.kind;
         document.querySelectorAll("#preview-kinds button").forEach(function (b) { b.setAttribute("aria-pressed", String(b.getAttribute("data-kind") === shown.kind)); });
-        document.getElementById("preview-count").textContent = data.total ? (data.offset + 1) + "–" + Math.min(data.offset + data.limit, data.total) + " of " + data.total : "No examples";
+        document.getElementById("preview-count").textContent = data.total ? t("{0}–{1} of {2}", data.offset + 1, Math.min(data.offset + data.limit, data.total), data.total) : t("No examples");
         var list = document.getElementById("examples");
         list.textContent = "";
         list.setAttribute("start", String(data.offset + 1));
         data.examples.forEach(function (example) {
           var item = el("li");
-          turnsOf(example).forEach(function (t) {
-            if (t.role === "system") { item.appendChild(el("details", {}, [el("summary", { text: "System prompt and passages" }), el("div", { class: "turn", text: t.content })])); return; }
-            item.appendChild(el("div", { class: "turn turn-" + t.role }, [el("span", { class: "role", text: t.role }), t.content]));
+          turnsOf(example).forEach(function (turn) {
+            if (turn.role === "system") { item.appendChild(el("details", {}, [el("summary", { text: t("System prompt and passages") }), el("div", { class: "turn", text: turn.content })])); return; }
+            item.appendChild(el("div", { class: "turn turn-" + turn.role }, [el("span", { class: "role", text: turn.role }), turn.content]));
           });
           var k = example.kefu || {};
-          item.appendChild(el("div", { class: "lineage", text: "lineage: question " + k.question_message_id + ", answer " + (k.answer_message_id || k.rejected_message_id || k.chosen_message_id) + ", model " + (k.model_version || "").slice(0, 12) }));
+          item.appendChild(el("div", { class: "lineage", text: t("lineage: question {0}, answer {1}, model {2}", k.question_message_id, k.answer_message_id || k.rejected_message_id || k.chosen_message_id, (k.model_version || "").slice(0, 12)) }));
           list.appendChild(item);
         });
         document.getElementById("preview-prev").disabled = data.offset === 0;
@@ -559,8 +593,8 @@
         body.appendChild(el("tr", { "data-dataset": d.id }, [el("td", {}, [el("button", { type: "button", text: name, onclick: function () { open(d.id); } })]),
           el("td", { text: job }), el("td", { text: count(c.sft) }), el("td", { text: count(c.pairs) }), el("td", { text: count(c.regression) }), el("td", {}, [el("code", { text: (version || "").slice(0, 12) })])]));
       };
-      row(data.current, "Next job (now)", "—", null);
-      data.snapshots.forEach(function (s) { row(s, "Snapshot of job " + s.job, s.status + " (" + s.trigger + ")", s.version); });
+      row(data.current, t("Next job (now)"), "—", null);
+      data.snapshots.forEach(function (s) { row(s, t("Snapshot of job {0}", s.job), t(s.status) + " (" + t(s.trigger) + ")", s.version); });
       open("current");
     });
     document.querySelectorAll("#preview-kinds button").forEach(function (b) {

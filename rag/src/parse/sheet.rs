@@ -4,14 +4,11 @@
 //! row becomes a section headed by its question, so retrieval finds the question's words and a
 //! citation names it.
 
-use std::io::Read;
-
+use super::ooxml::{Package, Tags, attribute, decode};
 use super::{ParseError, Section, section};
 
 const QUESTION_NAMES: &[&str] = &["question", "questions", "q", "问题", "问"];
 const ANSWER_NAMES: &[&str] = &["answer", "answers", "a", "答案", "回答", "答"];
-/// The most a workbook's parts may hold once decompressed (a zip bomb is an error).
-const MAX_PART_BYTES: u64 = 64 << 20;
 
 fn bad(message: impl Into<String>) -> ParseError {
     ParseError::BadSpreadsheet(message.into())
@@ -76,23 +73,9 @@ pub(super) fn parse_faq_csv(text: &str) -> Result<(Option<String>, Vec<Section>)
 }
 
 pub(super) fn parse_faq_xlsx(bytes: &[u8]) -> Result<(Option<String>, Vec<Section>), ParseError> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| bad(format!("not an Excel workbook (.xlsx): {e}")))?;
-    let mut part = |name: &str| -> Result<Option<String>, ParseError> {
-        let file = match archive.by_name(name) {
-            Ok(file) => file,
-            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-            Err(e) => return Err(bad(format!("{name}: {e}"))),
-        };
-        let mut text = String::new();
-        file.take(MAX_PART_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| bad(format!("{name}: {e}")))?;
-        if text.len() as u64 > MAX_PART_BYTES {
-            return Err(bad(format!("{name} is larger than {MAX_PART_BYTES} bytes")));
-        }
-        Ok(Some(text))
-    };
+    let mut package =
+        Package::open(bytes).map_err(|e| bad(format!("not an Excel workbook (.xlsx): {e}")))?;
+    let mut part = |name: &str| package.part(name).map_err(bad);
     let shared = match part("xl/sharedStrings.xml")? {
         Some(xml) => shared_strings(&xml),
         None => Vec::new(),
@@ -227,93 +210,6 @@ fn column_of(reference: &str) -> Option<usize> {
             Some(n * 26 + (c.to_ascii_uppercase() as usize - 'A' as usize + 1))
         })
         .map(|n| n - 1)
-}
-
-fn decode(text: &str) -> String {
-    super::html::decode_entities(text)
-}
-
-/// The value of attribute `name` (namespace prefix included, as written) in a tag's attributes.
-fn attribute(attributes: &str, name: &str) -> Option<String> {
-    let mut rest = attributes;
-    while let Some(at) = rest.find(name) {
-        let before_ok = at == 0 || rest.as_bytes()[at - 1].is_ascii_whitespace();
-        let after = rest[at + name.len()..].trim_start();
-        if before_ok && let Some(value) = after.strip_prefix('=') {
-            let value = value.trim_start();
-            let quote = value.chars().next()?;
-            if quote == '"' || quote == '\'' {
-                let end = value[1..].find(quote)?;
-                return Some(decode(&value[1..1 + end]));
-            }
-        }
-        rest = &rest[at + name.len()..];
-    }
-    None
-}
-
-/// One XML tag and the text that follows it up to the next tag.
-struct Tag<'a> {
-    /// Without any namespace prefix (`x:row` is `row`), except where it is part of the name
-    /// the callers ask for.
-    name: &'a str,
-    attributes: &'a str,
-    closing: bool,
-    /// `<c/>`
-    empty: bool,
-    text: &'a str,
-}
-
-/// The tags of an XML text in order, comments, declarations and processing instructions
-/// skipped. Linear in the text; no nesting is tracked (callers keep what state they need).
-struct Tags<'a> {
-    xml: &'a str,
-    at: usize,
-}
-
-impl<'a> Tags<'a> {
-    fn new(xml: &'a str) -> Self {
-        Self { xml, at: 0 }
-    }
-}
-
-impl<'a> Iterator for Tags<'a> {
-    type Item = Tag<'a>;
-
-    fn next(&mut self) -> Option<Tag<'a>> {
-        loop {
-            let start = self.at + self.xml[self.at..].find('<')?;
-            let end = start + self.xml[start..].find('>')?;
-            let inner = &self.xml[start + 1..end];
-            let text_end = self.xml[end + 1..]
-                .find('<')
-                .map_or(self.xml.len(), |n| end + 1 + n);
-            self.at = end + 1;
-            if inner.starts_with('?') || inner.starts_with('!') {
-                if inner.starts_with("!--") && !inner.ends_with("--") {
-                    // A comment holding '>': skip to its real end.
-                    let close = self.xml[start..].find("-->")?;
-                    self.at = start + close + 3;
-                }
-                continue;
-            }
-            let closing = inner.starts_with('/');
-            let inner = inner.trim_start_matches('/');
-            let empty = inner.ends_with('/');
-            let inner = inner.trim_end_matches('/');
-            let (name, attributes) = inner
-                .split_once(|c: char| c.is_ascii_whitespace())
-                .unwrap_or((inner, ""));
-            let name = name.rsplit(':').next().unwrap_or(name);
-            return Some(Tag {
-                name,
-                attributes,
-                closing,
-                empty,
-                text: &self.xml[end + 1..text_end],
-            });
-        }
-    }
 }
 
 #[cfg(test)]

@@ -202,7 +202,16 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
             None
         };
         println!("kefu: listening on http://{}", listener.local_addr()?);
-        crate::http::listen::serve(listener, crate::http::router(state), shutdown_signal()).await?;
+        // Live event streams never end by themselves: shutting down ends them, so the
+        // requests in flight can finish.
+        let shutdown = {
+            let state = state.clone();
+            async move {
+                shutdown_signal().await;
+                state.changes.close();
+            }
+        };
+        crate::http::listen::serve(listener, crate::http::router(state), shutdown).await?;
         stop_worker.store(true, std::sync::atomic::Ordering::SeqCst);
         // The worker ends before the server does.
         if let Some(supervisor) = supervisor {

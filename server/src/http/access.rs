@@ -204,7 +204,7 @@ pub async fn cors(
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type, x-kefu-site"),
+            HeaderValue::from_static("authorization, content-type, x-kefu-site, last-event-id"),
         );
         headers.insert(
             header::ACCESS_CONTROL_MAX_AGE,

@@ -271,6 +271,7 @@ pub(crate) async fn agent_feedback(
         })
         .await
         .map_err(ApiError::internal)?;
+    state.changes.changed(&conversation);
     Ok((StatusCode::CREATED, Json(json!({"id": event}))))
 }
 
@@ -291,6 +292,7 @@ pub(crate) async fn staff_handoff(
         .handoff(conversation.id, event, Some(staff.user.id), status)
         .await
         .map_err(ApiError::internal)?;
+    state.changes.changed(&conversation);
     Ok(Json(json!({"status": status})))
 }
 
@@ -333,6 +335,7 @@ pub(crate) async fn agent_reply(
         .add_message(conversation.id, "agent", &body.content, None)
         .await
         .map_err(ApiError::internal)?;
+    state.changes.changed(&conversation);
     Ok((StatusCode::CREATED, Json(json!({"message_id": message.id}))))
 }
 

@@ -228,18 +228,29 @@ pub(crate) async fn answer(
     let params = answering::generation_params(&state.config.answers);
     let mut generated = start_generation(&generator, prepared.prompt.clone(), params.clone())?;
     let (sse, stream) = mpsc::unbounded_channel::<SseEvent>();
+    // The customer's stop button reaches this answer through its registration.
+    let registration = state.answering.start(conversation.id);
+    let started = std::time::Instant::now();
     tokio::spawn(async move {
-        while let Some(event) = generated.recv().await {
+        let mut written = String::new();
+        let mut first_token_ms = None;
+        loop {
+            let event = tokio::select! {
+                event = generated.recv() => event,
+                () = registration.stop.notified() => None,
+            };
             match event {
-                Event::Token(text) => {
+                Some(Event::Token(text)) => {
+                    first_token_ms.get_or_insert(started.elapsed().as_millis() as u64);
+                    written.push_str(&text);
                     let event = SseEvent::default()
                         .event("token")
                         .data(json!({"text": text}).to_string());
                     if sse.send(event).is_err() {
-                        return; // the client left: dropping `generated` cancels the job
+                        break; // the client left: stored below as stopped
                     }
                 }
-                Event::Done(summary) => {
+                Some(Event::Done(summary)) => {
                     let outcome = Outcome::of(&state, &prepared, &summary);
                     let stored = store_answer(
                         &state,
@@ -257,7 +268,7 @@ pub(crate) async fn answer(
                     let _ = sse.send(event);
                     return;
                 }
-                Event::Failed(message) => {
+                Some(Event::Failed(message)) => {
                     // The cause goes to the log; the customer gets the request's id there.
                     tracing::error!(target: "kefu::http", "generation failed: {message}");
                     let _ = sse.send(
@@ -269,8 +280,57 @@ pub(crate) async fn answer(
                     );
                     return;
                 }
+                None => break, // stopped by the customer
             }
         }
+        // Stopped (the stop button, or the client left): dropping the receiver cancels the
+        // job; what was written so far is the answer, stored as cancelled.
+        drop(generated);
+        drop(registration);
+        if written.trim().is_empty() {
+            let _ = sse.send(
+                SseEvent::default().event("done").data(
+                    json!({"message_id": null, "finish_reason": "cancelled",
+                       "model_version": generator.version, "citations": []})
+                    .to_string(),
+                ),
+            );
+            return;
+        }
+        let total_ms = started.elapsed().as_millis() as u64;
+        let summary = Summary {
+            completion_tokens: generator.model.encode(&written).map_or(0, |t| t.len()),
+            text: written,
+            prompt_tokens: prepared.prompt.len(),
+            cached_tokens: 0,
+            finish_reason: FinishReason::Cancelled,
+            first_token_ms: first_token_ms.unwrap_or(total_ms),
+            total_ms,
+            queued_ms: 0,
+        };
+        let outcome = Outcome {
+            text: summary.text.clone(),
+            abstention: None,
+            draft: None,
+        };
+        let stored = store_answer(
+            &state,
+            &generator.version,
+            &conversation,
+            question_id,
+            &prepared,
+            &params,
+            &summary,
+            &outcome,
+        )
+        .await;
+        let _ = sse.send(done_event(
+            stored,
+            &prepared,
+            &generator.version,
+            &summary,
+            &outcome,
+        ));
     });
     let stream = UnboundedReceiverStream::new(stream).map(Ok::<_, Infallible>);
     Ok(Sse::new(stream)
@@ -317,5 +377,6 @@ pub(crate) async fn store_answer(
         .add_answer(conversation.id, question_id, &outcome.text, &served)
         .await
         .map_err(ApiError::internal)?;
+    state.changes.changed(conversation);
     Ok(message.id)
 }

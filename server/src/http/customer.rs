@@ -67,6 +67,7 @@ pub(crate) async fn create_conversation(
         )
         .await
         .map_err(ApiError::internal)?;
+    state.changes.changed(&conversation);
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -187,7 +188,7 @@ pub(crate) async fn customer_conversation(
 /// [`owned_conversation`] for the widget's background poll of its messages: charged to the
 /// conversation's own budget ([`crate::http::state::POLLS_PER_MINUTE`]) instead of the site's
 /// and the address's, so open widgets do not use up what customers' questions need.
-async fn polled_conversation(
+pub(crate) async fn polled_conversation(
     state: &AppState,
     headers: &HeaderMap,
     public_id: &str,
@@ -240,11 +241,35 @@ pub(crate) async fn list_messages(
     Ok(Json(json!({
         "id": conversation.public_id,
         "status": conversation.status,
-        "messages": messages.iter().map(|m| json!({
-            "id": m.id, "role": m.role, "content": m.content, "reply_to": m.reply_to,
-            "created_ms": m.created_ms,
-        })).collect::<Vec<_>>(),
+        "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
     })))
+}
+
+/// A message as the customer sees it (the message list and the event stream).
+pub(crate) fn message_json(m: &kefu_db::Message) -> Value {
+    json!({
+        "id": m.id, "role": m.role, "content": m.content, "reply_to": m.reply_to,
+        "created_ms": m.created_ms,
+    })
+}
+
+/// Stops the answer being generated in this conversation: its stream ends with `done`
+/// (`finish_reason` `cancelled`) and what was written so far is stored as the answer.
+/// 409 `not_answering` when no answer is being generated.
+pub(crate) async fn stop_answer(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let conversation = customer_conversation(&state, &headers, &id).await?;
+    if !state.answering.stop(conversation.id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_answering",
+            "no answer is being written in this conversation",
+        ));
+    }
+    Ok(Json(json!({"stopped": true})))
 }
 
 pub(crate) async fn post_message(
@@ -261,6 +286,7 @@ pub(crate) async fn post_message(
         .add_message(conversation.id, "customer", &body.content, None)
         .await
         .map_err(ApiError::internal)?;
+    state.changes.changed(&conversation);
     if conversation.status == "agent" {
         // A person has taken over: the message waits for them; no model answer.
         return Ok((
@@ -499,6 +525,7 @@ pub(crate) async fn feedback(
         })
         .await
         .map_err(ApiError::internal)?;
+    state.changes.changed(&conversation);
     Ok((StatusCode::CREATED, Json(json!({"id": event}))))
 }
 
@@ -514,6 +541,7 @@ pub(crate) async fn request_handoff(
             .handoff(conversation.id, "requested", None, "handoff_requested")
             .await
             .map_err(ApiError::internal)?;
+        state.changes.changed(&conversation);
     }
     let status = if conversation.status == "agent" {
         "agent"

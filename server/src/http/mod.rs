@@ -1,6 +1,6 @@
 //! `kefu serve`'s HTTP API (axum), by audience: customers (`customer`, streamed grounded
 //! answers through `answer`), staff sign-in (`session`), agents (`agent`), admins (`admin`),
-//! the OpenAI-compatible API (`openai`) and the web pages (`pages`); `listen` is the connection
+//! the OpenAI-compatible API (`openai`), live updates (`events`) and the web pages (`pages`); `listen` is the connection
 //! loop with its header and body deadlines. `state` and `error` are
 //! what the route modules share and import none of them; `guard` holds the staff and admin
 //! extractors, `access` the widget sites, CORS and rate limits, `proxy` the client's address
@@ -12,6 +12,7 @@ pub mod agent;
 pub mod answer;
 pub mod customer;
 pub mod error;
+pub mod events;
 pub mod guard;
 pub mod layers;
 pub mod limits;

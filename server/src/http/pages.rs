@@ -25,6 +25,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/widget.js", get(widget))
         .route("/static/{file}", get(asset))
         .route("/login", get(login))
+        .route("/language/{lang}", get(switch_language))
         .route("/agent", get(agent))
         .route("/admin", get(|| async { Redirect::to("/admin/documents") }))
         .route("/admin/documents", get(documents))
@@ -56,6 +57,49 @@ fn language(headers: &HeaderMap, asked: Option<&str>) -> String {
     }
 }
 
+/// The cookie that remembers a staff member's language.
+const LANGUAGE_COOKIE: &str = "kefu_lang";
+
+/// The staff pages' language: the one chosen on a page (remembered in a cookie), else the
+/// browser's (`Accept-Language`).
+fn staff_language(headers: &HeaderMap) -> String {
+    match cookie(headers, LANGUAGE_COOKIE).as_deref() {
+        Some(lang @ ("en" | "zh")) => lang.to_string(),
+        _ => language(headers, None),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+/// `/language/zh?next=/agent`: remembers the language (a year, this browser) and goes back.
+async fn switch_language(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(lang): axum::extract::Path<String>,
+    Query(query): Query<NextQuery>,
+) -> Response {
+    if lang != "en" && lang != "zh" {
+        return error_page(StatusCode::NOT_FOUND, "There is no such page.");
+    }
+    let next = query
+        .next
+        .filter(|n| is_local_path(n))
+        .unwrap_or_else(|| "/agent".into());
+    let secure = if state.config.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie =
+        format!("{LANGUAGE_COOKIE}={lang}; Path=/; Max-Age=31536000; SameSite=Lax{secure}");
+    match HeaderValue::from_str(&cookie) {
+        Ok(cookie) => ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
 /// This server's address as browsers reach it: `--public-url` when set (behind a proxy, with
 /// its `https://`), else the request's own `Host` over plain HTTP.
 fn origin(state: &AppState, headers: &HeaderMap) -> String {
@@ -71,9 +115,14 @@ fn origin(state: &AppState, headers: &HeaderMap) -> String {
 
 /// An HTML error page with `status`.
 pub fn error_page(status: StatusCode, message: &str) -> Response {
+    error_page_in("en", status, message)
+}
+
+/// [`error_page`] in `lang` (its message too, when the staff texts have it).
+fn error_page_in(lang: &str, status: StatusCode, message: &str) -> Response {
     let page = web::ErrorPage {
         page: web::Page {
-            lang: "en".into(),
+            lang: lang.into(),
             ..web::Page::default()
         },
         status: status.as_u16(),
@@ -174,7 +223,8 @@ async fn login(headers: HeaderMap, Query(query): Query<LoginQuery>) -> Response 
         .unwrap_or_else(|| "/agent".into());
     render(&web::Login {
         page: web::Page {
-            lang: language(&headers, None),
+            lang: staff_language(&headers),
+            path: "/login".into(),
             ..web::Page::default()
         },
         next,
@@ -204,13 +254,15 @@ async fn signed_in(
     };
     let admin = session.user.role == "admin";
     if admin_only && !admin {
-        return Err(error_page(
+        return Err(error_page_in(
+            &staff_language(headers),
             StatusCode::FORBIDDEN,
             "This page is for admins. Ask an admin for access.",
         ));
     }
     Ok(web::Page {
-        lang: language(headers, None),
+        lang: staff_language(headers),
+        path: path.to_string(),
         csrf: session.csrf_token,
         user: session.user.name,
         admin,

@@ -153,6 +153,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(feedback),
         )
         .route("/api/conversations/{id}/handoff", post(request_handoff))
+        .route("/api/conversations/{id}/stop", post(stop_answer))
+        .route(
+            "/api/conversations/{id}/events",
+            get(crate::http::events::conversation_events),
+        )
         .route("/api/widget/site", get(widget_site))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -166,6 +171,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/openapi.json", get(openapi))
         .merge(customer)
         .merge(staff_routes())
+        // Staff's live updates: an event stream, so outside the request deadline.
+        .route("/api/agent/events", get(crate::http::events::agent_events))
         .merge(admin_routes())
         .merge(document_routes())
         .route("/v1/models", get(models))

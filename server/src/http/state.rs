@@ -109,6 +109,114 @@ pub struct AppState {
     /// Failed sign-ins per account name and per client address.
     pub(crate) account_failures: LoginThrottle<String>,
     pub(crate) address_failures: LoginThrottle<std::net::IpAddr>,
+    /// Conversations that changed, for the live event streams (`http::events`).
+    pub(crate) changes: Changes,
+    /// Answers being generated, by conversation, for the customer's stop button.
+    pub(crate) answering: Arc<Answering>,
+}
+
+/// A conversation that changed: a message, a hand-off, a rating.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) conversation_id: i64,
+    pub(crate) public_id: String,
+}
+
+/// Tells the open event streams which conversations changed; closing ends them all (the
+/// server is shutting down and waits for every response to end).
+pub(crate) struct Changes {
+    sender: tokio::sync::broadcast::Sender<Change>,
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Changes {
+    fn new() -> Self {
+        Self {
+            sender: tokio::sync::broadcast::channel(1024).0,
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Wakes the streams watching `conversation` (nobody listening is fine).
+    pub(crate) fn changed(&self, conversation: &kefu_db::Conversation) {
+        let _ = self.sender.send(Change {
+            conversation_id: conversation.id,
+            public_id: conversation.public_id.clone(),
+        });
+    }
+
+    pub(crate) fn subscribe(
+        &self,
+    ) -> (
+        tokio::sync::broadcast::Receiver<Change>,
+        tokio::sync::watch::Receiver<bool>,
+    ) {
+        (self.sender.subscribe(), self.closing.subscribe())
+    }
+
+    /// Ends every event stream, now and from now on.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+}
+
+/// A stop signal per answer being generated, by conversation.
+#[derive(Default)]
+pub(crate) struct Answering {
+    running: std::sync::Mutex<HashMap<i64, Vec<Arc<tokio::sync::Notify>>>>,
+}
+
+impl Answering {
+    /// Registers an answer for `conversation`; it is forgotten when the guard drops.
+    pub(crate) fn start(self: &Arc<Self>, conversation: i64) -> AnswerGuard {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        self.lock()
+            .entry(conversation)
+            .or_default()
+            .push(stop.clone());
+        AnswerGuard {
+            answering: self.clone(),
+            conversation,
+            stop,
+        }
+    }
+
+    /// Asks every answer of `conversation` to stop; false when none is being generated.
+    pub(crate) fn stop(&self, conversation: i64) -> bool {
+        let running = self.lock();
+        let Some(stops) = running.get(&conversation) else {
+            return false;
+        };
+        for stop in stops {
+            // A permit is kept when the answer is not waiting right now.
+            stop.notify_one();
+        }
+        !stops.is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<Arc<tokio::sync::Notify>>>> {
+        // The map stays consistent even if a holder panicked (each change is one call).
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One answer's registration in [`Answering`].
+pub(crate) struct AnswerGuard {
+    answering: Arc<Answering>,
+    conversation: i64,
+    pub(crate) stop: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for AnswerGuard {
+    fn drop(&mut self) {
+        let mut running = self.answering.lock();
+        if let Some(stops) = running.get_mut(&self.conversation) {
+            stops.retain(|s| !Arc::ptr_eq(s, &self.stop));
+            if stops.is_empty() {
+                running.remove(&self.conversation);
+            }
+        }
+    }
 }
 
 /// Polls of one conversation's messages a minute (the widget polls every 2 s while open).
@@ -139,6 +247,8 @@ impl AppState {
             password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
             account_failures: LoginThrottle::new(FREE_ACCOUNT_FAILURES),
             address_failures: LoginThrottle::new(FREE_ADDRESS_FAILURES),
+            changes: Changes::new(),
+            answering: Arc::default(),
             config,
             retrievers: RwLock::new(HashMap::new()),
         })
