@@ -11,6 +11,7 @@
 //! text. Screenshots go to `docs/screenshots/`.
 
 mod driver;
+mod text;
 
 use kefu_tests::{http_agent as agent, test_home};
 use serde_json::{Value, json};
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 
 use driver::*;
+use text::{plain, words};
 
 #[test]
 fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
@@ -784,31 +786,4 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     );
     assert_eq!(shown, json!(1));
     admin.screenshot("admin-datasets.png");
-}
-
-/// The text a reader sees of a Markdown answer: without heading and list markers.
-fn plain(markdown: &str) -> String {
-    let lines = markdown.lines().map(|line| {
-        let line = line.trim_start().trim_start_matches('#').trim_start();
-        if let Some(rest) = line
-            .strip_prefix(['-', '*', '+'])
-            .filter(|r| r.starts_with(' '))
-        {
-            return rest;
-        }
-        let digits = line.chars().take_while(char::is_ascii_digit).count();
-        match line[digits..].strip_prefix(['.', ')']) {
-            Some(rest) if digits > 0 && rest.starts_with(' ') => rest,
-            _ => line,
-        }
-    });
-    lines.collect::<Vec<_>>().join(" ")
-}
-
-/// The words of a text, punctuation and markup left out.
-fn words(text: &str) -> String {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
