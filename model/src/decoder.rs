@@ -157,6 +157,9 @@ struct Attention {
     /// q, k, v (in that order)
     qkv: ProjectionGroup,
     o_proj: ProjectionGroup,
+    /// Per-head RMS norms of queries and keys, before RoPE (qwen3).
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -230,13 +233,17 @@ impl Attention {
         mode: Mode,
     ) -> Result<Tensor> {
         let (batch, seq_len, _) = q.dims3()?;
-        let split = |t: &Tensor, heads: usize| -> Result<Tensor> {
-            Ok(t.reshape((batch, seq_len, heads, self.head_dim))?
-                .transpose(1, 2)?)
+        let split = |t: &Tensor, heads: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
+            let t = t.reshape((batch, seq_len, heads, self.head_dim))?;
+            let t = match norm {
+                Some(norm) => norm.forward(&t, mode)?,
+                None => t,
+            };
+            Ok(t.transpose(1, 2)?)
         };
-        let q = split(q, self.num_heads)?;
-        let k = split(k, self.num_kv_heads)?;
-        let v = split(v, self.num_kv_heads)?.contiguous()?;
+        let q = split(q, self.num_heads, self.q_norm.as_ref())?;
+        let k = split(k, self.num_kv_heads, self.k_norm.as_ref())?;
+        let v = split(v, self.num_kv_heads, None)?.contiguous()?;
         let q = rope.apply(&q, offset, mode)?;
         let k = rope.apply(&k, offset, mode)?;
         let (k, v) = match cache {
@@ -456,6 +463,7 @@ impl Decoder {
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let kv_out = config.num_key_value_heads * head_dim;
+            let q_out = config.num_attention_heads * head_dim;
             let h = config.hidden_size;
             let f = config.intermediate_size;
             // (name, shape, has a bias) of each projection of one group.
@@ -476,11 +484,13 @@ impl Decoder {
             };
             let self_attn = Attention {
                 qkv: group(&[
-                    ("self_attn.q_proj", [h, h], true),
+                    ("self_attn.q_proj", [q_out, h], true),
                     ("self_attn.k_proj", [kv_out, h], true),
                     ("self_attn.v_proj", [kv_out, h], true),
                 ])?,
-                o_proj: group(&[("self_attn.o_proj", [h, h], false)])?,
+                o_proj: group(&[("self_attn.o_proj", [h, q_out], false)])?,
+                q_norm: None,
+                k_norm: None,
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim,
@@ -491,6 +501,17 @@ impl Decoder {
                     ("mlp.up_proj", [f, h], false),
                 ])?,
                 down_proj: group(&[("mlp.down_proj", [h, f], false)])?,
+            };
+            let self_attn = Attention {
+                q_norm: match config.qk_norm {
+                    true => Some(norm(source, &format!("{p}.self_attn.q_norm.weight"))?),
+                    false => None,
+                },
+                k_norm: match config.qk_norm {
+                    true => Some(norm(source, &format!("{p}.self_attn.k_norm.weight"))?),
+                    false => None,
+                },
+                ..self_attn
             };
             layers.push(Block {
                 input_layernorm: norm(source, &format!("{p}.input_layernorm.weight"))?,

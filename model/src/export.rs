@@ -44,6 +44,11 @@ pub fn hf_tensor_names(config: &Config) -> Vec<String> {
                 names.push(format!("{p}.self_attn.{module}.bias"));
             }
         }
+        if config.qk_norm {
+            for module in ["q_norm", "k_norm"] {
+                names.push(format!("{p}.self_attn.{module}.weight"));
+            }
+        }
     }
     names
 }

@@ -25,6 +25,8 @@ pub struct TinySpec {
     /// `ffn_down`'s block type when it differs from `dtype` (real files mix types).
     pub ffn_down_dtype: Option<GgmlDType>,
     pub tied: bool,
+    /// Each head's size when it is not `hidden / heads` (qwen3 models have their own).
+    pub head_dim: Option<usize>,
     pub seed: u64,
     /// Written as `general.architecture` instead of the real name (to test refusals).
     pub architecture_name: Option<String>,
@@ -43,6 +45,8 @@ impl TinySpec {
             dtype: GgmlDType::Q8_0,
             ffn_down_dtype: None,
             tied: architecture == Architecture::Llama,
+            // As in Qwen3's own models, the heads are wider than hidden / heads.
+            head_dim: (architecture == Architecture::Qwen3).then_some(32),
             seed: 1,
             architecture_name: None,
         }
@@ -133,7 +137,9 @@ fn vector(name: String, n: usize, rng: &mut Rng, offset: f32) -> (String, QTenso
 
 /// Layer `i`'s tensors, drawn from `rng` in a fixed order.
 fn layer_tensors(spec: &TinySpec, i: usize, rng: &mut Rng, tensors: &mut Vec<(String, QTensor)>) {
-    let kv = spec.kv_heads * (spec.hidden / spec.heads);
+    let head_dim = spec.head_dim.unwrap_or(spec.hidden / spec.heads);
+    let kv = spec.kv_heads * head_dim;
+    let q = spec.heads * head_dim;
     let p = format!("blk.{i}");
     tensors.push(vector(
         format!("{p}.attn_norm.weight"),
@@ -149,7 +155,7 @@ fn layer_tensors(spec: &TinySpec, i: usize, rng: &mut Rng, tensors: &mut Vec<(St
     ));
     tensors.push(matrix(
         format!("{p}.attn_q.weight"),
-        spec.hidden,
+        q,
         spec.hidden,
         rng,
         spec.dtype,
@@ -171,7 +177,7 @@ fn layer_tensors(spec: &TinySpec, i: usize, rng: &mut Rng, tensors: &mut Vec<(St
     tensors.push(matrix(
         format!("{p}.attn_output.weight"),
         spec.hidden,
-        spec.hidden,
+        q,
         rng,
         spec.dtype,
     ));
@@ -201,6 +207,20 @@ fn layer_tensors(spec: &TinySpec, i: usize, rng: &mut Rng, tensors: &mut Vec<(St
         tensors.push(vector(format!("{p}.attn_k.bias"), kv, rng, 0.0));
         tensors.push(vector(format!("{p}.attn_v.bias"), kv, rng, 0.0));
     }
+    if spec.architecture == Architecture::Qwen3 {
+        tensors.push(vector(
+            format!("{p}.attn_q_norm.weight"),
+            head_dim,
+            rng,
+            1.0,
+        ));
+        tensors.push(vector(
+            format!("{p}.attn_k_norm.weight"),
+            head_dim,
+            rng,
+            1.0,
+        ));
+    }
 }
 
 /// The GGUF metadata of a tiny model: shape, RoPE, and the byte-level BPE tokenizer.
@@ -213,7 +233,7 @@ fn tiny_metadata(
     let arch = spec.architecture.as_str();
     let arch_name = spec.architecture_name.as_deref().unwrap_or(arch);
     let vocab = tokens.len();
-    let head_dim = spec.hidden / spec.heads;
+    let head_dim = spec.head_dim.unwrap_or(spec.hidden / spec.heads);
     let u32v = |n: usize| Value::U32(n as u32);
     let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
     vec![
@@ -236,12 +256,14 @@ fn tiny_metadata(
         ),
         (format!("{arch}.rope.freq_base"), Value::F32(10_000.0)),
         (format!("{arch}.rope.dimension_count"), u32v(head_dim)),
+        (format!("{arch}.attention.key_length"), u32v(head_dim)),
+        (format!("{arch}.attention.value_length"), u32v(head_dim)),
         (format!("{arch}.vocab_size"), u32v(vocab)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         (
             "tokenizer.ggml.pre".into(),
             Value::String(
-                if spec.architecture == Architecture::Qwen2 {
+                if spec.architecture != Architecture::Llama {
                     "qwen2"
                 } else {
                     "smollm"

@@ -106,7 +106,11 @@ fn run(
 
 #[test]
 fn checkpointed_layers_give_the_same_values_and_adapter_gradients() {
-    for architecture in [Architecture::Llama, Architecture::Qwen2] {
+    for architecture in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+    ] {
         let mut adapted = adapted(architecture);
         let (values, grads) = run(&mut adapted, false, false, 11);
         for left_behind in [false, true] {

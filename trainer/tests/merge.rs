@@ -27,6 +27,7 @@ fn merged_weights_give_the_adapted_logits() {
     for (architecture, dtype, tolerance) in [
         (Architecture::Llama, GgmlDType::F32, 1e-4f32),
         (Architecture::Qwen2, GgmlDType::F32, 1e-4),
+        (Architecture::Qwen3, GgmlDType::F32, 1e-4),
         // Merged weights are rounded to Q8_0 once more: the logits move by that rounding.
         (Architecture::Llama, GgmlDType::Q8_0, 0.1),
     ] {

