@@ -270,10 +270,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         "const f = document.querySelector('.feedback'); return f && f.textContent",
     );
     let rated = rated.as_str().unwrap();
-    assert!(
-        rated.contains("客户: 踩") && rated.contains("incomplete"),
-        "{rated}"
-    );
+    assert!(rated.contains("客户: 踩 (不完整)"), "{rated}");
     let served = console.js(
         "return [document.querySelector('.served summary').textContent, document.querySelector('#take-over').textContent,
                  document.querySelector('.msg-assistant .role').textContent]",
@@ -782,7 +779,7 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
     let shown = admin.wait(
         "the regression set",
         30,
-        "return document.getElementById('preview-title').textContent.endsWith('regression') && document.querySelectorAll('#examples li').length",
+        "return document.getElementById('preview-title').textContent.endsWith(': Regression set') && document.querySelectorAll('#examples li').length",
     );
     assert_eq!(shown, json!(1));
     admin.screenshot("admin-datasets.png");

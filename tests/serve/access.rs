@@ -369,6 +369,19 @@ fn every_route_with_every_caller() {
             Body::Empty,
             own(200),
         ),
+        // Nothing is being written now: the owner's stop is a 409.
+        (
+            "POST",
+            format!("/api/conversations/{id}/stop"),
+            Body::Empty,
+            own(409),
+        ),
+        (
+            "GET",
+            format!("/api/conversations/{id}/events"),
+            Body::Empty,
+            own(200),
+        ),
         (
             "POST",
             "/api/auth/login".into(),
@@ -381,6 +394,7 @@ fn every_route_with_every_caller() {
             Body::Empty,
             staff(200),
         ),
+        ("GET", "/api/agent/events".into(), Body::Empty, staff(200)),
         (
             "GET",
             format!("/api/agent/conversations/{id}"),

@@ -279,7 +279,8 @@ pub(crate) enum Body {
     Raw(&'static [u8]),
 }
 
-/// Any method, any headers, any body: (status, JSON body or text, Retry-After).
+/// Any method, any headers, any body: (status, JSON body or text, Retry-After). A live event
+/// stream (a `GET` answered `text/event-stream`) never ends: its body is not read.
 pub(crate) fn call(
     method: &str,
     url: &str,
@@ -314,6 +315,14 @@ pub(crate) fn call(
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
+    let live = method == "GET"
+        && response
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    if live {
+        return (status, Value::String("(an event stream)".into()), retry);
+    }
     let text = response.body_mut().read_to_string().unwrap_or_default();
     (
         status,

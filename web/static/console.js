@@ -124,7 +124,7 @@
     function feedbackLine(f) {
       var rating = f.rating > 0 ? t("thumbs up") : f.rating < 0 ? t("thumbs down") : t("note");
       var parts = [t(f.rater_role) + ": " + rating];
-      if (f.reasons && f.reasons.length) parts.push("(" + f.reasons.join(", ") + ")");
+      if (f.reasons && f.reasons.length) parts.push("(" + f.reasons.map(function (r) { return t(r); }).join(", ") + ")");
       if (f.comment) parts.push("“" + f.comment + "”");
       var li = el("li", { "class": "feedback" }, [parts.join(" ")]);
       if (f.corrected_answer) li.appendChild(el("div", { "class": "correction", text: t("Correction: {0}", f.corrected_answer) }));
@@ -552,6 +552,7 @@
   var datasets = document.querySelector("[data-page=datasets]");
   if (datasets) {
     var shown = { id: null, kind: "sft", offset: 0 };
+    var kindNames = { sft: "SFT examples", pairs: "Pairs", regression: "Regression set" };
     var turnsOf = function (example) {
       var turns = (example.messages || example.prompt || []).slice();
       if (example.chosen) turns = turns.concat([{ role: "chosen", content: example.chosen[0].content }, { role: "rejected", content: example.rejected[0].content }]);
@@ -562,7 +563,7 @@
       var path = "/api/admin/datasets/" + encodeURIComponent(shown.id) + "?kind=" + shown.kind + "&offset=" + shown.offset + "&limit=20";
       return api("GET", path).then(function (data) {
         document.getElementById("preview").hidden = false;
-        document.getElementById("preview-title").textContent = (shown.id === "current" ? t("The next job's data") : t("Job {0}'s snapshot", shown.id)) + ": " + shown.kind;
+        document.getElementById("preview-title").textContent = (shown.id === "current" ? t("The next job's data") : t("Job {0}'s snapshot", shown.id)) + ": " + t(kindNames[shown.kind] || shown.kind);
         document.querySelectorAll("#preview-kinds button").forEach(function (b) { b.setAttribute("aria-pressed", String(b.getAttribute("data-kind") === shown.kind)); });
         document.getElementById("preview-count").textContent = data.total ? t("{0}–{1} of {2}", data.offset + 1, Math.min(data.offset + data.limit, data.total), data.total) : t("No examples");
         var list = document.getElementById("examples");
@@ -572,7 +573,7 @@
           var item = el("li");
           turnsOf(example).forEach(function (turn) {
             if (turn.role === "system") { item.appendChild(el("details", {}, [el("summary", { text: t("System prompt and passages") }), el("div", { class: "turn", text: turn.content })])); return; }
-            item.appendChild(el("div", { class: "turn turn-" + turn.role }, [el("span", { class: "role", text: turn.role }), turn.content]));
+            item.appendChild(el("div", { class: "turn turn-" + turn.role }, [el("span", { class: "role", text: t(turn.role) }), turn.content]));
           });
           var k = example.kefu || {};
           item.appendChild(el("div", { class: "lineage", text: t("lineage: question {0}, answer {1}, model {2}", k.question_message_id, k.answer_message_id || k.rejected_message_id || k.chosen_message_id, (k.model_version || "").slice(0, 12)) }));
