@@ -442,11 +442,9 @@ impl Fetcher {
         Ok(dir)
     }
 
-    /// An embedder's own ONNX export from the hub (fastembed's layout: `onnx/model.onnx` and
-    /// the tokenizer files), each file at one commit and the model checked against the sha256
-    /// the hub lists (a model file the hub lists no hash for is refused). The files are
-    /// gathered in a scratch folder and moved into `dir` only when all arrived; [`HUB_MARKER`]
-    /// then records the commit.
+    /// An embedder's own ONNX export from the hub ([`HUB_EMBEDDER_FILES`]) at one commit, the
+    /// model checked against the sha256 the hub lists (none listed: refused), gathered in a
+    /// scratch folder and moved into `dir` whole; [`HUB_MARKER`] then records the commit.
     fn fetch_embedder_from_hub(&self, hf_id: &str, dir: &Path) -> Result<()> {
         let (revision, base) = self.hub_revision(hf_id)?;
         let scratch = dir.join(".hub-partial");
