@@ -373,56 +373,33 @@ fn faq_spreadsheets_pdf_pages_and_word_documents_are_ingested_and_cited() {
     .unwrap();
     let report = eval_kb_json(home, &qa, "shop");
     assert_eq!(report["fused"]["recall@1"], 1.0, "{report}");
-    let answer = succeed(
-        home,
-        &[
-            "ask",
-            "How do I descale my kettle?",
-            "--kb",
-            "shop",
-            "--max-tokens",
-            "24",
-            "--answer-unrelated",
-            "--min-support",
-            "0",
-        ],
-    );
-    let (_, sources) = answer.split_once("Sources:").expect("a Sources section");
+    // A short answer and the sources it cites (after "Sources:").
+    let ask = |question: &str| {
+        let answer = succeed(
+            home,
+            &[
+                "ask",
+                question,
+                "--kb",
+                "shop",
+                "--max-tokens",
+                "24",
+                "--answer-unrelated",
+                "--min-support",
+                "0",
+            ],
+        );
+        let (_, sources) = answer.split_once("Sources:").expect("a Sources section");
+        (sources.to_string(), answer.clone())
+    };
+    let (sources, answer) = ask("How do I descale my kettle?");
     assert!(sources.contains("Page 2"), "the page is cited: {answer}");
-    let answer = succeed(
-        home,
-        &[
-            "ask",
-            "Do you ship to Norway?",
-            "--kb",
-            "shop",
-            "--max-tokens",
-            "24",
-            "--answer-unrelated",
-            "--min-support",
-            "0",
-        ],
-    );
-    let (_, sources) = answer.split_once("Sources:").expect("a Sources section");
+    let (sources, answer) = ask("Do you ship to Norway?");
     assert!(
         sources.contains("Do you ship to Norway?"),
         "the FAQ row is cited by its question: {answer}"
     );
-    let answer = succeed(
-        home,
-        &[
-            "ask",
-            "How soon must I report a damaged parcel?",
-            "--kb",
-            "shop",
-            "--max-tokens",
-            "24",
-            "--answer-unrelated",
-            "--min-support",
-            "0",
-        ],
-    );
-    let (_, sources) = answer.split_once("Sources:").expect("a Sources section");
+    let (sources, answer) = ask("How soon must I report a damaged parcel?");
     assert!(
         sources.contains("Shop guide") && sources.contains("Damaged parcels"),
         "the Word document is cited by its title and heading: {answer}"

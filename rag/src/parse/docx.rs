@@ -137,19 +137,9 @@ fn sections(xml: &str, levels: &HashMap<String, usize>) -> (Option<String>, Vec<
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::super::{Format, ParseError, parse_bytes};
 
-    pub(crate) fn word_document(parts: &[(&str, &str)]) -> Vec<u8> {
-        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        for (name, text) in parts {
-            zip.start_file(*name, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            zip.write_all(text.as_bytes()).unwrap();
-        }
-        zip.finish().unwrap().into_inner()
-    }
+    use super::super::ooxml::package as word_document;
 
     fn paragraph(style: Option<&str>, runs: &str) -> String {
         let style = style.map_or(String::new(), |s| {

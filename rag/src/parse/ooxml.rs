@@ -124,3 +124,16 @@ impl<'a> Iterator for Tags<'a> {
         }
     }
 }
+
+/// A zip package of `parts` (name, text), for the Office formats' tests.
+#[cfg(test)]
+pub(super) fn package(parts: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, text) in parts {
+        zip.start_file(*name, zip::write::SimpleFileOptions::default())
+            .expect("an in-memory zip");
+        zip.write_all(text.as_bytes()).expect("an in-memory zip");
+    }
+    zip.finish().expect("an in-memory zip").into_inner()
+}

@@ -214,8 +214,6 @@ fn column_of(reference: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::super::{Format, ParseError, parse_bytes};
 
     #[test]
@@ -290,16 +288,7 @@ mod tests {
         );
     }
 
-    /// Excel itself keeps text in a shared-string table, rich text in runs.
-    fn workbook(parts: &[(&str, &str)]) -> Vec<u8> {
-        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        for (name, text) in parts {
-            zip.start_file(*name, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            zip.write_all(text.as_bytes()).unwrap();
-        }
-        zip.finish().unwrap().into_inner()
-    }
+    use super::super::ooxml::package as workbook;
 
     #[test]
     fn shared_strings_and_bad_workbooks() {

@@ -178,7 +178,7 @@ async fn abstain_at_once(
         queued_ms: 0,
     };
     let outcome = Outcome::of(&state, &prepared, &summary);
-    let stored = store_answer(
+    let done = stored_done_event(
         &state,
         &version,
         &conversation,
@@ -193,7 +193,7 @@ async fn abstain_at_once(
         SseEvent::default()
             .event("token")
             .data(json!({"text": outcome.text}).to_string()),
-        done_event(stored, &prepared, &version, &summary, &outcome),
+        done,
     ];
     let stream = tokio_stream::iter(events.into_iter().map(Ok::<_, Infallible>));
     Sse::new(stream).into_response()
@@ -234,7 +234,7 @@ pub(crate) async fn answer(
     tokio::spawn(async move {
         let mut written = String::new();
         let mut first_token_ms = None;
-        loop {
+        let finished = loop {
             let event = tokio::select! {
                 event = generated.recv() => event,
                 () = registration.stop.notified() => None,
@@ -247,27 +247,10 @@ pub(crate) async fn answer(
                         .event("token")
                         .data(json!({"text": text}).to_string());
                     if sse.send(event).is_err() {
-                        break; // the client left: stored below as stopped
+                        break None; // the client left: stored below as stopped
                     }
                 }
-                Some(Event::Done(summary)) => {
-                    let outcome = Outcome::of(&state, &prepared, &summary);
-                    let stored = store_answer(
-                        &state,
-                        &generator.version,
-                        &conversation,
-                        question_id,
-                        &prepared,
-                        &params,
-                        &summary,
-                        &outcome,
-                    )
-                    .await;
-                    let event =
-                        done_event(stored, &prepared, &generator.version, &summary, &outcome);
-                    let _ = sse.send(event);
-                    return;
-                }
+                Some(Event::Done(summary)) => break Some(summary),
                 Some(Event::Failed(message)) => {
                     // The cause goes to the log; the customer gets the request's id there.
                     tracing::error!(target: "kefu::http", "generation failed: {message}");
@@ -280,40 +263,49 @@ pub(crate) async fn answer(
                     );
                     return;
                 }
-                None => break, // stopped by the customer
+                None => break None, // stopped by the customer
             }
-        }
-        // Stopped (the stop button, or the client left): dropping the receiver cancels the
-        // job; what was written so far is the answer, stored as cancelled.
-        drop(generated);
-        drop(registration);
-        if written.trim().is_empty() {
-            let _ = sse.send(
-                SseEvent::default().event("done").data(
-                    json!({"message_id": null, "finish_reason": "cancelled",
-                       "model_version": generator.version, "citations": []})
-                    .to_string(),
-                ),
-            );
-            return;
-        }
-        let total_ms = started.elapsed().as_millis() as u64;
-        let summary = Summary {
-            completion_tokens: generator.model.encode(&written).map_or(0, |t| t.len()),
-            text: written,
-            prompt_tokens: prepared.prompt.len(),
-            cached_tokens: 0,
-            finish_reason: FinishReason::Cancelled,
-            first_token_ms: first_token_ms.unwrap_or(total_ms),
-            total_ms,
-            queued_ms: 0,
         };
-        let outcome = Outcome {
-            text: summary.text.clone(),
-            abstention: None,
-            draft: None,
+        let (summary, outcome) = match finished {
+            Some(summary) => {
+                let outcome = Outcome::of(&state, &prepared, &summary);
+                (summary, outcome)
+            }
+            // Stopped (the stop button, or the client left): dropping the receiver cancels
+            // the job; what was written so far is the answer, stored as cancelled.
+            None => {
+                drop(generated);
+                drop(registration);
+                if written.trim().is_empty() {
+                    let _ = sse.send(
+                        SseEvent::default().event("done").data(
+                            json!({"message_id": null, "finish_reason": "cancelled",
+                               "model_version": generator.version, "citations": []})
+                            .to_string(),
+                        ),
+                    );
+                    return;
+                }
+                let total_ms = started.elapsed().as_millis() as u64;
+                let summary = Summary {
+                    completion_tokens: generator.model.encode(&written).map_or(0, |t| t.len()),
+                    text: written,
+                    prompt_tokens: prepared.prompt.len(),
+                    cached_tokens: 0,
+                    finish_reason: FinishReason::Cancelled,
+                    first_token_ms: first_token_ms.unwrap_or(total_ms),
+                    total_ms,
+                    queued_ms: 0,
+                };
+                let outcome = Outcome {
+                    text: summary.text.clone(),
+                    abstention: None,
+                    draft: None,
+                };
+                (summary, outcome)
+            }
         };
-        let stored = store_answer(
+        let event = stored_done_event(
             &state,
             &generator.version,
             &conversation,
@@ -324,18 +316,39 @@ pub(crate) async fn answer(
             &outcome,
         )
         .await;
-        let _ = sse.send(done_event(
-            stored,
-            &prepared,
-            &generator.version,
-            &summary,
-            &outcome,
-        ));
+        let _ = sse.send(event);
     });
     let stream = UnboundedReceiverStream::new(stream).map(Ok::<_, Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// Stores the answer ([`store_answer`]) and returns the stream's closing event: `done`, or
+/// `error` when it could not be stored.
+#[allow(clippy::too_many_arguments)]
+async fn stored_done_event(
+    state: &AppState,
+    version: &str,
+    conversation: &kefu_db::Conversation,
+    question_id: i64,
+    prepared: &Prepared,
+    params: &GenerationParams,
+    summary: &Summary,
+    outcome: &Outcome,
+) -> SseEvent {
+    let stored = store_answer(
+        state,
+        version,
+        conversation,
+        question_id,
+        prepared,
+        params,
+        summary,
+        outcome,
+    )
+    .await;
+    done_event(stored, prepared, version, summary, outcome)
 }
 
 /// Stores the answer as `outcome` has it, with its served-prompt record (the settings JSON
