@@ -37,9 +37,10 @@ echo "== build"
 cargo build --release --workspace
 KEFU="$CARGO_TARGET_DIR/release/kefu"
 
-echo "== models (the default and the small generator, both embedders, ONNX Runtime)"
+echo "== models (the default and the small generator, Gemma 3, both embedders, ONNX Runtime)"
 "$KEFU" models fetch smollm2-135m-instruct
 "$KEFU" models fetch qwen2.5-coder-0.5b-instruct
+"$KEFU" models fetch gemma3-270m
 "$KEFU" models fetch multilingual-e5-small
 "$KEFU" models fetch all-minilm-l6-v2
 "$KEFU" models fetch onnxruntime

@@ -321,17 +321,13 @@ fn document_parsers_survive_mutated_documents() {
 #[test]
 fn the_model_reader_survives_mutated_gguf_files() {
     let dir = tempfile::tempdir().unwrap();
-    let seeds: Vec<Vec<u8>> = [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ]
-    .into_iter()
-    .map(|architecture| {
-        let path = write_tiny_gguf(dir.path(), &TinySpec::new(architecture));
-        std::fs::read(path).unwrap()
-    })
-    .collect();
+    let seeds: Vec<Vec<u8>> = Architecture::ALL
+        .into_iter()
+        .map(|architecture| {
+            let path = write_tiny_gguf(dir.path(), &TinySpec::new(architecture));
+            std::fs::read(path).unwrap()
+        })
+        .collect();
     let file = dir.path().join("fuzzed.gguf");
     let before = peak_kib();
     fuzz("gguf", &seeds, Duration::from_secs(5), |bytes| {

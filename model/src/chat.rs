@@ -8,6 +8,19 @@ use crate::error::{Error, Result};
 /// ChatML, used by SmolLM2 and Qwen2 and by any model that ships no template.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turns (`<start_of_turn>user` … `<end_of_turn>`, the assistant called `model`), for
+/// Gemma files that ship no template: a system message opens the first user turn, since Gemma
+/// has no system role.
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}{% else %}{% set first = '' %}{% set turns = messages %}{% endif %}{% for message in turns %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' + (first if loop.first else '') }}{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+/// The template for a model that ships none: Gemma's turns for gemma, ChatML for the others.
+pub fn default_template(architecture: crate::Architecture) -> &'static str {
+    match architecture.is_gemma() {
+        true => GEMMA_TEMPLATE,
+        false => CHATML_TEMPLATE,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -115,6 +128,28 @@ mod tests {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
              <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n\
              <|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn gemma_puts_the_system_message_into_the_first_user_turn() {
+        let template = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let text = template
+            .render(
+                &[
+                    ChatMessage::new(Role::System, "Be brief."),
+                    ChatMessage::new(Role::User, "Hi "),
+                    ChatMessage::new(Role::Assistant, "Hello!"),
+                    ChatMessage::new(Role::User, "你好"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\n你好<end_of_turn>\n\
+             <start_of_turn>model\n"
         );
     }
 

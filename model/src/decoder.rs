@@ -1,5 +1,6 @@
-//! The decoder shared by the llama and qwen2 families: one set of weights serves inference
-//! (KV cache, quantized matmuls, fused kernels) and training (differentiable ops, LoRA hooks).
+//! The decoder shared by the llama, qwen2, qwen3 and gemma3 families: one set of weights serves
+//! inference (KV cache, quantized matmuls, fused kernels) and training (differentiable ops, LoRA
+//! hooks).
 
 use std::sync::Arc;
 
@@ -11,7 +12,11 @@ use crate::error::{Error, Result};
 pub use crate::linear::{Linear, Lora, LoraDropout, Weight};
 use crate::linear::{Mode, ProjectionGroup};
 
+mod attention;
 mod checkpoint;
+
+pub use attention::KvCache;
+use attention::{Attention, Masks, Rope};
 
 /// Where the decoder's weights come from. Names are Hugging Face names
 /// (`model.layers.0.self_attn.q_proj.weight`); each source maps them to its own layout.
@@ -77,210 +82,12 @@ impl RmsNorm {
 }
 
 #[derive(Debug, Clone)]
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-    /// `−sin`: the inverse rotation, for the backward pass.
-    neg_sin: Tensor,
-}
-
-impl Rope {
-    fn new(config: &Config, device: &Device, dtype: DType) -> Result<Self> {
-        let head_dim = config.head_dim();
-        let inv_freq: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| (1.0 / config.rope_theta.powf(i as f64 / head_dim as f64)) as f32)
-            .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
-        let positions = Tensor::arange(0u32, config.max_position_embeddings as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((config.max_position_embeddings, 1))?;
-        let angles = positions.matmul(&inv_freq)?;
-        let sin = angles.sin()?.to_dtype(dtype)?;
-        Ok(Self {
-            cos: angles.cos()?.to_dtype(dtype)?,
-            neg_sin: sin.neg()?,
-            sin,
-        })
-    }
-
-    /// Rotates `x` of shape `(batch, heads, seq, head_dim)` (half-split, Hugging Face layout).
-    fn apply(&self, x: &Tensor, offset: usize, mode: Mode) -> Result<Tensor> {
-        let seq_len = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, seq_len)?;
-        let sin = self.sin.narrow(0, offset, seq_len)?;
-        let x = x.contiguous()?;
-        Ok(match mode {
-            Mode::Inference => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
-            Mode::Training => {
-                let neg_sin = self.neg_sin.narrow(0, offset, seq_len)?;
-                crate::fused::rope(&x, &cos, &sin, &neg_sin)?
-            }
-        })
-    }
-}
-
-/// Keys and values of past positions, one pair per layer, for one batch of sequences.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    pub(crate) layers: Vec<candle_nn::kv_cache::KvCache>,
-}
-
-impl KvCache {
-    /// Room grows in steps of this many positions.
-    const GROWTH: usize = 256;
-
-    pub fn new(config: &Config) -> Self {
-        Self {
-            layers: (0..config.num_hidden_layers)
-                .map(|_| candle_nn::kv_cache::KvCache::new(2, Self::GROWTH))
-                .collect(),
-        }
-    }
-
-    /// Positions already cached.
-    pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.current_seq_len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.reset());
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Attention {
-    /// q, k, v (in that order)
-    qkv: ProjectionGroup,
-    o_proj: ProjectionGroup,
-    /// Per-head RMS norms of queries and keys, before RoPE (qwen3).
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        mask: Option<&Tensor>,
-        offset: usize,
-        cache: Option<&mut candle_nn::kv_cache::KvCache>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        let [q, k, v] = self.project(x, mode)?;
-        let y = self.attend(&q, &k, &v, rope, mask, offset, cache, mode)?;
-        self.o_proj.forward_one(&y, mode)
-    }
-
-    /// Several sequences, one new position each (`x`: `(batch, 1, hidden)`): the projections
-    /// run once for the whole batch; each sequence attends over its own cache at its own
-    /// position.
-    fn forward_batch(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        caches: &mut [&mut KvCache],
-        layer: usize,
-    ) -> Result<Tensor> {
-        let mode = Mode::Inference;
-        let [q, k, v] = self.project(x, mode)?;
-        let mut ys = Vec::with_capacity(caches.len());
-        for (b, cache) in caches.iter_mut().enumerate() {
-            let cache = &mut cache.layers[layer];
-            let offset = cache.current_seq_len();
-            ys.push(self.attend(
-                &q.narrow(0, b, 1)?,
-                &k.narrow(0, b, 1)?,
-                &v.narrow(0, b, 1)?,
-                rope,
-                None,
-                offset,
-                Some(cache),
-                mode,
-            )?);
-        }
-        self.o_proj.forward_one(&Tensor::cat(&ys, 0)?, mode)
-    }
-
-    /// q, k, v of `x` `(batch, seq, hidden)`, each `(batch, seq, heads * head_dim)`.
-    fn project(&self, x: &Tensor, mode: Mode) -> Result<[Tensor; 3]> {
-        self.qkv
-            .forward(x, mode)?
-            .try_into()
-            .map_err(|_| Error::InvalidConfig("attention needs q, k and v".into()))
-    }
-
-    /// Attention of projected q, k, v (rotary positions from `offset`, keys and values
-    /// appended to `cache`), before the output projection: `(batch, seq, heads * head_dim)`.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        rope: &Rope,
-        mask: Option<&Tensor>,
-        offset: usize,
-        cache: Option<&mut candle_nn::kv_cache::KvCache>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        let (batch, seq_len, _) = q.dims3()?;
-        let split = |t: &Tensor, heads: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
-            let t = t.reshape((batch, seq_len, heads, self.head_dim))?;
-            let t = match norm {
-                Some(norm) => norm.forward(&t, mode)?,
-                None => t,
-            };
-            Ok(t.transpose(1, 2)?)
-        };
-        let q = split(q, self.num_heads, self.q_norm.as_ref())?;
-        let k = split(k, self.num_kv_heads, self.k_norm.as_ref())?;
-        let v = split(v, self.num_kv_heads, None)?.contiguous()?;
-        let q = rope.apply(&q, offset, mode)?;
-        let k = rope.apply(&k, offset, mode)?;
-        let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
-        };
-        let kv_len = k.dim(2)?;
-        // Grouped-query attention without copying keys: the query heads that share a key/value
-        // head are stacked along the sequence axis, so one batched matmul serves the group.
-        let group = self.num_heads / self.num_kv_heads;
-        let q =
-            q.contiguous()?
-                .reshape((batch, self.num_kv_heads, group * seq_len, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.reshape((batch, self.num_heads, seq_len, kv_len))?;
-        let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
-        };
-        let probs = match mode {
-            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Training => crate::fused::softmax(&scores)?,
-        };
-        let probs = probs.reshape((batch, self.num_kv_heads, group * seq_len, kv_len))?;
-        let y = probs.matmul(&v.contiguous()?)?;
-        Ok(y.reshape((batch, self.num_heads, seq_len, self.head_dim))?
-            .transpose(1, 2)?
-            .reshape((batch, seq_len, self.num_heads * self.head_dim))?)
-    }
-}
-
-#[derive(Debug, Clone)]
 struct Mlp {
     /// gate, up (in that order)
     gate_up: ProjectionGroup,
     down_proj: ProjectionGroup,
+    /// The gate's activation: tanh-approximated GELU (gemma) or SiLU.
+    gelu: bool,
 }
 
 impl Mlp {
@@ -290,17 +97,26 @@ impl Mlp {
             .forward(x, mode)?
             .try_into()
             .map_err(|_| Error::InvalidConfig("the MLP needs gate and up".into()))?;
-        let gate = candle_nn::ops::silu(&gate)?;
+        let gate = match self.gelu {
+            true => gate.gelu()?,
+            false => candle_nn::ops::silu(&gate)?,
+        };
         self.down_proj.forward_one(&(gate * up)?, mode)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Block {
-    input_layernorm: RmsNorm,
+    /// Before attention (`input_layernorm`).
+    attn_norm: RmsNorm,
     self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
+    /// On attention's output, before the residual (gemma's `post_attention_layernorm`).
+    attn_out_norm: Option<RmsNorm>,
+    /// Before the MLP (llama's `post_attention_layernorm`, gemma's `pre_feedforward_layernorm`).
+    mlp_norm: RmsNorm,
     mlp: Mlp,
+    /// On the MLP's output, before the residual (gemma's `post_feedforward_layernorm`).
+    mlp_out_norm: Option<RmsNorm>,
 }
 
 impl Block {
@@ -308,19 +124,25 @@ impl Block {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        mask: Option<&Tensor>,
+        masks: &Masks,
         offset: usize,
         cache: Option<&mut candle_nn::kv_cache::KvCache>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x, mode)?;
-        let h = self
-            .self_attn
-            .forward(&h, rope, mask, offset, cache, mode)?;
-        let x = (x + h)?;
-        let h = self.post_attention_layernorm.forward(&x, mode)?;
-        Ok((&x + self.mlp.forward(&h, mode)?)?)
+        let h = self.attn_norm.forward(x, mode)?;
+        let h = self.self_attn.forward(&h, masks, offset, cache, mode)?;
+        self.finish(x, h, mode)
+    }
+
+    /// The rest of the block once attention gave `h` for the input `x`.
+    fn finish(&self, x: &Tensor, h: Tensor, mode: Mode) -> Result<Tensor> {
+        let out_norm = |norm: &Option<RmsNorm>, h: Tensor| match norm {
+            Some(norm) => norm.forward(&h, mode),
+            None => Ok(h),
+        };
+        let x = (x + out_norm(&self.attn_out_norm, h)?)?;
+        let h = self.mlp.forward(&self.mlp_norm.forward(&x, mode)?, mode)?;
+        Ok((&x + out_norm(&self.mlp_out_norm, h)?)?)
     }
 
     /// Which group holds `target`, and its index there.
@@ -399,15 +221,16 @@ impl Default for DecoderOptions {
     }
 }
 
-/// A llama / qwen2 decoder.
+/// A llama / qwen2 / qwen3 / gemma3 decoder.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     config: Config,
     embed_tokens: Embedding,
+    /// Embeddings are multiplied by this (gemma: √hidden).
+    embed_scale: Option<f64>,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: ProjectionGroup,
-    rope: Rope,
     device: Device,
     dtype: DType,
     /// Activation checkpointing per layer (training): the layer inputs kept by each forward
@@ -430,12 +253,28 @@ impl Decoder {
         config.validate()?;
         let head_dim = config.head_dim();
         let dtype = options.dtype;
+        let gemma = config.architecture.is_gemma();
         let norm = |source: &mut dyn WeightSource, name: &str| -> Result<RmsNorm> {
-            let weight = source.require(name)?.dequantize(device)?.to_dtype(dtype)?;
+            let weight = source.require(name)?.dequantize(device)?;
+            // Gemma scales by `1 + w`; sources give `w` (Hugging Face's convention).
+            let weight = if gemma { (weight + 1.0)? } else { weight };
             Ok(RmsNorm {
-                weight,
+                weight: weight.to_dtype(dtype)?,
                 eps: config.rms_norm_eps as f32,
             })
+        };
+        let rope = Rope::new(
+            config,
+            config.rope_theta,
+            config.rope_scaling_factor.unwrap_or(1.0),
+            device,
+            dtype,
+        )?;
+        let local_rope = match config.rope_local_theta {
+            Some(theta) if config.sliding_window.is_some() => {
+                Rope::new(config, theta, 1.0, device, dtype)?
+            }
+            _ => rope.clone(),
         };
         let bias = |source: &mut dyn WeightSource, name: &str| -> Result<Option<Tensor>> {
             if !config.attention_bias {
@@ -494,6 +333,12 @@ impl Decoder {
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim,
+                window: config.layer_window(i),
+                rope: match config.layer_window(i) {
+                    Some(_) => local_rope.clone(),
+                    None => rope.clone(),
+                },
+                scale: config.attention_scale(),
             };
             let mlp = Mlp {
                 gate_up: group(&[
@@ -501,6 +346,7 @@ impl Decoder {
                     ("mlp.up_proj", [f, h], false),
                 ])?,
                 down_proj: group(&[("mlp.down_proj", [h, f], false)])?,
+                gelu: gemma,
             };
             let self_attn = Attention {
                 q_norm: match config.qk_norm {
@@ -513,14 +359,24 @@ impl Decoder {
                 },
                 ..self_attn
             };
-            layers.push(Block {
-                input_layernorm: norm(source, &format!("{p}.input_layernorm.weight"))?,
-                self_attn,
-                post_attention_layernorm: norm(
-                    source,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                )?,
-                mlp,
+            let mut layer_norm = |name: &str| norm(source, &format!("{p}.{name}.weight"));
+            layers.push(match gemma {
+                true => Block {
+                    attn_norm: layer_norm("input_layernorm")?,
+                    self_attn,
+                    attn_out_norm: Some(layer_norm("post_attention_layernorm")?),
+                    mlp_norm: layer_norm("pre_feedforward_layernorm")?,
+                    mlp,
+                    mlp_out_norm: Some(layer_norm("post_feedforward_layernorm")?),
+                },
+                false => Block {
+                    attn_norm: layer_norm("input_layernorm")?,
+                    self_attn,
+                    attn_out_norm: None,
+                    mlp_norm: layer_norm("post_attention_layernorm")?,
+                    mlp,
+                    mlp_out_norm: None,
+                },
             });
         }
         let lm_head_weight = match source.get("lm_head.weight")? {
@@ -534,10 +390,10 @@ impl Decoder {
         Ok(Self {
             config: config.clone(),
             embed_tokens,
+            embed_scale: gemma.then(|| (config.hidden_size as f64).sqrt()),
             layers,
             norm: norm(source, "model.norm.weight")?,
             lm_head: ProjectionGroup::new(vec![(lm_head_weight, None)], options.fast_kernels)?,
-            rope: Rope::new(config, device, dtype)?,
             device: device.clone(),
             dtype,
             checkpoints: None,
@@ -568,25 +424,23 @@ impl Decoder {
         group.base_weight(index)
     }
 
-    fn causal_mask(&self, seq_len: usize, offset: usize) -> Result<Option<Tensor>> {
-        if seq_len <= 1 {
-            return Ok(None);
-        }
-        let kv_len = offset + seq_len;
-        let mask: Vec<f32> = (0..seq_len)
-            .flat_map(|i| {
-                (0..kv_len).map(move |j| {
-                    if j > offset + i {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        Ok(Some(
-            Tensor::from_vec(mask, (seq_len, kv_len), &self.device)?.to_dtype(self.dtype)?,
-        ))
+    fn masks(&self, seq_len: usize, offset: usize) -> Result<Masks> {
+        Masks::new(
+            seq_len,
+            offset,
+            self.config.sliding_window,
+            &self.device,
+            self.dtype,
+        )
+    }
+
+    /// The token embeddings of `ids`, scaled where the family scales them.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.embed_tokens.forward(ids)?;
+        Ok(match self.embed_scale {
+            Some(scale) => (x * scale)?,
+            None => x,
+        })
     }
 
     fn hidden_states(
@@ -603,8 +457,8 @@ impl Decoder {
                 context: self.config.max_position_embeddings,
             });
         }
-        let mask = self.causal_mask(seq_len, offset)?;
-        let mut x = self.embed_tokens.forward(input_ids)?;
+        let masks = self.masks(seq_len, offset)?;
+        let mut x = self.embed(input_ids)?;
         // Training passes draw each layer's adapter-dropout masks from a seed of their own, so
         // that a checkpointed layer recomputes the same masks.
         let dropout = match mode {
@@ -612,14 +466,14 @@ impl Decoder {
             Mode::Inference => None,
         };
         if let (Mode::Training, None, Some(tapes)) = (mode, &cache, &self.checkpoints) {
-            x = self.checkpointed_layers(x, mask, dropout, tapes)?;
+            x = self.checkpointed_layers(x, masks, dropout, tapes)?;
         } else {
             for (i, block) in self.layers.iter().enumerate() {
                 if let Some(dropout) = &dropout {
                     dropout.reseed(i);
                 }
                 let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-                x = block.forward(&x, &self.rope, mask.as_ref(), offset, layer_cache, mode)?;
+                x = block.forward(&x, &masks, offset, layer_cache, mode)?;
             }
         }
         self.norm.forward(&x, mode)
@@ -659,13 +513,11 @@ impl Decoder {
         let mode = Mode::Inference;
         self.device.with_context(|| {
             let ids = Tensor::new(tokens, &self.device)?.unsqueeze(1)?;
-            let mut x = self.embed_tokens.forward(&ids)?;
+            let mut x = self.embed(&ids)?;
             for (i, block) in self.layers.iter().enumerate() {
-                let h = block.input_layernorm.forward(&x, mode)?;
-                let h = block.self_attn.forward_batch(&h, &self.rope, caches, i)?;
-                x = (x + h)?;
-                let h = block.post_attention_layernorm.forward(&x, mode)?;
-                x = (x + block.mlp.forward(&h, mode)?)?;
+                let h = block.attn_norm.forward(&x, mode)?;
+                let h = block.self_attn.forward_batch(&h, caches, i)?;
+                x = block.finish(&x, h, mode)?;
             }
             let x = self.norm.forward(&x, mode)?.squeeze(1)?;
             logits_f32(self.lm_head.forward_one(&x, mode)?)

@@ -21,7 +21,7 @@ pub enum Error {
         expected: u64,
         actual: u64,
     },
-    #[error("unsupported model architecture `{0}` (supported: llama, qwen2)")]
+    #[error("unsupported model architecture `{0}` (supported: llama, qwen2, qwen3, gemma3)")]
     UnknownArchitecture(String),
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::chat::CHATML_TEMPLATE;
+use crate::chat::default_template;
 use crate::config::Config;
 use crate::decoder::WeightSource;
 use crate::error::{Error, Result};
@@ -24,8 +24,18 @@ pub fn hf_tensor_names(config: &Config) -> Vec<String> {
     if !config.tie_word_embeddings {
         names.push("lm_head.weight".into());
     }
+    let gemma_norms: &[&str] = match config.architecture.is_gemma() {
+        true => &[
+            "pre_feedforward_layernorm.weight",
+            "post_feedforward_layernorm.weight",
+        ],
+        false => &[],
+    };
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
+        for module in gemma_norms {
+            names.push(format!("{p}.{module}"));
+        }
         for module in [
             "input_layernorm.weight",
             "post_attention_layernorm.weight",
@@ -96,7 +106,7 @@ pub fn export_hf(
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
+        .unwrap_or_else(|| default_template(config.architecture).to_string());
     let mut hf_config = config.to_hf_json();
     let bos_id = gguf_token_id(&metadata, "tokenizer.ggml.bos_token_id");
     let eos_id = gguf_token_id(&metadata, "tokenizer.ggml.eos_token_id");

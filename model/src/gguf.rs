@@ -140,8 +140,8 @@ impl GgufFile {
     }
 }
 
-/// Maps a Hugging Face tensor name to its GGUF name.
-pub fn gguf_name(hf_name: &str) -> Option<String> {
+/// Maps a Hugging Face tensor name of a model of `architecture` to its GGUF name.
+pub fn gguf_name(architecture: Architecture, hf_name: &str) -> Option<String> {
     match hf_name {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
@@ -150,9 +150,14 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
     }
     let rest = hf_name.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
+    let gemma = architecture.is_gemma();
     let mapped = match module {
         "input_layernorm.weight" => "attn_norm.weight",
+        // Llama's norm before the MLP; gemma's after attention (it has one before the MLP too).
+        "post_attention_layernorm.weight" if gemma => "post_attention_norm.weight",
         "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "pre_feedforward_layernorm.weight" if gemma => "ffn_norm.weight",
+        "post_feedforward_layernorm.weight" if gemma => "post_ffw_norm.weight",
         "self_attn.q_proj.weight" => "attn_q.weight",
         "self_attn.k_proj.weight" => "attn_k.weight",
         "self_attn.v_proj.weight" => "attn_v.weight",
@@ -170,11 +175,18 @@ pub fn gguf_name(hf_name: &str) -> Option<String> {
     Some(format!("blk.{layer}.{mapped}"))
 }
 
+/// Whether `hf_name` is a gemma RMS-norm weight, which GGUF stores as `1 + w` and Hugging
+/// Face as `w`.
+pub fn is_offset_norm(architecture: Architecture, hf_name: &str) -> bool {
+    architecture.is_gemma() && hf_name.ends_with("norm.weight")
+}
+
 /// Reads GGUF tensors under Hugging Face names, in Hugging Face layout.
 ///
 /// GGUF `llama` files store the rows of the q and k projections interleaved per head (the
 /// converter permutes them for llama.cpp's interleaved RoPE). Each row is a whole number of
 /// quantization blocks, so the rows are moved back as raw bytes: no dequantization, no loss.
+/// Gemma's norm weights come back as Hugging Face's `w` (the file holds `1 + w`).
 pub struct GgufSource<'a> {
     file: &'a mut GgufFile,
     config: Config,
@@ -193,12 +205,17 @@ impl<'a> GgufSource<'a> {
 
 impl WeightSource for GgufSource<'_> {
     fn get(&mut self, name: &str) -> Result<Option<Weight>> {
-        let Some(gguf) = gguf_name(name) else {
+        let architecture = self.config.architecture;
+        let Some(gguf) = gguf_name(architecture, name) else {
             return Ok(None);
         };
         let Some(tensor) = self.file.tensor(&gguf, &self.device)? else {
             return Ok(None);
         };
+        if is_offset_norm(architecture, name) {
+            let w = (tensor.dequantize(&self.device)? - 1.0)?;
+            return Ok(Some(Weight::Dense(w)));
+        }
         let heads = if name.ends_with("self_attn.q_proj.weight") {
             Some(self.config.num_attention_heads)
         } else if name.ends_with("self_attn.k_proj.weight") {

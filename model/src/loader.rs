@@ -9,7 +9,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
-use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
+use crate::chat::{ChatTemplate, default_template};
 use crate::config::Config;
 use crate::decoder::{Decoder, DecoderOptions, Weight, WeightSource};
 use crate::error::{Error, Result};
@@ -143,7 +143,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
+        .unwrap_or_else(|| default_template(config.architecture).to_string());
     let template = ChatTemplate::new(&template_source, &bos, &eos)?;
     let mut stop_token_ids: Vec<u32> = gguf_token_id(&metadata, "tokenizer.ggml.eos_token_id")
         .into_iter()
@@ -174,7 +174,13 @@ fn newer(a: &Path, b: &Path) -> bool {
 }
 
 fn add_known_stops(tokenizer: &Tokenizer, stops: &mut Vec<u32>) {
-    for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
+    for name in [
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|eot_id|>",
+        "</s>",
+        "<end_of_turn>",
+    ] {
         if let Some(id) = tokenizer.token_to_id(name)
             && !stops.contains(&id)
         {
@@ -248,7 +254,7 @@ fn load_hf(dir: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let eos = special("eos_token");
     let template_source = tokenizer_config["chat_template"]
         .as_str()
-        .unwrap_or(CHATML_TEMPLATE)
+        .unwrap_or(default_template(config.architecture))
         .to_string();
     let template = ChatTemplate::new(&template_source, &special("bos_token"), &eos)?;
     let mut stop_token_ids: Vec<u32> = tokenizer.token_to_id(&eos).into_iter().collect();

@@ -27,6 +27,8 @@ pub struct TinySpec {
     pub tied: bool,
     /// Each head's size when it is not `hidden / heads` (qwen3 models have their own).
     pub head_dim: Option<usize>,
+    /// Local layers' window and every how many layers one attends globally (gemma3).
+    pub sliding_window: Option<(usize, usize)>,
     pub seed: u64,
     /// Written as `general.architecture` instead of the real name (to test refusals).
     pub architecture_name: Option<String>,
@@ -44,9 +46,12 @@ impl TinySpec {
             context: 256,
             dtype: GgmlDType::Q8_0,
             ffn_down_dtype: None,
-            tied: architecture == Architecture::Llama,
-            // As in Qwen3's own models, the heads are wider than hidden / heads.
-            head_dim: (architecture == Architecture::Qwen3).then_some(32),
+            tied: matches!(architecture, Architecture::Llama | Architecture::Gemma3),
+            // As in Qwen3's and Gemma 3's own models, the heads are wider than hidden / heads.
+            head_dim: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3)
+                .then_some(32),
+            // A window shorter than the tests' prompts, and a global layer after each local one.
+            sliding_window: architecture.is_gemma().then_some((12, 2)),
             seed: 1,
             architecture_name: None,
         }
@@ -207,7 +212,15 @@ fn layer_tensors(spec: &TinySpec, i: usize, rng: &mut Rng, tensors: &mut Vec<(St
         tensors.push(vector(format!("{p}.attn_k.bias"), kv, rng, 0.0));
         tensors.push(vector(format!("{p}.attn_v.bias"), kv, rng, 0.0));
     }
-    if spec.architecture == Architecture::Qwen3 {
+    if spec.architecture.is_gemma() {
+        for name in ["post_attention_norm", "post_ffw_norm"] {
+            tensors.push(vector(format!("{p}.{name}.weight"), spec.hidden, rng, 1.0));
+        }
+    }
+    if matches!(
+        spec.architecture,
+        Architecture::Qwen3 | Architecture::Gemma3
+    ) {
         tensors.push(vector(
             format!("{p}.attn_q_norm.weight"),
             head_dim,
@@ -236,7 +249,21 @@ fn tiny_metadata(
     let head_dim = spec.head_dim.unwrap_or(spec.hidden / spec.heads);
     let u32v = |n: usize| Value::U32(n as u32);
     let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
-    vec![
+    let mut window = Vec::new();
+    if let Some((size, pattern)) = spec.sliding_window {
+        window.push((format!("{arch}.attention.sliding_window"), u32v(size)));
+        // candle-transformers' reader's name for the pattern, and llama.cpp's.
+        window.push((
+            format!("{arch}.attention.sliding_window_type"),
+            u32v(pattern),
+        ));
+        window.push((
+            format!("{arch}.attention.sliding_window_pattern"),
+            u32v(pattern),
+        ));
+        window.push((format!("{arch}.rope.local_freq_base"), Value::F32(1_000.0)));
+    }
+    let mut metadata = vec![
         (
             "general.architecture".into(),
             Value::String(arch_name.into()),
@@ -279,7 +306,9 @@ fn tiny_metadata(
         ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
-    ]
+    ];
+    metadata.extend(window);
+    metadata
 }
 
 pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
@@ -288,12 +317,18 @@ pub fn write_tiny_gguf(dir: &Path, spec: &TinySpec) -> PathBuf {
     let vocab = tokens.len();
     let mut rng = Rng(spec.seed);
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    // Q8_0 as real files have it, unless the whole model is F32: a tied output projection then
+    // runs in f32 as a float reference does.
+    let embedding_dtype = match spec.dtype {
+        GgmlDType::F32 => GgmlDType::F32,
+        _ => GgmlDType::Q8_0,
+    };
     tensors.push(matrix(
         "token_embd.weight".into(),
         vocab,
         spec.hidden,
         &mut rng,
-        GgmlDType::Q8_0,
+        embedding_dtype,
     ));
     if !spec.tied {
         tensors.push(matrix(

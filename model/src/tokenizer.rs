@@ -1,5 +1,6 @@
 //! Tokenizers: loaded from `tokenizer.json`, or rebuilt from GGUF metadata (byte-level BPE with
-//! the pre-tokenizer the model was trained with), plus incremental detokenization for streaming.
+//! the pre-tokenizer the model was trained with, or SentencePiece BPE driven by the pieces'
+//! scores), plus incremental detokenization for streaming.
 
 use std::collections::HashMap;
 
@@ -59,10 +60,15 @@ pub fn from_gguf_metadata(metadata: &HashMap<String, Value>) -> Result<Tokenizer
         .and_then(|v| v.to_string().ok())
         .map(|s| s.as_str())
         .unwrap_or("");
-    if kind != "gpt2" {
-        return Err(Error::Tokenizer(format!(
-            "unsupported GGUF tokenizer model `{kind}` (supported: gpt2 byte-level BPE)"
-        )));
+    match kind {
+        "gpt2" => {}
+        "llama" => return sentencepiece_from_gguf(metadata),
+        _ => {
+            return Err(Error::Tokenizer(format!(
+                "unsupported GGUF tokenizer model `{kind}` (supported: gpt2 byte-level BPE, \
+                 llama SentencePiece)"
+            )));
+        }
     }
     let tokens = strings(metadata, "tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings(metadata, "tokenizer.ggml.merges")?
@@ -141,6 +147,138 @@ pub fn from_gguf_metadata(metadata: &HashMap<String, Value>) -> Result<Tokenizer
     };
     tokenizer
         .add_special_tokens(specials)
+        .map_err(Error::tokenizer)?;
+    Ok(tokenizer)
+}
+
+/// GGUF token types.
+const NORMAL: i64 = 1;
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+
+/// SentencePiece's word-boundary marker, which stands for a space inside pieces.
+const SPACE_MARK: &str = "\u{2581}";
+
+/// A SentencePiece BPE vocabulary (GGUF `tokenizer.ggml.model = llama`: pieces with scores, no
+/// merges) as a `tokenizers` BPE. llama.cpp merges the adjacent pair whose joined piece scores
+/// highest, left-most first; the same result comes from BPE merges ranked by the joined piece's
+/// score — one merge per way of splitting each piece into two pieces of the vocabulary (as
+/// transformers converts SentencePiece models). Spaces become `▁`, characters outside the
+/// vocabulary fall back to byte pieces `<0xNN>`; control tokens are special (left out of
+/// decoded text), user-defined ones (gemma's runs of newlines) are matched in text as whole
+/// tokens and decoded as text.
+fn sentencepiece_from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenizer> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as Decoders;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
+
+    let tokens = strings(metadata, "tokenizer.ggml.tokens")?;
+    let numbers = |key: &str| -> Result<Vec<Value>> {
+        metadata
+            .get(key)
+            .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))?
+            .to_vec()
+            .cloned()
+            .map_err(Error::tokenizer)
+    };
+    let scores: Vec<f32> = numbers("tokenizer.ggml.scores")?
+        .iter()
+        .map(|v| v.to_f32().map_err(Error::tokenizer))
+        .collect::<Result<_>>()?;
+    let types: Vec<i64> = match metadata.get("tokenizer.ggml.token_type") {
+        Some(_) => numbers("tokenizer.ggml.token_type")?
+            .iter()
+            .map(|v| value_as_i64(v).unwrap_or(NORMAL))
+            .collect(),
+        None => vec![NORMAL; tokens.len()],
+    };
+    if scores.len() != tokens.len() || types.len() != tokens.len() {
+        return Err(Error::Tokenizer(format!(
+            "{} tokens but {} scores and {} types",
+            tokens.len(),
+            scores.len(),
+            types.len()
+        )));
+    }
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mergeable = |id: u32| types[id as usize] == NORMAL;
+    let mut merges: Vec<(f32, u32, u32)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types[id] != NORMAL {
+            continue;
+        }
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right))
+                && mergeable(l)
+                && mergeable(r)
+            {
+                merges.push((scores[id], l, r));
+            }
+        }
+    }
+    // Highest score first; among equals, by the pieces' ids (a stable, total order).
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<(String, String)> = merges
+        .into_iter()
+        .map(|(_, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect();
+    let unknown = gguf_token_id(metadata, "tokenizer.ggml.unknown_token_id")
+        .and_then(|id| tokens.get(id as usize).cloned())
+        .unwrap_or_else(|| "<unk>".into());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unknown)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(Error::tokenizer)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let space_prefix = matches!(
+        metadata.get("tokenizer.ggml.add_space_prefix"),
+        Some(Value::Bool(true))
+    );
+    let replace_spaces = Replace::new(" ", SPACE_MARK).map_err(Error::tokenizer)?;
+    let mut decoders = vec![
+        Replace::new(SPACE_MARK, " ")
+            .map_err(Error::tokenizer)?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if space_prefix {
+        tokenizer
+            .with_normalizer(Some(Normalizers::new(vec![
+                Prepend::new(SPACE_MARK.into()).into(),
+                replace_spaces.into(),
+            ])))
+            .map_err(Error::tokenizer)?;
+        decoders.push(Strip::new(' ', 1, 0).into());
+    } else {
+        tokenizer
+            .with_normalizer(Some(replace_spaces))
+            .map_err(Error::tokenizer)?;
+    }
+    tokenizer.with_decoder(Some(Decoders::new(decoders)));
+    let added = |kind: i64, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == kind)
+            .map(|(token, _)| AddedToken::from(token.clone(), special).normalized(false))
+            .collect()
+    };
+    tokenizer
+        .add_special_tokens(added(CONTROL, true))
+        .map_err(Error::tokenizer)?;
+    tokenizer
+        .add_tokens(added(USER_DEFINED, false))
         .map_err(Error::tokenizer)?;
     Ok(tokenizer)
 }

@@ -125,11 +125,7 @@ fn max_tokens_stop_strings_and_cancellation_end_generation() {
 
 #[test]
 fn incremental_decoding_equals_a_full_forward_pass() {
-    for architecture in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ] {
+    for architecture in Architecture::ALL {
         let (_dir, model) = tiny(architecture);
         let ids: Vec<u32> = (3..23).collect();
         let all = model
@@ -229,11 +225,7 @@ fn lora_with_zero_b_is_exactly_the_base_and_every_adapter_gets_a_gradient() {
 
 #[test]
 fn chunked_target_logprobs_match_the_full_logits_and_their_gradients() {
-    for architecture in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ] {
+    for architecture in Architecture::ALL {
         let (_dir, mut model) = tiny(architecture);
         let vars = common::attach_adapters(&mut model, None);
         let x = Tensor::new(
@@ -340,11 +332,7 @@ fn bad_generation_input_is_refused_with_a_clear_error() {
 /// greedy tokens each gives alone, on both architectures, with prompts of different lengths.
 #[test]
 fn batched_decoding_matches_one_sequence_at_a_time() {
-    for architecture in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ] {
+    for architecture in Architecture::ALL {
         let (_dir, model) = tiny(architecture);
         let prompts: Vec<Vec<u32>> = ["hello there", "a much longer question about parcels", "hi"]
             .iter()

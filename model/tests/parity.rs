@@ -1,5 +1,6 @@
 //! Parity: Kefu's decoder gives the same logits as candle-transformers' reference models
-//! (`quantized_llama`, `quantized_qwen2`, `quantized_qwen3`) on the same GGUF weights, for tiny
+//! (`quantized_llama`, `quantized_qwen2`, `quantized_qwen3`, and the plain `qwen3` and
+//! `gemma3`) on the same weights, for tiny
 //! random models of every family in every block type, and for the real default model.
 
 mod common;
@@ -10,7 +11,9 @@ use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+use candle_transformers::models::{
+    gemma3, quantized_llama, quantized_qwen2, quantized_qwen3, qwen3,
+};
 use common::{max_abs_diff, small_model_path};
 use kefu_model::decoder::Decoder;
 use kefu_model::gguf::{GgufFile, GgufSource};
@@ -153,33 +156,25 @@ fn tiny_qwen2_matches_quantized_qwen2() {
 /// identical). Exactness is checked against the plain model below.
 const QWEN3_FLASH_TOLERANCE: f32 = 1e-2;
 
-/// Qwen3: queries and keys normed per head before RoPE, heads wider than hidden / heads —
-/// against candle-transformers' plain `qwen3` (elementary tensor ops, f32) on the same weights,
-/// exported to a Hugging Face folder.
-#[test]
-fn tiny_qwen3_matches_candle_transformers_qwen3() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = TinySpec {
-        dtype: GgmlDType::F32,
-        ..TinySpec::new(Architecture::Qwen3)
-    };
-    assert_eq!(
-        spec.head_dim,
-        Some(32),
-        "heads of their own size: 4 × 32 ≠ 64"
-    );
-    let path = write_tiny_gguf(dir.path(), &spec);
+/// Kefu's logits against a plain candle-transformers model (elementary tensor ops, f32) built
+/// by `build` from the same weights exported to a Hugging Face folder; `forward(model, tokens,
+/// position)` returns its logits of the last position.
+fn assert_plain_parity<M, C: serde::de::DeserializeOwned>(
+    spec: &TinySpec,
+    build: impl FnOnce(&C, candle_nn::VarBuilder) -> M,
+    forward: impl Fn(&mut M, &Tensor, usize) -> Tensor,
+) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = write_tiny_gguf(&dir, spec);
     let ours = kefu_logits(&path, &PROMPT, &MORE);
-
-    let hf = dir.path().join("hf");
+    let hf = dir.join("hf");
     kefu_model::export::export_hf(&path, &hf, |_, t| Ok(t)).unwrap();
-    let config: candle_transformers::models::qwen3::Config =
+    let config: C =
         serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
     let weights =
         candle_core::safetensors::load(hf.join("model.safetensors"), &Device::Cpu).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &Device::Cpu);
-    let mut reference =
-        candle_transformers::models::qwen3::ModelForCausalLM::new(&config, vb).unwrap();
+    let mut reference = build(&config, vb);
     let mut position = 0;
     for (step, tokens) in std::iter::once(&PROMPT[..])
         .chain(MORE.chunks(1))
@@ -189,20 +184,101 @@ fn tiny_qwen3_matches_candle_transformers_qwen3() {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let logits = reference
-            .forward(&x, position)
-            .unwrap()
-            .flatten_all()
-            .unwrap();
+        let logits = forward(&mut reference, &x, position).flatten_all().unwrap();
         position += tokens.len();
         let diff = max_abs_diff(&ours[step].flatten_all().unwrap(), &logits);
         assert!(
             diff <= TINY_TOLERANCE,
-            "step {step}: logits differ by {diff}"
+            "{:?} step {step}: logits differ by {diff}",
+            spec.architecture
         );
     }
+    path
+}
+
+/// Qwen3: queries and keys normed per head before RoPE, heads wider than hidden / heads —
+/// against candle-transformers' plain `qwen3` on the same weights.
+#[test]
+fn tiny_qwen3_matches_candle_transformers_qwen3() {
+    let spec = TinySpec {
+        dtype: GgmlDType::F32,
+        ..TinySpec::new(Architecture::Qwen3)
+    };
+    assert_eq!(
+        spec.head_dim,
+        Some(32),
+        "heads of their own size: 4 × 32 ≠ 64"
+    );
+    let path = assert_plain_parity(
+        &spec,
+        |config: &qwen3::Config, vb| qwen3::ModelForCausalLM::new(config, vb).unwrap(),
+        |model, x, position| model.forward(x, position).unwrap(),
+    );
     // And the GGUF reference, within its kernels' tolerance.
     assert_parity(&path, &PROMPT, &MORE, QWEN3_FLASH_TOLERANCE);
+}
+
+/// Gemma 3: four norms a layer stored as `1 + w`, query/key norms, scaled embeddings, a GELU
+/// MLP, sliding-window layers with their own RoPE base beside global ones — against
+/// candle-transformers' plain `gemma3` (which reads Hugging Face's `w`, so the export's norm
+/// convention is checked too). Its GGUF reader `quantized_gemma3` is no reference: it gates the
+/// MLP with SiLU where Gemma uses GELU. candle's `gemma3` windows attention one position wider
+/// than Hugging Face and llama.cpp do, so the window here is longer than the sequence (the
+/// window is tested in `sliding_window_layers_see_only_their_window`), and it caches keys of a
+/// global layer only with one key/value head (as Gemma 3 270M has).
+#[test]
+fn tiny_gemma3_matches_candle_transformers_gemma3() {
+    let spec = TinySpec {
+        dtype: GgmlDType::F32,
+        kv_heads: 1,
+        sliding_window: Some((PROMPT.len() + MORE.len(), 2)),
+        ..TinySpec::new(Architecture::Gemma3)
+    };
+    assert_plain_parity(
+        &spec,
+        |config: &gemma3::Config, vb| gemma3::Model::new(false, config, vb).unwrap(),
+        |model, x, position| model.forward(x, position).unwrap(),
+    );
+}
+
+/// A model whose only layer attends over a window of `w` positions: the last position's logits
+/// depend on the last `w` tokens alone (RoPE scores depend only on relative positions), so the
+/// whole sequence and its last `w` tokens give the same logits — and a sequence that differs
+/// only before the window too. With a global layer they would not.
+#[test]
+fn sliding_window_layers_see_only_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = 5;
+    let sequence: Vec<u32> = (0..16).map(|i| 40 + (i * 7) % 50).collect();
+    let tail = &sequence[sequence.len() - window..];
+    let mut changed_early = sequence.clone();
+    changed_early[2] = 3;
+    for (pattern, windowed) in [(4, true), (1, false)] {
+        let spec = TinySpec {
+            dtype: GgmlDType::F32,
+            layers: 1,
+            sliding_window: Some((window, pattern)),
+            ..TinySpec::new(Architecture::Gemma3)
+        };
+        let path = write_tiny_gguf(dir.path(), &spec);
+        let last = |tokens: &[u32]| kefu_logits(&path, tokens, &[]).remove(0);
+        let whole = last(&sequence);
+        for other in [last(tail), last(&changed_early)] {
+            let diff = max_abs_diff(&whole, &other);
+            match windowed {
+                true => assert!(diff < 1e-3, "the window leaked: logits moved by {diff}"),
+                false => assert!(
+                    diff > 1e-3,
+                    "a global layer ignored earlier tokens ({diff})"
+                ),
+            }
+        }
+        // Decoding one token at a time (keys narrowed to the window) agrees with the prompt
+        // fed at once (the windowed mask).
+        let stepped = kefu_logits(&path, &sequence[..1], &sequence[1..]);
+        let diff = max_abs_diff(&whole, stepped.last().unwrap());
+        assert!(diff < 1e-4, "one at a time vs at once: {diff}");
+    }
 }
 
 #[test]
@@ -223,11 +299,9 @@ fn every_block_type_matches_the_reference() {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
     ];
-    for architecture in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ] {
+    // No GGUF reference reads Gemma 3 right (see above); its matrices take the same kernels.
+    let architectures = Architecture::ALL.into_iter().filter(|a| !a.is_gemma());
+    for architecture in architectures {
         for dtype in types {
             // K-quants need rows that are whole 256-element super-blocks.
             let spec = TinySpec {
@@ -348,6 +422,72 @@ fn default_model_matches_quantized_llama() {
             quantized.display()
         );
     }
+}
+
+/// The real Gemma 3 270M file (Q4_K / Q5_0 / Q6_K / Q8_0 blocks, 18 layers, 262,144-token
+/// vocabulary): exported to a Hugging Face folder, Kefu and candle-transformers' plain `gemma3`
+/// give the same logits on it in f32; and served as Kefu serves it (re-quantized to Q8_0, fast
+/// kernels) it knows what a pre-trained model should.
+#[test]
+fn gemma3_270m_matches_candle_transformers_gemma3() {
+    use kefu_model::{GenerationParams, LoadOptions, LoadedModel};
+    let path = common::model_path("gemma3-270m");
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    kefu_model::export::export_hf(&path, &hf, |_, t| Ok(t)).unwrap();
+    let dense = LoadedModel::load(
+        &hf,
+        &LoadOptions {
+            requantize: false,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let prompt = dense
+        .encode("<bos>Question: What is the capital of France?\nAnswer:")
+        .unwrap();
+    assert_eq!(prompt[0], 2, "<bos> is one control token");
+    let more = dense.encode(" The capital of France is Paris.").unwrap();
+    let sequence: Vec<u32> = prompt.iter().chain(&more).copied().collect();
+    let ids = Tensor::new(sequence.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ours = dense.decoder.forward_all(&ids).unwrap().squeeze(0).unwrap();
+    let config: gemma3::Config =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    let weights =
+        candle_core::safetensors::load(hf.join("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &Device::Cpu);
+    let mut reference = gemma3::Model::new(false, &config, vb).unwrap();
+    // The reference returns the last position's logits: feed it one token at a time.
+    for (position, &token) in sequence.iter().enumerate() {
+        let x = Tensor::new(&[token], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let theirs = reference
+            .forward(&x, position)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let mine = ours.get(position).unwrap();
+        let diff = max_abs_diff(&mine, &theirs);
+        assert!(diff < 1e-2, "position {position}: logits differ by {diff}");
+        assert_eq!(
+            greedy_tokens(std::slice::from_ref(&mine)),
+            greedy_tokens(std::slice::from_ref(&theirs))
+        );
+    }
+    drop(dense);
+    let served = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
+    let params = GenerationParams {
+        max_tokens: 12,
+        ..GenerationParams::default()
+    };
+    let answer = served.generate(&prompt, &params, |_| true).unwrap();
+    eprintln!("gemma3-270m: {:?}", answer.text);
+    assert!(answer.text.contains("Paris"), "{:?}", answer.text);
 }
 
 /// The padded fast-kernel layout quantizes activations in 256-wide blocks instead of 32-wide

@@ -114,11 +114,7 @@ fn chunked_logits_diff(model: &LoadedModel, ids: &[u32], chunk: usize) -> f32 {
 
 #[test]
 fn chunked_prefill_gives_the_one_shot_logits_and_tokens() {
-    for architecture in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ] {
+    for architecture in Architecture::ALL {
         let (_dir, model) = tiny(architecture);
         let prompt = chat(
             &model,
@@ -143,11 +139,7 @@ fn chunked_prefill_gives_the_one_shot_logits_and_tokens() {
 
 #[test]
 fn a_follow_up_turn_runs_only_its_new_tokens_and_answers_the_same() {
-    for architecture in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ] {
+    for architecture in Architecture::ALL {
         let (_dir, model) = tiny(architecture);
         let prefix = PrefixCache::new(64 << 20);
         let first = chat(

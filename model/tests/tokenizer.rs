@@ -1,6 +1,7 @@
 //! Tokenizers rebuilt from GGUF metadata give the same ids as the reference converter
 //! (transformers' GGUF tokenizer conversion; `fixtures/make_tokenizer_ids.py` made the fixture)
-//! on mixed English / Chinese / digits / emoji / code text.
+//! on mixed English / Chinese / digits / emoji / code text, for byte-level BPE (SmolLM2, Qwen2.5)
+//! and SentencePiece (Gemma 3) vocabularies.
 
 mod common;
 
@@ -41,4 +42,11 @@ fn qwen2_tokenizer_matches_the_reference() {
         "qwen2.5-coder-0.5b-instruct",
         common::model_path("qwen2.5-coder-0.5b-instruct"),
     );
+}
+
+/// Gemma 3's SentencePiece vocabulary (pieces with scores, no merges): merges rebuilt from the
+/// scores, user-defined runs of spaces and newlines matched whole, bytes for the rest.
+#[test]
+fn gemma3_tokenizer_matches_the_reference() {
+    check("gemma3-270m", common::model_path("gemma3-270m"));
 }

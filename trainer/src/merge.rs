@@ -152,7 +152,7 @@ pub fn merge_gguf(base: &Path, adapter_dir: &Path, output: &Path) -> Result<Merg
         if let (Architecture::Llama, Some(heads)) = (model.architecture, heads) {
             delta = to_gguf_rows(&delta, heads)?;
         }
-        let gguf = gguf_name(&name)
+        let gguf = gguf_name(model.architecture, &name)
             .ok_or_else(|| TrainError::Config(format!("no GGUF name for {name}")))?;
         updates.insert(gguf, delta);
     }

@@ -28,6 +28,7 @@ fn merged_weights_give_the_adapted_logits() {
         (Architecture::Llama, GgmlDType::F32, 1e-4f32),
         (Architecture::Qwen2, GgmlDType::F32, 1e-4),
         (Architecture::Qwen3, GgmlDType::F32, 1e-4),
+        (Architecture::Gemma3, GgmlDType::F32, 1e-4),
         // Merged weights are rounded to Q8_0 once more: the logits move by that rounding.
         (Architecture::Llama, GgmlDType::Q8_0, 0.1),
     ] {
@@ -109,7 +110,10 @@ fn merged_weights_give_the_adapted_logits() {
             tokenizer_config["chat_template"]
                 .as_str()
                 .unwrap()
-                .contains("im_start")
+                .contains(match architecture {
+                    Architecture::Gemma3 => "<start_of_turn>",
+                    _ => "<|im_start|>",
+                })
         );
         let exported = LoadedModel::load(
             &hf,

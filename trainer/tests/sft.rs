@@ -57,11 +57,7 @@ fn config() -> TrainConfig {
 
 #[test]
 fn the_loss_falls_and_only_answer_tokens_count() {
-    for architecture in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-    ] {
+    for architecture in Architecture::ALL {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(dir.path(), architecture);
         let examples = tokenized(&model, &fixture(dir.path()));

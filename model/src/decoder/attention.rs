@@ -1,0 +1,276 @@
+//! Attention: rotary positions, the KV cache, causal and sliding-window masks, and grouped-query
+//! attention over the cache.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::RmsNorm;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::linear::{Mode, ProjectionGroup};
+
+#[derive(Debug, Clone)]
+pub(super) struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    /// `−sin`: the inverse rotation, for the backward pass.
+    neg_sin: Tensor,
+}
+
+impl Rope {
+    /// Angles for base `theta`, positions divided by `scale` (linear RoPE scaling).
+    pub(super) fn new(
+        config: &Config,
+        theta: f64,
+        scale: f64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let head_dim = config.head_dim();
+        let inv_freq: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| (1.0 / (scale * theta.powf(i as f64 / head_dim as f64))) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+        let positions = Tensor::arange(0u32, config.max_position_embeddings as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((config.max_position_embeddings, 1))?;
+        let angles = positions.matmul(&inv_freq)?;
+        let sin = angles.sin()?.to_dtype(dtype)?;
+        Ok(Self {
+            cos: angles.cos()?.to_dtype(dtype)?,
+            neg_sin: sin.neg()?,
+            sin,
+        })
+    }
+
+    /// Rotates `x` of shape `(batch, heads, seq, head_dim)` (half-split, Hugging Face layout).
+    fn apply(&self, x: &Tensor, offset: usize, mode: Mode) -> Result<Tensor> {
+        let seq_len = x.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq_len)?;
+        let sin = self.sin.narrow(0, offset, seq_len)?;
+        let x = x.contiguous()?;
+        Ok(match mode {
+            Mode::Inference => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            Mode::Training => {
+                let neg_sin = self.neg_sin.narrow(0, offset, seq_len)?;
+                crate::fused::rope(&x, &cos, &sin, &neg_sin)?
+            }
+        })
+    }
+}
+
+/// Keys and values of past positions, one pair per layer, for one batch of sequences.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub(crate) layers: Vec<candle_nn::kv_cache::KvCache>,
+}
+
+impl KvCache {
+    /// Room grows in steps of this many positions.
+    const GROWTH: usize = 256;
+
+    pub fn new(config: &Config) -> Self {
+        Self {
+            layers: (0..config.num_hidden_layers)
+                .map(|_| candle_nn::kv_cache::KvCache::new(2, Self::GROWTH))
+                .collect(),
+        }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.current_seq_len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.reset());
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Attention {
+    /// q, k, v (in that order)
+    pub(super) qkv: ProjectionGroup,
+    pub(super) o_proj: ProjectionGroup,
+    /// Per-head RMS norms of queries and keys, before RoPE (qwen3, gemma3).
+    pub(super) q_norm: Option<RmsNorm>,
+    pub(super) k_norm: Option<RmsNorm>,
+    pub(super) num_heads: usize,
+    pub(super) num_kv_heads: usize,
+    pub(super) head_dim: usize,
+    /// The positions this layer's queries see: all of them, or the last `n` (sliding window).
+    pub(super) window: Option<usize>,
+    pub(super) rope: Rope,
+    /// Multiplies the scores: `1/√head_dim` or the model's own.
+    pub(super) scale: f64,
+}
+
+impl Attention {
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        masks: &Masks,
+        offset: usize,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let [q, k, v] = self.project(x, mode)?;
+        let mask = masks.get(self.window);
+        let y = self.attend(&q, &k, &v, mask, offset, cache, mode)?;
+        self.o_proj.forward_one(&y, mode)
+    }
+
+    /// Several sequences, one new position each (`x`: `(batch, 1, hidden)`): the projections
+    /// run once for the whole batch; each sequence attends over its own cache at its own
+    /// position.
+    pub(super) fn forward_batch(
+        &self,
+        x: &Tensor,
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let mode = Mode::Inference;
+        let [q, k, v] = self.project(x, mode)?;
+        let mut ys = Vec::with_capacity(caches.len());
+        for (b, cache) in caches.iter_mut().enumerate() {
+            let cache = &mut cache.layers[layer];
+            let offset = cache.current_seq_len();
+            ys.push(self.attend(
+                &q.narrow(0, b, 1)?,
+                &k.narrow(0, b, 1)?,
+                &v.narrow(0, b, 1)?,
+                None,
+                offset,
+                Some(cache),
+                mode,
+            )?);
+        }
+        self.o_proj.forward_one(&Tensor::cat(&ys, 0)?, mode)
+    }
+
+    /// q, k, v of `x` `(batch, seq, hidden)`, each `(batch, seq, heads * head_dim)`.
+    pub(super) fn project(&self, x: &Tensor, mode: Mode) -> Result<[Tensor; 3]> {
+        self.qkv
+            .forward(x, mode)?
+            .try_into()
+            .map_err(|_| Error::InvalidConfig("attention needs q, k and v".into()))
+    }
+
+    /// Attention of projected q, k, v (rotary positions from `offset`, keys and values
+    /// appended to `cache`), before the output projection: `(batch, seq, heads * head_dim)`.
+    /// Without a mask (one position) a sliding-window layer reads only the window's keys.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        offset: usize,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (batch, seq_len, _) = q.dims3()?;
+        let split = |t: &Tensor, heads: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
+            let t = t.reshape((batch, seq_len, heads, self.head_dim))?;
+            let t = match norm {
+                Some(norm) => norm.forward(&t, mode)?,
+                None => t,
+            };
+            Ok(t.transpose(1, 2)?)
+        };
+        let q = split(q, self.num_heads, self.q_norm.as_ref())?;
+        let k = split(k, self.num_kv_heads, self.k_norm.as_ref())?;
+        let v = split(v, self.num_kv_heads, None)?.contiguous()?;
+        let q = self.rope.apply(&q, offset, mode)?;
+        let k = self.rope.apply(&k, offset, mode)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let (k, v) = match self.window {
+            Some(window) if mask.is_none() && k.dim(2)? > window => {
+                let start = k.dim(2)? - window;
+                (k.narrow(2, start, window)?, v.narrow(2, start, window)?)
+            }
+            _ => (k, v),
+        };
+        let kv_len = k.dim(2)?;
+        // Grouped-query attention without copying keys: the query heads that share a key/value
+        // head are stacked along the sequence axis, so one batched matmul serves the group.
+        let group = self.num_heads / self.num_kv_heads;
+        let q =
+            q.contiguous()?
+                .reshape((batch, self.num_kv_heads, group * seq_len, self.head_dim))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = scores.reshape((batch, self.num_heads, seq_len, kv_len))?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = match mode {
+            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Training => crate::fused::softmax(&scores)?,
+        };
+        let probs = probs.reshape((batch, self.num_kv_heads, group * seq_len, kv_len))?;
+        let y = probs.matmul(&v.contiguous()?)?;
+        Ok(y.reshape((batch, self.num_heads, seq_len, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, seq_len, self.num_heads * self.head_dim))?)
+    }
+}
+
+/// The additive masks of one pass: causal for global layers, causal within the window for
+/// sliding-window layers. `None` when the pass feeds one position (nothing to hide).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Masks {
+    causal: Option<Tensor>,
+    sliding: Option<(usize, Tensor)>,
+}
+
+impl Masks {
+    /// Masks for `seq_len` new positions after `offset` cached ones; `window` is the sliding
+    /// window of the model's local layers, if it has any.
+    pub(super) fn new(
+        seq_len: usize,
+        offset: usize,
+        window: Option<usize>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        if seq_len <= 1 {
+            return Ok(Self::default());
+        }
+        let build = |window: Option<usize>| -> Result<Tensor> {
+            let kv_len = offset + seq_len;
+            let mask: Vec<f32> = (0..seq_len)
+                .flat_map(|i| {
+                    let position = offset + i;
+                    (0..kv_len).map(move |j| {
+                        let hidden = j > position || window.is_some_and(|w| position - j >= w);
+                        if hidden { f32::NEG_INFINITY } else { 0.0 }
+                    })
+                })
+                .collect();
+            Ok(Tensor::from_vec(mask, (seq_len, kv_len), device)?.to_dtype(dtype)?)
+        };
+        Ok(Self {
+            causal: Some(build(None)?),
+            sliding: match window {
+                Some(w) => Some((w, build(Some(w))?)),
+                None => None,
+            },
+        })
+    }
+
+    fn get(&self, window: Option<usize>) -> Option<&Tensor> {
+        match (window, &self.sliding) {
+            (Some(w), Some((size, mask))) if w == *size => Some(mask),
+            _ => self.causal.as_ref(),
+        }
+    }
+}
