@@ -12,6 +12,7 @@
 
 mod driver;
 mod text;
+mod transcripts;
 
 use kefu_tests::{http_agent as agent, test_home};
 use serde_json::{Value, json};
@@ -346,6 +347,8 @@ fn the_widget_agent_console_and_admin_pages_in_a_real_browser() {
         10,
         "return document.querySelector('#hand-back')",
     );
+
+    transcripts::search_and_export(&console, &conversation, question);
 
     // The customer's widget shows the agent's reply, pushed over its event stream, as
     // Markdown: a list with bold text and a link; the script tag stays text and never runs.

@@ -35,6 +35,19 @@ pub const ZH: &[(&str, &str)] = &[
     // The agent console.
     ("Transcript", "对话记录"),
     ("Choose a conversation.", "请选择一个会话。"),
+    ("Search conversations", "搜索会话"),
+    // Job errors the database writes itself (the trainer's own errors stay in English).
+    (
+        "the worker stopped renewing its lease (killed?) and the job has no attempts left",
+        "训练进程不再续租（可能已被终止），且该任务已没有重试次数",
+    ),
+    (
+        "the worker stopped renewing its lease (killed?); queued again",
+        "训练进程不再续租（可能已被终止）；已重新排队",
+    ),
+    ("No conversation contains “{0}”.", "没有会话包含“{0}”。"),
+    ("Export as Markdown", "导出为 Markdown"),
+    ("Export as JSON", "导出为 JSON"),
     ("Reply to the customer", "回复客户"),
     ("Send reply", "发送回复"),
     ("bot", "机器人"),

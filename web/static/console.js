@@ -103,12 +103,19 @@
     var head = document.getElementById("transcript-head");
     var reply = document.getElementById("reply");
     var statusLabel = { assistant: t("bot"), handoff_requested: t("wants a human"), agent: t("with an agent") };
+    var searchText = document.getElementById("search-text");
+    var searchNone = document.getElementById("search-none");
+    var query = "";
 
     function loadList() {
-      return api("GET", "/api/agent/conversations").then(function (data) {
-        var text = JSON.stringify(data);
-        if (text === lastList) return;
+      var asked = query;
+      var path = "/api/agent/conversations" + (asked ? "?q=" + encodeURIComponent(asked) : "");
+      return api("GET", path).then(function (data) {
+        var text = asked + "\n" + JSON.stringify(data);
+        if (text === lastList || asked !== query) return;
         lastList = text;
+        searchNone.hidden = !(asked && !data.conversations.length);
+        searchNone.textContent = asked ? t("No conversation contains “{0}”.", asked) : "";
         list.textContent = "";
         data.conversations.forEach(function (c) {
           var button = el("button", { type: "button", "data-id": c.id, "aria-current": String(c.id === current) }, [
@@ -166,6 +173,9 @@
         } else {
           actions.appendChild(el("button", { type: "button", id: "take-over", text: t("Take over"), onclick: function () { api("POST", "/api/agent/conversations/" + current + "/takeover", {}).then(function () { lastTranscript = ""; loadTranscript(); }); } }));
         }
+        var exported = "/api/agent/conversations/" + encodeURIComponent(c.id) + "/export?format=";
+        actions.appendChild(el("a", { id: "export-md", href: exported + "markdown", download: "", text: t("Export as Markdown") }));
+        actions.appendChild(el("a", { id: "export-json", href: exported + "json", download: "", text: t("Export as JSON") }));
         head.appendChild(el("h2", { text: t("Conversation {0}", c.id.slice(0, 8)) + " · " + (statusLabel[c.status] || c.status) }));
         head.appendChild(actions);
         reply.hidden = c.status !== "agent";
@@ -193,6 +203,21 @@
         restoreDrafts();
       });
     }
+
+    /* Search: the list shows the conversations with a message containing the text. */
+    var searchTimer = null;
+    function search() {
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(function () {
+        var wanted = searchText.value.trim();
+        if (wanted === query) return;
+        query = wanted;
+        lastList = "";
+        reload();
+      }, 250);
+    }
+    searchText.addEventListener("input", search);
+    document.getElementById("search").addEventListener("submit", function (e) { e.preventDefault(); search(); });
 
     reply.addEventListener("submit", function (e) {
       e.preventDefault();
@@ -408,7 +433,7 @@
     function showJob(id) {
       return api("GET", "/api/admin/training/jobs/" + id).then(function (job) {
         document.getElementById("job-detail").hidden = false;
-        document.getElementById("job-title").textContent = t("Job {0}", job.id) + ": " + t(job.status) + (job.error ? " (" + job.error + ")" : "");
+        document.getElementById("job-title").textContent = t("Job {0}", job.id) + ": " + t(job.status) + (job.error ? " (" + t(job.error) + ")" : "");
         drawCurve(curveOf(job));
         showReport(job.report);
       });
@@ -423,7 +448,7 @@
           var live = job.status === "running" || job.status === "queued";
           var progress = !live ? (p.curve ? t("{0} steps", p.curve.length) : "") : p.stage ? p.stage + (p.total ? " " + p.step + "/" + p.total + ", " + t("loss") + " " + fixed(p.loss) : "") : "";
           var open = el("button", { type: "button", text: t("Job {0}", job.id), onclick: function () { selected = job.id; showJob(job.id); } });
-          body.appendChild(el("tr", { "data-job": job.id, "data-status": job.status }, [el("td", {}, [open]), el("td", { text: t(job.status) + (job.error ? ": " + job.error : "") }), el("td", { text: progress }), el("td", { text: when(job.started_ms) }), el("td", {}, [el("code", { text: short(job.version) })])]));
+          body.appendChild(el("tr", { "data-job": job.id, "data-status": job.status }, [el("td", {}, [open]), el("td", { text: t(job.status) + (job.error ? ": " + t(job.error) : "") }), el("td", { text: progress }), el("td", { text: when(job.started_ms) }), el("td", {}, [el("code", { text: short(job.version) })])]));
         });
         if (selected === null && data.jobs.length) selected = data.jobs[0].id;
         if (selected !== null) return showJob(selected);
