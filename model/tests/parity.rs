@@ -427,7 +427,7 @@ fn default_model_matches_quantized_llama() {
 /// The real Gemma 3 270M file (Q4_K / Q5_0 / Q6_K / Q8_0 blocks, 18 layers, 262,144-token
 /// vocabulary): exported to a Hugging Face folder, Kefu and candle-transformers' plain `gemma3`
 /// give the same logits on it in f32; and served as Kefu serves it (re-quantized to Q8_0, fast
-/// kernels) it knows what a pre-trained model should.
+/// kernels) it continues a prompt greedily as llama.cpp does.
 #[test]
 fn gemma3_270m_matches_candle_transformers_gemma3() {
     use kefu_model::{GenerationParams, LoadOptions, LoadedModel};
@@ -461,6 +461,7 @@ fn gemma3_270m_matches_candle_transformers_gemma3() {
     let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &Device::Cpu);
     let mut reference = gemma3::Model::new(false, &config, vb).unwrap();
     // The reference returns the last position's logits: feed it one token at a time.
+    let mut worst = 0f32;
     for (position, &token) in sequence.iter().enumerate() {
         let x = Tensor::new(&[token], &Device::Cpu)
             .unwrap()
@@ -473,12 +474,15 @@ fn gemma3_270m_matches_candle_transformers_gemma3() {
             .unwrap();
         let mine = ours.get(position).unwrap();
         let diff = max_abs_diff(&mine, &theirs);
-        assert!(diff < 1e-2, "position {position}: logits differ by {diff}");
+        worst = worst.max(diff);
+        // Measured: 1.7e-4 at most (summation order).
+        assert!(diff < 2e-3, "position {position}: logits differ by {diff}");
         assert_eq!(
             greedy_tokens(std::slice::from_ref(&mine)),
             greedy_tokens(std::slice::from_ref(&theirs))
         );
     }
+    eprintln!("gemma3-270m (f32): largest logit difference {worst}");
     drop(dense);
     let served = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
     let params = GenerationParams {
@@ -487,7 +491,11 @@ fn gemma3_270m_matches_candle_transformers_gemma3() {
     };
     let answer = served.generate(&prompt, &params, |_| true).unwrap();
     eprintln!("gemma3-270m: {:?}", answer.text);
-    assert!(answer.text.contains("Paris"), "{:?}", answer.text);
+    // llama.cpp (llama-cpp-python 0.3.36, greedy) continues the same file with these 12 tokens.
+    assert_eq!(
+        answer.text, " Paris\nQuestion: What is the capital of France?\n",
+        "greedy, as llama.cpp answers"
+    );
 }
 
 /// The padded fast-kernel layout quantizes activations in 256-wide blocks instead of 32-wide
