@@ -15,9 +15,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::data::{Conversation, OnBadLine, Tokenized, messages, read_lines, tokenize};
-use crate::error::{Result, TrainError};
-use crate::run::{BatchLoss, Evaluation, Objective, Report, TrainConfig, train_loop, used_items};
-use crate::sft::answer_logprobs;
+use crate::error::Result;
+use crate::preference::{Scored, logprobs};
+use crate::run::{Figures, Report, TrainConfig};
 
 /// A prompt (the conversation so far, ending with the user) and two answers to it.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +36,7 @@ pub struct LoadedPairs {
 }
 
 /// An answer: text, `{"role"/"from", "content"/"value"}`, or a list ending with one.
-fn answer(value: Option<&Value>, field: &str) -> std::result::Result<String, String> {
+pub(crate) fn answer(value: Option<&Value>, field: &str) -> std::result::Result<String, String> {
     let value = value.ok_or(format!("`{field}` is missing"))?;
     let text = match value {
         Value::String(s) => Some(s.clone()),
@@ -176,44 +176,10 @@ pub fn dpo_loss(
     Ok((loss, chosen_reward, rejected_reward))
 }
 
-/// Summed answer log-probabilities of chosen and rejected for `pairs` (one forward pass over
-/// both).
-fn pair_logprobs(model: &LoadedModel, pairs: &[&TokenizedPair]) -> Result<(Tensor, Tensor)> {
-    let mut examples: Vec<&Tokenized> = pairs.iter().map(|p| &p.chosen).collect();
-    examples.extend(pairs.iter().map(|p| &p.rejected));
-    let (logprobs, _) = answer_logprobs(model, &examples)?;
-    let n = pairs.len();
-    Ok((logprobs.narrow(0, 0, n)?, logprobs.narrow(0, n, n)?))
-}
-
-/// Reference log-probabilities (no gradients), chosen and rejected, of the pairs `used` marks
-/// (`None` for the others, which the run never reaches).
-fn reference(
-    model: &LoadedModel,
-    pairs: &[TokenizedPair],
-    used: &[bool],
-    batch: usize,
-) -> Result<Vec<Option<(f32, f32)>>> {
-    let mut out = vec![None; pairs.len()];
-    let wanted: Vec<usize> = (0..pairs.len()).filter(|&i| used[i]).collect();
-    for chunk in wanted.chunks(batch.max(1)) {
-        let refs: Vec<&TokenizedPair> = chunk.iter().map(|&i| &pairs[i]).collect();
-        let (chosen, rejected) = pair_logprobs(model, &refs)?;
-        let chosen = chosen.detach().to_vec1::<f32>()?;
-        let rejected = rejected.detach().to_vec1::<f32>()?;
-        for ((&i, c), r) in chunk.iter().zip(chosen).zip(rejected) {
-            out[i] = Some((c, r));
-        }
+impl Scored for TokenizedPair {
+    fn sequences(&self) -> [&Tokenized; 2] {
+        [&self.chosen, &self.rejected]
     }
-    Ok(out)
-}
-
-fn reference_of(references: &[Option<(f32, f32)>], i: usize) -> Result<(f32, f32)> {
-    references[i].ok_or_else(|| {
-        TrainError::Config(format!(
-            "pair {i} has no reference log-probabilities (changed settings on --resume?)"
-        ))
-    })
 }
 
 /// Loss and figures of a batch of pairs against their reference values.
@@ -222,9 +188,9 @@ fn batch_figures(
     pairs: &[&TokenizedPair],
     references: &[(f32, f32)],
     beta: f64,
-) -> Result<(Tensor, Vec<(&'static str, f64)>)> {
+) -> Result<(Tensor, Figures)> {
     let device = model.decoder.device();
-    let (policy_chosen, policy_rejected) = pair_logprobs(model, pairs)?;
+    let (policy_chosen, policy_rejected) = logprobs(model, pairs)?;
     let ref_chosen: Vec<f32> = references.iter().map(|r| r.0).collect();
     let ref_rejected: Vec<f32> = references.iter().map(|r| r.1).collect();
     let n = pairs.len();
@@ -250,78 +216,9 @@ fn batch_figures(
     Ok((loss.sum_all()?, figures))
 }
 
-/// A pair's length for batching: its longer sequence.
-fn pair_length(pair: &TokenizedPair) -> usize {
-    pair.chosen.input.len().max(pair.rejected.input.len())
-}
-
-struct Dpo<'a> {
-    train: &'a [TokenizedPair],
-    eval: &'a [TokenizedPair],
-    train_reference: Vec<Option<(f32, f32)>>,
-    eval_reference: Vec<(f32, f32)>,
-    beta: f64,
-    batch_size: usize,
-}
-
-impl Objective for Dpo<'_> {
-    fn items(&self) -> usize {
-        self.train.len()
-    }
-
-    fn lengths(&self) -> Vec<usize> {
-        self.train.iter().map(pair_length).collect()
-    }
-
-    fn weight(&self, batch: &[usize]) -> f64 {
-        batch.len() as f64
-    }
-
-    fn batch_loss(&self, model: &LoadedModel, batch: &[usize]) -> Result<BatchLoss> {
-        let pairs: Vec<&TokenizedPair> = batch.iter().map(|&i| &self.train[i]).collect();
-        let references: Vec<(f32, f32)> = batch
-            .iter()
-            .map(|&i| reference_of(&self.train_reference, i))
-            .collect::<Result<_>>()?;
-        let tokens = pairs
-            .iter()
-            .map(|p| p.chosen.input.len() + p.rejected.input.len())
-            .sum();
-        let (loss, figures) = batch_figures(model, &pairs, &references, self.beta)?;
-        Ok((loss, figures, tokens))
-    }
-
-    fn evaluate(&self, model: &LoadedModel) -> Result<Evaluation> {
-        if self.eval.is_empty() {
-            return Ok(None);
-        }
-        let mut loss = 0f64;
-        let mut totals: Vec<(&'static str, f64)> = Vec::new();
-        for (chunk, refs) in self
-            .eval
-            .chunks(self.batch_size.max(1))
-            .zip(self.eval_reference.chunks(self.batch_size.max(1)))
-        {
-            let pairs: Vec<&TokenizedPair> = chunk.iter().collect();
-            let (sum, figures) = batch_figures(model, &pairs, refs, self.beta)?;
-            loss += sum.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            for (name, value) in figures {
-                match totals.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, total)) => *total += value,
-                    None => totals.push((name, value)),
-                }
-            }
-        }
-        let n = self.eval.len() as f64;
-        Ok(Some((
-            loss / n,
-            totals.into_iter().map(|(name, v)| (name, v / n)).collect(),
-        )))
-    }
-}
-
-/// Trains a LoRA adapter with DPO on `train`, evaluating on `eval` (see [`train_loop`]). The
-/// reference log-probabilities are those of `model` as given (before any adapter).
+/// Trains a LoRA adapter with DPO on `train`, evaluating on `eval` (see
+/// [`crate::run::train_loop`]). The reference log-probabilities are those of `model` as given
+/// (before any adapter).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &mut LoadedModel,
@@ -333,25 +230,17 @@ pub fn train(
     resume: bool,
     on_step: impl FnMut(usize, usize, f64) -> bool,
 ) -> Result<Report> {
-    if config.beta <= 0.0 {
-        return Err(TrainError::Config("beta must be positive".into()));
-    }
-    let lengths: Vec<usize> = train.iter().map(pair_length).collect();
-    let used = used_items(&lengths, config);
-    let eval_reference = reference(model, eval, &vec![true; eval.len()], config.batch_size)?
-        .into_iter()
-        .flatten()
-        .collect();
-    let objective = Dpo {
+    crate::preference::train(
+        model,
+        base_name,
         train,
         eval,
-        train_reference: reference(model, train, &used, config.batch_size)?,
-        eval_reference,
-        beta: config.beta,
-        batch_size: config.batch_size,
-    };
-    train_loop(
-        model, base_name, &objective, config, output, resume, on_step,
+        config,
+        output,
+        resume,
+        on_step,
+        batch_figures,
+        "pair",
     )
 }
 

@@ -11,11 +11,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kefu_model::gguf::{GgmlDType, GgufFile};
 use kefu_model::{DecoderOptions, LoadOptions, LoadedModel};
 
-use crate::data::{self, OnBadLine, Tokenized};
+use crate::data::OnBadLine;
 use crate::lora::LoraConfig;
 use crate::recipe::{LoraSection, Recipe, Stage, StageKind};
 use crate::run::{Report, TrainConfig};
-use crate::{cpt, dpo, sft};
+
+mod items;
+
+use items::{read_items, train_items};
 
 /// Where model names lead: the caller's catalog (the server fetches known models on first use).
 pub trait ModelSource {
@@ -137,8 +140,8 @@ impl Settings {
         let section = recipe.stage(kind).unwrap_or(&empty);
         let lora = recipe.lora.clone().unwrap_or_default();
         let name = kind.name();
-        if kind != StageKind::Dpo && args.beta.is_some() {
-            bail!("--beta is a DPO setting");
+        if !kind.has_beta() && args.beta.is_some() {
+            bail!("--beta is a DPO setting (and KTO's)");
         }
         if kind == StageKind::Cpt && (args.split.is_some() || args.eval_split.is_some()) {
             bail!("CPT reads documents, which have no split field; use --eval-fraction");
@@ -254,7 +257,7 @@ impl Settings {
                 }
                 .into(),
             ),
-            beta: (self.kind == StageKind::Dpo).then_some(c.beta),
+            beta: self.kind.has_beta().then_some(c.beta),
         };
         let mut recipe = Recipe {
             model: Some(self.model.clone()),
@@ -279,6 +282,7 @@ impl Settings {
             StageKind::Cpt => recipe.cpt = Some(stage),
             StageKind::Sft => recipe.sft = Some(stage),
             StageKind::Dpo => recipe.dpo = Some(stage),
+            StageKind::Kto => recipe.kto = Some(stage),
         }
         recipe
     }
@@ -419,223 +423,6 @@ fn print_report(report: &Report) {
     }
 }
 
-/// At most `limit` held-out items (0: all), spread evenly over the list so that every part of
-/// the file (often one source after another) is represented.
-fn limited<T>(items: Vec<T>, limit: usize) -> Vec<T> {
-    let n = items.len();
-    if limit == 0 || limit >= n {
-        return items;
-    }
-    items
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| (i * limit) % n < limit)
-        .map(|(_, item)| item)
-        .collect()
-}
-
-/// The text of every readable document under `path`; unreadable ones are reported (and
-/// skipped, or fatal with `--on-bad-line fail`).
-fn read_documents(path: &Path, rule: OnBadLine) -> Result<Vec<String>> {
-    let mut files = Vec::new();
-    if path.is_dir() {
-        let mut pending = vec![path.to_path_buf()];
-        while let Some(dir) = pending.pop() {
-            for entry in std::fs::read_dir(&dir)
-                .with_context(|| format!("cannot read the folder {}", dir.display()))?
-            {
-                let entry = entry?.path();
-                if entry.is_dir() {
-                    pending.push(entry);
-                } else if kefu_rag::parse::Format::of(&entry).is_ok() {
-                    files.push(entry);
-                }
-            }
-        }
-    } else if path.exists() {
-        files.push(path.to_path_buf());
-    } else {
-        bail!("{}: no such file or folder", path.display());
-    }
-    files.sort();
-    let mut texts = Vec::new();
-    for file in &files {
-        match kefu_rag::parse::parse_file(file) {
-            Ok(doc) => {
-                let mut text = format!("# {}\n\n", doc.title);
-                for section in doc.sections {
-                    if let Some(heading) = section.heading_path.last() {
-                        text.push_str(&format!("## {heading}\n\n"));
-                    }
-                    text.push_str(&section.text);
-                    text.push_str("\n\n");
-                }
-                texts.push(text);
-            }
-            Err(e) if rule == OnBadLine::Fail => bail!("{}: {e}", file.display()),
-            Err(e) => eprintln!("{}: {e} (skipped)", file.display()),
-        }
-    }
-    if texts.is_empty() {
-        bail!(
-            "{} holds no readable documents (.md, .markdown, .html, .htm, .txt, .pdf)",
-            path.display()
-        );
-    }
-    Ok(texts)
-}
-
-/// Tokenizes every item; those that do not fit (`None`) are counted in `too_long`.
-fn tokenize_all<T, U>(
-    items: &[T],
-    tokenize: impl Fn(&T) -> crate::Result<Option<U>>,
-    too_long: &mut usize,
-) -> Result<Vec<U>> {
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        match tokenize(item)? {
-            Some(t) => out.push(t),
-            None => *too_long += 1,
-        }
-    }
-    Ok(out)
-}
-
-/// A stage's data, read (and refused) before the model loads.
-enum Items {
-    Documents(Vec<String>),
-    Conversations(data::Loaded, Vec<data::Conversation>),
-    Pairs(dpo::LoadedPairs, Vec<dpo::Preference>),
-}
-
-/// Reads the stage's data; bad lines are reported (or fatal, as the settings say).
-fn read_items(settings: &Settings) -> Result<Items> {
-    let rule = settings.on_bad_line;
-    let data = &settings.data;
-    let split = settings.split.as_deref();
-    let items = match settings.kind {
-        StageKind::Cpt => Items::Documents(read_documents(data, rule)?),
-        StageKind::Sft => {
-            let loaded = data::read_jsonl_split(data, rule, split)?;
-            report_skipped(data, &loaded.skipped);
-            let eval = match &settings.eval_split {
-                Some(s) => data::read_jsonl_split(data, rule, Some(s))?.conversations,
-                None => Vec::new(),
-            };
-            Items::Conversations(loaded, eval)
-        }
-        StageKind::Dpo => {
-            let loaded = dpo::read_pairs_split(data, rule, split)?;
-            report_skipped(data, &loaded.skipped);
-            let eval = match &settings.eval_split {
-                Some(s) => dpo::read_pairs_split(data, rule, Some(s))?.pairs,
-                None => Vec::new(),
-            };
-            Items::Pairs(loaded, eval)
-        }
-    };
-    Ok(items)
-}
-
-/// Tokenizes the stage's data for `model` and trains it.
-fn train_items(
-    model: &mut LoadedModel,
-    settings: &Settings,
-    items: Items,
-    output: &Path,
-    resume: bool,
-    bar: &ProgressBar,
-    watch: &mut Watch<'_>,
-) -> Result<Report> {
-    let config = &settings.config;
-    let limit = settings.eval_limit;
-    let max_len = settings.max_len;
-    let mut too_long = 0;
-    let report = match items {
-        Items::Documents(texts) => {
-            let blocks = cpt::blocks(model, &texts, max_len)?;
-            let (train, eval) = cpt::split(blocks, settings.eval_fraction);
-            let eval = limited(eval, limit);
-            eprintln!(
-                "{} documents: {} training and {} held-out blocks of {max_len} tokens",
-                texts.len(),
-                train.len(),
-                eval.len()
-            );
-            sft::train(
-                model,
-                &settings.model,
-                &train,
-                &eval,
-                config,
-                output,
-                resume,
-                on_step(bar, watch),
-            )?
-        }
-        Items::Conversations(loaded, eval) => {
-            let (train, eval) = if settings.eval_split.is_some() {
-                (loaded.conversations, eval)
-            } else {
-                data::split(loaded.conversations, settings.eval_fraction)
-            };
-            let eval = limited(eval, limit);
-            let tokenize = |c: &data::Conversation| data::tokenize(model, c, max_len);
-            let train: Vec<Tokenized> = tokenize_all(&train, tokenize, &mut too_long)?;
-            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
-            eprintln!(
-                "{} training and {} eval examples ({} duplicates dropped, {} bad lines skipped, \
-                 {too_long} prompts longer than --max-len {max_len} skipped)",
-                train.len(),
-                eval.len(),
-                loaded.duplicates,
-                loaded.skipped.len(),
-            );
-            sft::train(
-                model,
-                &settings.model,
-                &train,
-                &eval,
-                config,
-                output,
-                resume,
-                on_step(bar, watch),
-            )?
-        }
-        Items::Pairs(loaded, eval) => {
-            let (train, eval) = if settings.eval_split.is_some() {
-                (loaded.pairs, eval)
-            } else {
-                dpo::split(loaded.pairs, settings.eval_fraction)
-            };
-            let eval = limited(eval, limit);
-            let tokenize = |p: &dpo::Preference| dpo::tokenize_pair(model, p, max_len);
-            let train = tokenize_all(&train, tokenize, &mut too_long)?;
-            let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
-            eprintln!(
-                "{} training and {} eval pairs ({} duplicates dropped, {} bad lines skipped, \
-                 {too_long} prompts longer than --max-len {max_len} skipped); computing the \
-                 reference model's log-probabilities",
-                train.len(),
-                eval.len(),
-                loaded.duplicates,
-                loaded.skipped.len(),
-            );
-            dpo::train(
-                model,
-                &settings.model,
-                &train,
-                &eval,
-                config,
-                output,
-                resume,
-                on_step(bar, watch),
-            )?
-        }
-    };
-    Ok(report)
-}
-
 fn train_stage(
     models: &dyn ModelSource,
     settings: &Settings,
@@ -693,7 +480,7 @@ pub fn run_stages(
 ) -> Result<Vec<StageRun>> {
     let stages = recipe.stages();
     if stages.is_empty() {
-        bail!("the recipe holds no stage: add [cpt], [sft] or [dpo]");
+        bail!("the recipe holds no stage: add [cpt], [sft], [dpo] or [kto]");
     }
     // Check every stage's settings before the first one spends any time.
     let mut planned = Vec::new();
@@ -753,7 +540,7 @@ pub fn run_recipe(
     let recipe = Recipe::read(path)?;
     if recipe.stages().is_empty() {
         bail!(
-            "{} holds no stage: add [cpt], [sft] or [dpo]",
+            "{} holds no stage: add [cpt], [sft], [dpo] or [kto]",
             path.display()
         );
     }

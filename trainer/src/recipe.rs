@@ -37,17 +37,29 @@ pub enum StageKind {
     Cpt,
     Sft,
     Dpo,
+    Kto,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 3] = [StageKind::Cpt, StageKind::Sft, StageKind::Dpo];
+    pub const ALL: [StageKind; 4] = [
+        StageKind::Cpt,
+        StageKind::Sft,
+        StageKind::Dpo,
+        StageKind::Kto,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             StageKind::Cpt => "cpt",
             StageKind::Sft => "sft",
             StageKind::Dpo => "dpo",
+            StageKind::Kto => "kto",
         }
+    }
+
+    /// Stages that learn against the model they start from, with a `beta`.
+    pub fn has_beta(self) -> bool {
+        matches!(self, StageKind::Dpo | StageKind::Kto)
     }
 }
 
@@ -75,6 +87,9 @@ pub struct Recipe {
     pub sft: Option<Stage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dpo: Option<Stage>,
+    /// KTO on answers labelled good or bad one by one (`kefu export kto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kto: Option<Stage>,
     /// What a candidate must show before it becomes production (the training worker's gate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateSection>,
@@ -227,6 +242,7 @@ impl Recipe {
             StageKind::Cpt => self.cpt.as_ref(),
             StageKind::Sft => self.sft.as_ref(),
             StageKind::Dpo => self.dpo.as_ref(),
+            StageKind::Kto => self.kto.as_ref(),
         }
     }
 
@@ -290,8 +306,8 @@ impl Recipe {
                 continue;
             };
             let name = kind.name();
-            if stage.beta.is_some() && kind != StageKind::Dpo {
-                return fail(format!("[{name}] beta is a DPO setting"));
+            if stage.beta.is_some() && !kind.has_beta() {
+                return fail(format!("[{name}] beta is a DPO setting (and KTO's)"));
             }
             if kind == StageKind::Cpt && (stage.split.is_some() || stage.eval_split.is_some()) {
                 return fail(
@@ -355,7 +371,7 @@ mod tests {
             ("modle = \"x\"", "modle"),
             ("[lora]\nrank = 8\nranks = 4", "ranks"),
             ("[sft]\nlearning_rate = 0.1", "learning_rate"),
-            ("[kto]\ndata = \"x\"", "kto"),
+            ("[orpo]\ndata = \"x\"", "orpo"),
             ("[sft]\nbeta = 0.1", "beta is a DPO setting"),
             ("[cpt]\nsplit = \"train\"", "no split field"),
             ("base_weights = \"q2\"", "q8_0, q4 or f32"),

@@ -188,6 +188,39 @@ pub type BatchLoss = (Tensor, Figures, usize);
 /// The eval loss and figures, `None` without eval data.
 pub type Evaluation = Option<(f64, Figures)>;
 
+/// The mean loss and figures per item of a preference objective's eval set, run `batch` items
+/// at a time beside their reference values: `figures(items, references)` gives a chunk's
+/// summed loss and summed figures. `None` without eval items.
+pub fn evaluate_in_chunks<T, R>(
+    items: &[T],
+    references: &[R],
+    batch: usize,
+    mut figures: impl FnMut(&[&T], &[R]) -> Result<(Tensor, Figures)>,
+) -> Result<Evaluation> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut loss = 0f64;
+    let mut totals: Figures = Vec::new();
+    let size = batch.max(1);
+    for (chunk, refs) in items.chunks(size).zip(references.chunks(size)) {
+        let chunk: Vec<&T> = chunk.iter().collect();
+        let (sum, named) = figures(&chunk, refs)?;
+        loss += sum.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        for (name, value) in named {
+            match totals.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += value,
+                None => totals.push((name, value)),
+            }
+        }
+    }
+    let n = items.len() as f64;
+    Ok(Some((
+        loss / n,
+        totals.into_iter().map(|(name, v)| (name, v / n)).collect(),
+    )))
+}
+
 /// What a training stage optimizes: SFT's answer loss, DPO's preference loss.
 pub trait Objective {
     /// Training items (examples or pairs).

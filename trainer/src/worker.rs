@@ -71,6 +71,8 @@ fn orphaned(parent: Option<u32>) -> bool {
 
 /// Fewer pairs than this and the DPO stage is left out.
 const MIN_PAIRS: usize = 8;
+/// Fewer labelled answers than this and the KTO stage is left out.
+const MIN_LABELLED: usize = 8;
 
 /// The model the worker trains when nothing says otherwise: SFT, one example a step (two
 /// accumulated), each layer recomputed in the backward pass. A served prompt with its passages
@@ -323,10 +325,12 @@ fn job_recipe(
     data_dir: &Path,
     sft_count: usize,
     pair_count: usize,
+    kto_count: usize,
     document_count: usize,
 ) -> Result<Recipe> {
     let sft = &data_dir.join("sft.jsonl");
     let pairs = &data_dir.join("pairs.jsonl");
+    let kto = &data_dir.join("kto.jsonl");
     // CPT, when the recipe has it, reads the documents this job snapshotted (those the last
     // succeeded job had not seen); without new documents it is left out.
     if document_count == 0 {
@@ -346,10 +350,13 @@ fn job_recipe(
     // DPO only where the recipe asks for it (see BUILT_IN_RECIPE).
     let wants_dpo = recipe.dpo.is_some();
     point(&mut recipe.dpo, pairs, wants_dpo && pair_count >= MIN_PAIRS);
+    // KTO, likewise only where asked, on every admitted rating (one answer, one label).
+    let wants_kto = recipe.kto.is_some();
+    point(&mut recipe.kto, kto, wants_kto && kto_count >= MIN_LABELLED);
     if recipe.stages().is_empty() {
         bail!(
-            "nothing to learn: {sft_count} SFT examples, {pair_count} pairs and \
-             {document_count} new documents"
+            "nothing to learn: {sft_count} SFT examples, {pair_count} pairs, {kto_count} \
+             labelled answers and {document_count} new documents"
         );
     }
     Ok(recipe)
@@ -390,29 +397,42 @@ async fn snapshot(
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let sft = crate::dataset::compile(database, Kind::Sft, Format::Trl, policy).await?;
     let pairs = crate::dataset::compile(database, Kind::Pairs, Format::Trl, policy).await?;
+    let base = base_recipe(home)?;
+    let kto = match base.kto {
+        Some(_) => crate::dataset::compile(database, Kind::Kto, Format::Trl, policy).await?,
+        None => Vec::new(),
+    };
     // Without a held-out file the gate checks answers on a share of the feedback's own
     // questions, kept out of every kind of training example.
-    let base = base_recipe(home)?;
     let gate_settings = base.gate.clone().unwrap_or_default();
     let holding = gate_settings.questions.is_none();
     let share = gate_settings.hold_out.unwrap_or(HOLD_OUT);
     let admitted = sft.len();
-    let (sft, kept_out, pairs) = if holding {
+    let (sft, kept_out, pairs, kto) = if holding {
         let (sft, kept_out) = hold_out(sft, share);
         let (pairs, _) = hold_out(pairs, share);
-        (sft, kept_out, pairs)
+        let (kto, _) = hold_out(kto, share);
+        (sft, kept_out, pairs, kto)
     } else {
-        (sft, Vec::new(), pairs)
+        (sft, Vec::new(), pairs, kto)
     };
     write_lines(&data_dir.join("held-out.jsonl"), &kept_out)?;
     let sft_hash = write_lines(&data_dir.join("sft.jsonl"), &sft)?;
     let pairs_hash = write_lines(&data_dir.join("pairs.jsonl"), &pairs)?;
+    let kto_hash = write_lines(&data_dir.join("kto.jsonl"), &kto)?;
     let documents = if crate::triggers::wants_cpt(home)? {
         crate::triggers::snapshot_documents(home, database, &job.model, &data_dir).await?
     } else {
         0
     };
-    let recipe = job_recipe(base, &data_dir, sft.len(), pairs.len(), documents)?;
+    let recipe = job_recipe(
+        base,
+        &data_dir,
+        sft.len(),
+        pairs.len(),
+        kto.len(),
+        documents,
+    )?;
     recipe.write(&dir.join("recipe.toml"))?;
     // The regression set: every question an agent corrected, with the corrected answer.
     let regression = crate::dataset::regression(&sft);
@@ -437,7 +457,7 @@ async fn snapshot(
     }
     // What the job learns from, by where each example's label came from.
     let mut learned_from = serde_json::Map::new();
-    for (kind, examples) in [("sft", &sft), ("pairs", &pairs)] {
+    for (kind, examples) in [("sft", &sft), ("pairs", &pairs), ("kto", &kto)] {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
         for e in examples {
             let source = e["kefu"]["source"].as_str().unwrap_or("unknown");
@@ -446,11 +466,12 @@ async fn snapshot(
         learned_from.insert(kind.into(), json!(counts));
     }
     let summary = json!({
-        "sft_examples": sft.len(), "pairs": pairs.len(), "regression_examples": regression.len(),
+        "sft_examples": sft.len(), "pairs": pairs.len(), "kto_examples": kto.len(),
+        "regression_examples": regression.len(),
         "held_out_examples": kept_out.len(), "policy": policy.name(),
         "learned_from": learned_from,
         "new_documents": documents,
-        "sft_sha256": sft_hash, "pairs_sha256": pairs_hash,
+        "sft_sha256": sft_hash, "pairs_sha256": pairs_hash, "kto_sha256": kto_hash,
         "folder": data_dir.strip_prefix(home).unwrap_or(&data_dir),
     });
     Ok(Snapshot {
@@ -682,4 +703,42 @@ async fn held_out(home: &Path, database: &Database, recipe: &Recipe) -> Result<H
         held_out.pairs = gate::read_pairs(&path, settings.max_pairs.unwrap_or(32))?;
     }
     Ok(held_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::StageKind;
+
+    #[test]
+    fn a_job_trains_the_stages_its_recipe_asks_for_when_there_is_enough_data() {
+        let dir = Path::new("/jobs/7/data");
+        let asks = Recipe {
+            sft: Some(Stage::default()),
+            dpo: Some(Stage::default()),
+            kto: Some(Stage::default()),
+            ..Recipe::default()
+        };
+        let recipe = job_recipe(asks.clone(), dir, 3, 8, 8, 0).unwrap();
+        assert_eq!(
+            recipe.stages(),
+            [StageKind::Sft, StageKind::Dpo, StageKind::Kto]
+        );
+        let kto = recipe.kto.unwrap().data.unwrap();
+        assert_eq!(kto, dir.join("kto.jsonl"));
+        // Too few labelled answers (or pairs): that stage is left out.
+        let recipe = job_recipe(asks.clone(), dir, 3, 7, 7, 0).unwrap();
+        assert_eq!(recipe.stages(), [StageKind::Sft]);
+        // A recipe without [kto] never gets one, however many labels there are.
+        let plain = Recipe {
+            sft: Some(Stage::default()),
+            ..Recipe::default()
+        };
+        assert_eq!(
+            job_recipe(plain, dir, 3, 100, 100, 0).unwrap().stages(),
+            [StageKind::Sft]
+        );
+        let err = job_recipe(asks, dir, 0, 7, 7, 0).unwrap_err();
+        assert!(err.to_string().contains("7 labelled answers"), "{err}");
+    }
 }

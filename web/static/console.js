@@ -422,7 +422,8 @@
         var names = { agent_correction: t("agent corrections"), agent_rating: t("agent ratings"), accepted_customer: t("accepted customer ratings"), customer: t("unreviewed customer ratings") };
         var describe = function (counts) { return Object.keys(counts || {}).map(function (k) { return (names[k] || k) + " " + counts[k]; }).join(", ") || t("none"); };
         body.appendChild(el("tr", { "data-row": "learned-from" }, [el("th", { scope: "row", text: t("Learned from (feedback policy {0}; {1} examples held out for the gate)", d.policy || "?", d.held_out_examples || 0) }),
-          el("td", { colspan: 2, text: t("SFT: {0}. Pairs: {1}.", describe(d.learned_from.sft), describe(d.learned_from.pairs)) }), el("td", {})]));
+          el("td", { colspan: 2, text: t("SFT: {0}. Pairs: {1}.", describe(d.learned_from.sft), describe(d.learned_from.pairs))
+            + (d.kto_examples ? " " + t("KTO: {0}.", describe(d.learned_from.kto)) : "") }), el("td", {})]));
       }
       body.appendChild(el("tr", {}, [el("th", { scope: "row", text: t("Gate") }), el("td", { text: short(report.production) }), el("td", { text: "" }), verdict(report.passed)]));
       (r.greedy || []).forEach(function (g) {

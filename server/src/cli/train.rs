@@ -26,8 +26,11 @@ pub enum TrainCommand {
     /// Direct preference optimization with LoRA on chosen / rejected pairs (`kefu export
     /// pairs`, or `prompt` / `history` / `chosen` / `rejected` JSON lines).
     Dpo(StageArgs),
-    /// Every stage a recipe holds, in the order cpt → sft → dpo; each stage starts from the
-    /// model the previous one merged (so DPO's reference is the SFT model).
+    /// KTO with LoRA on single answers labelled good or bad (`kefu export kto`, or `prompt` /
+    /// `completion` / `label` JSON lines): learns from thumbs that come without a pair.
+    Kto(StageArgs),
+    /// Every stage a recipe holds, in the order cpt → sft → dpo → kto; each stage starts from
+    /// the model the previous one merged (so DPO's and KTO's reference is the SFT model).
     Run(RunArgs),
 }
 
@@ -98,7 +101,7 @@ pub struct StageArgs {
     #[arg(long)]
     pub recipe: Option<PathBuf>,
     /// CPT: documents (a folder or a file); SFT: JSON lines (alpaca, `messages`, ShareGPT
-    /// `conversations` or `question` / `answer`); DPO: preference pairs.
+    /// `conversations` or `question` / `answer`); DPO: preference pairs; KTO: answers labelled good or bad.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Base chat model: a name (installed or known) or a path [default: qwen2.5-coder-0.5b-instruct].
@@ -152,7 +155,7 @@ pub struct StageArgs {
     /// Projections that get adapters [default: q,k,v,o,gate,up,down].
     #[arg(long)]
     pub targets: Option<String>,
-    /// SFT / DPO: longest example in tokens (longer answers are cut; prompts that leave no
+    /// SFT / DPO / KTO: longest example in tokens (longer answers are cut; prompts that leave no
     /// room skipped) [default: 1024]. CPT: the block length [default: 512].
     #[arg(long)]
     pub max_len: Option<usize>,
@@ -163,10 +166,10 @@ pub struct StageArgs {
     /// [default: 0].
     #[arg(long)]
     pub eval_limit: Option<usize>,
-    /// SFT / DPO: train only on the lines whose `split` field is this (e.g. `train`).
+    /// SFT / DPO / KTO: train only on the lines whose `split` field is this (e.g. `train`).
     #[arg(long)]
     pub split: Option<String>,
-    /// SFT / DPO: evaluate on the lines whose `split` field is this (e.g. `test`) instead of a
+    /// SFT / DPO / KTO: evaluate on the lines whose `split` field is this (e.g. `test`) instead of a
     /// share of the training lines.
     #[arg(long)]
     pub eval_split: Option<String>,
@@ -183,7 +186,7 @@ pub struct StageArgs {
     /// [default: skip]
     #[arg(long, value_enum)]
     pub on_bad_line: Option<BadLines>,
-    /// DPO: how far the policy may move from the reference model [default: 0.1].
+    /// DPO / KTO: how far the policy may move from the reference model [default: 0.1].
     #[arg(long)]
     pub beta: Option<f64>,
     /// Carry on from `OUTPUT/checkpoint` (same data and settings).
@@ -215,6 +218,7 @@ pub fn run(home: &Path, command: &TrainCommand) -> Result<()> {
         TrainCommand::Cpt(args) => stage(&models, StageKind::Cpt, &args.options()).map(|_| ()),
         TrainCommand::Sft(args) => stage(&models, StageKind::Sft, &args.options()).map(|_| ()),
         TrainCommand::Dpo(args) => stage(&models, StageKind::Dpo, &args.options()).map(|_| ()),
+        TrainCommand::Kto(args) => stage(&models, StageKind::Kto, &args.options()).map(|_| ()),
         TrainCommand::Run(args) => run_recipe(
             &models,
             &args.recipe,
