@@ -40,13 +40,17 @@ fn value_as_i64(value: &Value) -> Option<i64> {
     })
 }
 
-fn strings(metadata: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
-    let values = metadata
+/// The array GGUF metadata holds under `key`.
+fn array<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> Result<&'a [Value]> {
+    Ok(metadata
         .get(key)
         .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))?
         .to_vec()
-        .map_err(Error::tokenizer)?;
-    values
+        .map_err(Error::tokenizer)?)
+}
+
+fn strings(metadata: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
+    array(metadata, key)?
         .iter()
         .map(|v| v.to_string().cloned().map_err(Error::tokenizer))
         .collect()
@@ -175,20 +179,12 @@ fn sentencepiece_from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenize
     use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
 
     let tokens = strings(metadata, "tokenizer.ggml.tokens")?;
-    let numbers = |key: &str| -> Result<Vec<Value>> {
-        metadata
-            .get(key)
-            .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))?
-            .to_vec()
-            .cloned()
-            .map_err(Error::tokenizer)
-    };
-    let scores: Vec<f32> = numbers("tokenizer.ggml.scores")?
+    let scores: Vec<f32> = array(metadata, "tokenizer.ggml.scores")?
         .iter()
         .map(|v| v.to_f32().map_err(Error::tokenizer))
         .collect::<Result<_>>()?;
     let types: Vec<i64> = match metadata.get("tokenizer.ggml.token_type") {
-        Some(_) => numbers("tokenizer.ggml.token_type")?
+        Some(_) => array(metadata, "tokenizer.ggml.token_type")?
             .iter()
             .map(|v| value_as_i64(v).unwrap_or(NORMAL))
             .collect(),

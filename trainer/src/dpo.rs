@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::{Conversation, OnBadLine, Tokenized, messages, read_lines, tokenize};
 use crate::error::Result;
-use crate::preference::{Scored, logprobs};
+use crate::preference::{Scored, Scores};
 use crate::run::{Figures, Report, TrainConfig};
 
 /// A prompt (the conversation so far, ending with the user) and two answers to it.
@@ -182,23 +182,21 @@ impl Scored for TokenizedPair {
     }
 }
 
-/// Loss and figures of a batch of pairs against their reference values.
+/// Loss and figures of a batch of pairs from their scores.
 fn batch_figures(
-    model: &LoadedModel,
-    pairs: &[&TokenizedPair],
-    references: &[(f32, f32)],
+    _pairs: &[&TokenizedPair],
+    scores: Scores,
     beta: f64,
 ) -> Result<(Tensor, Figures)> {
-    let device = model.decoder.device();
-    let (policy_chosen, policy_rejected) = logprobs(model, pairs)?;
-    let ref_chosen: Vec<f32> = references.iter().map(|r| r.0).collect();
-    let ref_rejected: Vec<f32> = references.iter().map(|r| r.1).collect();
-    let n = pairs.len();
+    let Scores {
+        policy: [policy_chosen, policy_rejected],
+        reference: [reference_chosen, reference_rejected],
+    } = scores;
     let (loss, chosen, rejected) = dpo_loss(
         &policy_chosen,
         &policy_rejected,
-        &Tensor::from_vec(ref_chosen, n, device)?,
-        &Tensor::from_vec(ref_rejected, n, device)?,
+        &reference_chosen,
+        &reference_rejected,
         beta,
     )?;
     let chosen = chosen.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::data::{Conversation, OnBadLine, Tokenized, messages, read_lines, tokenize};
 use crate::dpo::answer;
 use crate::error::Result;
-use crate::preference::{Scored, logprobs};
+use crate::preference::{Scored, Scores};
 use crate::run::{Figures, Report, TrainConfig};
 
 /// A prompt (ending with the user), one answer to it, and whether the answer is good.
@@ -200,20 +200,17 @@ impl Scored for TokenizedUnpaired {
     }
 }
 
-/// Loss and figures of a batch against its reference values.
+/// Loss and figures of a batch from its scores (the answers', then the mismatched answers').
 fn batch_figures(
-    model: &LoadedModel,
     examples: &[&TokenizedUnpaired],
-    references: &[(f32, f32)],
+    scores: Scores,
     beta: f64,
 ) -> Result<(Tensor, Figures)> {
-    let device = model.decoder.device();
+    let Scores {
+        policy: [policy, policy_mismatched],
+        reference: [reference, reference_mismatched],
+    } = scores;
     let n = examples.len();
-    let (policy, policy_mismatched) = logprobs(model, examples)?;
-    let reference: Vec<f32> = references.iter().map(|r| r.0).collect();
-    let reference = Tensor::from_vec(reference, n, device)?;
-    let mismatched: Vec<f32> = references.iter().map(|r| r.1).collect();
-    let reference_mismatched = Tensor::from_vec(mismatched, n, device)?;
     let kl = (policy_mismatched.detach() - reference_mismatched)?
         .to_dtype(DType::F64)?
         .mean_all()?

@@ -31,7 +31,7 @@ fn length<T: Scored>(item: &T) -> usize {
 
 /// Summed answer log-probabilities of every item's first and second sequence, `(n,)` each, in
 /// one forward pass.
-pub fn logprobs<T: Scored>(model: &LoadedModel, items: &[&T]) -> Result<(Tensor, Tensor)> {
+fn logprobs<T: Scored>(model: &LoadedModel, items: &[&T]) -> Result<(Tensor, Tensor)> {
     let mut all: Vec<&Tokenized> = items.iter().map(|i| i.sequences()[0]).collect();
     all.extend(items.iter().map(|i| i.sequences()[1]));
     let (logprobs, _) = answer_logprobs(model, &all)?;
@@ -61,8 +61,37 @@ fn reference<T: Scored>(
     Ok(out)
 }
 
-/// A batch's summed loss and summed figures, given the items, their reference values and β.
-pub type BatchFigures<T> = fn(&LoadedModel, &[&T], &[(f32, f32)], f64) -> Result<(Tensor, Figures)>;
+/// A batch's two sequences' summed answer log-probabilities under the policy (with gradients)
+/// and under the reference, `(n,)` each.
+pub struct Scores {
+    pub policy: [Tensor; 2],
+    pub reference: [Tensor; 2],
+}
+
+/// A batch's summed loss and summed figures, given its items, their scores and β.
+pub type BatchFigures<T> = fn(&[&T], Scores, f64) -> Result<(Tensor, Figures)>;
+
+/// Scores `items` with the policy, pairs them with their `references`, and applies the stage's
+/// `figures`.
+fn scored_figures<T: Scored>(
+    model: &LoadedModel,
+    items: &[&T],
+    references: &[(f32, f32)],
+    beta: f64,
+    figures: BatchFigures<T>,
+) -> Result<(Tensor, Figures)> {
+    let device = model.decoder.device();
+    let (first, second) = logprobs(model, items)?;
+    let column = |pick: fn(&(f32, f32)) -> f32| -> Result<Tensor> {
+        let values: Vec<f32> = references.iter().map(pick).collect();
+        Ok(Tensor::from_vec(values, items.len(), device)?)
+    };
+    let scores = Scores {
+        policy: [first, second],
+        reference: [column(|r| r.0)?, column(|r| r.1)?],
+    };
+    figures(items, scores, beta)
+}
 
 struct AgainstReference<'a, T> {
     train: &'a [T],
@@ -110,7 +139,7 @@ impl<T: Scored> Objective for AgainstReference<'_, T> {
                 a.input.len() + b.input.len()
             })
             .sum();
-        let (loss, figures) = (self.figures)(model, &items, &references, self.beta)?;
+        let (loss, figures) = scored_figures(model, &items, &references, self.beta, self.figures)?;
         Ok((loss, figures, tokens))
     }
 
@@ -119,7 +148,7 @@ impl<T: Scored> Objective for AgainstReference<'_, T> {
             self.eval,
             &self.eval_reference,
             self.batch_size,
-            |items, references| (self.figures)(model, items, references, self.beta),
+            |items, references| scored_figures(model, items, references, self.beta, self.figures),
         )
     }
 }

@@ -28,6 +28,21 @@ fn limited<T>(items: Vec<T>, limit: usize) -> Vec<T> {
         .collect()
 }
 
+/// The training items and at most `--eval-limit` eval items: the eval split's lines when one is
+/// named, else `split`'s hash share of the training lines.
+fn train_and_eval<T>(
+    settings: &Settings,
+    train: Vec<T>,
+    eval: Vec<T>,
+    split: impl FnOnce(Vec<T>, f64) -> (Vec<T>, Vec<T>),
+) -> (Vec<T>, Vec<T>) {
+    let (train, eval) = match settings.eval_split {
+        Some(_) => (train, eval),
+        None => split(train, settings.eval_fraction),
+    };
+    (train, limited(eval, settings.eval_limit))
+}
+
 /// The text of every readable document under `path`; unreadable ones are reported (and
 /// skipped, or fatal with `--on-bad-line fail`).
 fn read_documents(path: &Path, rule: OnBadLine) -> Result<Vec<String>> {
@@ -178,12 +193,7 @@ pub(super) fn train_items(
             )?
         }
         Items::Conversations(loaded, eval) => {
-            let (train, eval) = if settings.eval_split.is_some() {
-                (loaded.conversations, eval)
-            } else {
-                data::split(loaded.conversations, settings.eval_fraction)
-            };
-            let eval = limited(eval, limit);
+            let (train, eval) = train_and_eval(settings, loaded.conversations, eval, data::split);
             let tokenize = |c: &data::Conversation| data::tokenize(model, c, max_len);
             let train: Vec<Tokenized> = tokenize_all(&train, tokenize, &mut too_long)?;
             let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
@@ -207,12 +217,7 @@ pub(super) fn train_items(
             )?
         }
         Items::Pairs(loaded, eval) => {
-            let (train, eval) = if settings.eval_split.is_some() {
-                (loaded.pairs, eval)
-            } else {
-                dpo::split(loaded.pairs, settings.eval_fraction)
-            };
-            let eval = limited(eval, limit);
+            let (train, eval) = train_and_eval(settings, loaded.pairs, eval, dpo::split);
             let tokenize = |p: &dpo::Preference| dpo::tokenize_pair(model, p, max_len);
             let train = tokenize_all(&train, tokenize, &mut too_long)?;
             let eval = tokenize_all(&eval, tokenize, &mut too_long)?;
@@ -237,12 +242,7 @@ pub(super) fn train_items(
             )?
         }
         Items::Unpaired(loaded, eval) => {
-            let (train, eval) = if settings.eval_split.is_some() {
-                (loaded.examples, eval)
-            } else {
-                kto::split(loaded.examples, settings.eval_fraction)
-            };
-            let eval = limited(eval, limit);
+            let (train, eval) = train_and_eval(settings, loaded.examples, eval, kto::split);
             let (train, dropped) = kto::tokenize_all(model, &train, max_len)?;
             let (eval, dropped_eval) = kto::tokenize_all(model, &eval, max_len)?;
             too_long += dropped + dropped_eval;
