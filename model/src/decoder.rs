@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 pub use crate::linear::{Linear, Lora, LoraDropout, Weight};
 use crate::linear::{Mode, ProjectionGroup};
+use crate::q8::PackedQ8;
 
 mod attention;
 mod checkpoint;
@@ -179,6 +180,8 @@ impl Block {
 enum Embedding {
     /// Rows are dequantized on lookup; the table stays in its compact form.
     Quantized(Arc<QTensor>),
+    /// The tied output projection's packed table (`crate::q8`): one copy serves both.
+    Packed(Arc<PackedQ8>),
     Dense(Tensor),
 }
 
@@ -186,6 +189,24 @@ impl Embedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Packed(p) => {
+                let device = ids.device().clone();
+                let (batch, seq_len) = ids.dims2()?;
+                let hidden = p.cols();
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let mut rows = vec![0f32; ids.len() * hidden];
+                for (id, row) in ids.iter().zip(rows.chunks_exact_mut(hidden)) {
+                    let id = *id as usize;
+                    if id >= p.rows() {
+                        return Err(Error::InvalidConfig(format!(
+                            "token id {id} is outside the {}-entry vocabulary",
+                            p.rows()
+                        )));
+                    }
+                    p.dequantize_row(id, row);
+                }
+                Tensor::from_vec(rows, (batch, seq_len, hidden), &device)?
+            }
             Embedding::Dense(t) => {
                 let (batch, seq_len) = ids.dims2()?;
                 t.index_select(&ids.flatten_all()?, 0)?
@@ -198,10 +219,11 @@ impl Embedding {
 /// How the decoder lays out its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderOptions {
-    /// Pad Q8_0 rows with zero columns to a multiple of 256 where the CPU has VNNI, so candle's
-    /// repacked kernels apply (4–8× faster matrix-vector products here). Those kernels quantize
-    /// activations in 256-wide blocks instead of 32-wide ones, so logits move by quantization
-    /// noise; `false` keeps the reference kernels (parity tests use that).
+    /// Serve Q8_0 matrices with the fastest kernels the CPU has: Kefu's packed ones
+    /// (`crate::q8`) with AVX-512 VNNI, else candle's repacked ones on rows padded with zero
+    /// columns to a multiple of 256 where the CPU has AVX-VNNI. Both round activations
+    /// differently from candle's reference kernels, so logits move by quantization noise;
+    /// `false` keeps the reference kernels (parity tests use that).
     pub fast_kernels: bool,
     /// Hold every weight matrix as dense f32 instead of the stored blocks: LoRA on a float
     /// base (no quantization in the frozen weights; about 4× the memory of Q8_0).
@@ -379,13 +401,15 @@ impl Decoder {
                 },
             });
         }
-        let lm_head_weight = match source.get("lm_head.weight")? {
-            Some(w) if !config.tie_word_embeddings => densify(w)?,
-            _ => embed_weight.clone(),
+        let (lm_head_weight, tied) = match source.get("lm_head.weight")? {
+            Some(w) if !config.tie_word_embeddings => (densify(w)?, false),
+            _ => (embed_weight.clone(), true),
         };
-        let embed_tokens = match embed_weight {
-            Weight::Quantized(q) => Embedding::Quantized(q),
-            Weight::Dense(t) => Embedding::Dense(t.to_dtype(dtype)?),
+        let lm_head = ProjectionGroup::new(vec![(lm_head_weight, None)], options.fast_kernels)?;
+        let embed_tokens = match (embed_weight, lm_head.packed()) {
+            (Weight::Quantized(_), Some(packed)) if tied => Embedding::Packed(packed),
+            (Weight::Quantized(q), _) => Embedding::Quantized(q),
+            (Weight::Dense(t), _) => Embedding::Dense(t.to_dtype(dtype)?),
         };
         Ok(Self {
             config: config.clone(),
@@ -393,7 +417,7 @@ impl Decoder {
             embed_scale: gemma.then(|| (config.hidden_size as f64).sqrt()),
             layers,
             norm: norm(source, "model.norm.weight")?,
-            lm_head: ProjectionGroup::new(vec![(lm_head_weight, None)], options.fast_kernels)?,
+            lm_head,
             device: device.clone(),
             dtype,
             checkpoints: None,

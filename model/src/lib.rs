@@ -14,6 +14,7 @@ pub mod linear;
 pub mod loader;
 mod loss;
 pub mod prefix;
+pub mod q8;
 pub mod sampling;
 pub mod testing;
 pub mod tokenizer;

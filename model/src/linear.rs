@@ -1,7 +1,8 @@
 //! Projections. A `ProjectionGroup` holds the projections that read the same input (q, k, v;
 //! gate, up) with their frozen base weights stacked, so one matrix product computes them all;
-//! each projection keeps its own bias and LoRA adapter. Also here: the zero-column padding that
-//! unlocks candle's fast kernels, and the op that passes gradients through a quantized base.
+//! each projection keeps its own bias and LoRA adapter. Also here: the choice of kernel (Kefu's
+//! packed Q8_0, `crate::q8`; the zero-column padding that unlocks candle's fast kernels on other
+//! VNNI CPUs) and the ops that pass gradients through a quantized base.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -16,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
+use crate::q8::PackedQ8;
 
 /// Whether a forward pass only computes (inference) or records what gradients need
 /// (training: frozen matrices pass gradients to their input only, and the fused RMSNorm, RoPE
@@ -197,10 +199,18 @@ fn stack_quantized(parts: &[&Arc<QTensor>]) -> Result<QTensor> {
     Ok(QTensor::new(storage, (rows, cols))?)
 }
 
+/// A stored base matrix: Kefu's packed Q8_0 (`crate::q8`, on CPUs with AVX-512 VNNI) or
+/// whatever candle computes with.
+#[derive(Debug, Clone)]
+enum Matrix {
+    Packed(Arc<PackedQ8>),
+    Candle(QMatMul),
+}
+
 /// One stored matrix serving the projections `parts` (rows stacked in that order).
 #[derive(Debug, Clone)]
 struct Stack {
-    weight: QMatMul,
+    weight: Matrix,
     /// Row length as stored (more than the input's when padded for the fast kernels).
     stored_in: usize,
     parts: Range<usize>,
@@ -247,6 +257,60 @@ impl CustomOp1 for FrozenQuantizedMatMul {
             .weight
             .dequantize(grad_res.device())?
             .to_dtype(grad_res.dtype())?;
+        Ok(Some(grad_res.broadcast_matmul(&weight)?))
+    }
+}
+
+/// `x·Wᵀ` for a packed Q8_0 `W` (`crate::q8`), on f32 activations on the CPU. Like
+/// `FrozenQuantizedMatMul`, gradients pass to `x` through the dequantized matrix.
+#[derive(Debug)]
+struct PackedMatMul {
+    weight: Arc<PackedQ8>,
+}
+
+impl CustomOp1 for PackedMatMul {
+    fn name(&self) -> &'static str {
+        "packed-q8-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("packed-q8-matmul needs f32 activations")
+        };
+        let Some(x) = layout
+            .contiguous_offsets()
+            .map(|(start, end)| &x[start..end])
+        else {
+            candle_core::bail!("packed-q8-matmul needs contiguous activations")
+        };
+        let (n, k) = (self.weight.rows(), self.weight.cols());
+        let mut dims = layout.dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("packed-q8-matmul: input {dims:?} does not match ({n}, {k})")
+        }
+        let m = x.len() / k;
+        let mut y = vec![0f32; m * n];
+        self.weight.matmul(x, m, &mut y);
+        *dims.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let weight = Tensor::from_vec(
+            self.weight.dequantize(),
+            (self.weight.rows(), self.weight.cols()),
+            grad_res.device(),
+        )?
+        .to_dtype(grad_res.dtype())?;
         Ok(Some(grad_res.broadcast_matmul(&weight)?))
     }
 }
@@ -425,6 +489,19 @@ impl ProjectionGroup {
                     Arc::new(stack_quantized(&quantized)?)
                 };
                 let rows = stacked.shape().dims2()?.0;
+                let packable = fast_kernels
+                    && stacked.dtype() == GgmlDType::Q8_0
+                    && stacked.device().is_cpu()
+                    && crate::q8::available();
+                if packable
+                    && let Some(packed) = PackedQ8::pack(&stacked.data()?, rows, in_features)
+                {
+                    return Ok(Stack {
+                        weight: Matrix::Packed(Arc::new(packed)),
+                        stored_in: in_features,
+                        parts,
+                    });
+                }
                 let pad = fast_kernels
                     && stacked.dtype() == GgmlDType::Q8_0
                     && stacked.device().is_cpu()
@@ -434,20 +511,37 @@ impl ProjectionGroup {
                 if pad {
                     let padded_in = in_features.next_multiple_of(FAST_ROW_MULTIPLE);
                     let padded = pad_rows(&stacked, padded_in)?;
-                    (QMatMul::from_qtensor(padded)?, padded_in)
+                    (Matrix::Candle(QMatMul::from_qtensor(padded)?), padded_in)
                 } else {
-                    (QMatMul::from_arc(stacked)?, in_features)
+                    (Matrix::Candle(QMatMul::from_arc(stacked)?), in_features)
                 }
             }
             // Dense matrices are never stacked: each is its own stack, kept in the type and on
             // the device it came in (the decoder's compute type).
-            Weight::Dense(dense) => (QMatMul::Tensor(dense.contiguous()?), in_features),
+            Weight::Dense(dense) => (
+                Matrix::Candle(QMatMul::Tensor(dense.contiguous()?)),
+                in_features,
+            ),
         };
         Ok(Stack {
             weight,
             stored_in,
             parts,
         })
+    }
+
+    /// The packed matrix of a group stored as one packed stack (the output projection whose
+    /// table the token embeddings then share).
+    pub(crate) fn packed(&self) -> Option<Arc<PackedQ8>> {
+        match self.stacks.as_slice() {
+            [
+                Stack {
+                    weight: Matrix::Packed(p),
+                    ..
+                },
+            ] => Some(p.clone()),
+            _ => None,
+        }
     }
 
     pub(crate) fn part_mut(&mut self, index: usize) -> Option<&mut Linear> {
@@ -466,9 +560,12 @@ impl ProjectionGroup {
             .find(|s| s.parts.contains(&index))
             .ok_or_else(|| Error::InvalidConfig(format!("no projection {index}")))?;
         let dense = match &stack.weight {
-            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-            QMatMul::Tensor(t) => t.clone(),
-            QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+            Matrix::Packed(p) => {
+                Tensor::from_vec(p.dequantize(), (p.rows(), p.cols()), &Device::Cpu)?
+            }
+            Matrix::Candle(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
+            Matrix::Candle(QMatMul::Tensor(t)) => t.clone(),
+            Matrix::Candle(QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
         };
         let offset: usize = (stack.parts.start..index)
             .map(|p| self.parts[p].out_features)
@@ -493,17 +590,20 @@ impl ProjectionGroup {
                 x
             };
             let y = match (&stack.weight, mode) {
-                (QMatMul::QTensor(weight), Mode::Training) => {
+                (Matrix::Packed(weight), _) => input.contiguous()?.apply_op1(PackedMatMul {
+                    weight: weight.clone(),
+                })?,
+                (Matrix::Candle(QMatMul::QTensor(weight)), Mode::Training) => {
                     input.contiguous()?.apply_op1(FrozenQuantizedMatMul {
                         weight: weight.clone(),
                     })?
                 }
-                (QMatMul::Tensor(weight), Mode::Training) => {
+                (Matrix::Candle(QMatMul::Tensor(weight)), Mode::Training) => {
                     input.contiguous()?.apply_op1(FrozenDenseMatMul {
                         weight: weight.clone(),
                     })?
                 }
-                (weight, _) => weight.forward(input)?,
+                (Matrix::Candle(weight), _) => weight.forward(input)?,
             };
             if stack.parts.len() == 1 {
                 outputs.push(self.parts[stack.parts.start].finish(y, x, mode)?);
@@ -604,6 +704,61 @@ mod tests {
     }
 
     #[test]
+    fn packed_q8_0_stacks_compute_the_kernels_product_and_pass_gradients() {
+        if !crate::q8::available() {
+            eprintln!("skipped: no AVX-512 VNNI here, so Q8_0 is never packed");
+            return;
+        }
+        let device = Device::Cpu;
+        // q, k, v of SmolLM2's shape class: 576 is not a multiple of 256 (no padding needed).
+        let parts: Vec<(Weight, Tensor)> = [64, 32, 32]
+            .into_iter()
+            .map(|rows| quantized(rows, 576, GgmlDType::Q8_0))
+            .collect();
+        let group =
+            ProjectionGroup::new(parts.iter().map(|(w, _)| (w.clone(), None)).collect(), true)
+                .unwrap();
+        let Matrix::Packed(packed) = &group.stacks[0].weight else {
+            panic!("Q8_0 is packed where the CPU has AVX-512 VNNI")
+        };
+        assert_eq!(
+            group.stacks.len(),
+            1,
+            "the three projections share one packed stack"
+        );
+        assert_eq!((packed.rows(), packed.cols()), (128, 576));
+        for (i, (_, dense)) in parts.iter().enumerate() {
+            assert_eq!(max_diff(&group.base_weight(i).unwrap(), dense), 0.0);
+        }
+        let x = candle_core::Var::randn(0f32, 1.0, (2, 3, 576), &device).unwrap();
+        let ys = group.forward(x.as_tensor(), Mode::Training).unwrap();
+        let flat = x
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let expected = crate::q8::reference_matmul(packed, &flat, 6);
+        let got = Tensor::cat(&ys, D::Minus1).unwrap();
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, expected, "the kernels' bits");
+        let r: Vec<Tensor> = ys
+            .iter()
+            .map(|y| Tensor::randn(0f32, 1.0, y.shape(), &device).unwrap())
+            .collect();
+        let mut loss = Tensor::zeros((), DType::F32, &device).unwrap();
+        for (y, r) in ys.iter().zip(&r) {
+            loss = (loss + (y * r).unwrap().sum_all().unwrap()).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        let mut expected = Tensor::zeros((2, 3, 576), DType::F32, &device).unwrap();
+        for ((_, dense), r) in parts.iter().zip(&r) {
+            expected = (expected + r.broadcast_matmul(dense).unwrap()).unwrap();
+        }
+        assert!(max_diff(grads.get(x.as_tensor()).unwrap(), &expected) < 1e-4);
+    }
+
+    #[test]
     fn a_frozen_dense_matmul_passes_the_input_gradient_only() {
         let device = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (48, 64), &device).unwrap();
@@ -616,7 +771,7 @@ mod tests {
         let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let expected = r.broadcast_matmul(&w).unwrap();
         assert!(max_diff(grads.get(x.as_tensor()).unwrap(), &expected) < 1e-4);
-        let QMatMul::Tensor(stored) = &group.stacks[0].weight else {
+        let Matrix::Candle(QMatMul::Tensor(stored)) = &group.stacks[0].weight else {
             panic!("a dense weight stays dense")
         };
         assert!(

@@ -325,7 +325,11 @@ fn every_block_type_matches_the_reference() {
                 // the 8-bit activations (measured: 0.13 to 0.21 on these random weights; the
                 // projection kernels themselves are the ones Qwen2 matches exactly).
                 _ if architecture == Architecture::Qwen3 => 0.25,
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => TINY_TOLERANCE,
+                GgmlDType::F32 => TINY_TOLERANCE,
+                // candle multiplies F16 / BF16 matrices by activations rounded to 16 bits, so
+                // the last-bit differences of Kefu's one-position attention (its own loop, not
+                // candle's matrix products) become whole rounding steps of 16-bit values.
+                GgmlDType::F16 | GgmlDType::BF16 => 1e-2,
                 _ => 2e-2,
             };
             let worst = assert_parity(&path, &PROMPT, &MORE, tolerance);
@@ -498,10 +502,12 @@ fn gemma3_270m_matches_candle_transformers_gemma3() {
     );
 }
 
-/// The padded fast-kernel layout quantizes activations in 256-wide blocks instead of 32-wide
-/// ones, so greedy replies can part ways after a few tokens. What must hold is that the model
-/// stays as good: its perplexity on real documents (`../shared/data`) within 2 % of the
-/// reference layout's. Measured: 20.11 against 19.86 (+1.3 %), and 19.81 for the shipped Q4_1.
+/// The served kernels (`kefu_model::q8` where the CPU has AVX-512 VNNI, candle's padded
+/// repacked layout on other VNNI CPUs) round activations differently from candle's reference
+/// kernels, so greedy replies can part ways after a few tokens. What must hold is that the model
+/// stays as good: its perplexity on real documents (`../shared/data`) within 0.5 % of the
+/// reference layout's. Measured with `q8`: 19.826 against 19.855 (−0.15 %), and 19.812 for the
+/// shipped Q4_1 (candle's padded layout, which quantized activations 256 at a time: 20.11, +1.3 %).
 #[test]
 fn fast_kernels_keep_the_default_models_perplexity() {
     use kefu_model::{LoadOptions, LoadedModel};
@@ -559,7 +565,7 @@ fn fast_kernels_keep_the_default_models_perplexity() {
         ppl(2)
     );
     assert!(
-        (fast_ppl / exact_ppl - 1.0).abs() < 0.02,
+        (fast_ppl / exact_ppl - 1.0).abs() < 0.005,
         "fast {fast_ppl} vs reference {exact_ppl}"
     );
 }

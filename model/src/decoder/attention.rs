@@ -1,7 +1,7 @@
 //! Attention: rotary positions, the KV cache, causal and sliding-window masks, and grouped-query
 //! attention over the cache.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use super::RmsNorm;
 use crate::config::Config;
@@ -199,6 +199,13 @@ impl Attention {
             }
             _ => (k, v),
         };
+        if mode == Mode::Inference
+            && seq_len == 1
+            && batch == 1
+            && let Some(y) = attend_one(&q, &k, &v, self.scale)?
+        {
+            return Ok(y);
+        }
         let kv_len = k.dim(2)?;
         // Grouped-query attention without copying keys: the query heads that share a key/value
         // head are stacked along the sequence axis, so one batched matmul serves the group.
@@ -222,6 +229,52 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((batch, seq_len, self.num_heads * self.head_dim))?)
     }
+}
+
+/// One new position of one sequence (`q`: `(1, heads, 1, head_dim)`) against its cached keys
+/// and values (`(1, kv_heads, len, head_dim)`, views into the cache's buffers): scores, softmax
+/// and the weighted sum of values per head, read in place — no copy of the cache, no matrix
+/// product launched per step. `None` when the tensors are not f32 on the CPU (the general path
+/// then runs). Heads are shared among candle's threads.
+fn attend_one(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    if !q.device().is_cpu() || q.dtype() != DType::F32 || k.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (_, heads, _, head_dim) = q.dims4()?;
+    let (_, kv_heads, len, _) = k.dims4()?;
+    let query = q.flatten_all()?.to_vec1::<f32>()?;
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(keys)), Storage::Cpu(CpuStorage::F32(values))) =
+        (&*k_storage, &*v_storage)
+    else {
+        return Ok(None);
+    };
+    let (ks, vs) = (k_layout.stride(), v_layout.stride());
+    if ks[3] != 1 || vs[3] != 1 {
+        return Ok(None);
+    }
+    let (k0, v0) = (k_layout.start_offset(), v_layout.start_offset());
+    let group = heads / kv_heads;
+    let scale = scale as f32;
+    let mut out = vec![0f32; heads * head_dim];
+    crate::q8::for_each_row(&mut out, head_dim, |h, y| {
+        let kv = h / group;
+        let (k_at, v_at) = (k0 + kv * ks[1], v0 + kv * vs[1]);
+        crate::q8::attend_head(
+            &query[h * head_dim..(h + 1) * head_dim],
+            (&keys[k_at..], ks[2]),
+            (&values[v_at..], vs[2]),
+            len,
+            scale,
+            y,
+        );
+    });
+    Ok(Some(Tensor::from_vec(
+        out,
+        (1, 1, heads * head_dim),
+        q.device(),
+    )?))
 }
 
 /// The additive masks of one pass: causal for global layers, causal within the window for

@@ -89,8 +89,8 @@ pub struct GenerateArgs {
     /// Use the weights as shipped, without the cached Q8_0 re-quantization.
     #[arg(long)]
     pub no_requantize: bool,
-    /// Use candle's reference matrix kernels instead of padding rows for its faster repacked
-    /// ones (bit-for-bit the reference arithmetic; slower).
+    /// Use candle's reference matrix kernels instead of Kefu's packed Q8_0 ones (bit-for-bit
+    /// the reference arithmetic; slower).
     #[arg(long, env = "KEFU_EXACT_KERNELS")]
     pub exact_kernels: bool,
     /// Generate exactly --max-tokens tokens, past the end of the turn (for benchmarks).
