@@ -114,11 +114,6 @@ impl PackedQ8 {
         self.cols
     }
 
-    /// Bytes held.
-    pub fn size_in_bytes(&self) -> usize {
-        self.tiles.len() * std::mem::size_of::<Tile>()
-    }
-
     fn blocks(&self) -> usize {
         self.cols / BLOCK
     }
@@ -359,7 +354,11 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 
 /// Calls `f(i, row)` for every `row_len`-long row `i` of `out`, the rows shared among candle's
 /// CPU threads (each row handed to one call).
-pub(crate) fn for_each_row(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(crate) fn for_each_row<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     assert!(row_len > 0 && out.len().is_multiple_of(row_len));
     let rows = out.len() / row_len;
     let out_ptr = out.as_mut_ptr() as usize;
@@ -368,7 +367,7 @@ pub(crate) fn for_each_row(out: &mut [f32], row_len: usize, f: impl Fn(usize, &m
             // SAFETY: `execute_chunked` hands each index in `0..rows` to exactly one call, so
             // row `i` (inside `out`, since `i < rows`) is borrowed mutably once at a time.
             let row = unsafe {
-                std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(i * row_len), row_len)
+                std::slice::from_raw_parts_mut((out_ptr as *mut T).add(i * row_len), row_len)
             };
             f(i, row);
         }
@@ -385,17 +384,8 @@ fn quantize_rows(x: &[f32], m: usize, cols: usize) -> Vec<ActBlock> {
         }
         return out;
     }
-    let out_ptr = out.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
-        for row in rows {
-            // SAFETY: each row index is handed to exactly one call, so the `blocks` activation
-            // blocks of row `row` are written by one thread only, and `row < m` keeps them
-            // inside `out` (`m × blocks`).
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut((out_ptr as *mut ActBlock).add(row * blocks), blocks)
-            };
-            quantize_row(&x[row * cols..(row + 1) * cols], dst);
-        }
+    for_each_row(&mut out, blocks, |row, dst| {
+        quantize_row(&x[row * cols..(row + 1) * cols], dst)
     });
     out
 }
