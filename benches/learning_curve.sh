@@ -33,7 +33,7 @@ ln -s "$MODELS" "$HOME_DIR/models"
 export KEFU_HOME="$HOME_DIR"
 unset KEFU_DATABASE_URL
 trap 'kill ${PID:-0} 2>/dev/null || true; wait ${PID:-0} 2>/dev/null || true; rm -rf "$HOME_DIR"' EXIT
-"$KEFU" models fetch "${MODEL:-smollm2-135m-instruct}" >&2
+"$KEFU" models fetch ${MODEL:+"$MODEL"} >&2
 "$KEFU" ingest "$KB" >&2
 if [ -n "${RECIPE:-}" ]; then cp "$RECIPE" "$HOME_DIR/recipe.toml"; fi
 KEFU_PASSWORD="benchmark password" "$KEFU" users add --role admin boss >&2

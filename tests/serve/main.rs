@@ -8,6 +8,7 @@ mod abstention;
 mod access;
 mod alongside;
 mod answers;
+mod corrections;
 mod faults;
 mod hardening;
 mod jobs;

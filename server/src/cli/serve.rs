@@ -73,6 +73,13 @@ pub struct ServeArgs {
     /// The embedded worker gets the same; set `KEFU_FEEDBACK_POLICY` for workers elsewhere.
     #[arg(long, env = "KEFU_FEEDBACK_POLICY", value_enum, default_value_t = FeedbackPolicy::Review)]
     pub feedback_policy: FeedbackPolicy,
+    /// An agent's corrected answer becomes a document of the knowledge base at once (the
+    /// question as its title), so the next customer asking is answered from it before any
+    /// training; rejecting the answer in the feedback inbox removes it. `false` leaves
+    /// corrections to training alone.
+    #[arg(long, env = "KEFU_CORRECTIONS_TO_KNOWLEDGE", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "true|false")]
+    pub corrections_to_knowledge: bool,
     /// Ratings one conversation may give (0: no cap); more are answered 429.
     #[arg(long, env = "KEFU_FEEDBACK_PER_CONVERSATION", default_value_t = 30)]
     pub feedback_per_conversation: i64,
@@ -171,6 +178,7 @@ pub(super) fn serve(home: &Path, threads: usize, args: &ServeArgs) -> Result<()>
                 per_source_hour: args.feedback_per_address_hour.max(0),
             },
             feedback_policy: args.feedback_policy.into(),
+            corrections_to_knowledge: args.corrections_to_knowledge,
             public_url: args.public_url.clone(),
             trusted_proxies: args.trusted_proxies.clone(),
             ..crate::http::ApiConfig::default()

@@ -258,6 +258,7 @@ pub(crate) async fn agent_feedback(
             "reasons are at most 16 tags of 1 to 64 characters",
         ));
     }
+    let corrected = body.corrected_answer.is_some();
     let event = state
         .database
         .add_feedback(&NewFeedback {
@@ -272,7 +273,45 @@ pub(crate) async fn agent_feedback(
         .await
         .map_err(ApiError::internal)?;
     state.changes.changed(&conversation);
-    Ok((StatusCode::CREATED, Json(json!({"id": event}))))
+    // The correction is stored whatever happens next; a knowledge base that cannot take it
+    // now is said in the reply (and the log), and re-ingesting the document retries.
+    let knowledge = if corrected && state.config.corrections_to_knowledge {
+        match publish_correction(&state, &conversation, &message).await {
+            Ok(key) => json!(key),
+            Err(e) => {
+                tracing::warn!(target: "kefu::http", "correction {message_id} not added to the knowledge base: {e:?}");
+                Value::Null
+            }
+        }
+    } else {
+        Value::Null
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": event, "knowledge_document": knowledge})),
+    ))
+}
+
+/// Stores the document of `answer`'s latest correction in the conversation's knowledge base
+/// (see `corrections`); returns its key.
+async fn publish_correction(
+    state: &AppState,
+    conversation: &kefu_db::Conversation,
+    answer: &kefu_db::Message,
+) -> Result<Option<String>, ApiError> {
+    let Some((key, text)) = crate::http::corrections::document_of(state, answer).await? else {
+        return Ok(None);
+    };
+    crate::http::admin::documents::ingest_in_request(
+        state,
+        conversation.knowledge_base_id,
+        &key,
+        crate::http::corrections::NAME,
+        text.as_bytes(),
+        false,
+    )
+    .await?;
+    Ok(Some(key))
 }
 
 /// A member of staff moves a conversation between the bot and a person: records the handoff

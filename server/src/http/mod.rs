@@ -10,6 +10,7 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod answer;
+pub(crate) mod corrections;
 pub mod customer;
 pub mod error;
 pub mod events;

@@ -36,6 +36,8 @@ pub struct ApiConfig {
     pub feedback_limits: FeedbackLimits,
     /// Which feedback becomes training data (the inbox and the admin datasets show it).
     pub feedback_policy: kefu_trainer::dataset::Policy,
+    /// Staff's corrections become knowledge-base documents at once (`--corrections-to-knowledge`).
+    pub corrections_to_knowledge: bool,
     /// The address people reach this server at (`--public-url`); `https://…` makes the
     /// session cookie `Secure`.
     pub public_url: Option<String>,
@@ -83,6 +85,7 @@ impl Default for ApiConfig {
             data_dir: std::path::PathBuf::from("."),
             feedback_limits: FeedbackLimits::default(),
             feedback_policy: kefu_trainer::dataset::Policy::default(),
+            corrections_to_knowledge: true,
             public_url: None,
             trusted_proxies: Default::default(),
         }

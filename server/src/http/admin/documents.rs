@@ -344,6 +344,20 @@ pub async fn reingest_document(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kb_id = existing_kb(&state, &kb).await?;
     let document = stored_document(&state, kb_id, document_id).await?;
+    if document.path.starts_with(crate::http::corrections::PREFIX) {
+        let bytes = crate::http::corrections::source(&state, &document.path).await?;
+        let outcome = ingest_in_request(
+            &state,
+            kb_id,
+            &document.path,
+            crate::http::corrections::NAME,
+            &bytes,
+            true,
+        )
+        .await?;
+        let (_, body) = outcome_json(outcome, Some(document.id));
+        return Ok((StatusCode::OK, body));
+    }
     let source = source_of(&state, kb_id, &document.path);
     let bytes = tokio::fs::read(&source).await.map_err(|e| {
         ApiError::new(

@@ -113,5 +113,13 @@ pub async fn review(
         .add_reviews(&ids, decision, Some(&me.user.name))
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({"reviewed": reviewed, "decision": decision})))
+    // A rejected answer's correction stops answering customers too.
+    let withdrawn = if decision == kefu_db::REJECTED {
+        crate::http::corrections::withdraw(&state, &ids).await?
+    } else {
+        0
+    };
+    Ok(Json(json!({
+        "reviewed": reviewed, "decision": decision, "knowledge_documents_removed": withdrawn,
+    })))
 }
