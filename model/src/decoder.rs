@@ -25,6 +25,13 @@ pub trait WeightSource {
     /// A weight, or `None` when the file does not hold it.
     fn get(&mut self, name: &str) -> Result<Option<Weight>>;
 
+    /// The Q8_0 matrix `name` packed for `crate::q8`'s kernels without ever holding its
+    /// block bytes whole (read a few rows at a time), or `None` when the source cannot or the
+    /// matrix is not Q8_0 there; the caller then uses [`WeightSource::get`].
+    fn packed_q8(&mut self, _name: &str) -> Result<Option<crate::q8::PackedQ8>> {
+        Ok(None)
+    }
+
     fn require(&mut self, name: &str) -> Result<Weight> {
         self.get(name)?
             .ok_or_else(|| Error::InvalidConfig(format!("the model has no tensor `{name}`")))
@@ -314,12 +321,39 @@ impl Decoder {
                 other => Weight::Dense(other.dequantize(device)?.to_dtype(dtype)?),
             })
         };
-        let embed_weight = densify(source.require("model.embed_tokens.weight")?)?;
-        check_dims(
-            "model.embed_tokens.weight",
-            embed_weight.dims(),
-            &[config.vocab_size, config.hidden_size],
-        )?;
+        // The output projection, packed for `q8`'s kernels straight from the source where it
+        // is Q8_0: its table (Gemma's 262,144 rows, Qwen2.5's 151,936) never exists whole beside
+        // the packed copy. Tied, it is the token table too and the embedding is not read.
+        let fast_q8 =
+            options.fast_kernels && !options.dense && device.is_cpu() && crate::q8::available();
+        let head_name = if config.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let packed_head = match fast_q8 {
+            true => source.packed_q8(head_name)?.map(Arc::new),
+            false => None,
+        };
+        if let Some(packed) = &packed_head {
+            check_dims(
+                head_name,
+                &[packed.rows(), packed.cols()],
+                &[config.vocab_size, config.hidden_size],
+            )?;
+        }
+        let embed_weight = match &packed_head {
+            Some(_) if config.tie_word_embeddings => None,
+            _ => {
+                let weight = densify(source.require("model.embed_tokens.weight")?)?;
+                check_dims(
+                    "model.embed_tokens.weight",
+                    weight.dims(),
+                    &[config.vocab_size, config.hidden_size],
+                )?;
+                Some(weight)
+            }
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -401,15 +435,34 @@ impl Decoder {
                 },
             });
         }
-        let (lm_head_weight, tied) = match source.get("lm_head.weight")? {
-            Some(w) if !config.tie_word_embeddings => (densify(w)?, false),
-            _ => (embed_weight.clone(), true),
+        let embedding = |weight: Weight| -> Result<Embedding> {
+            Ok(match weight {
+                Weight::Quantized(q) => Embedding::Quantized(q),
+                Weight::Dense(t) => Embedding::Dense(t.to_dtype(dtype)?),
+            })
         };
-        let lm_head = ProjectionGroup::new(vec![(lm_head_weight, None)], options.fast_kernels)?;
-        let embed_tokens = match (embed_weight, lm_head.packed()) {
-            (Weight::Quantized(_), Some(packed)) if tied => Embedding::Packed(packed),
-            (Weight::Quantized(q), _) => Embedding::Quantized(q),
-            (Weight::Dense(t), _) => Embedding::Dense(t.to_dtype(dtype)?),
+        let (lm_head, embed_tokens) = match (packed_head, embed_weight) {
+            (Some(packed), None) => (
+                ProjectionGroup::from_packed(packed.clone()),
+                Embedding::Packed(packed),
+            ),
+            (Some(packed), Some(embed)) => {
+                (ProjectionGroup::from_packed(packed), embedding(embed)?)
+            }
+            (None, Some(embed)) => {
+                let (lm_head_weight, tied) = match source.get("lm_head.weight")? {
+                    Some(w) if !config.tie_word_embeddings => (densify(w)?, false),
+                    _ => (embed.clone(), true),
+                };
+                let lm_head =
+                    ProjectionGroup::new(vec![(lm_head_weight, None)], options.fast_kernels)?;
+                let embed_tokens = match (embed, lm_head.packed()) {
+                    (Weight::Quantized(_), Some(packed)) if tied => Embedding::Packed(packed),
+                    (embed, _) => embedding(embed)?,
+                };
+                (lm_head, embed_tokens)
+            }
+            (None, None) => unreachable!("the embedding is read unless the packed head is it"),
         };
         Ok(Self {
             config: config.clone(),

@@ -118,6 +118,29 @@ impl GgufFile {
         Ok(Some(tensor))
     }
 
+    /// The Q8_0 matrix `name` (GGUF name) packed for `crate::q8`'s kernels straight from the
+    /// file, a tile of rows at a time; `None` when the file has no such tensor or it is not a
+    /// Q8_0 matrix.
+    pub fn packed_q8(&mut self, name: &str) -> Result<Option<crate::q8::PackedQ8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let (rows, cols) = match info.shape.dims() {
+            [rows, cols] if info.ggml_dtype == GgmlDType::Q8_0 => (*rows, *cols),
+            _ => return Ok(None),
+        };
+        let start = self.content.tensor_data_offset + info.offset;
+        let row_bytes = (cols / GgmlDType::Q8_0.block_size() * GgmlDType::Q8_0.type_size()) as u64;
+        let reader = &mut self.reader;
+        let path = &self.path;
+        crate::q8::PackedQ8::pack_with(rows, cols, |first, out| {
+            reader.seek(SeekFrom::Start(start + first as u64 * row_bytes))?;
+            reader.read_exact(out)
+        })
+        .map_err(|e| Error::io(path, e))
+    }
+
     /// The dominant block type of the projection weights.
     pub fn weight_dtype(&self) -> Option<GgmlDType> {
         self.content
@@ -204,6 +227,17 @@ impl<'a> GgufSource<'a> {
 }
 
 impl WeightSource for GgufSource<'_> {
+    fn packed_q8(&mut self, name: &str) -> Result<Option<crate::q8::PackedQ8>> {
+        // Rows stored as they are served: not the interleaved q / k projections, not norms.
+        let moved = name.ends_with("self_attn.q_proj.weight")
+            || name.ends_with("self_attn.k_proj.weight")
+            || is_offset_norm(self.config.architecture, name);
+        match gguf_name(self.config.architecture, name) {
+            Some(gguf) if !moved && self.device.is_cpu() => self.file.packed_q8(&gguf),
+            _ => Ok(None),
+        }
+    }
+
     fn get(&mut self, name: &str) -> Result<Option<Weight>> {
         let architecture = self.config.architecture;
         let Some(gguf) = gguf_name(architecture, name) else {

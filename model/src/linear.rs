@@ -288,6 +288,25 @@ impl ProjectionGroup {
         })
     }
 
+    /// A group of one projection over an already packed matrix (no bias).
+    pub(crate) fn from_packed(packed: Arc<PackedQ8>) -> Self {
+        let (rows, cols) = (packed.rows(), packed.cols());
+        Self {
+            stacks: vec![Stack {
+                weight: Matrix::Packed(packed),
+                stored_in: cols,
+                parts: 0..1,
+            }],
+            parts: vec![Linear {
+                bias: None,
+                lora: None,
+                out_features: rows,
+                in_features: cols,
+            }],
+            in_features: cols,
+        }
+    }
+
     fn stack(
         members: &[&Weight],
         parts: Range<usize>,

@@ -79,31 +79,58 @@ pub fn available() -> bool {
 impl PackedQ8 {
     /// Packs GGML Q8_0 bytes of a `(rows, cols)` matrix; `None` when the sizes do not match.
     pub fn pack(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if rows == 0 || cols == 0 || !cols.is_multiple_of(BLOCK) {
+        if cols == 0
+            || !cols.is_multiple_of(BLOCK)
+            || bytes.len() != rows * cols / BLOCK * Q8_0_BYTES
+        {
             return None;
+        }
+        let row_bytes = cols / BLOCK * Q8_0_BYTES;
+        Self::pack_with(rows, cols, |first, out| {
+            out.copy_from_slice(&bytes[first * row_bytes..first * row_bytes + out.len()]);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {})
+    }
+
+    /// Packs a `(rows, cols)` Q8_0 matrix whose GGML bytes `read(first_row, out)` fills a tile
+    /// of rows at a time (`out` holds whole rows from `first_row` on): the matrix is never
+    /// whole in memory beside its packed copy (a 262,144-row embedding table read from a
+    /// file is 178 MB). `Ok(None)` when the sizes cannot be packed.
+    pub fn pack_with<E>(
+        rows: usize,
+        cols: usize,
+        mut read: impl FnMut(usize, &mut [u8]) -> Result<(), E>,
+    ) -> Result<Option<Self>, E> {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(BLOCK) {
+            return Ok(None);
         }
         let blocks = cols / BLOCK;
-        if bytes.len() != rows * blocks * Q8_0_BYTES {
-            return None;
-        }
+        let row_bytes = blocks * Q8_0_BYTES;
         let row_tiles = rows.div_ceil(TILE_ROWS);
         let empty = Tile {
             qs: [128; BLOCK * TILE_ROWS],
             d: [f16::ZERO; TILE_ROWS],
         };
         let mut tiles = vec![empty; row_tiles * blocks];
-        for (row, row_bytes) in bytes.chunks_exact(blocks * Q8_0_BYTES).enumerate() {
-            let (tile_row, lane) = (row / TILE_ROWS, row % TILE_ROWS);
-            for (b, block) in row_bytes.chunks_exact(Q8_0_BYTES).enumerate() {
-                let tile = &mut tiles[tile_row * blocks + b];
-                tile.d[lane] = f16::from_le_bytes([block[0], block[1]]);
-                for (i, &q) in block[2..].iter().enumerate() {
-                    let (group, j) = (i / 4, i % 4);
-                    tile.qs[(group * TILE_ROWS + lane) * 4 + j] = (q as i8 as i16 + 128) as u8;
+        let mut buffer = vec![0u8; TILE_ROWS * row_bytes];
+        for tile_row in 0..row_tiles {
+            let first = tile_row * TILE_ROWS;
+            let count = TILE_ROWS.min(rows - first);
+            let chunk = &mut buffer[..count * row_bytes];
+            read(first, chunk)?;
+            for (lane, row_bytes) in chunk.chunks_exact(row_bytes).enumerate() {
+                for (b, block) in row_bytes.chunks_exact(Q8_0_BYTES).enumerate() {
+                    let tile = &mut tiles[tile_row * blocks + b];
+                    tile.d[lane] = f16::from_le_bytes([block[0], block[1]]);
+                    for (i, &q) in block[2..].iter().enumerate() {
+                        let (group, j) = (i / 4, i % 4);
+                        tile.qs[(group * TILE_ROWS + lane) * 4 + j] = (q as i8 as i16 + 128) as u8;
+                    }
                 }
             }
         }
-        Some(Self { rows, cols, tiles })
+        Ok(Some(Self { rows, cols, tiles }))
     }
 
     pub fn rows(&self) -> usize {
@@ -474,6 +501,21 @@ mod tests {
         assert!(PackedQ8::pack(&q.data().unwrap(), 36, 96).is_none());
         assert!(PackedQ8::pack(&[], 0, 96).is_none());
         assert!(PackedQ8::pack(&q.data().unwrap(), 37, 100).is_none());
+        // Read a tile of rows at a time (as from a file): the same tiles; a read error stops it.
+        let bytes = q.data().unwrap();
+        let row_bytes = 96 / BLOCK * Q8_0_BYTES;
+        let mut asked = Vec::new();
+        let read = PackedQ8::pack_with(37, 96, |first, out: &mut [u8]| {
+            asked.push((first, out.len() / row_bytes));
+            out.copy_from_slice(&bytes[first * row_bytes..][..out.len()]);
+            Ok::<_, String>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(asked, [(0, 16), (16, 16), (32, 5)]);
+        assert_eq!(read.dequantize(), p.dequantize());
+        let failed = PackedQ8::pack_with(37, 96, |_, _| Err("disk gone".to_string()));
+        assert_eq!(failed.unwrap_err(), "disk gone");
     }
 
     #[test]

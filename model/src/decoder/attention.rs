@@ -10,13 +10,20 @@ use crate::linear::{Mode, ProjectionGroup};
 
 #[derive(Debug, Clone)]
 pub(super) struct Rope {
+    /// `1 / (scale · θ^(2i/d))` for each pair of a head's values.
+    inv_freq: Vec<f32>,
+    /// cos / sin of the first [`Rope::TABLE`] positions (fewer when the context is shorter);
+    /// later positions are computed when asked for: a 32,768-position table of Gemma 3's
+    /// 256-wide heads would be 17 MB per table, per base.
     cos: Tensor,
     sin: Tensor,
-    /// `−sin`: the inverse rotation, for the backward pass.
-    neg_sin: Tensor,
+    dtype: DType,
 }
 
 impl Rope {
+    /// Positions whose angles are computed once.
+    const TABLE: usize = 4096;
+
     /// Angles for base `theta`, positions divided by `scale` (linear RoPE scaling).
     pub(super) fn new(
         config: &Config,
@@ -30,31 +37,50 @@ impl Rope {
             .step_by(2)
             .map(|i| (1.0 / (scale * theta.powf(i as f64 / head_dim as f64))) as f32)
             .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
-        let positions = Tensor::arange(0u32, config.max_position_embeddings as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((config.max_position_embeddings, 1))?;
-        let angles = positions.matmul(&inv_freq)?;
-        let sin = angles.sin()?.to_dtype(dtype)?;
+        let positions = config.max_position_embeddings.min(Self::TABLE);
+        let (cos, sin) = Self::angles(&inv_freq, 0, positions, device, dtype)?;
         Ok(Self {
-            cos: angles.cos()?.to_dtype(dtype)?,
-            neg_sin: sin.neg()?,
+            inv_freq,
+            cos,
             sin,
+            dtype,
         })
+    }
+
+    /// cos and sin of positions `first..first + count`, `(count, head_dim / 2)`.
+    fn angles(
+        inv_freq: &[f32],
+        first: usize,
+        count: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let angles: Vec<f32> = (first..first + count)
+            .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
+            .collect();
+        let angles = Tensor::from_vec(angles, (count, inv_freq.len()), device)?;
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
     }
 
     /// Rotates `x` of shape `(batch, heads, seq, head_dim)` (half-split, Hugging Face layout).
     fn apply(&self, x: &Tensor, offset: usize, mode: Mode) -> Result<Tensor> {
         let seq_len = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, seq_len)?;
-        let sin = self.sin.narrow(0, offset, seq_len)?;
+        let (cos, sin) = if offset + seq_len <= self.cos.dim(0)? {
+            (
+                self.cos.narrow(0, offset, seq_len)?,
+                self.sin.narrow(0, offset, seq_len)?,
+            )
+        } else {
+            Self::angles(&self.inv_freq, offset, seq_len, x.device(), self.dtype)?
+        };
         let x = x.contiguous()?;
         Ok(match mode {
             Mode::Inference => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
-            Mode::Training => {
-                let neg_sin = self.neg_sin.narrow(0, offset, seq_len)?;
-                crate::fused::rope(&x, &cos, &sin, &neg_sin)?
-            }
+            // `−sin`: the inverse rotation, for the backward pass.
+            Mode::Training => crate::fused::rope(&x, &cos, &sin, &sin.neg()?)?,
         })
     }
 }
@@ -324,6 +350,63 @@ impl Masks {
         match (window, &self.sliding) {
             (Some(w), Some((size, mask))) if w == *size => Some(mask),
             _ => self.causal.as_ref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Positions past the table are computed as the table computes them: a rotation is the
+    /// same whether its angles come from the table or were computed on the spot.
+    #[test]
+    fn angles_past_the_table_continue_it_bit_for_bit() {
+        let inv_freq: Vec<f32> = (0..32)
+            .map(|i| 1.0 / 10_000f32.powf(i as f32 / 32.0))
+            .collect();
+        let device = Device::Cpu;
+        let (cos, sin) = Rope::angles(&inv_freq, 0, Rope::TABLE, &device, DType::F32).unwrap();
+        let rope = Rope {
+            inv_freq: inv_freq.clone(),
+            cos: cos.clone(),
+            sin,
+            dtype: DType::F32,
+        };
+        // The last 40 positions of the table, computed on their own.
+        let (late_cos, _) =
+            Rope::angles(&inv_freq, Rope::TABLE - 40, 40, &device, DType::F32).unwrap();
+        let table: Vec<f32> = cos
+            .narrow(0, Rope::TABLE - 40, 40)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            late_cos.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            table
+        );
+        // A sequence that runs past the table: each position rotated as one at a time would be.
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 8, 64), &device).unwrap();
+        let whole = rope.apply(&x, Rope::TABLE - 4, Mode::Inference).unwrap();
+        for i in 0..8 {
+            let one = rope
+                .apply(
+                    &x.narrow(2, i, 1).unwrap(),
+                    Rope::TABLE - 4 + i,
+                    Mode::Inference,
+                )
+                .unwrap();
+            let diff = (whole.narrow(2, i, 1).unwrap() - one)
+                .unwrap()
+                .abs()
+                .unwrap();
+            assert_eq!(
+                diff.max_all().unwrap().to_scalar::<f32>().unwrap(),
+                0.0,
+                "position {i}"
+            );
         }
     }
 }
