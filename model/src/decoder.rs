@@ -32,6 +32,11 @@ pub trait WeightSource {
         Ok(None)
     }
 
+    /// Some rows of the matrix `name`, dequantized (`None`: the source cannot say cheaply).
+    fn sample_rows(&mut self, _name: &str, _rows: &[usize]) -> Result<Option<Vec<Vec<f32>>>> {
+        Ok(None)
+    }
+
     fn require(&mut self, name: &str) -> Result<Weight> {
         self.get(name)?
             .ok_or_else(|| Error::InvalidConfig(format!("the model has no tensor `{name}`")))
@@ -344,6 +349,7 @@ impl Decoder {
         }
         let embed_weight = match &packed_head {
             Some(_) if config.tie_word_embeddings => None,
+            Some(head) if stores_head_twice(source, head)? => None,
             _ => {
                 let weight = densify(source.require("model.embed_tokens.weight")?)?;
                 check_dims(
@@ -475,6 +481,12 @@ impl Decoder {
             dtype,
             checkpoints: None,
         })
+    }
+
+    /// Whether token lookups read the output projection's packed table (tied embeddings, or
+    /// a file that stores the tied table twice): one copy of the vocabulary's matrix.
+    pub fn token_table_is_output(&self) -> bool {
+        matches!(self.embed_tokens, Embedding::Packed(_))
     }
 
     pub fn config(&self) -> &Config {
@@ -658,6 +670,40 @@ impl Decoder {
 /// Logits leave the decoder as f32 whatever the compute type (bf16 on a GPU).
 fn logits_f32(logits: Tensor) -> Result<Tensor> {
     Ok(logits.to_dtype(DType::F32)?)
+}
+
+/// Whether the source's token table is the packed output table `head` stored a second time
+/// at another precision (Qwen2.5's GGUF files hold the tied matrix twice: `token_embd` as
+/// Q5_0 — Q8_0 in Kefu's copy — and `output` as Q8_0): 64 rows spread over the vocabulary
+/// agree within quantization error (10 % of each row's norm; unrelated tables differ by about
+/// 140 %). Then the packed table serves the token lookups too, and the second copy is never
+/// read.
+fn stores_head_twice(source: &mut dyn WeightSource, head: &PackedQ8) -> Result<bool> {
+    let picks: Vec<usize> = (0..64).map(|i| i * head.rows() / 64).collect();
+    let Some(rows) = source.sample_rows("model.embed_tokens.weight", &picks)? else {
+        return Ok(false);
+    };
+    if rows.len() != picks.len() {
+        return Ok(false);
+    }
+    let mut packed = vec![0f32; head.cols()];
+    for (&pick, row) in picks.iter().zip(&rows) {
+        if row.len() != head.cols() {
+            return Ok(false);
+        }
+        head.dequantize_row(pick, &mut packed);
+        let norm: f32 = packed.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let diff: f32 = row
+            .iter()
+            .zip(&packed)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt();
+        if diff > 0.1 * norm {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn check_dims(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {

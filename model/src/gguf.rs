@@ -141,6 +141,34 @@ impl GgufFile {
         .map_err(|e| Error::io(path, e))
     }
 
+    /// Rows `rows` of the matrix `name` (GGUF name), dequantized; `None` when the file has no
+    /// such matrix.
+    pub fn sample_rows(&mut self, name: &str, rows: &[usize]) -> Result<Option<Vec<Vec<f32>>>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let dtype = info.ggml_dtype;
+        let (count, cols) = match info.shape.dims() {
+            [count, cols] if cols % dtype.block_size() == 0 => (*count, *cols),
+            _ => return Ok(None),
+        };
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset + info.offset;
+        let mut out = Vec::with_capacity(rows.len());
+        for &row in rows.iter().filter(|&&r| r < count) {
+            let mut bytes = vec![0u8; row_bytes];
+            self.reader
+                .seek(SeekFrom::Start(start + (row * row_bytes) as u64))
+                .and_then(|_| self.reader.read_exact(&mut bytes))
+                .map_err(|e| Error::io(&self.path, e))?;
+            let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+            let values = QTensor::new(storage, (1, cols))?.dequantize(&Device::Cpu)?;
+            out.push(values.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(Some(out))
+    }
+
     /// The dominant block type of the projection weights.
     pub fn weight_dtype(&self) -> Option<GgmlDType> {
         self.content
@@ -234,6 +262,16 @@ impl WeightSource for GgufSource<'_> {
             || is_offset_norm(self.config.architecture, name);
         match gguf_name(self.config.architecture, name) {
             Some(gguf) if !moved && self.device.is_cpu() => self.file.packed_q8(&gguf),
+            _ => Ok(None),
+        }
+    }
+
+    fn sample_rows(&mut self, name: &str, rows: &[usize]) -> Result<Option<Vec<Vec<f32>>>> {
+        let moved = name.ends_with("self_attn.q_proj.weight")
+            || name.ends_with("self_attn.k_proj.weight")
+            || is_offset_norm(self.config.architecture, name);
+        match gguf_name(self.config.architecture, name) {
+            Some(gguf) if !moved => self.file.sample_rows(&gguf, rows),
             _ => Ok(None),
         }
     }

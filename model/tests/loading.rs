@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, qwen2};
@@ -135,4 +135,70 @@ fn base_weights_come_back_in_hugging_face_layout() {
         let expected = &tensors[&format!("model.layers.1.{name}.weight")];
         assert_eq!(max_abs_diff(&ours, expected), 0.0, "{name}");
     }
+}
+
+/// A file that stores its tied table twice (Qwen2.5's: `token_embd` as Q5_0, `output` as
+/// Q8_0) serves token lookups from the packed output table and never keeps the second copy;
+/// a file whose two tables differ keeps both. Sharing reads the more precise copy: the logits
+/// are those of the table as Q8_0 in both places (within the kernels' own difference), not
+/// those of the Q5_0 lookups.
+#[test]
+fn a_token_table_stored_twice_is_kept_once() {
+    if !kefu_model::q8::available() {
+        eprintln!("skipped: no AVX-512 VNNI here, so nothing is packed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = write_tiny_gguf(tmp.path(), &TinySpec::new(Architecture::Qwen2));
+    let mut file = GgufFile::open(&gguf).unwrap();
+    let table = file
+        .tensor("token_embd.weight", &Device::Cpu)
+        .unwrap()
+        .unwrap()
+        .dequantize(&Device::Cpu)
+        .unwrap();
+    let mut with_tables = |name: &str, lookup: GgmlDType| {
+        let path = tmp.path().join(name);
+        kefu_model::gguf::rewrite(&mut file, &path, |name, tensor| {
+            Ok(match name {
+                "token_embd.weight" => QTensor::quantize(&table, lookup)?,
+                "output.weight" => QTensor::quantize(&table, GgmlDType::Q8_0)?,
+                _ => tensor,
+            })
+        })
+        .unwrap();
+        path
+    };
+    let twice = with_tables("twice.gguf", GgmlDType::Q5_0);
+    let same = with_tables("same.gguf", GgmlDType::Q8_0);
+    let fast = LoadOptions::default();
+    let mut exact = LoadOptions::default();
+    exact.decoder.fast_kernels = false;
+    let load = |path: &Path, options: &LoadOptions| LoadedModel::load(path, options).unwrap();
+    assert!(
+        !load(&gguf, &fast).decoder.token_table_is_output(),
+        "two different tables"
+    );
+    assert!(
+        load(&twice, &fast).decoder.token_table_is_output(),
+        "one table stored twice"
+    );
+    assert!(!load(&twice, &exact).decoder.token_table_is_output());
+    let logits = |model: LoadedModel| {
+        let mut cache = KvCache::new(model.config());
+        model.decoder.forward(&prompt(), &mut cache).unwrap()
+    };
+    // The kernels' own difference, on a file with two different tables.
+    let kernels = max_abs_diff(&logits(load(&gguf, &fast)), &logits(load(&gguf, &exact)));
+    let reference = logits(load(&same, &exact));
+    let shared = max_abs_diff(&logits(load(&twice, &fast)), &reference);
+    let q5_lookups = max_abs_diff(&logits(load(&twice, &exact)), &reference);
+    eprintln!(
+        "logits against the Q8_0 table: shared {shared}, Q5_0 lookups {q5_lookups}, kernels {kernels}"
+    );
+    assert!(
+        shared < 2.0 * kernels,
+        "{shared} against the kernels' {kernels}"
+    );
+    assert!(shared < q5_lookups, "{shared} against {q5_lookups}");
 }
