@@ -145,6 +145,52 @@ def measure(iteration, job=None, corrected=None, seconds=None):
     }
     curve.append(point)
     print(json.dumps(point), flush=True)
+    report(final=False)
+
+
+
+def report(final):
+    """Writes curve.json and curve.svg (after every iteration: a run cut short keeps its
+    figures) and, at the end, prints the table."""
+    with open(os.path.join(OUT, "curve.json"), "w") as f:
+        json.dump({"label": LABEL, "curve": curve}, f, indent=1)
+
+    # The plot: held-out F1, support and abstention per iteration.
+    width, height, left, top = 520, 260, 50, 20
+    series = [("f1", "#1f6feb", "held-out F1"), ("support", "#2f9e44", "support"),
+              ("abstained", "#d9480f", "abstained")]
+    n = max(1, len(curve) - 1)
+    x = lambda i: left + i * (width - left - 20) / n
+    y = lambda v: top + (1 - v) * (height - top - 40)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="14">{LABEL}: answers per training iteration</text>',
+             f'<line x1="{left}" y1="{y(0)}" x2="{width - 20}" y2="{y(0)}" stroke="#888"/>',
+             f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(1)}" stroke="#888"/>']
+    for v in (0, 0.5, 1):
+        parts.append(f'<text x="{left - 30}" y="{y(v) + 4}">{v:.1f}</text>')
+    for i, point in enumerate(curve):
+        parts.append(f'<text x="{x(i) - 3}" y="{y(0) + 16}">{point["iteration"]}</text>')
+    for k, (key, colour, name) in enumerate(series):
+        points = [(x(i), y(p[key])) for i, p in enumerate(curve) if p.get(key) is not None]
+        if points:
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                         + " ".join(f"{a:.1f},{b:.1f}" for a, b in points) + '"/>')
+        parts.append(f'<text x="{width - 150}" y="{top + 14 + 14 * k}" fill="{colour}">{name}</text>')
+    parts.append(f'<text x="{width / 2 - 20}" y="{height - 6}">iteration</text></svg>')
+    with open(os.path.join(OUT, "curve.svg"), "w") as f:
+        f.write("\n".join(parts) + "\n")
+    if not final:
+        return
+    print(f"{'iteration':>9} {'F1':>6} {'facts':>6} {'support':>8} {'abstained':>9} "
+          f"{'corrected recalled':>18} {'job':>12} {'seconds':>8}")
+    for p in curve:
+        fmt = lambda v: "—" if v is None else f"{v:.3f}"
+        job = p["job"] or {}
+        verdict = "" if not job else f"{job.get('status')}/{'pass' if job.get('passed') else 'fail'}"
+        print(f"{p['iteration']:>9} {fmt(p['f1']):>6} {fmt(p['fact_recall']):>6} "
+              f"{fmt(p['support']):>8} {fmt(p['abstained']):>9} {fmt(p['corrected_recalled']):>18} "
+              f"{verdict:>12} {p['seconds'] or '':>8}")
 
 
 measure(0)
@@ -187,40 +233,4 @@ for iteration in range(1, ITERATIONS + 1):
                         "trained_s": round(trained), "error": job.get("error")},
             recalled, round(time.monotonic() - started))
 
-with open(os.path.join(OUT, "curve.json"), "w") as f:
-    json.dump({"label": LABEL, "curve": curve}, f, indent=1)
-
-# The plot: held-out F1, support and abstention per iteration.
-width, height, left, top = 520, 260, 50, 20
-series = [("f1", "#1f6feb", "held-out F1"), ("support", "#2f9e44", "support"),
-          ("abstained", "#d9480f", "abstained")]
-n = max(1, len(curve) - 1)
-x = lambda i: left + i * (width - left - 20) / n
-y = lambda v: top + (1 - v) * (height - top - 40)
-parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-         f'font-family="sans-serif" font-size="11">',
-         f'<text x="{left}" y="14">{LABEL}: answers per training iteration</text>',
-         f'<line x1="{left}" y1="{y(0)}" x2="{width - 20}" y2="{y(0)}" stroke="#888"/>',
-         f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(1)}" stroke="#888"/>']
-for v in (0, 0.5, 1):
-    parts.append(f'<text x="{left - 30}" y="{y(v) + 4}">{v:.1f}</text>')
-for i, point in enumerate(curve):
-    parts.append(f'<text x="{x(i) - 3}" y="{y(0) + 16}">{point["iteration"]}</text>')
-for k, (key, colour, name) in enumerate(series):
-    points = [(x(i), y(p[key])) for i, p in enumerate(curve) if p.get(key) is not None]
-    if points:
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                     + " ".join(f"{a:.1f},{b:.1f}" for a, b in points) + '"/>')
-    parts.append(f'<text x="{width - 150}" y="{top + 14 + 14 * k}" fill="{colour}">{name}</text>')
-parts.append(f'<text x="{width / 2 - 20}" y="{height - 6}">iteration</text></svg>')
-with open(os.path.join(OUT, "curve.svg"), "w") as f:
-    f.write("\n".join(parts) + "\n")
-print(f"{'iteration':>9} {'F1':>6} {'facts':>6} {'support':>8} {'abstained':>9} "
-      f"{'corrected recalled':>18} {'job':>12} {'seconds':>8}")
-for p in curve:
-    fmt = lambda v: "—" if v is None else f"{v:.3f}"
-    job = p["job"] or {}
-    verdict = "" if not job else f"{job.get('status')}/{'pass' if job.get('passed') else 'fail'}"
-    print(f"{p['iteration']:>9} {fmt(p['f1']):>6} {fmt(p['fact_recall']):>6} "
-          f"{fmt(p['support']):>8} {fmt(p['abstained']):>9} {fmt(p['corrected_recalled']):>18} "
-          f"{verdict:>12} {p['seconds'] or '':>8}")
+report(final=True)
