@@ -297,7 +297,16 @@ fn replicas_follow_the_production_label_without_a_failed_request() {
 /// the old answer back; a second trigger with no new feedback has nothing to learn.
 #[test]
 fn a_correction_is_learned_served_and_rolled_back() {
-    let staffed = staffed_server(&["--max-tokens", "24", "--follow-ms", "200"]);
+    // What the model learns, not what the knowledge base holds: the correction stays out of
+    // the documents (tests/serve/corrections.rs covers that route).
+    let staffed = staffed_server(&[
+        "--max-tokens",
+        "24",
+        "--follow-ms",
+        "200",
+        "--corrections-to-knowledge",
+        "false",
+    ]);
     let server = &staffed.server;
     let home = staffed._home.path();
     // A short run for the test (the built-in recipe trains longer). The gate
