@@ -118,50 +118,54 @@ impl GgufFile {
         Ok(Some(tensor))
     }
 
+    /// Where the rows of the 2-D tensor `name` (GGUF name) lie: its block type, (rows, cols),
+    /// the file offset of row 0 and the bytes of a row; `None` when there is no such matrix.
+    fn matrix_rows(&self, name: &str) -> Option<(GgmlDType, usize, usize, u64, u64)> {
+        let info = self.content.tensor_infos.get(name)?;
+        let dtype = info.ggml_dtype;
+        match info.shape.dims() {
+            [rows, cols] if cols % dtype.block_size() == 0 => {
+                let row_bytes = (cols / dtype.block_size() * dtype.type_size()) as u64;
+                let start = self.content.tensor_data_offset + info.offset;
+                Some((dtype, *rows, *cols, start, row_bytes))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads `out.len()` bytes at `offset`.
+    fn read_at(&mut self, offset: u64, out: &mut [u8]) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        self.reader
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.reader.read_exact(out))
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
     /// The Q8_0 matrix `name` (GGUF name) packed for `crate::q8`'s kernels straight from the
     /// file, a tile of rows at a time; `None` when the file has no such tensor or it is not a
     /// Q8_0 matrix.
     pub fn packed_q8(&mut self, name: &str) -> Result<Option<crate::q8::PackedQ8>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let Some(info) = self.content.tensor_infos.get(name) else {
-            return Ok(None);
-        };
-        let (rows, cols) = match info.shape.dims() {
-            [rows, cols] if info.ggml_dtype == GgmlDType::Q8_0 => (*rows, *cols),
-            _ => return Ok(None),
-        };
-        let start = self.content.tensor_data_offset + info.offset;
-        let row_bytes = (cols / GgmlDType::Q8_0.block_size() * GgmlDType::Q8_0.type_size()) as u64;
-        let reader = &mut self.reader;
-        let path = &self.path;
-        crate::q8::PackedQ8::pack_with(rows, cols, |first, out| {
-            reader.seek(SeekFrom::Start(start + first as u64 * row_bytes))?;
-            reader.read_exact(out)
-        })
-        .map_err(|e| Error::io(path, e))
+        match self.matrix_rows(name) {
+            Some((GgmlDType::Q8_0, rows, cols, start, row_bytes)) => {
+                crate::q8::PackedQ8::pack_with(rows, cols, |first, out| {
+                    self.read_at(start + first as u64 * row_bytes, out)
+                })
+            }
+            _ => Ok(None),
+        }
     }
 
-    /// Rows `rows` of the matrix `name` (GGUF name), dequantized; `None` when the file has no
-    /// such matrix.
+    /// Rows `rows` of the matrix `name` (GGUF name), dequantized (rows past its end left
+    /// out); `None` when the file has no such matrix.
     pub fn sample_rows(&mut self, name: &str, rows: &[usize]) -> Result<Option<Vec<Vec<f32>>>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let Some(info) = self.content.tensor_infos.get(name) else {
+        let Some((dtype, count, cols, start, row_bytes)) = self.matrix_rows(name) else {
             return Ok(None);
         };
-        let dtype = info.ggml_dtype;
-        let (count, cols) = match info.shape.dims() {
-            [count, cols] if cols % dtype.block_size() == 0 => (*count, *cols),
-            _ => return Ok(None),
-        };
-        let row_bytes = cols / dtype.block_size() * dtype.type_size();
-        let start = self.content.tensor_data_offset + info.offset;
         let mut out = Vec::with_capacity(rows.len());
         for &row in rows.iter().filter(|&&r| r < count) {
-            let mut bytes = vec![0u8; row_bytes];
-            self.reader
-                .seek(SeekFrom::Start(start + (row * row_bytes) as u64))
-                .and_then(|_| self.reader.read_exact(&mut bytes))
-                .map_err(|e| Error::io(&self.path, e))?;
+            let mut bytes = vec![0u8; row_bytes as usize];
+            self.read_at(start + row as u64 * row_bytes, &mut bytes)?;
             let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
             let values = QTensor::new(storage, (1, cols))?.dequantize(&Device::Cpu)?;
             out.push(values.flatten_all()?.to_vec1::<f32>()?);
@@ -254,25 +258,30 @@ impl<'a> GgufSource<'a> {
     }
 }
 
-impl WeightSource for GgufSource<'_> {
-    fn packed_q8(&mut self, name: &str) -> Result<Option<crate::q8::PackedQ8>> {
-        // Rows stored as they are served: not the interleaved q / k projections, not norms.
+impl GgufSource<'_> {
+    /// The GGUF name of `name` when its rows are stored as they are served (not the
+    /// interleaved q / k projections, not gemma's `1 + w` norms), so they can be read as they
+    /// lie in the file.
+    fn stored_as_served(&self, name: &str) -> Option<String> {
         let moved = name.ends_with("self_attn.q_proj.weight")
             || name.ends_with("self_attn.k_proj.weight")
             || is_offset_norm(self.config.architecture, name);
-        match gguf_name(self.config.architecture, name) {
-            Some(gguf) if !moved && self.device.is_cpu() => self.file.packed_q8(&gguf),
-            _ => Ok(None),
+        gguf_name(self.config.architecture, name).filter(|_| !moved)
+    }
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn packed_q8(&mut self, name: &str) -> Result<Option<crate::q8::PackedQ8>> {
+        match self.stored_as_served(name) {
+            Some(gguf) => self.file.packed_q8(&gguf),
+            None => Ok(None),
         }
     }
 
     fn sample_rows(&mut self, name: &str, rows: &[usize]) -> Result<Option<Vec<Vec<f32>>>> {
-        let moved = name.ends_with("self_attn.q_proj.weight")
-            || name.ends_with("self_attn.k_proj.weight")
-            || is_offset_norm(self.config.architecture, name);
-        match gguf_name(self.config.architecture, name) {
-            Some(gguf) if !moved => self.file.sample_rows(&gguf, rows),
-            _ => Ok(None),
+        match self.stored_as_served(name) {
+            Some(gguf) => self.file.sample_rows(&gguf, rows),
+            None => Ok(None),
         }
     }
 

@@ -9,31 +9,6 @@ use crate::support::*;
 
 const DOCUMENTS: &str = "/api/admin/knowledge-bases/default/documents";
 
-fn documents(staffed: &Staffed) -> Vec<Value> {
-    let (status, listed) = request(
-        "GET",
-        &staffed.server.url(DOCUMENTS),
-        &staffed.admin_api,
-        None,
-    );
-    assert_eq!(status, 200, "{listed}");
-    listed["documents"].as_array().unwrap().clone()
-}
-
-/// An agent's correction of `answer` in `conversation`: the reply's body.
-fn correct_answer(staffed: &Staffed, conversation: &str, answer: i64, text: &str) -> Value {
-    let (status, body) = request(
-        "POST",
-        &staffed.server.url(&format!(
-            "/api/agent/conversations/{conversation}/messages/{answer}/feedback"
-        )),
-        &staffed.agent_api,
-        Some(&json!({"rating": "down", "corrected_answer": text})),
-    );
-    assert_eq!(status, 201, "{body}");
-    body
-}
-
 fn cites(done: &Value, title: &str) -> bool {
     done["citations"]
         .as_array()
@@ -63,16 +38,23 @@ fn an_agent_s_correction_answers_the_next_customer_at_once() {
     let answer = done["message_id"].as_i64().unwrap();
 
     // A first correction, then a better one: one document, holding the latest.
-    let first = correct_answer(&staffed, &id, answer, "The cat is black.");
+    let first = correct(
+        &staffed.server,
+        &staffed.agent_api,
+        &id,
+        answer,
+        "The cat is black.",
+    );
     let key = format!("correction:{answer}");
     assert_eq!(first["knowledge_document"], key.as_str(), "{first}");
-    correct_answer(
-        &staffed,
+    correct(
+        &staffed.server,
+        &staffed.agent_api,
         &id,
         answer,
         "The office cat of Kefu Ltd is orange and is called Marmalade.",
     );
-    let stored = documents(&staffed);
+    let stored = documents(&staffed.server, &staffed.admin_api);
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["path"], key.as_str());
     assert_eq!(stored[0]["title"], question);
@@ -98,8 +80,9 @@ fn an_agent_s_correction_answers_the_next_customer_at_once() {
     // A Chinese correction is a Chinese document.
     let (zh_id, _, zh_done, _) = ask_for_done(server, "办公室的猫叫什么名字？");
     let zh_answer = zh_done["message_id"].as_i64().unwrap();
-    let zh = correct_answer(
-        &staffed,
+    let zh = correct(
+        &staffed.server,
+        &staffed.agent_api,
         &zh_id,
         zh_answer,
         "办公室的猫叫橘子酱，是橙色的。",
@@ -108,7 +91,7 @@ fn an_agent_s_correction_answers_the_next_customer_at_once() {
         zh["knowledge_document"],
         format!("correction:{zh_answer}").as_str()
     );
-    let stored = documents(&staffed);
+    let stored = documents(&staffed.server, &staffed.admin_api);
     let chinese = stored
         .iter()
         .find(|d| d["title"] == "办公室的猫叫什么名字？")
@@ -124,7 +107,7 @@ fn an_agent_s_correction_answers_the_next_customer_at_once() {
     );
     assert_eq!(status, 200, "{reviewed}");
     assert_eq!(reviewed["knowledge_documents_removed"], 1, "{reviewed}");
-    let stored = documents(&staffed);
+    let stored = documents(&staffed.server, &staffed.admin_api);
     assert!(
         stored.iter().all(|d| d["path"] != key.as_str()),
         "{stored:?}"
@@ -157,10 +140,16 @@ fn corrections_stay_out_of_the_knowledge_base_when_turned_off() {
     ]);
     let (id, _, done, _) = ask_for_done(&staffed.server, "Where is the office of Kefu Ltd?");
     let answer = done["message_id"].as_i64().unwrap();
-    let body = correct_answer(&staffed, &id, answer, "In Hangzhou.");
+    let body = correct(
+        &staffed.server,
+        &staffed.agent_api,
+        &id,
+        answer,
+        "In Hangzhou.",
+    );
     assert!(body["knowledge_document"].is_null(), "{body}");
     assert!(body["id"].as_i64().is_some(), "{body}");
-    assert!(documents(&staffed).is_empty());
+    assert!(documents(&staffed.server, &staffed.admin_api).is_empty());
     // A flag value that is not a boolean is refused before anything starts.
     let home = tempfile::tempdir().unwrap();
     let out = kefu(home.path(), None)

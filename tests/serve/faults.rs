@@ -31,17 +31,6 @@ fn upload(base: &str, admin: &Identity, name: &str, bytes: Vec<u8>) -> (u16, Val
     )
 }
 
-fn documents(server: &Server, admin: &Identity) -> Vec<Value> {
-    let (status, listed) = request(
-        "GET",
-        &server.url("/api/admin/knowledge-bases/default/documents"),
-        admin,
-        None,
-    );
-    assert_eq!(status, 200, "{listed}");
-    listed["documents"].as_array().unwrap().clone()
-}
-
 #[test]
 fn a_server_killed_mid_work_loses_nothing_it_acknowledged() {
     let staffed = staffed_server(&["--trainer", "off", "--max-tokens", "64"]);

@@ -475,14 +475,26 @@ pub(crate) fn succeeded_job(staffed: &Staffed, id: i64) -> Value {
     }
 }
 
-/// A staff member's correction of an answer (201).
+/// The documents of the default knowledge base, as an admin lists them.
+pub(crate) fn documents(server: &Server, admin: &Identity) -> Vec<Value> {
+    let (status, listed) = request(
+        "GET",
+        &server.url("/api/admin/knowledge-bases/default/documents"),
+        admin,
+        None,
+    );
+    assert_eq!(status, 200, "{listed}");
+    listed["documents"].as_array().unwrap().clone()
+}
+
+/// A staff member's correction of an answer (201): the reply's body.
 pub(crate) fn correct(
     server: &Server,
     who: &Identity,
     conversation: &str,
     answer: i64,
     text: &str,
-) {
+) -> Value {
     let (status, body) = request(
         "POST",
         &server.url(&format!(
@@ -492,6 +504,7 @@ pub(crate) fn correct(
         Some(&json!({"rating": "down", "corrected_answer": text})),
     );
     assert_eq!(status, 201, "{body}");
+    body
 }
 
 /// A fresh PostgreSQL database for one test: its URL, and a guard that drops it.

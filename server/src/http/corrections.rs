@@ -3,8 +3,8 @@
 //! question as its title, the agent's answer as its text — so the next customer who asks is
 //! answered from it at once, long before a training job has learned it (and a question the
 //! relevance floor declined is no longer declined). The latest correction of an answer replaces
-//! the earlier one; rejecting the rated answer in the feedback inbox, or deleting the document
-//! from the knowledge base, takes it out. Customers' ratings never become knowledge.
+//! the earlier one; rejecting the rated answer in the feedback inbox (`admin::feedback`), or deleting the
+//! document from the knowledge base, takes it out. Customers' ratings never become knowledge.
 
 use kefu_db::Message;
 
@@ -89,55 +89,6 @@ pub(crate) async fn source(state: &AppState, path: &str) -> Result<Vec<u8>, ApiE
         .ok_or_else(gone)?;
     let (question, corrected) = latest_correction(state, &answer).await?.ok_or_else(gone)?;
     Ok(document(&question, &corrected).into_bytes())
-}
-
-/// Removes the correction documents of `answer_ids` from every knowledge base (their answers
-/// were rejected in the feedback inbox); returns how many were removed.
-pub(crate) async fn withdraw(state: &AppState, answer_ids: &[i64]) -> Result<usize, ApiError> {
-    let bases = state
-        .database
-        .knowledge_bases()
-        .await
-        .map_err(ApiError::internal)?;
-    let mut removed = Vec::new();
-    for (kb, _, _) in &bases {
-        for id in answer_ids {
-            let key = key(*id);
-            let Some(document) = state
-                .database
-                .document(*kb, &key)
-                .await
-                .map_err(ApiError::internal)?
-            else {
-                continue;
-            };
-            state
-                .database
-                .delete_document(*kb, &key)
-                .await
-                .map_err(ApiError::internal)?;
-            removed.push((*kb, document.id));
-        }
-    }
-    if removed.is_empty() {
-        return Ok(0);
-    }
-    let knowledge = state.knowledge.clone();
-    let documents: Vec<i64> = removed.iter().map(|(_, d)| *d).collect();
-    tokio::task::spawn_blocking(move || {
-        for id in documents {
-            knowledge.store.delete_document(id)?;
-        }
-        knowledge.store.flush()
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    let mut retrievers = state.retrievers.write().await;
-    for (kb, _) in &removed {
-        retrievers.remove(kb);
-    }
-    Ok(removed.len())
 }
 
 #[cfg(test)]

@@ -344,50 +344,43 @@ pub async fn reingest_document(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kb_id = existing_kb(&state, &kb).await?;
     let document = stored_document(&state, kb_id, document_id).await?;
-    if document.path.starts_with(crate::http::corrections::PREFIX) {
+    // A correction's document is rebuilt from the stored correction, others from their source.
+    let (bytes, name) = if document.path.starts_with(crate::http::corrections::PREFIX) {
         let bytes = crate::http::corrections::source(&state, &document.path).await?;
-        let outcome = ingest_in_request(
-            &state,
-            kb_id,
-            &document.path,
-            crate::http::corrections::NAME,
-            &bytes,
-            true,
-        )
-        .await?;
-        let (_, body) = outcome_json(outcome, Some(document.id));
-        return Ok((StatusCode::OK, body));
-    }
-    let source = source_of(&state, kb_id, &document.path);
-    let bytes = tokio::fs::read(&source).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "source_missing",
-            format!(
-                "the document's source {} cannot be read ({e}); upload it again",
-                source.display()
-            ),
-        )
-    })?;
-    // An upload's copy must be the bytes that were ingested: a truncated or damaged copy never
-    // replaces good chunks. (A file ingested from disk is read as it is now.)
-    if document.path.starts_with(UPLOAD_PREFIX)
-        && crate::ingest::sha256_hex(&bytes) != document.content_hash
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "source_changed",
-            format!(
-                "the kept copy {} is not what was ingested (its sha256 differs); upload the \
-                 document again",
-                source.display()
-            ),
-        ));
-    }
-    let name = source
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        (bytes, crate::http::corrections::NAME.to_string())
+    } else {
+        let source = source_of(&state, kb_id, &document.path);
+        let bytes = tokio::fs::read(&source).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "source_missing",
+                format!(
+                    "the document's source {} cannot be read ({e}); upload it again",
+                    source.display()
+                ),
+            )
+        })?;
+        // An upload's copy must be the bytes that were ingested: a truncated or damaged copy never
+        // replaces good chunks. (A file ingested from disk is read as it is now.)
+        if document.path.starts_with(UPLOAD_PREFIX)
+            && crate::ingest::sha256_hex(&bytes) != document.content_hash
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "source_changed",
+                format!(
+                    "the kept copy {} is not what was ingested (its sha256 differs); upload the \
+                     document again",
+                    source.display()
+                ),
+            ));
+        }
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (bytes, name)
+    };
     let outcome = ingest_in_request(&state, kb_id, &document.path, &name, &bytes, true).await?;
     let (_, body) = outcome_json(outcome, Some(document.id));
     Ok((StatusCode::OK, body))
@@ -400,13 +393,24 @@ pub async fn delete_document(
 ) -> Result<StatusCode, ApiError> {
     let kb_id = existing_kb(&state, &kb).await?;
     let document = stored_document(&state, kb_id, document_id).await?;
+    remove_document(&state, &document).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a stored document: its chunks, its vectors, an upload's kept copy; the next
+/// question sees it gone.
+pub(crate) async fn remove_document(
+    state: &AppState,
+    document: &kefu_db::Document,
+) -> Result<(), ApiError> {
+    let kb_id = document.knowledge_base_id;
     state
         .database
         .delete_document(kb_id, &document.path)
         .await
         .map_err(ApiError::internal)?;
     if document.path.starts_with(UPLOAD_PREFIX) {
-        let _ = tokio::fs::remove_file(source_of(&state, kb_id, &document.path)).await;
+        let _ = tokio::fs::remove_file(source_of(state, kb_id, &document.path)).await;
     }
     let knowledge = state.knowledge.clone();
     let id = document.id;
@@ -418,5 +422,5 @@ pub async fn delete_document(
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
     state.retrievers.write().await.remove(&kb_id);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

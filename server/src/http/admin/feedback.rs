@@ -115,11 +115,37 @@ pub async fn review(
         .map_err(ApiError::internal)?;
     // A rejected answer's correction stops answering customers too.
     let withdrawn = if decision == kefu_db::REJECTED {
-        crate::http::corrections::withdraw(&state, &ids).await?
+        withdraw_corrections(&state, &ids).await?
     } else {
         0
     };
     Ok(Json(json!({
         "reviewed": reviewed, "decision": decision, "knowledge_documents_removed": withdrawn,
     })))
+}
+
+/// Removes the correction documents (`corrections`) of `answer_ids` from every knowledge base;
+/// returns how many were removed.
+async fn withdraw_corrections(state: &AppState, answer_ids: &[i64]) -> Result<usize, ApiError> {
+    let bases = state
+        .database
+        .knowledge_bases()
+        .await
+        .map_err(ApiError::internal)?;
+    let mut removed = 0;
+    for (kb, _, _) in &bases {
+        for id in answer_ids {
+            let key = crate::http::corrections::key(*id);
+            let document = state
+                .database
+                .document(*kb, &key)
+                .await
+                .map_err(ApiError::internal)?;
+            if let Some(document) = document {
+                crate::http::admin::documents::remove_document(state, &document).await?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
