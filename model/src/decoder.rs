@@ -17,7 +17,7 @@ mod attention;
 mod checkpoint;
 
 pub use attention::KvCache;
-use attention::{Attention, Masks, Rope};
+use attention::{Attention, Masks, Packed, Rope};
 
 /// Where the decoder's weights come from. Names are Hugging Face names
 /// (`model.layers.0.self_attn.q_proj.weight`); each source maps them to its own layout.
@@ -535,7 +535,18 @@ impl Decoder {
     fn hidden_states(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.hidden_states_of(input_ids, cache, None, mode)
+    }
+
+    /// [`Decoder::hidden_states`], of packed rows when `packed` says how they are packed.
+    fn hidden_states_of(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
+        packed: Option<Packed>,
         mode: Mode,
     ) -> Result<Tensor> {
         let (_, seq_len) = input_ids.dims2()?;
@@ -546,7 +557,10 @@ impl Decoder {
                 context: self.config.max_position_embeddings,
             });
         }
-        let masks = self.masks(seq_len, offset)?;
+        let masks = match packed {
+            Some(packed) => Masks::packed(packed),
+            None => self.masks(seq_len, offset)?,
+        };
         let mut x = self.embed(input_ids)?;
         // Training passes draw each layer's adapter-dropout masks from a seed of their own, so
         // that a checkpointed layer recomputes the same masks.
@@ -645,8 +659,40 @@ impl Decoder {
         targets: &Tensor,
         chunk: usize,
     ) -> Result<Tensor> {
+        self.logprobs_of(input_ids, targets, None, chunk)
+    }
+
+    /// [`Decoder::target_logprobs`] of examples packed into rows: row `b` holds examples of
+    /// `lengths[b]` tokens one after another (the rest of the row is padding). Each example
+    /// reads only its own positions and counts them from 0, so its log-probabilities are those
+    /// it has alone in a row, and padding between examples costs no compute.
+    pub fn target_logprobs_packed(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        lengths: &[Vec<usize>],
+    ) -> Result<Tensor> {
+        let (batch, seq_len) = input_ids.dims2()?;
+        if lengths.len() != batch {
+            return Err(Error::InvalidParameter(format!(
+                "{} rows of examples for a batch of {batch}",
+                lengths.len()
+            )));
+        }
+        let packed = Packed::new(lengths, seq_len)?;
+        let chunk = crate::loss::chunk_positions(self.config.vocab_size);
+        self.logprobs_of(input_ids, targets, Some(packed), chunk)
+    }
+
+    fn logprobs_of(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        packed: Option<Packed>,
+        chunk: usize,
+    ) -> Result<Tensor> {
         let chunk = chunk.max(1);
-        let hidden = self.hidden_states(input_ids, None, Mode::Training)?;
+        let hidden = self.hidden_states_of(input_ids, None, packed, Mode::Training)?;
         let (batch, seq_len, width) = hidden.dims3()?;
         let flat = hidden.reshape((batch * seq_len, width))?.contiguous()?;
         let targets = targets.flatten_all()?.to_dtype(DType::U32)?;

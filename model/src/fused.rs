@@ -11,6 +11,8 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Storage, Tenso
 
 use crate::error::Result;
 
+pub(crate) mod attention;
+
 type Backward = dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync;
 
 /// An op whose forward value was computed already (by a fused kernel, without a graph) and

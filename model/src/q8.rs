@@ -17,6 +17,10 @@
 
 use half::f16;
 
+use crate::fused::attention::{
+    HeadGradInputs, HeadInputs, backward_head_lanes, forward_head_lanes,
+};
+
 /// Rows of a tile (one 512-bit register of `i32` lanes).
 const TILE_ROWS: usize = 16;
 /// Values of a block.
@@ -292,6 +296,80 @@ unsafe fn kernel<const R: usize>(
         // SAFETY: `sums[i]` holds 16 f32 values.
         unsafe { _mm512_storeu_ps(sums[i].as_mut_ptr(), acc[i]) };
     }
+}
+
+/// [`crate::fused::attention`]'s forward kernel for one head, compiled for AVX-512 (or AVX2
+/// and FMA) where the CPU has it.
+pub(crate) fn attention_forward_head(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { attention_forward_head_avx512(x, out, lse) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { attention_forward_head_avx2(x, out, lse) };
+        }
+    }
+    forward_head_lanes(x, out, lse)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attention_forward_head_avx512(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
+    forward_head_lanes(x, out, lse)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_forward_head_avx2(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
+    forward_head_lanes(x, out, lse)
+}
+
+/// [`crate::fused::attention`]'s backward kernel for one head, compiled like the forward one.
+pub(crate) fn attention_backward_head(
+    x: HeadGradInputs,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { attention_backward_head_avx512(x, dq, dk, dv) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { attention_backward_head_avx2(x, dq, dk, dv) };
+        }
+    }
+    backward_head_lanes(x, dq, dk, dv)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attention_backward_head_avx512(
+    x: HeadGradInputs,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    backward_head_lanes(x, dq, dk, dv)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_backward_head_avx2(
+    x: HeadGradInputs,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    backward_head_lanes(x, dq, dk, dv)
 }
 
 /// One attention head for one query: `y = softmax(scale · q·Kᵀ) · V` over `len` positions,

@@ -11,38 +11,93 @@ use crate::data::Tokenized;
 use crate::error::Result;
 use crate::run::{BatchLoss, Evaluation, Objective, Report, TrainConfig, train_loop};
 
-/// Inputs `(batch, len)` and targets, padded on the right (padding predicts nothing).
-fn collate(examples: &[&Tokenized], device: &Device) -> Result<(Tensor, Tensor, Tensor, usize)> {
-    let len = examples.iter().map(|e| e.input.len()).max().unwrap_or(1);
-    let mut input = Vec::with_capacity(examples.len() * len);
-    let mut targets = Vec::with_capacity(examples.len() * len);
-    let mut mask = Vec::with_capacity(examples.len() * len);
-    let mut counted = 0;
-    for e in examples {
-        for i in 0..len {
-            input.push(e.input.get(i).copied().unwrap_or(0));
-            let target = e.targets.get(i).copied().flatten();
-            targets.push(target.unwrap_or(0));
-            mask.push(if target.is_some() { 1f32 } else { 0.0 });
-            counted += usize::from(target.is_some());
+/// A batch laid out for one forward pass: examples packed into rows as long as the longest
+/// (each attends only to itself, so padding between examples costs no compute).
+struct Packed {
+    input: Tensor,
+    targets: Tensor,
+    /// 1 where a position has a target.
+    mask: Tensor,
+    /// Per row, its examples' lengths in order.
+    lengths: Vec<Vec<usize>>,
+    /// `(rows × len, examples)`: which example each position belongs to (one-hot), to sum
+    /// each example's log-probabilities in the batch's order.
+    owner: Tensor,
+    counted: usize,
+}
+
+/// Which examples share each row: longest first, each into the first row with room left
+/// (rows as long as the longest example).
+fn pack(lengths: &[usize]) -> Vec<Vec<usize>> {
+    let len = lengths.iter().copied().max().unwrap_or(1);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        match rows.iter_mut().find(|(used, _)| used + lengths[i] <= len) {
+            Some((used, row)) => {
+                *used += lengths[i];
+                row.push(i);
+            }
+            None => rows.push((lengths[i], vec![i])),
         }
     }
-    let shape = (examples.len(), len);
-    Ok((
-        Tensor::from_vec(input, shape, device)?,
-        Tensor::from_vec(targets, shape, device)?,
-        Tensor::from_vec(mask, shape, device)?,
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
+/// The batch packed (see [`Packed`]).
+fn collate(examples: &[&Tokenized], device: &Device) -> Result<Packed> {
+    let sizes: Vec<usize> = examples.iter().map(|e| e.input.len().max(1)).collect();
+    let len = sizes.iter().copied().max().unwrap_or(1);
+    let rows = pack(&sizes);
+    let cells = rows.len() * len;
+    let mut input = vec![0u32; cells];
+    let mut targets = vec![0u32; cells];
+    let mut mask = vec![0f32; cells];
+    let mut owner = vec![0f32; cells * examples.len()];
+    let mut counted = 0;
+    for (r, row) in rows.iter().enumerate() {
+        let mut at = r * len;
+        for &i in row {
+            let e = examples[i];
+            for p in 0..sizes[i] {
+                input[at + p] = e.input.get(p).copied().unwrap_or(0);
+                if let Some(target) = e.targets.get(p).copied().flatten() {
+                    targets[at + p] = target;
+                    mask[at + p] = 1.0;
+                    counted += 1;
+                }
+                owner[(at + p) * examples.len() + i] = 1.0;
+            }
+            at += sizes[i];
+        }
+    }
+    let shape = (rows.len(), len);
+    Ok(Packed {
+        input: Tensor::from_vec(input, shape, device)?,
+        targets: Tensor::from_vec(targets, shape, device)?,
+        mask: Tensor::from_vec(mask, shape, device)?,
+        lengths: rows
+            .iter()
+            .map(|row| row.iter().map(|&i| sizes[i]).collect())
+            .collect(),
+        owner: Tensor::from_vec(owner, (cells, examples.len()), device)?,
         counted,
-    ))
+    })
 }
 
 /// Per example, the summed log-probability of its target tokens `(batch,)`, and how many
 /// target tokens there were in all.
 pub fn answer_logprobs(model: &LoadedModel, examples: &[&Tokenized]) -> Result<(Tensor, usize)> {
     let device = model.decoder.device();
-    let (input, targets, mask, counted) = collate(examples, device)?;
-    let picked = model.decoder.target_logprobs(&input, &targets)?;
-    Ok(((picked * mask)?.sum(1)?, counted))
+    let batch = collate(examples, device)?;
+    let picked =
+        model
+            .decoder
+            .target_logprobs_packed(&batch.input, &batch.targets, &batch.lengths)?;
+    let per_position = (picked * &batch.mask)?.flatten_all()?.unsqueeze(0)?;
+    let sums = per_position.matmul(&batch.owner)?.squeeze(0)?;
+    Ok((sums, batch.counted))
 }
 
 /// Sum of the negative log-likelihoods of the target tokens, and how many there were.
@@ -127,4 +182,18 @@ pub fn train(
     train_loop(
         model, base_name, &objective, config, output, resume, on_step,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_share_rows_as_long_as_the_longest_longest_first() {
+        // 10 | 6 + 4 | 5 + 3 + 2 — every example once, no row over 10.
+        let rows = pack(&[3, 10, 4, 6, 5, 2]);
+        assert_eq!(rows, vec![vec![1], vec![3, 2], vec![4, 0, 5]]);
+        assert_eq!(pack(&[7]), vec![vec![0]]);
+        assert!(pack(&[]).is_empty());
+    }
 }

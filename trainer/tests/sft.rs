@@ -362,3 +362,42 @@ fn bad_lines_are_reported_with_their_numbers() {
     assert!(LoraConfig::parse_targets("q,v,wizard").is_err());
     assert_eq!(LoraConfig::parse_targets("q_proj, v").unwrap().len(), 2);
 }
+
+/// A batch is packed into fewer rows than examples (several examples per row); each
+/// example's summed log-probability is the one it gets alone.
+#[test]
+fn a_packed_batch_scores_each_example_as_it_scores_alone() {
+    for architecture in Architecture::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny(dir.path(), architecture);
+        let mut examples = tokenized(&model, &fixture(dir.path()));
+        // A long example, so that the short ones share a row.
+        let mut long = examples[0].clone();
+        for e in &examples[1..] {
+            long.input.extend(&e.input);
+            long.targets.extend(&e.targets);
+        }
+        // Within the tiny model's context.
+        long.input.truncate(200);
+        long.targets.truncate(200);
+        examples.push(long);
+        let refs: Vec<&Tokenized> = examples.iter().collect();
+        let (together, counted) = sft::answer_logprobs(&model, &refs).unwrap();
+        let together: Vec<f32> = together.to_vec1().unwrap();
+        assert_eq!(
+            counted,
+            examples.iter().map(Tokenized::answer_tokens).sum::<usize>()
+        );
+        for (i, e) in examples.iter().enumerate() {
+            let (alone, _) = sft::answer_logprobs(&model, &[e]).unwrap();
+            let alone: Vec<f32> = alone.to_vec1().unwrap();
+            let diff = (alone[0] - together[i]).abs();
+            assert!(
+                diff < 1e-3 * alone[0].abs().max(1.0),
+                "{architecture:?} example {i}: {} alone, {} in the batch",
+                alone[0],
+                together[i]
+            );
+        }
+    }
+}

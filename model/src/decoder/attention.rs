@@ -1,6 +1,8 @@
 //! Attention: rotary positions, the KV cache, causal and sliding-window masks, and grouped-query
 //! attention over the cache.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use super::RmsNorm;
@@ -55,7 +57,18 @@ impl Rope {
         device: &Device,
         dtype: DType,
     ) -> Result<(Tensor, Tensor)> {
-        let angles: Vec<f32> = (first..first + count)
+        Self::angles_of(inv_freq, first..first + count, device, dtype)
+    }
+
+    /// cos and sin of each of `positions`, `(positions, head_dim / 2)`.
+    fn angles_of(
+        inv_freq: &[f32],
+        positions: impl ExactSizeIterator<Item = usize>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let count = positions.len();
+        let angles: Vec<f32> = positions
             .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
             .collect();
         let angles = Tensor::from_vec(angles, (count, inv_freq.len()), device)?;
@@ -67,9 +80,22 @@ impl Rope {
 
     /// Rotates queries and keys of shape `(batch, heads, seq, head_dim)` (half-split, Hugging
     /// Face layout) with one set of angles.
-    fn apply(&self, q: &Tensor, k: &Tensor, offset: usize, mode: Mode) -> Result<(Tensor, Tensor)> {
-        let seq_len = q.dim(2)?;
-        let (cos, sin) = if offset + seq_len <= self.cos.dim(0)? {
+    /// Packed examples (`packed`) take each token's position in its own example.
+    fn apply(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        offset: usize,
+        packed: Option<&Packed>,
+        mode: Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        let (batch, _, seq_len, _) = q.dims4()?;
+        let (cos, sin) = if let Some(packed) = packed {
+            let positions = packed.positions.iter().map(|&p| p as usize);
+            let (cos, sin) = Self::angles_of(&self.inv_freq, positions, q.device(), self.dtype)?;
+            let shape = (batch, seq_len, self.inv_freq.len());
+            (cos.reshape(shape)?, sin.reshape(shape)?)
+        } else if offset + seq_len <= self.cos.dim(0)? {
             (
                 self.cos.narrow(0, offset, seq_len)?,
                 self.sin.narrow(0, offset, seq_len)?,
@@ -153,8 +179,13 @@ impl Attention {
         mode: Mode,
     ) -> Result<Tensor> {
         let [q, k, v] = self.project(x, mode)?;
-        let mask = masks.get(self.window);
-        let y = self.attend(&q, &k, &v, mask, offset, cache, mode)?;
+        let y = match &masks.packed {
+            Some(packed) => self.attend_packed(&q, &k, &v, packed, mode)?,
+            None => {
+                let mask = masks.get(self.window);
+                self.attend(&q, &k, &v, mask, offset, cache, mode)?
+            }
+        };
         self.o_proj.forward_one(&y, mode)
     }
 
@@ -194,6 +225,76 @@ impl Attention {
             .map_err(|_| Error::InvalidConfig("attention needs q, k and v".into()))
     }
 
+    /// The first key each of `seq` queries (from position 0) reads: its example's start
+    /// (`starts`, packed rows; else 0), or its window's start if later.
+    fn first_keys(&self, batch: usize, seq: usize, starts: Option<&[u32]>) -> Arc<[u32]> {
+        (0..batch * seq)
+            .map(|at| {
+                let i = at % seq;
+                let start = starts.map_or(0, |s| s[at] as usize);
+                let window = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
+                start.max(window) as u32
+            })
+            .collect()
+    }
+
+    /// Attention within each packed example (no cache): the fused op where it runs, else the
+    /// scores masked outside each query's keys.
+    fn attend_packed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        packed: &Packed,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (batch, seq_len, _) = q.dims3()?;
+        let first = self.first_keys(batch, seq_len, Some(&packed.starts));
+        let (q, k, v) = self.heads(q, k, v, 0, Some(packed), None, mode)?;
+        if let Some(y) = self.fused(&q, &k, &v, first.clone(), mode)? {
+            return Ok(y);
+        }
+        let mask: Vec<f32> = (0..batch * seq_len)
+            .flat_map(|at| {
+                let (i, lo) = (at % seq_len, first[at] as usize);
+                (0..seq_len).map(move |j| {
+                    if j < lo || j > i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (batch, 1, seq_len, seq_len), q.device())?
+            .to_dtype(q.dtype())?;
+        self.scores_times_values(&q, &k, &v, Some(&mask), mode)
+    }
+
+    /// The fused training op on `(batch, heads, seq, head_dim)` heads, `(batch, seq, heads *
+    /// head_dim)` out; `None` where it does not run (inference, not f32 on the CPU).
+    fn fused(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        first: Arc<[u32]>,
+        mode: Mode,
+    ) -> Result<Option<Tensor>> {
+        if mode != Mode::Training {
+            return Ok(None);
+        }
+        let Some(y) = crate::fused::attention::causal_attention(q, k, v, self.scale, first)? else {
+            return Ok(None);
+        };
+        let (batch, _, seq_len, _) = q.dims4()?;
+        Ok(Some(y.transpose(1, 2)?.reshape((
+            batch,
+            seq_len,
+            self.num_heads * self.head_dim,
+        ))?))
+    }
+
     /// Attention of projected q, k, v (rotary positions from `offset`, keys and values
     /// appended to `cache`), before the output projection: `(batch, seq, heads * head_dim)`.
     /// Without a mask (one position) a sliding-window layer reads only the window's keys.
@@ -209,6 +310,44 @@ impl Attention {
         mode: Mode,
     ) -> Result<Tensor> {
         let (batch, seq_len, _) = q.dims3()?;
+        let (q, k, v) = self.heads(q, k, v, offset, None, cache, mode)?;
+        let (k, v) = match self.window {
+            Some(window) if mask.is_none() && k.dim(2)? > window => {
+                let start = k.dim(2)? - window;
+                (k.narrow(2, start, window)?, v.narrow(2, start, window)?)
+            }
+            _ => (k, v),
+        };
+        if offset == 0
+            && let Some(y) = self.fused(&q, &k, &v, self.first_keys(batch, seq_len, None), mode)?
+        {
+            return Ok(y);
+        }
+        if mode == Mode::Inference
+            && seq_len == 1
+            && batch == 1
+            && let Some(y) = attend_one(&q, &k, &v, self.scale)?
+        {
+            return Ok(y);
+        }
+        self.scores_times_values(&q, &k, &v, mask, mode)
+    }
+
+    /// Queries, keys and values as heads, `(batch, heads, seq, head_dim)`: per-head norms,
+    /// rotary positions (from `offset`, or each packed example's own), keys and values
+    /// appended to `cache` (then the whole cache's).
+    #[allow(clippy::too_many_arguments)]
+    fn heads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        packed: Option<&Packed>,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (batch, seq_len, _) = q.dims3()?;
         let split = |t: &Tensor, heads: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
             let t = t.reshape((batch, seq_len, heads, self.head_dim))?;
             let t = match norm {
@@ -220,25 +359,27 @@ impl Attention {
         let q = split(q, self.num_heads, self.q_norm.as_ref())?;
         let k = split(k, self.num_kv_heads, self.k_norm.as_ref())?;
         let v = split(v, self.num_kv_heads, None)?.contiguous()?;
-        let (q, k) = self.rope.apply(&q, &k, offset, mode)?;
-        let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
-        };
-        let (k, v) = match self.window {
-            Some(window) if mask.is_none() && k.dim(2)? > window => {
-                let start = k.dim(2)? - window;
-                (k.narrow(2, start, window)?, v.narrow(2, start, window)?)
+        let (q, k) = self.rope.apply(&q, &k, offset, packed, mode)?;
+        Ok(match cache {
+            Some(cache) => {
+                let (k, v) = cache.append(&k, &v)?;
+                (q, k, v)
             }
-            _ => (k, v),
-        };
-        if mode == Mode::Inference
-            && seq_len == 1
-            && batch == 1
-            && let Some(y) = attend_one(&q, &k, &v, self.scale)?
-        {
-            return Ok(y);
-        }
+            None => (q, k, v),
+        })
+    }
+
+    /// `softmax(scale · q·kᵀ + mask) · v` through candle's ops, `(batch, seq, heads *
+    /// head_dim)`.
+    fn scores_times_values(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (batch, _, seq_len, _) = q.dims4()?;
         let kv_len = k.dim(2)?;
         // Grouped-query attention without copying keys: the query heads that share a key/value
         // head are stacked along the sequence axis, so one batched matmul serves the group.
@@ -316,6 +457,43 @@ fn attend_one(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<T
 pub(super) struct Masks {
     causal: Option<Tensor>,
     sliding: Option<(usize, Tensor)>,
+    /// Several examples per row (training): each token's example and position in it.
+    pub(super) packed: Option<Packed>,
+}
+
+/// Examples packed into rows: per token of `(batch, seq)`, where its example starts in the row
+/// (the first key it may read) and its position within the example (its rotary angle).
+#[derive(Debug, Clone)]
+pub(super) struct Packed {
+    starts: Arc<[u32]>,
+    positions: Arc<[u32]>,
+}
+
+impl Packed {
+    /// Rows of `seq` tokens holding examples of `lengths[b]` tokens each, in order; what is
+    /// left of a row after its examples is one more example (padding).
+    pub(super) fn new(lengths: &[Vec<usize>], seq: usize) -> Result<Self> {
+        let mut starts = Vec::with_capacity(lengths.len() * seq);
+        let mut positions = Vec::with_capacity(lengths.len() * seq);
+        for row in lengths {
+            let used: usize = row.iter().sum();
+            if used > seq || row.contains(&0) {
+                return Err(Error::InvalidParameter(format!(
+                    "examples of {row:?} tokens do not pack into a row of {seq}"
+                )));
+            }
+            let mut start = 0;
+            for &n in row.iter().chain(std::iter::once(&(seq - used))) {
+                starts.extend(std::iter::repeat_n(start as u32, n));
+                positions.extend(0..n as u32);
+                start += n;
+            }
+        }
+        Ok(Self {
+            starts: starts.into(),
+            positions: positions.into(),
+        })
+    }
 }
 
 impl Masks {
@@ -350,7 +528,16 @@ impl Masks {
                 Some(w) => Some((w, build(Some(w))?)),
                 None => None,
             },
+            packed: None,
         })
+    }
+
+    /// Packed rows: the masks follow from each token's example (see [`Packed`]).
+    pub(super) fn packed(packed: Packed) -> Self {
+        Self {
+            packed: Some(packed),
+            ..Self::default()
+        }
     }
 
     fn get(&self, window: Option<usize>) -> Option<&Tensor> {
@@ -383,12 +570,12 @@ mod tests {
         // A sequence that runs past the table: each position rotated as one at a time would be.
         let x = Tensor::randn(0f32, 1.0, (1, 2, 8, 64), &device).unwrap();
         let (whole, _) = rope
-            .apply(&x, &x, Rope::TABLE - 4, Mode::Inference)
+            .apply(&x, &x, Rope::TABLE - 4, None, Mode::Inference)
             .unwrap();
         for i in 0..8 {
             let x = x.narrow(2, i, 1).unwrap();
             let (one, _) = rope
-                .apply(&x, &x, Rope::TABLE - 4 + i, Mode::Inference)
+                .apply(&x, &x, Rope::TABLE - 4 + i, None, Mode::Inference)
                 .unwrap();
             let diff = (whole.narrow(2, i, 1).unwrap() - one)
                 .unwrap()

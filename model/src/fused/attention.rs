@@ -1,0 +1,591 @@
+//! Causal grouped-query attention for training on the CPU, with its own backward pass.
+//!
+//! The elementary-op version materializes the `heads × seq²` scores several times over (the
+//! product, the scaled and the masked scores, the probabilities) and keeps them all for the
+//! backward pass, and it computes the masked half of every score matrix too. This op computes
+//! each query row's scores over the keys it may read only, keeps one number per row (the
+//! log-sum-exp of its scores) besides its output, and its backward recomputes the
+//! probabilities a row at a time (as FlashAttention does on a GPU): memory O(heads × seq), the
+//! masked half never computed.
+//!
+//! Which keys a query reads is given per query: keys `first[i] ..= i`, so one op serves causal
+//! masks, sliding windows and several examples packed into one row (a query never reads an
+//! earlier example's keys).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+
+use crate::error::Result;
+
+/// Sizes of one call: q `(batch, heads, seq, dim)`, k and v `(batch, kv_heads, seq, dim)`.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+    dim: usize,
+}
+
+impl Dims {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// The op: its scale, which keys each query reads, and what the forward pass keeps for the
+/// backward pass (the log-sum-exp of each query row's scaled scores).
+struct CausalAttention {
+    scale: f32,
+    /// `(batch, seq)`: the first key position each query reads (the last is its own).
+    first: Arc<[u32]>,
+    lse: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl std::fmt::Debug for CausalAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CausalAttention")
+    }
+}
+
+/// Attention of `q` `(batch, heads, seq, dim)` over `k`, `v` `(batch, kv_heads, seq, dim)`
+/// (query head `h` reads key/value head `h / (heads / kv_heads)`), query `i` of batch row `b`
+/// reading keys `first[b * seq + i] ..= i`: `(batch, heads, seq, dim)`, differentiable in all
+/// three. `None` when the tensors are not f32 on the CPU (the caller then spells it out).
+pub(crate) fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    first: Arc<[u32]>,
+) -> Result<Option<Tensor>> {
+    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(on_cpu_f32(q) && on_cpu_f32(k) && on_cpu_f32(v)) {
+        return Ok(None);
+    }
+    let op = CausalAttention {
+        scale: scale as f32,
+        first,
+        lse: Mutex::new(None),
+    };
+    Ok(Some(q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        op,
+    )?))
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("causal attention: f32 tensors only")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("causal attention: contiguous tensors only"),
+    }
+}
+
+fn dims(q: &Layout, k: &Layout, v: &Layout) -> candle_core::Result<Dims> {
+    let (batch, heads, seq, dim) = q.shape().dims4()?;
+    let (kb, kv_heads, ks, kd) = k.shape().dims4()?;
+    if (kb, ks, kd) != (batch, seq, dim)
+        || k.shape() != v.shape()
+        || kv_heads == 0
+        || !heads.is_multiple_of(kv_heads)
+    {
+        candle_core::bail!(
+            "causal attention: q {:?} does not fit k {:?} / v {:?}",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        )
+    }
+    Ok(Dims {
+        batch,
+        heads,
+        kv_heads,
+        seq,
+        dim,
+    })
+}
+
+impl CausalAttention {
+    fn check_first(&self, d: &Dims) -> candle_core::Result<()> {
+        let fits = self.first.len() == d.batch * d.seq
+            && self
+                .first
+                .iter()
+                .enumerate()
+                .all(|(at, &f)| f as usize <= at % d.seq);
+        if !fits {
+            candle_core::bail!("causal attention: every query must read its own key")
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = dims(ql, kl, vl)?;
+        self.check_first(&d)?;
+        let (q, k, v) = (
+            contiguous_f32(q, ql)?,
+            contiguous_f32(k, kl)?,
+            contiguous_f32(v, vl)?,
+        );
+        let (out, lse) = forward(q, k, v, &self.first, self.scale, d);
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(lse));
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let lse = self
+            .lse
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("causal attention: no forward pass".into()))?;
+        let grad = grad.contiguous()?;
+        let read = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
+        let (qv, kv, vv, ov, gv) = (read(q)?, read(k)?, read(v)?, read(out)?, read(&grad)?);
+        let d = dims(q.layout(), k.layout(), v.layout())?;
+        let (dq, dk, dv) = backward([&qv, &kv, &vv, &ov, &gv], &lse, &self.first, self.scale, d);
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), q.device())?),
+            Some(Tensor::from_vec(dk, k.shape(), k.device())?),
+            Some(Tensor::from_vec(dv, v.shape(), v.device())?),
+        ))
+    }
+}
+
+/// `(out, lse)`: one task per (batch row, query head), each writing its rows of the output
+/// and their log-sum-exps.
+fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    first: &[u32],
+    scale: f32,
+    d: Dims,
+) -> (Vec<f32>, Vec<f32>) {
+    let (seq, dim, group) = (d.seq, d.dim, d.group());
+    let block = seq * dim;
+    // Each key/value head's keys transposed, `(dim, seq)`: a query's scores are then `dim`
+    // contiguous multiply-adds over the keys it reads.
+    let mut kt = vec![0f32; k.len()];
+    for (src, dst) in k.chunks_exact(block).zip(kt.chunks_exact_mut(block)) {
+        transpose(src, dst, seq, dim);
+    }
+    let row = block + seq;
+    let mut work = vec![0f32; d.batch * d.heads * row];
+    crate::q8::for_each_row(&mut work, row, |task, rows| {
+        let (b, h) = (task / d.heads, task % d.heads);
+        let kv = (b * d.kv_heads + h / group) * block;
+        let (out, lse) = rows.split_at_mut(block);
+        crate::q8::attention_forward_head(
+            HeadInputs {
+                q: &q[task * block..(task + 1) * block],
+                kt: &kt[kv..kv + block],
+                v: &v[kv..kv + block],
+                first: &first[b * seq..(b + 1) * seq],
+                dim,
+                scale,
+            },
+            out,
+            lse,
+        );
+    });
+    let mut out = Vec::with_capacity(d.batch * d.heads * block);
+    let mut lse = Vec::with_capacity(d.batch * d.heads * seq);
+    for rows in work.chunks_exact(row) {
+        out.extend_from_slice(&rows[..block]);
+        lse.extend_from_slice(&rows[block..]);
+    }
+    (out, lse)
+}
+
+/// `(dq, dk, dv)`: one task per (batch row, key/value head), each owning its group's query
+/// heads' `dq` and its own `dk`, `dv` (so no two tasks write the same value).
+fn backward(
+    [q, k, v, out, grad]: [&[f32]; 5],
+    lse: &[f32],
+    first: &[u32],
+    scale: f32,
+    d: Dims,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (seq, dim, group) = (d.seq, d.dim, d.group());
+    let block = seq * dim;
+    let row = (group + 2) * block;
+    let mut work = vec![0f32; d.batch * d.kv_heads * row];
+    crate::q8::for_each_row(&mut work, row, |task, rows| {
+        let b = task / d.kv_heads;
+        let heads = task * group * block..(task + 1) * group * block;
+        let (dq, rest) = rows.split_at_mut(group * block);
+        let (dk, dv) = rest.split_at_mut(block);
+        let (mut kt, mut vt) = (vec![0f32; block], vec![0f32; block]);
+        let (keys, values) = (
+            &k[task * block..(task + 1) * block],
+            &v[task * block..(task + 1) * block],
+        );
+        transpose(keys, &mut kt, seq, dim);
+        transpose(values, &mut vt, seq, dim);
+        for h in 0..group {
+            let at = heads.start + h * block..heads.start + (h + 1) * block;
+            let head = task * group + h;
+            crate::q8::attention_backward_head(
+                HeadGradInputs {
+                    q: &q[at.clone()],
+                    k: keys,
+                    kt: &kt,
+                    vt: &vt,
+                    out: &out[at.clone()],
+                    grad: &grad[at],
+                    lse: &lse[head * seq..(head + 1) * seq],
+                    first: &first[b * seq..(b + 1) * seq],
+                    dim,
+                    scale,
+                },
+                &mut dq[h * block..(h + 1) * block],
+                dk,
+                dv,
+            );
+        }
+    });
+    let mut dq = Vec::with_capacity(q.len());
+    let mut dk = Vec::with_capacity(k.len());
+    let mut dv = Vec::with_capacity(v.len());
+    for rows in work.chunks_exact(row) {
+        dq.extend_from_slice(&rows[..group * block]);
+        dk.extend_from_slice(&rows[group * block..(group + 1) * block]);
+        dv.extend_from_slice(&rows[(group + 1) * block..]);
+    }
+    (dq, dk, dv)
+}
+
+/// `src` `(rows, cols)` into `dst` `(cols, rows)`.
+fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    for r in 0..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// What one query head's forward pass reads: its queries `(seq, dim)`, its key/value head's
+/// keys transposed `(dim, seq)` and values `(seq, dim)`, and each query's first key.
+pub(crate) struct HeadInputs<'a> {
+    pub(crate) q: &'a [f32],
+    pub(crate) kt: &'a [f32],
+    pub(crate) v: &'a [f32],
+    pub(crate) first: &'a [u32],
+    pub(crate) dim: usize,
+    pub(crate) scale: f32,
+}
+
+/// What one query head's backward pass reads: the forward pass's inputs (keys both ways,
+/// values transposed), its output and log-sum-exps, and the output's gradient.
+pub(crate) struct HeadGradInputs<'a> {
+    pub(crate) q: &'a [f32],
+    pub(crate) k: &'a [f32],
+    pub(crate) kt: &'a [f32],
+    pub(crate) vt: &'a [f32],
+    pub(crate) out: &'a [f32],
+    pub(crate) grad: &'a [f32],
+    pub(crate) lse: &'a [f32],
+    pub(crate) first: &'a [u32],
+    pub(crate) dim: usize,
+    pub(crate) scale: f32,
+}
+
+// The kernels below are plain loops, inlined into `q8.rs`'s wrappers compiled for the CPU's
+// vector extensions (iterator adapters would become functions of their own, compiled without
+// them).
+
+/// One head's output rows and their log-sum-exps.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(crate) fn forward_head_lanes(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
+    let (dim, seq) = (x.dim, x.first.len());
+    let mut scores = vec![0f32; seq];
+    for i in 0..seq {
+        let lo = x.first[i] as usize;
+        let n = i + 1 - lo;
+        let s = &mut scores[..n];
+        scores_of(&x.q[i * dim..(i + 1) * dim], x.kt, seq, lo, x.scale, s);
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..n {
+            max = max.max(s[j]);
+        }
+        let mut total = 0f32;
+        for j in 0..n {
+            s[j] = exp(s[j] - max);
+            total += s[j];
+        }
+        lse[i] = max + total.ln();
+        let y = &mut out[i * dim..(i + 1) * dim];
+        y.fill(0.0);
+        let inv = 1.0 / total;
+        for j in 0..n {
+            let p = s[j] * inv;
+            let value = &x.v[(lo + j) * dim..(lo + j + 1) * dim];
+            for c in 0..dim {
+                y[c] += p * value[c];
+            }
+        }
+    }
+}
+
+/// One head's query gradients (`dq`, its own) and its share of its key/value head's
+/// gradients (added to `dk`, `dv`).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(crate) fn backward_head_lanes(
+    x: HeadGradInputs,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (dim, seq) = (x.dim, x.first.len());
+    let mut probs = vec![0f32; seq];
+    let mut dots = vec![0f32; seq];
+    for i in 0..seq {
+        let lo = x.first[i] as usize;
+        let n = i + 1 - lo;
+        let row = i * dim..(i + 1) * dim;
+        let (q, g, o) = (&x.q[row.clone()], &x.grad[row.clone()], &x.out[row.clone()]);
+        // The probabilities again, from the scores and the row's log-sum-exp.
+        let p = &mut probs[..n];
+        scores_of(q, x.kt, seq, lo, x.scale, p);
+        let lse = x.lse[i];
+        for j in 0..n {
+            p[j] = exp(p[j] - lse);
+        }
+        // dP = dO·Vᵀ, and dS = P ∘ (dP − rowsum(dO ∘ O)), times the scale for dQ and dK.
+        let ds = &mut dots[..n];
+        scores_of(g, x.vt, seq, lo, 1.0, ds);
+        let mut delta = 0f32;
+        for c in 0..dim {
+            delta += g[c] * o[c];
+        }
+        for j in 0..n {
+            ds[j] = p[j] * (ds[j] - delta) * x.scale;
+        }
+        let dq = &mut dq[row];
+        dq.fill(0.0);
+        for j in 0..n {
+            let key = lo + j;
+            let (w, pj) = (ds[j], p[j]);
+            let k = &x.k[key * dim..(key + 1) * dim];
+            let dk = &mut dk[key * dim..(key + 1) * dim];
+            let dv = &mut dv[key * dim..(key + 1) * dim];
+            for c in 0..dim {
+                dq[c] += w * k[c];
+                dk[c] += w * q[c];
+                dv[c] += pj * g[c];
+            }
+        }
+    }
+}
+
+/// `out[j] = scale · a·m[:, lo + j]` for a transposed matrix `m` `(a.len(), seq)`: one
+/// multiply-add over the output per value of `a`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn scores_of(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut [f32]) {
+    let n = out.len();
+    out.fill(0.0);
+    for (c, &value) in a.iter().enumerate() {
+        let value = value * scale;
+        let column = &m[c * seq + lo..c * seq + lo + n];
+        for j in 0..n {
+            out[j] += value * column[j];
+        }
+    }
+}
+
+/// `eˣ` for `x ≤ 0` within 2 ulp, in operations that vectorize (no call to `libm`): `x =
+/// n·ln 2 + r`, `eʳ` by its degree-6 Taylor-style minimax polynomial on `|r| ≤ ln 2 / 2`, and
+/// `2ⁿ` built in the exponent bits. Below −87 it gives about 1e-38 instead of smaller numbers.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let e = (p * r * r + r) + 1.0;
+    let bits = (t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23;
+    e * f32::from_bits(bits as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    /// The same attention in candle's elementary ops: full scores, an additive mask built from
+    /// `first`, softmax, and keys / values repeated per group.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, first: &[u32]) -> Tensor {
+        let (batch, heads, seq, _) = q.dims4().unwrap();
+        let group = heads / k.dim(1).unwrap();
+        let repeat = |t: &Tensor| {
+            let (b, kv, s, d) = t.dims4().unwrap();
+            t.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((b, kv, group, s, d))
+                .unwrap()
+                .reshape((b, kv * group, s, d))
+                .unwrap()
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let mask: Vec<f32> = (0..batch * seq)
+            .flat_map(|at| {
+                let (b, i) = (at / seq, at % seq);
+                (0..seq).map(move |j| (b, i, j))
+            })
+            .map(|(b, i, j)| {
+                if j > i || j < first[b * seq + i] as usize {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (batch, 1, seq, seq), q.device()).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)
+            .unwrap()
+            .matmul(&v)
+            .unwrap()
+    }
+
+    fn largest(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    /// Values and the gradients of q, k and v against the elementary version.
+    fn check(batch: usize, heads: usize, kv_heads: usize, seq: usize, dim: usize, first: Vec<u32>) {
+        let device = Device::Cpu;
+        let q = Var::randn(0f32, 1.0, (batch, heads, seq, dim), &device).unwrap();
+        let k = Var::randn(0f32, 1.0, (batch, kv_heads, seq, dim), &device).unwrap();
+        let v = Var::randn(0f32, 1.0, (batch, kv_heads, seq, dim), &device).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (batch, heads, seq, dim), &device).unwrap();
+        let scale = 1.0 / (dim as f64).sqrt();
+        let fused = causal_attention(&q, &k, &v, scale, first.clone().into())
+            .unwrap()
+            .expect("f32 on the CPU takes the fused path");
+        let plain = reference(&q, &k, &v, scale, &first);
+        let diff = largest(&(&fused - &plain).unwrap());
+        assert!(diff < 1e-5, "values differ by {diff}");
+        let grads = |y: &Tensor| {
+            let store = (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [&q, &k, &v].map(|x| store.get(x.as_tensor()).unwrap().clone())
+        };
+        for (name, (a, b)) in ["q", "k", "v"]
+            .iter()
+            .zip(grads(&fused).iter().zip(grads(&plain).iter()))
+        {
+            let (diff, size) = (largest(&(a - b).unwrap()), largest(b));
+            // One position: its only probability is 1 whatever q and k, so they get none.
+            let moves = seq > 1 || *name == "v";
+            assert!(
+                (size > 0.0 || !moves) && diff < 1e-4 * size.max(1.0),
+                "{name} gradients differ by {diff} (largest {size})"
+            );
+        }
+    }
+
+    fn causal(batch: usize, seq: usize) -> Vec<u32> {
+        vec![0; batch * seq]
+    }
+
+    #[test]
+    fn causal_attention_matches_the_elementary_ops_and_their_gradients() {
+        // One query head per key head, grouped queries, odd lengths and widths.
+        check(2, 4, 4, 9, 8, causal(2, 9));
+        check(2, 6, 2, 13, 16, causal(2, 13));
+        check(1, 3, 1, 1, 4, causal(1, 1));
+        check(3, 9, 3, 31, 64, causal(3, 31));
+    }
+
+    #[test]
+    fn windows_and_packed_examples_read_only_their_keys() {
+        // A sliding window of 4.
+        let window: Vec<u32> = (0..2)
+            .flat_map(|_| (0..11).map(|i: u32| (i + 1).saturating_sub(4)))
+            .collect();
+        check(2, 4, 2, 11, 8, window);
+        // Row 0 packs examples of 3, 5 and 4 positions, row 1 one of 7 and one of 5.
+        let starts = |lengths: &[u32]| -> Vec<u32> {
+            let mut at = 0;
+            lengths
+                .iter()
+                .flat_map(|&n| {
+                    let start = at;
+                    at += n;
+                    (0..n).map(move |_| start)
+                })
+                .collect()
+        };
+        let mut packed = starts(&[3, 5, 4]);
+        packed.extend(starts(&[7, 5]));
+        check(2, 4, 2, 12, 8, packed);
+    }
+
+    #[test]
+    fn a_query_that_would_read_no_key_is_refused() {
+        let device = Device::Cpu;
+        let q = Tensor::zeros((1, 1, 3, 4), DType::F32, &device).unwrap();
+        let err = causal_attention(&q, &q, &q, 0.5, vec![0, 2, 1].into()).unwrap_err();
+        assert!(err.to_string().contains("its own key"), "{err}");
+    }
+
+    #[test]
+    fn exp_agrees_with_the_library_within_two_ulp() {
+        for i in 0..=20_000 {
+            let x = -87.0 + 87.0 * i as f32 / 20_000.0;
+            let (ours, exact) = (exp(x), x.exp());
+            let ulp = (exact.to_bits() as i64 - ours.to_bits() as i64).abs();
+            assert!(ulp <= 2, "exp({x}): {ours} against {exact} ({ulp} ulp)");
+        }
+    }
+}
