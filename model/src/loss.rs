@@ -3,9 +3,12 @@
 //! projection over a chunk of positions at a time and keeps one number per position; the
 //! backward pass recomputes each chunk's logits and turns them straight into the hidden states'
 //! gradient. (Logits of 8k positions over a 152k vocabulary are 5 GB in f32; a chunk here is
-//! about 256 MB, whatever the batch.)
+//! about 256 MB, whatever the batch.) On the CPU (f32) both passes work on each chunk's logits
+//! in place, rows shared among candle's threads: the log-sum-exp read off them forward, the
+//! gradient written over them backward — no softmax, one-hot or difference the size of the
+//! chunk beside them.
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};
 
 use crate::error::Result;
 use crate::linear::{Mode, ProjectionGroup};
@@ -36,6 +39,17 @@ pub(crate) fn target_logprobs(
             let len = chunk.min(n - start);
             let logits =
                 logits(&head, &hidden.narrow(0, start, len)?).map_err(candle_core::Error::wrap)?;
+            if logits.device().is_cpu() {
+                logits.inplace_op1(&LogitsGrad {
+                    targets: targets.narrow(0, start, len)?.to_vec1()?,
+                    grads: grad
+                        .narrow(0, start, len)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1()?,
+                })?;
+                parts.push(logits.to_dtype(hidden.dtype())?.matmul(&weight)?);
+                continue;
+            }
             let probs = candle_nn::ops::softmax_last_dim(&logits)?;
             let onehot = targets
                 .narrow(0, start, len)?
@@ -71,11 +85,68 @@ pub(crate) fn target_values(
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
         let logits = logits(head, &hidden.narrow(0, start, len)?)?;
+        let targets = targets.narrow(0, start, len)?;
+        if let Some(values) = picked_in_place(&logits, &targets.to_vec1()?)? {
+            parts.push(Tensor::from_vec(values, len, logits.device())?);
+            continue;
+        }
         let lse = logits.log_sum_exp(1)?;
-        let picked = logits
-            .gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?
-            .squeeze(1)?;
+        let picked = logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
         parts.push((picked - lse)?);
     }
     Ok(Tensor::cat(&parts, 0)?.contiguous()?)
+}
+
+/// `log softmax(row)[target]` of each row of f32 CPU `logits` `(n, vocab)`, read in place;
+/// `None` elsewhere.
+fn picked_in_place(logits: &Tensor, targets: &[u32]) -> Result<Option<Vec<f32>>> {
+    let (storage, layout) = logits.storage_and_layout();
+    let Some(CpuStorage::F32(data)) = crate::fused::on_cpu(&storage) else {
+        return Ok(None);
+    };
+    let Some((begin, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let (n, vocab) = layout.shape().dims2()?;
+    let data = &data[begin..end];
+    let mut out = vec![0f32; n];
+    crate::q8::for_each_row(&mut out, 1, |r, value| {
+        let row = &data[r * vocab..(r + 1) * vocab];
+        value[0] = row[targets[r] as usize] - crate::q8::log_sum_exp(row);
+    });
+    Ok(Some(out))
+}
+
+/// Turns each row of f32 logits into `g · (onehot(target) − softmax(row))`, in place: the
+/// gradient of `g · log p(target)` with respect to the logits.
+struct LogitsGrad {
+    targets: Vec<u32>,
+    grads: Vec<f32>,
+}
+
+impl InplaceOp1 for LogitsGrad {
+    fn name(&self) -> &'static str {
+        "logits-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("logits-grad: f32 logits only")
+        };
+        let Some((begin, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("logits-grad: contiguous logits only")
+        };
+        let (n, vocab) = layout.shape().dims2()?;
+        if self.targets.len() != n || self.grads.len() != n {
+            candle_core::bail!("logits-grad: {n} rows, {} targets", self.targets.len())
+        }
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("logits-grad: target {t} outside a vocabulary of {vocab}")
+        }
+        crate::q8::for_each_row(&mut data[begin..end], vocab, |r, row| {
+            crate::q8::softmax_times(row, -self.grads[r]);
+            row[self.targets[r] as usize] += self.grads[r];
+        });
+        Ok(())
+    }
 }

@@ -18,7 +18,8 @@
 use half::f16;
 
 use crate::fused::attention::{
-    HeadGradInputs, HeadInputs, backward_head_lanes, forward_head_lanes,
+    HeadGradInputs, HeadInputs, backward_head_lanes, forward_head_lanes, log_sum_exp_lanes,
+    softmax_times_lanes,
 };
 
 /// Rows of a tile (one 512-bit register of `i32` lanes).
@@ -296,6 +297,38 @@ unsafe fn kernel<const R: usize>(
         // SAFETY: `sums[i]` holds 16 f32 values.
         unsafe { _mm512_storeu_ps(sums[i].as_mut_ptr(), acc[i]) };
     }
+}
+
+/// `log Σ eˣ` over `row` (the training loss's rows), compiled for AVX-512 where the CPU has it.
+pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { log_sum_exp_avx512(row) };
+    }
+    log_sum_exp_lanes(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn log_sum_exp_avx512(row: &[f32]) -> f32 {
+    log_sum_exp_lanes(row)
+}
+
+/// `row ← scale · softmax(row)` in place, compiled for AVX-512 where the CPU has it.
+pub(crate) fn softmax_times(row: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { softmax_times_avx512(row, scale) };
+    }
+    softmax_times_lanes(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_times_avx512(row: &mut [f32], scale: f32) {
+    softmax_times_lanes(row, scale)
 }
 
 /// [`crate::fused::attention`]'s forward kernel for one head, compiled for AVX-512 (or AVX2

@@ -332,15 +332,8 @@ pub(crate) fn forward_head_lanes(x: HeadInputs, out: &mut [f32], lse: &mut [f32]
         let n = i + 1 - lo;
         let s = &mut scores[..n];
         scores_of(&x.q[i * dim..(i + 1) * dim], x.kt, seq, lo, x.scale, s);
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..n {
-            max = max.max(s[j]);
-        }
-        let mut total = 0f32;
-        for j in 0..n {
-            s[j] = exp(s[j] - max);
-            total += s[j];
-        }
+        let max = max_of(s);
+        let total = exp_in_place(s, max);
         lse[i] = max + total.ln();
         let y = &mut out[i * dim..(i + 1) * dim];
         y.fill(0.0);
@@ -421,6 +414,94 @@ fn scores_of(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut 
             out[j] += value * column[j];
         }
     }
+}
+
+/// `log Σ eˣ` over `row`.
+#[inline(always)]
+pub(crate) fn log_sum_exp_lanes(row: &[f32]) -> f32 {
+    let max = max_of(row);
+    max + exp_sum(row, max).ln()
+}
+
+/// `row ← scale · softmax(row)`, in place.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(crate) fn softmax_times_lanes(row: &mut [f32], scale: f32) {
+    let max = max_of(row);
+    let factor = scale / exp_in_place(row, max);
+    for i in 0..row.len() {
+        row[i] *= factor;
+    }
+}
+
+/// Lanes of the reductions below: floating-point sums only vectorize when the code itself
+/// keeps one partial sum per lane.
+const LANES: usize = 16;
+
+/// The largest value of `x` (−∞ when empty).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn max_of(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let whole = x.len() / LANES * LANES;
+    for at in (0..whole).step_by(LANES) {
+        for l in 0..LANES {
+            lanes[l] = lanes[l].max(x[at + l]);
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for l in 0..LANES {
+        max = max.max(lanes[l]);
+    }
+    for i in whole..x.len() {
+        max = max.max(x[i]);
+    }
+    max
+}
+
+/// `Σ e^(x − shift)`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn exp_sum(x: &[f32], shift: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let whole = x.len() / LANES * LANES;
+    for at in (0..whole).step_by(LANES) {
+        for l in 0..LANES {
+            lanes[l] += exp(x[at + l] - shift);
+        }
+    }
+    let mut total = 0f32;
+    for l in 0..LANES {
+        total += lanes[l];
+    }
+    for i in whole..x.len() {
+        total += exp(x[i] - shift);
+    }
+    total
+}
+
+/// `x ← e^(x − shift)`, returning the sum.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn exp_in_place(x: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let whole = x.len() / LANES * LANES;
+    for at in (0..whole).step_by(LANES) {
+        for l in 0..LANES {
+            let e = exp(x[at + l] - shift);
+            x[at + l] = e;
+            lanes[l] += e;
+        }
+    }
+    let mut total = 0f32;
+    for l in 0..LANES {
+        total += lanes[l];
+    }
+    for i in whole..x.len() {
+        x[i] = exp(x[i] - shift);
+        total += x[i];
+    }
+    total
 }
 
 /// `eˣ` for `x ≤ 0` within 2 ulp, in operations that vectorize (no call to `libm`): `x =
