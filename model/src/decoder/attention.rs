@@ -254,20 +254,7 @@ impl Attention {
         if let Some(y) = self.fused(&q, &k, &v, first.clone(), mode)? {
             return Ok(y);
         }
-        let mask: Vec<f32> = (0..batch * seq_len)
-            .flat_map(|at| {
-                let (i, lo) = (at % seq_len, first[at] as usize);
-                (0..seq_len).map(move |j| {
-                    if j < lo || j > i {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (batch, 1, seq_len, seq_len), q.device())?
-            .to_dtype(q.dtype())?;
+        let mask = packed.mask(self.window, &first, seq_len, q.device(), q.dtype())?;
         self.scores_times_values(&q, &k, &v, Some(&mask), mode)
     }
 
@@ -467,6 +454,9 @@ pub(super) struct Masks {
 pub(super) struct Packed {
     starts: Arc<[u32]>,
     positions: Arc<[u32]>,
+    /// Additive masks `(batch, 1, seq, seq)` by window, built once per pass where the fused
+    /// attention does not run (a GPU).
+    masks: Arc<std::sync::Mutex<Vec<(Option<usize>, Tensor)>>>,
 }
 
 impl Packed {
@@ -492,7 +482,40 @@ impl Packed {
         Ok(Self {
             starts: starts.into(),
             positions: positions.into(),
+            masks: Default::default(),
         })
+    }
+
+    /// The additive mask that hides from each query the keys before `first` (its example's
+    /// start or its window's) and after itself; the same for every layer of a window size.
+    fn mask(
+        &self,
+        window: Option<usize>,
+        first: &[u32],
+        seq: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, mask)) = masks.iter().find(|(w, _)| *w == window) {
+            return Ok(mask.clone());
+        }
+        let batch = first.len() / seq;
+        let values: Vec<f32> = (0..batch * seq)
+            .flat_map(|at| {
+                let (i, lo) = (at % seq, first[at] as usize);
+                (0..seq).map(move |j| {
+                    if j < lo || j > i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(values, (batch, 1, seq, seq), device)?.to_dtype(dtype)?;
+        masks.push((window, mask.clone()));
+        Ok(mask)
     }
 }
 

@@ -335,16 +335,11 @@ pub(crate) fn forward_head_lanes(x: HeadInputs, out: &mut [f32], lse: &mut [f32]
         let max = max_of(s);
         let total = exp_in_place(s, max);
         lse[i] = max + total.ln();
-        let y = &mut out[i * dim..(i + 1) * dim];
-        y.fill(0.0);
         let inv = 1.0 / total;
         for j in 0..n {
-            let p = s[j] * inv;
-            let value = &x.v[(lo + j) * dim..(lo + j + 1) * dim];
-            for c in 0..dim {
-                y[c] += p * value[c];
-            }
+            s[j] *= inv;
         }
+        weighted_rows(s, x.v, lo, &mut out[i * dim..(i + 1) * dim]);
     }
 }
 
@@ -383,16 +378,13 @@ pub(crate) fn backward_head_lanes(
         for j in 0..n {
             ds[j] = p[j] * (ds[j] - delta) * x.scale;
         }
-        let dq = &mut dq[row];
-        dq.fill(0.0);
+        weighted_rows(ds, x.k, lo, &mut dq[row]);
         for j in 0..n {
             let key = lo + j;
             let (w, pj) = (ds[j], p[j]);
-            let k = &x.k[key * dim..(key + 1) * dim];
             let dk = &mut dk[key * dim..(key + 1) * dim];
             let dv = &mut dv[key * dim..(key + 1) * dim];
             for c in 0..dim {
-                dq[c] += w * k[c];
                 dk[c] += w * q[c];
                 dv[c] += pj * g[c];
             }
@@ -400,18 +392,67 @@ pub(crate) fn backward_head_lanes(
     }
 }
 
-/// `out[j] = scale · a·m[:, lo + j]` for a transposed matrix `m` `(a.len(), seq)`: one
-/// multiply-add over the output per value of `a`.
+/// Keys whose scores one pass over a query's values computes at once: four vectors of
+/// partial sums kept in registers (four independent chains of multiply-adds).
+const KEY_BLOCK: usize = 4 * LANES;
+
+/// `out[j] = scale · a·m[:, lo + j]` for a transposed matrix `m` `(a.len(), seq)`: per block of
+/// keys, one pass over `a` accumulating in registers.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 fn scores_of(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut [f32]) {
     let n = out.len();
-    out.fill(0.0);
+    let whole = n / KEY_BLOCK * KEY_BLOCK;
+    for start in (0..whole).step_by(KEY_BLOCK) {
+        let mut acc = [0f32; KEY_BLOCK];
+        for (c, &value) in a.iter().enumerate() {
+            let column = &m[c * seq + lo + start..c * seq + lo + start + KEY_BLOCK];
+            for j in 0..KEY_BLOCK {
+                acc[j] += value * column[j];
+            }
+        }
+        for j in 0..KEY_BLOCK {
+            out[start + j] = acc[j] * scale;
+        }
+    }
+    let rest = &mut out[whole..];
+    rest.fill(0.0);
     for (c, &value) in a.iter().enumerate() {
-        let value = value * scale;
-        let column = &m[c * seq + lo..c * seq + lo + n];
-        for j in 0..n {
-            out[j] += value * column[j];
+        let column = &m[c * seq + lo + whole..c * seq + lo + n];
+        for j in 0..rest.len() {
+            rest[j] += value * column[j];
+        }
+    }
+    for j in 0..rest.len() {
+        rest[j] *= scale;
+    }
+}
+
+/// `y = Σ_j w[j] · rows[j]` for `rows` `(w.len(), y.len())` read from `first`: per block of
+/// `y`'s values, one pass over the rows accumulating in registers.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn weighted_rows(w: &[f32], rows: &[f32], first: usize, y: &mut [f32]) {
+    let dim = y.len();
+    let whole = dim / KEY_BLOCK * KEY_BLOCK;
+    for start in (0..whole).step_by(KEY_BLOCK) {
+        let mut acc = [0f32; KEY_BLOCK];
+        for j in 0..w.len() {
+            let at = (first + j) * dim + start;
+            let row = &rows[at..at + KEY_BLOCK];
+            for c in 0..KEY_BLOCK {
+                acc[c] += w[j] * row[c];
+            }
+        }
+        y[start..whole.min(start + KEY_BLOCK)].copy_from_slice(&acc);
+    }
+    let rest = &mut y[whole..];
+    rest.fill(0.0);
+    for j in 0..w.len() {
+        let at = (first + j) * dim;
+        let row = &rows[at + whole..at + dim];
+        for c in 0..rest.len() {
+            rest[c] += w[j] * row[c];
         }
     }
 }
@@ -626,6 +667,9 @@ mod tests {
         check(2, 6, 2, 13, 16, causal(2, 13));
         check(1, 3, 1, 1, 4, causal(1, 1));
         check(3, 9, 3, 31, 64, causal(3, 31));
+        // Rows past one block of keys, and a head wider than one block of values.
+        check(1, 4, 2, 150, 64, causal(1, 150));
+        check(1, 2, 1, 70, 80, causal(1, 70));
     }
 
     #[test]
