@@ -448,6 +448,9 @@ pub(super) struct Masks {
     pub(super) packed: Option<Packed>,
 }
 
+/// Additive masks by sliding window (`None`: causal).
+type WindowMasks = Vec<(Option<usize>, Tensor)>;
+
 /// Examples packed into rows: per token of `(batch, seq)`, where its example starts in the row
 /// (the first key it may read) and its position within the example (its rotary angle).
 #[derive(Debug, Clone)]
@@ -456,7 +459,7 @@ pub(super) struct Packed {
     positions: Arc<[u32]>,
     /// Additive masks `(batch, 1, seq, seq)` by window, built once per pass where the fused
     /// attention does not run (a GPU).
-    masks: Arc<std::sync::Mutex<Vec<(Option<usize>, Tensor)>>>,
+    masks: Arc<std::sync::Mutex<WindowMasks>>,
 }
 
 impl Packed {
