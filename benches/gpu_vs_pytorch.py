@@ -8,7 +8,7 @@ needs (the CUDA kefu, each model's config and tokenizer, the data) into one fold
 `benches/gpu_run.sh` hands to this script. Random weights of each real architecture are drawn
 here (seeded, bf16 safetensors) and both frameworks load that same folder.
 
-    python3 benches/gpu_vs_pytorch.py DIR [--steps N] [--only sft,dpo,decode]
+    python3 benches/gpu_vs_pytorch.py DIR [--steps N] [--only sft,dpo,decode] [--lengths 512,2048]
 """
 
 import argparse
@@ -53,8 +53,12 @@ def measured(cmd, env=None):
         done.set()
         sampler.join()
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:4])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        raise Failed(f"{' '.join(cmd[:4])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout, proc.stderr, peak[0] - base
+
+
+class Failed(Exception):
+    """A run that exited with an error (out of memory, most often): a row says so."""
 
 
 # ---------------------------------------------------------------- PyTorch side (subprocesses)
@@ -224,6 +228,9 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--only", default="decode,sft,dpo")
     parser.add_argument("--models", default="smollm2-135m,qwen2.5-0.5b")
+    # Training sequence lengths; a step holds 4,096 tokens (SFT) or 2,048 per side (DPO)
+    # whatever the length: 8 × 512, 2 × 2,048.
+    parser.add_argument("--lengths", default="512")
     args = parser.parse_args()
     kefu = os.path.join(args.dir, "kefu")
     work = tempfile.mkdtemp()
@@ -242,19 +249,36 @@ def main():
                 k = kefu_decode(kefu, model_dir, batch, 256)
                 p = peer(f"decode{batch}", model_dir, None, 0, batch, 256)
                 rows.append((f"decode tok/s, batch {batch}", k, p))
-        if "sft" in only:
-            data = os.path.join(args.dir, "sft.jsonl")
-            k = kefu_train(kefu, "sft", model_dir, data, args.steps, 8, 512, work)
-            p = peer("sft", model_dir, data, args.steps, 8, 512)
-            rows.append(("SFT tok/s, 8×512", k, p))
-        if "dpo" in only:
-            data = os.path.join(args.dir, "dpo.jsonl")
-            k = kefu_train(kefu, "dpo", model_dir, data, args.steps, 4, 512, work)
-            p = peer("dpo", model_dir, data, args.steps, 4, 512)
-            rows.append(("DPO tok/s, 4 pairs×512", k, p))
-        for work_name, (k_rate, k_mem), (p_rate, p_mem) in rows:
+        for length in map(int, args.lengths.split(",")):
+            for stage, per_step, label in (("sft", 4096, "SFT"), ("dpo", 2048, "DPO")):
+                if stage not in only:
+                    continue
+                batch = max(1, per_step // length)
+                data = os.path.join(args.dir, f"{stage}.jsonl")
+                shape = f"{batch}×{length}" if stage == "sft" else f"{batch} pairs×{length}"
+                rows.append((f"{label} tok/s, {shape}",
+                             attempt(lambda: kefu_train(kefu, stage, model_dir, data, args.steps,
+                                                        batch, length, work)),
+                             attempt(lambda: peer(stage, model_dir, data, args.steps, batch,
+                                                  length))))
+        for work_name, kefu_row, peer_row in rows:
+            if kefu_row is None or peer_row is None:
+                who = " and ".join(n for n, r in (("kefu", kefu_row), ("pytorch", peer_row))
+                                   if r is None)
+                print(f"{name:14} {work_name:22} {who} failed (see above)", flush=True)
+                continue
+            (k_rate, k_mem), (p_rate, p_mem) = kefu_row, peer_row
             print(f"{name:14} {work_name:22} {k_rate:10.1f} {p_rate:10.1f} {k_rate / p_rate:6.2f}x "
                   f"{k_mem:9d} {p_mem:9d} {k_mem / max(p_mem, 1):8.2f}x", flush=True)
+
+
+def attempt(run):
+    """`run()`, or None when it failed (its error printed)."""
+    try:
+        return run()
+    except Failed as failure:
+        print(str(failure)[-1500:], file=sys.stderr, flush=True)
+        return None
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ docs = []
 for folder, _, files in sorted(os.walk(root)):
     for f in sorted(files):
         text = open(os.path.join(folder, f), encoding="utf-8", errors="replace").read()
+        # Long enough to fill 2,048 tokens (the --lengths 512,2048 runs).
         if len(text) > 6000:
-            docs.append((os.path.splitext(f)[0].replace("-", " "), text[:6000]))
+            docs.append((os.path.splitext(f)[0].replace("-", " "), text[:12000]))
 with open(f"{out}/sft.jsonl", "w") as sft, open(f"{out}/dpo.jsonl", "w") as dpo:
     for i, (title, text) in enumerate(docs):
         question = f"What does the guide say about {title}?"

@@ -260,3 +260,38 @@ fn a_short_sft_run_on_the_gpu_follows_the_cpu_loss_curve() {
         assert!((e - a).abs() <= 0.03 * e.abs().max(1.0), "{e} against {a}");
     }
 }
+
+/// Packed rows on the GPU (the masked-scores attention, not the CPU's fused op): a batch whose
+/// short examples share rows scores each example as it scores alone, and as the CPU does.
+#[test]
+fn packed_examples_on_the_gpu_score_as_they_do_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_path(dir.path());
+    let (cpu, gpu) = (on_cpu(&path), on_gpu(&path));
+    let mut batch = examples(&gpu);
+    // One long example (two of the others back to back), so the short ones share rows.
+    let mut long = batch[0].clone();
+    long.input.extend(batch[1].input.clone());
+    long.targets.extend(batch[1].targets.clone());
+    batch.push(long);
+    let refs: Vec<&Tokenized> = batch.iter().collect();
+    let (together, _) = sft::answer_logprobs(&gpu, &refs).unwrap();
+    let together: Vec<f32> = together.to_device(&Device::Cpu).unwrap().to_vec1().unwrap();
+    let mut worst_alone = 0f32;
+    let mut worst_cpu = 0f32;
+    for (i, e) in batch.iter().enumerate() {
+        let (alone, _) = sft::answer_logprobs(&gpu, &[e]).unwrap();
+        let alone: f32 = alone.to_device(&Device::Cpu).unwrap().to_vec1().unwrap()[0];
+        let (reference, _) = sft::answer_logprobs(&cpu, &[e]).unwrap();
+        let reference: f32 = reference.to_vec1().unwrap()[0];
+        worst_alone = worst_alone.max((alone - together[i]).abs() / alone.abs().max(1.0));
+        worst_cpu = worst_cpu.max((reference - together[i]).abs() / reference.abs().max(1.0));
+    }
+    println!(
+        "packed on the GPU: worst relative difference {worst_alone:.4} from each example alone, \
+         {worst_cpu:.4} from the CPU"
+    );
+    // bf16 activations: rows of different lengths round differently.
+    assert!(worst_alone < 0.02, "{worst_alone}");
+    assert!(worst_cpu < 0.05, "{worst_cpu}");
+}
