@@ -18,8 +18,8 @@
 use half::f16;
 
 use crate::fused::attention::{
-    HeadGradInputs, HeadInputs, backward_head_lanes, forward_head_lanes, log_sum_exp_lanes,
-    softmax_times_lanes,
+    Fused, HeadGradInputs, HeadInputs, Separate, backward_head_lanes, forward_head_lanes,
+    log_sum_exp_lanes, softmax_times_lanes,
 };
 
 /// Rows of a tile (one 512-bit register of `i32` lanes).
@@ -306,13 +306,13 @@ pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
         // SAFETY: the CPU has the feature the function is compiled for.
         return unsafe { log_sum_exp_avx512(row) };
     }
-    log_sum_exp_lanes(row)
+    log_sum_exp_lanes::<Separate>(row)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn log_sum_exp_avx512(row: &[f32]) -> f32 {
-    log_sum_exp_lanes(row)
+    log_sum_exp_lanes::<Fused>(row)
 }
 
 /// `row ← scale · softmax(row)` in place, compiled for AVX-512 where the CPU has it.
@@ -322,13 +322,13 @@ pub(crate) fn softmax_times(row: &mut [f32], scale: f32) {
         // SAFETY: the CPU has the feature the function is compiled for.
         return unsafe { softmax_times_avx512(row, scale) };
     }
-    softmax_times_lanes(row, scale)
+    softmax_times_lanes::<Separate>(row, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_times_avx512(row: &mut [f32], scale: f32) {
-    softmax_times_lanes(row, scale)
+    softmax_times_lanes::<Fused>(row, scale)
 }
 
 /// [`crate::fused::attention`]'s forward kernel for one head, compiled for AVX-512 (or AVX2
@@ -346,19 +346,19 @@ pub(crate) fn attention_forward_head(x: HeadInputs, out: &mut [f32], lse: &mut [
             return unsafe { attention_forward_head_avx2(x, out, lse) };
         }
     }
-    forward_head_lanes(x, out, lse)
+    forward_head_lanes::<Separate>(x, out, lse)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attention_forward_head_avx512(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
-    forward_head_lanes(x, out, lse)
+    forward_head_lanes::<Fused>(x, out, lse)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attention_forward_head_avx2(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
-    forward_head_lanes(x, out, lse)
+    forward_head_lanes::<Fused>(x, out, lse)
 }
 
 /// [`crate::fused::attention`]'s backward kernel for one head, compiled like the forward one.
@@ -380,7 +380,7 @@ pub(crate) fn attention_backward_head(
             return unsafe { attention_backward_head_avx2(x, dq, dk, dv) };
         }
     }
-    backward_head_lanes(x, dq, dk, dv)
+    backward_head_lanes::<Separate>(x, dq, dk, dv)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -391,7 +391,7 @@ unsafe fn attention_backward_head_avx512(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    backward_head_lanes(x, dq, dk, dv)
+    backward_head_lanes::<Fused>(x, dq, dk, dv)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -402,7 +402,7 @@ unsafe fn attention_backward_head_avx2(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    backward_head_lanes(x, dq, dk, dv)
+    backward_head_lanes::<Fused>(x, dq, dk, dv)
 }
 
 /// One attention head for one query: `y = softmax(scale · q·Kᵀ) · V` over `len` positions,

@@ -317,6 +317,34 @@ pub(crate) struct HeadGradInputs<'a> {
     pub(crate) scale: f32,
 }
 
+/// How the kernels multiply and add: one fused instruction where the CPU has FMA (the
+/// wrappers compiled for AVX-512 or AVX2 + FMA), a multiply and an add elsewhere (a fused
+/// multiply-add without the instruction is a slow library call). Rust never fuses `a * b + c`
+/// on its own.
+pub(crate) trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `a · b + c` in one rounding (the FMA instruction).
+pub(crate) struct Fused;
+
+/// `a · b + c` in two roundings.
+pub(crate) struct Separate;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
 // The kernels below are plain loops, inlined into `q8.rs`'s wrappers compiled for the CPU's
 // vector extensions (iterator adapters would become functions of their own, compiled without
 // them).
@@ -324,22 +352,22 @@ pub(crate) struct HeadGradInputs<'a> {
 /// One head's output rows and their log-sum-exps.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-pub(crate) fn forward_head_lanes(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
+pub(crate) fn forward_head_lanes<M: MulAdd>(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
     let (dim, seq) = (x.dim, x.first.len());
     let mut scores = vec![0f32; seq];
     for i in 0..seq {
         let lo = x.first[i] as usize;
         let n = i + 1 - lo;
         let s = &mut scores[..n];
-        scores_of(&x.q[i * dim..(i + 1) * dim], x.kt, seq, lo, x.scale, s);
+        scores_of::<M>(&x.q[i * dim..(i + 1) * dim], x.kt, seq, lo, x.scale, s);
         let max = max_of(s);
-        let total = exp_in_place(s, max);
+        let total = exp_in_place::<M>(s, max);
         lse[i] = max + total.ln();
         let inv = 1.0 / total;
         for j in 0..n {
             s[j] *= inv;
         }
-        weighted_rows(s, x.v, lo, &mut out[i * dim..(i + 1) * dim]);
+        weighted_rows::<M>(s, x.v, lo, &mut out[i * dim..(i + 1) * dim]);
     }
 }
 
@@ -347,7 +375,7 @@ pub(crate) fn forward_head_lanes(x: HeadInputs, out: &mut [f32], lse: &mut [f32]
 /// gradients (added to `dk`, `dv`).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-pub(crate) fn backward_head_lanes(
+pub(crate) fn backward_head_lanes<M: MulAdd>(
     x: HeadGradInputs,
     dq: &mut [f32],
     dk: &mut [f32],
@@ -363,30 +391,30 @@ pub(crate) fn backward_head_lanes(
         let (q, g, o) = (&x.q[row.clone()], &x.grad[row.clone()], &x.out[row.clone()]);
         // The probabilities again, from the scores and the row's log-sum-exp.
         let p = &mut probs[..n];
-        scores_of(q, x.kt, seq, lo, x.scale, p);
+        scores_of::<M>(q, x.kt, seq, lo, x.scale, p);
         let lse = x.lse[i];
         for j in 0..n {
-            p[j] = exp(p[j] - lse);
+            p[j] = exp::<M>(p[j] - lse);
         }
         // dP = dO·Vᵀ, and dS = P ∘ (dP − rowsum(dO ∘ O)), times the scale for dQ and dK.
         let ds = &mut dots[..n];
-        scores_of(g, x.vt, seq, lo, 1.0, ds);
+        scores_of::<M>(g, x.vt, seq, lo, 1.0, ds);
         let mut delta = 0f32;
         for c in 0..dim {
-            delta += g[c] * o[c];
+            delta = M::mul_add(g[c], o[c], delta);
         }
         for j in 0..n {
             ds[j] = p[j] * (ds[j] - delta) * x.scale;
         }
-        weighted_rows(ds, x.k, lo, &mut dq[row]);
+        weighted_rows::<M>(ds, x.k, lo, &mut dq[row]);
         for j in 0..n {
             let key = lo + j;
             let (w, pj) = (ds[j], p[j]);
             let dk = &mut dk[key * dim..(key + 1) * dim];
             let dv = &mut dv[key * dim..(key + 1) * dim];
             for c in 0..dim {
-                dk[c] += w * q[c];
-                dv[c] += pj * g[c];
+                dk[c] = M::mul_add(w, q[c], dk[c]);
+                dv[c] = M::mul_add(pj, g[c], dv[c]);
             }
         }
     }
@@ -400,7 +428,7 @@ const KEY_BLOCK: usize = 4 * LANES;
 /// keys, one pass over `a` accumulating in registers.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn scores_of(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut [f32]) {
+fn scores_of<M: MulAdd>(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut [f32]) {
     let n = out.len();
     let whole = n / KEY_BLOCK * KEY_BLOCK;
     for start in (0..whole).step_by(KEY_BLOCK) {
@@ -408,7 +436,7 @@ fn scores_of(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut 
         for (c, &value) in a.iter().enumerate() {
             let column = &m[c * seq + lo + start..c * seq + lo + start + KEY_BLOCK];
             for j in 0..KEY_BLOCK {
-                acc[j] += value * column[j];
+                acc[j] = M::mul_add(value, column[j], acc[j]);
             }
         }
         for j in 0..KEY_BLOCK {
@@ -420,7 +448,7 @@ fn scores_of(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut 
     for (c, &value) in a.iter().enumerate() {
         let column = &m[c * seq + lo + whole..c * seq + lo + n];
         for j in 0..rest.len() {
-            rest[j] += value * column[j];
+            rest[j] = M::mul_add(value, column[j], rest[j]);
         }
     }
     for j in 0..rest.len() {
@@ -432,7 +460,7 @@ fn scores_of(a: &[f32], m: &[f32], seq: usize, lo: usize, scale: f32, out: &mut 
 /// `y`'s values, one pass over the rows accumulating in registers.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn weighted_rows(w: &[f32], rows: &[f32], first: usize, y: &mut [f32]) {
+fn weighted_rows<M: MulAdd>(w: &[f32], rows: &[f32], first: usize, y: &mut [f32]) {
     let dim = y.len();
     let whole = dim / KEY_BLOCK * KEY_BLOCK;
     for start in (0..whole).step_by(KEY_BLOCK) {
@@ -441,7 +469,7 @@ fn weighted_rows(w: &[f32], rows: &[f32], first: usize, y: &mut [f32]) {
             let at = (first + j) * dim + start;
             let row = &rows[at..at + KEY_BLOCK];
             for c in 0..KEY_BLOCK {
-                acc[c] += w[j] * row[c];
+                acc[c] = M::mul_add(w[j], row[c], acc[c]);
             }
         }
         y[start..whole.min(start + KEY_BLOCK)].copy_from_slice(&acc);
@@ -452,24 +480,24 @@ fn weighted_rows(w: &[f32], rows: &[f32], first: usize, y: &mut [f32]) {
         let at = (first + j) * dim;
         let row = &rows[at + whole..at + dim];
         for c in 0..rest.len() {
-            rest[c] += w[j] * row[c];
+            rest[c] = M::mul_add(w[j], row[c], rest[c]);
         }
     }
 }
 
 /// `log Σ eˣ` over `row`.
 #[inline(always)]
-pub(crate) fn log_sum_exp_lanes(row: &[f32]) -> f32 {
+pub(crate) fn log_sum_exp_lanes<M: MulAdd>(row: &[f32]) -> f32 {
     let max = max_of(row);
-    max + exp_sum(row, max).ln()
+    max + exp_sum::<M>(row, max).ln()
 }
 
 /// `row ← scale · softmax(row)`, in place.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-pub(crate) fn softmax_times_lanes(row: &mut [f32], scale: f32) {
+pub(crate) fn softmax_times_lanes<M: MulAdd>(row: &mut [f32], scale: f32) {
     let max = max_of(row);
-    let factor = scale / exp_in_place(row, max);
+    let factor = scale / exp_in_place::<M>(row, max);
     for i in 0..row.len() {
         row[i] *= factor;
     }
@@ -503,12 +531,12 @@ fn max_of(x: &[f32]) -> f32 {
 /// `Σ e^(x − shift)`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn exp_sum(x: &[f32], shift: f32) -> f32 {
+fn exp_sum<M: MulAdd>(x: &[f32], shift: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let whole = x.len() / LANES * LANES;
     for at in (0..whole).step_by(LANES) {
         for l in 0..LANES {
-            lanes[l] += exp(x[at + l] - shift);
+            lanes[l] += exp::<M>(x[at + l] - shift);
         }
     }
     let mut total = 0f32;
@@ -516,7 +544,7 @@ fn exp_sum(x: &[f32], shift: f32) -> f32 {
         total += lanes[l];
     }
     for i in whole..x.len() {
-        total += exp(x[i] - shift);
+        total += exp::<M>(x[i] - shift);
     }
     total
 }
@@ -524,12 +552,12 @@ fn exp_sum(x: &[f32], shift: f32) -> f32 {
 /// `x ← e^(x − shift)`, returning the sum.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn exp_in_place(x: &mut [f32], shift: f32) -> f32 {
+fn exp_in_place<M: MulAdd>(x: &mut [f32], shift: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let whole = x.len() / LANES * LANES;
     for at in (0..whole).step_by(LANES) {
         for l in 0..LANES {
-            let e = exp(x[at + l] - shift);
+            let e = exp::<M>(x[at + l] - shift);
             x[at + l] = e;
             lanes[l] += e;
         }
@@ -539,7 +567,7 @@ fn exp_in_place(x: &mut [f32], shift: f32) -> f32 {
         total += lanes[l];
     }
     for i in whole..x.len() {
-        x[i] = exp(x[i] - shift);
+        x[i] = exp::<M>(x[i] - shift);
         total += x[i];
     }
     total
@@ -549,7 +577,7 @@ fn exp_in_place(x: &mut [f32], shift: f32) -> f32 {
 /// n·ln 2 + r`, `eʳ` by its degree-6 Taylor-style minimax polynomial on `|r| ≤ ln 2 / 2`, and
 /// `2ⁿ` built in the exponent bits. Below −87 it gives about 1e-38 instead of smaller numbers.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp<M: MulAdd>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -560,12 +588,12 @@ fn exp(x: f32) -> f32 {
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5e-1;
-    let e = (p * r * r + r) + 1.0;
+    let p = M::mul_add(p, r, 1.398_199_9e-3);
+    let p = M::mul_add(p, r, 8.333_452e-3);
+    let p = M::mul_add(p, r, 4.166_579_6e-2);
+    let p = M::mul_add(p, r, 1.666_666_5e-1);
+    let p = M::mul_add(p, r, 5e-1);
+    let e = M::mul_add(p * r, r, r) + 1.0;
     let bits = (t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23;
     e * f32::from_bits(bits as u32)
 }
@@ -708,9 +736,11 @@ mod tests {
     fn exp_agrees_with_the_library_within_two_ulp() {
         for i in 0..=20_000 {
             let x = -87.0 + 87.0 * i as f32 / 20_000.0;
-            let (ours, exact) = (exp(x), x.exp());
-            let ulp = (exact.to_bits() as i64 - ours.to_bits() as i64).abs();
-            assert!(ulp <= 2, "exp({x}): {ours} against {exact} ({ulp} ulp)");
+            let exact = x.exp();
+            for ours in [exp::<Separate>(x), exp::<Fused>(x)] {
+                let ulp = (exact.to_bits() as i64 - ours.to_bits() as i64).abs();
+                assert!(ulp <= 2, "exp({x}): {ours} against {exact} ({ulp} ulp)");
+            }
         }
     }
 }
