@@ -541,15 +541,17 @@ impl Decoder {
         self.hidden_states_of(input_ids, cache, None, mode)
     }
 
-    /// [`Decoder::hidden_states`], of packed rows when `packed` says how they are packed.
+    /// [`Decoder::hidden_states`], of packed rows when `lengths` says how they are packed.
+    /// Training passes always run as packed rows (one example a row unless told otherwise):
+    /// one attention path for training, the fused op where it runs.
     fn hidden_states_of(
         &self,
         input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
-        packed: Option<Packed>,
+        lengths: Option<&[Vec<usize>]>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (_, seq_len) = input_ids.dims2()?;
+        let (batch, seq_len) = input_ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
         if offset + seq_len > self.config.max_position_embeddings {
             return Err(Error::PromptTooLong {
@@ -557,9 +559,13 @@ impl Decoder {
                 context: self.config.max_position_embeddings,
             });
         }
-        let masks = match packed {
-            Some(packed) => Masks::packed(packed),
-            None => self.masks(seq_len, offset)?,
+        let masks = match (lengths, mode, &cache) {
+            (Some(lengths), _, _) => Masks::packed(Packed::new(lengths, seq_len, &self.device)?),
+            (None, Mode::Training, None) => {
+                let whole_rows = vec![vec![seq_len]; batch];
+                Masks::packed(Packed::new(&whole_rows, seq_len, &self.device)?)
+            }
+            _ => self.masks(seq_len, offset)?,
         };
         let mut x = self.embed(input_ids)?;
         // Training passes draw each layer's adapter-dropout masks from a seed of their own, so
@@ -672,27 +678,26 @@ impl Decoder {
         targets: &Tensor,
         lengths: &[Vec<usize>],
     ) -> Result<Tensor> {
-        let (batch, seq_len) = input_ids.dims2()?;
+        let batch = input_ids.dim(0)?;
         if lengths.len() != batch {
             return Err(Error::InvalidParameter(format!(
                 "{} rows of examples for a batch of {batch}",
                 lengths.len()
             )));
         }
-        let packed = Packed::new(lengths, seq_len)?;
         let chunk = crate::loss::chunk_positions(self.config.vocab_size);
-        self.logprobs_of(input_ids, targets, Some(packed), chunk)
+        self.logprobs_of(input_ids, targets, Some(lengths), chunk)
     }
 
     fn logprobs_of(
         &self,
         input_ids: &Tensor,
         targets: &Tensor,
-        packed: Option<Packed>,
+        lengths: Option<&[Vec<usize>]>,
         chunk: usize,
     ) -> Result<Tensor> {
         let chunk = chunk.max(1);
-        let hidden = self.hidden_states_of(input_ids, None, packed, Mode::Training)?;
+        let hidden = self.hidden_states_of(input_ids, None, lengths, Mode::Training)?;
         let (batch, seq_len, width) = hidden.dims3()?;
         let flat = hidden.reshape((batch * seq_len, width))?.contiguous()?;
         let targets = targets.flatten_all()?.to_dtype(DType::U32)?;

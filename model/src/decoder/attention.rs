@@ -79,8 +79,8 @@ impl Rope {
     }
 
     /// Rotates queries and keys of shape `(batch, heads, seq, head_dim)` (half-split, Hugging
-    /// Face layout) with one set of angles.
-    /// Packed examples (`packed`) take each token's position in its own example.
+    /// Face layout) with one set of angles; packed examples (`packed`) take each token's
+    /// position in its own example.
     fn apply(
         &self,
         q: &Tensor,
@@ -91,8 +91,16 @@ impl Rope {
     ) -> Result<(Tensor, Tensor)> {
         let (batch, _, seq_len, _) = q.dims4()?;
         let (cos, sin) = if let Some(packed) = packed {
-            let positions = packed.positions.iter().map(|&p| p as usize);
-            let (cos, sin) = Self::angles_of(&self.inv_freq, positions, q.device(), self.dtype)?;
+            let (cos, sin) = if packed.span <= self.cos.dim(0)? {
+                (
+                    self.cos.index_select(&packed.positions, 0)?,
+                    self.sin.index_select(&packed.positions, 0)?,
+                )
+            } else {
+                let positions = packed.positions.to_vec1::<u32>()?;
+                let positions = positions.iter().map(|&p| p as usize);
+                Self::angles_of(&self.inv_freq, positions, q.device(), self.dtype)?
+            };
             let shape = (batch, seq_len, self.inv_freq.len());
             (cos.reshape(shape)?, sin.reshape(shape)?)
         } else if offset + seq_len <= self.cos.dim(0)? {
@@ -225,21 +233,22 @@ impl Attention {
             .map_err(|_| Error::InvalidConfig("attention needs q, k and v".into()))
     }
 
-    /// The first key each of `seq` queries (from position 0) reads: its example's start
-    /// (`starts`, packed rows; else 0), or its window's start if later.
-    fn first_keys(&self, batch: usize, seq: usize, starts: Option<&[u32]>) -> Arc<[u32]> {
-        (0..batch * seq)
-            .map(|at| {
-                let i = at % seq;
-                let start = starts.map_or(0, |s| s[at] as usize);
-                let window = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
-                start.max(window) as u32
+    /// The first key each query of packed rows of `seq` reads: its example's start, or its
+    /// window's start if later.
+    fn first_keys(&self, packed: &Packed, seq: usize) -> Arc<[u32]> {
+        packed
+            .starts
+            .iter()
+            .enumerate()
+            .map(|(at, &start)| {
+                let window = self.window.map_or(0, |w| (at % seq + 1).saturating_sub(w));
+                (start as usize).max(window) as u32
             })
             .collect()
     }
 
-    /// Attention within each packed example (no cache): the fused op where it runs, else the
-    /// scores masked outside each query's keys.
+    /// Attention within each packed example (no cache; every training pass): the fused op
+    /// where it runs, else the scores masked outside each query's keys.
     fn attend_packed(
         &self,
         q: &Tensor,
@@ -248,8 +257,8 @@ impl Attention {
         packed: &Packed,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (batch, seq_len, _) = q.dims3()?;
-        let first = self.first_keys(batch, seq_len, Some(&packed.starts));
+        let seq_len = q.dim(1)?;
+        let first = self.first_keys(packed, seq_len);
         let (q, k, v) = self.heads(q, k, v, 0, Some(packed), None, mode)?;
         if let Some(y) = self.fused(&q, &k, &v, first.clone(), mode)? {
             return Ok(y);
@@ -305,11 +314,6 @@ impl Attention {
             }
             _ => (k, v),
         };
-        if offset == 0
-            && let Some(y) = self.fused(&q, &k, &v, self.first_keys(batch, seq_len, None), mode)?
-        {
-            return Ok(y);
-        }
         if mode == Mode::Inference
             && seq_len == 1
             && batch == 1
@@ -456,7 +460,10 @@ type WindowMasks = Vec<(Option<usize>, Tensor)>;
 #[derive(Debug, Clone)]
 pub(super) struct Packed {
     starts: Arc<[u32]>,
-    positions: Arc<[u32]>,
+    /// `(batch · seq,)` u32 on the model's device: rows of the rotary tables to read.
+    positions: Tensor,
+    /// One more than the largest position.
+    span: usize,
     /// Additive masks `(batch, 1, seq, seq)` by window, built once per pass where the fused
     /// attention does not run (a GPU).
     masks: Arc<std::sync::Mutex<WindowMasks>>,
@@ -465,7 +472,7 @@ pub(super) struct Packed {
 impl Packed {
     /// Rows of `seq` tokens holding examples of `lengths[b]` tokens each, in order; what is
     /// left of a row after its examples is one more example (padding).
-    pub(super) fn new(lengths: &[Vec<usize>], seq: usize) -> Result<Self> {
+    pub(super) fn new(lengths: &[Vec<usize>], seq: usize, device: &Device) -> Result<Self> {
         let mut starts = Vec::with_capacity(lengths.len() * seq);
         let mut positions = Vec::with_capacity(lengths.len() * seq);
         for row in lengths {
@@ -482,9 +489,11 @@ impl Packed {
                 start += n;
             }
         }
+        let span = positions.iter().max().map_or(0, |&p| p as usize + 1);
         Ok(Self {
             starts: starts.into(),
-            positions: positions.into(),
+            positions: Tensor::new(positions, device)?,
+            span,
             masks: Default::default(),
         })
     }
