@@ -1,6 +1,7 @@
 //! Kefu's own Q8_0 matrix products for x86-64 CPUs with AVX-512 VNNI: the one module of the
 //! model crate that uses `unsafe` (SIMD intrinsics and writes of disjoint output columns from
-//! several threads).
+//! several threads). It also compiles the training kernels of `fused/attention.rs` (safe
+//! loops) for the CPU's vector extensions, chosen at run time (`vector_kernel!`).
 //!
 //! A Q8_0 matrix is packed once, at load time, into tiles of 16 rows × one 32-value block
 //! (`Tile`: each weight stored + 128 as an unsigned byte, four consecutive values of a row side
@@ -299,110 +300,58 @@ unsafe fn kernel<const R: usize>(
     }
 }
 
-/// `log Σ eˣ` over `row` (the training loss's rows), compiled for AVX-512 where the CPU has it.
-pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        return unsafe { log_sum_exp_avx512(row) };
-    }
-    log_sum_exp_lanes::<Separate>(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn log_sum_exp_avx512(row: &[f32]) -> f32 {
-    log_sum_exp_lanes::<Fused>(row)
-}
-
-/// `row ← scale · softmax(row)` in place, compiled for AVX-512 where the CPU has it.
-pub(crate) fn softmax_times(row: &mut [f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        return unsafe { softmax_times_avx512(row, scale) };
-    }
-    softmax_times_lanes::<Separate>(row, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_times_avx512(row: &mut [f32], scale: f32) {
-    softmax_times_lanes::<Fused>(row, scale)
-}
-
-/// [`crate::fused::attention`]'s forward kernel for one head, compiled for AVX-512 (or AVX2
-/// and FMA) where the CPU has it.
-pub(crate) fn attention_forward_head(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { attention_forward_head_avx512(x, out, lse) };
+/// Defines `$name` as `$lanes` (a safe, `#[inline(always)]` loop generic over
+/// [`MulAdd`](crate::fused::attention::MulAdd)) compiled for AVX-512, else AVX2 + FMA, where
+/// the CPU has them (with fused multiply-adds), else as plain code.
+macro_rules! vector_kernel {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $lanes:ident;) => {
+        $(#[$doc])*
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $lanes::<Fused>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $lanes::<Fused>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the feature `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $lanes::<Separate>($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { attention_forward_head_avx2(x, out, lse) };
-        }
-    }
-    forward_head_lanes::<Separate>(x, out, lse)
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attention_forward_head_avx512(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
-    forward_head_lanes::<Fused>(x, out, lse)
+vector_kernel! {
+    /// `log Σ eˣ` over `row` (the training loss's rows).
+    fn log_sum_exp(row: &[f32]) -> f32 = log_sum_exp_lanes;
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attention_forward_head_avx2(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) {
-    forward_head_lanes::<Fused>(x, out, lse)
+vector_kernel! {
+    /// `row ← scale · softmax(row)` in place.
+    fn softmax_times(row: &mut [f32], scale: f32) = softmax_times_lanes;
 }
 
-/// [`crate::fused::attention`]'s backward kernel for one head, compiled like the forward one.
-pub(crate) fn attention_backward_head(
-    x: HeadGradInputs,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { attention_backward_head_avx512(x, dq, dk, dv) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { attention_backward_head_avx2(x, dq, dk, dv) };
-        }
-    }
-    backward_head_lanes::<Separate>(x, dq, dk, dv)
+vector_kernel! {
+    /// [`crate::fused::attention`]'s forward kernel for one head.
+    fn attention_forward_head(x: HeadInputs, out: &mut [f32], lse: &mut [f32]) = forward_head_lanes;
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attention_backward_head_avx512(
-    x: HeadGradInputs,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    backward_head_lanes::<Fused>(x, dq, dk, dv)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attention_backward_head_avx2(
-    x: HeadGradInputs,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    backward_head_lanes::<Fused>(x, dq, dk, dv)
+vector_kernel! {
+    /// [`crate::fused::attention`]'s backward kernel for one head.
+    fn attention_backward_head(x: HeadGradInputs, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32])
+        = backward_head_lanes;
 }
 
 /// One attention head for one query: `y = softmax(scale · q·Kᵀ) · V` over `len` positions,

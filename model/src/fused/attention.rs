@@ -165,11 +165,22 @@ impl CustomOp3 for CausalAttention {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("causal attention: no forward pass".into()))?;
-        let grad = grad.contiguous()?;
-        let read = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
-        let (qv, kv, vv, ov, gv) = (read(q)?, read(k)?, read(v)?, read(out)?, read(&grad)?);
         let d = dims(q.layout(), k.layout(), v.layout())?;
-        let (dq, dk, dv) = backward([&qv, &kv, &vv, &ov, &gv], &lse, &self.first, self.scale, d);
+        // The inputs and output read in place (all contiguous but, perhaps, the gradient).
+        let tensors = {
+            let [q, k, v, out, grad] = [q, k, v, out, grad].map(|t| t.contiguous());
+            [q?, k?, v?, out?, grad?]
+        };
+        let storages = tensors.each_ref().map(|t| t.storage_and_layout());
+        let [qs, ks, vs, os, gs] =
+            storages
+                .each_ref()
+                .map(|(storage, layout)| match crate::fused::on_cpu(storage) {
+                    Some(storage) => contiguous_f32(storage, layout),
+                    None => candle_core::bail!("causal attention: CPU tensors only"),
+                });
+        let inputs = [qs?, ks?, vs?, os?, gs?];
+        let (dq, dk, dv) = backward(inputs, &lse, &self.first, self.scale, d);
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), q.device())?),
             Some(Tensor::from_vec(dk, k.shape(), k.device())?),
@@ -472,7 +483,7 @@ fn weighted_rows<M: MulAdd>(w: &[f32], rows: &[f32], first: usize, y: &mut [f32]
                 acc[c] = M::mul_add(w[j], row[c], acc[c]);
             }
         }
-        y[start..whole.min(start + KEY_BLOCK)].copy_from_slice(&acc);
+        y[start..start + KEY_BLOCK].copy_from_slice(&acc);
     }
     let rest = &mut y[whole..];
     rest.fill(0.0);
