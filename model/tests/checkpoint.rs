@@ -7,8 +7,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::max_abs_diff;
-use kefu_model::testing::{TinySpec, write_tiny_gguf};
-use kefu_model::{Architecture, LoadOptions, LoadedModel, LoraDropout};
+use kefu_model::{Architecture, LoadedModel, LoraDropout};
 
 struct Adapted {
     _dir: tempfile::TempDir,
@@ -20,13 +19,7 @@ struct Adapted {
 /// A tiny model (three layers, a sequence longer than a head is wide) with adapters on every
 /// projection, all sharing one dropout generator.
 fn adapted(architecture: Architecture) -> Adapted {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = TinySpec {
-        layers: 3,
-        ..TinySpec::new(architecture)
-    };
-    let path = write_tiny_gguf(dir.path(), &spec);
-    let mut model = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
+    let (dir, mut model) = common::three_layers(architecture);
     let dropout = LoraDropout::new(0.2, 5);
     let vars = common::attach_adapters(&mut model, Some(dropout.clone()));
     Adapted {

@@ -7,7 +7,6 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::max_abs_diff;
-use kefu_model::testing::{TinySpec, write_tiny_gguf};
 use kefu_model::{Architecture, LoadOptions, LoadedModel};
 
 /// Four examples: their token ids (the targets are the ids shifted by one).
@@ -123,13 +122,7 @@ fn gradients(model: &LoadedModel, vars: &[Var], loss: Tensor) -> Vec<Tensor> {
 #[test]
 fn packed_examples_get_the_values_and_gradients_they_get_alone() {
     for architecture in Architecture::ALL {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = TinySpec {
-            layers: 3,
-            ..TinySpec::new(architecture)
-        };
-        let path = write_tiny_gguf(dir.path(), &spec);
-        let mut model = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
+        let (_dir, mut model) = common::three_layers(architecture);
         let vars = common::attach_adapters(&mut model, None);
         let (values, grads) = alone(&model, &vars);
         for checkpoint in [false, true] {
@@ -158,9 +151,7 @@ fn packed_examples_get_the_values_and_gradients_they_get_alone() {
 
 #[test]
 fn rows_that_do_not_hold_their_examples_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_tiny_gguf(dir.path(), &TinySpec::new(Architecture::Llama));
-    let model = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
+    let (_dir, model) = common::tiny_model(Architecture::Llama, &LoadOptions::default());
     let ids = Tensor::zeros((2, 5), candle_core::DType::U32, &Device::Cpu).unwrap();
     for (lengths, says) in [
         (vec![vec![3, 3], vec![5]], "do not pack"),

@@ -40,10 +40,26 @@ pub fn tiny_model(
     architecture: kefu_model::Architecture,
     options: &kefu_model::LoadOptions,
 ) -> (tempfile::TempDir, LoadedModel) {
+    tiny_model_of(&kefu_model::testing::TinySpec::new(architecture), options)
+}
+
+/// [`tiny_model`] of `spec`.
+pub fn tiny_model_of(
+    spec: &kefu_model::testing::TinySpec,
+    options: &kefu_model::LoadOptions,
+) -> (tempfile::TempDir, LoadedModel) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = kefu_model::testing::TinySpec::new(architecture);
-    let path = kefu_model::testing::write_tiny_gguf(dir.path(), &spec);
+    let path = kefu_model::testing::write_tiny_gguf(dir.path(), spec);
     (dir, LoadedModel::load(&path, options).unwrap())
+}
+
+/// A tiny model of `architecture` with three layers (the folder it is in).
+pub fn three_layers(architecture: kefu_model::Architecture) -> (tempfile::TempDir, LoadedModel) {
+    let spec = kefu_model::testing::TinySpec {
+        layers: 3,
+        ..kefu_model::testing::TinySpec::new(architecture)
+    };
+    tiny_model_of(&spec, &kefu_model::LoadOptions::default())
 }
 
 /// Largest absolute difference between two tensors of the same shape.
