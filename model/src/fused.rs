@@ -56,6 +56,20 @@ pub(crate) fn on_cpu(storage: &Storage) -> Option<&CpuStorage> {
     }
 }
 
+/// The values of a contiguous f32 CPU storage under `layout` (an error for anything else).
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("f32 tensors only")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("contiguous tensors only"),
+    }
+}
+
 /// A tensor's storage if it lives on a CUDA GPU.
 #[cfg(feature = "cuda")]
 pub(crate) fn on_cuda(storage: &Storage) -> Option<&candle_core::CudaStorage> {

@@ -101,14 +101,12 @@ pub(crate) fn target_values(
 /// `None` elsewhere.
 fn picked_in_place(logits: &Tensor, targets: &[u32]) -> Result<Option<Vec<f32>>> {
     let (storage, layout) = logits.storage_and_layout();
-    let Some(CpuStorage::F32(data)) = crate::fused::on_cpu(&storage) else {
+    let Some(storage) = crate::fused::on_cpu(&storage) else {
         return Ok(None);
     };
-    let Some((begin, end)) = layout.contiguous_offsets() else {
-        return Ok(None);
-    };
+    let data = crate::fused::contiguous_f32(storage, layout)?;
     let (n, vocab) = layout.shape().dims2()?;
-    let data = &data[begin..end];
+    check_targets(targets, n, vocab)?;
     let mut out = vec![0f32; n];
     crate::q8::for_each_row(&mut out, 1, |r, value| {
         let row = &data[r * vocab..(r + 1) * vocab];
@@ -137,11 +135,9 @@ impl InplaceOp1 for LogitsGrad {
             candle_core::bail!("logits-grad: contiguous logits only")
         };
         let (n, vocab) = layout.shape().dims2()?;
-        if self.targets.len() != n || self.grads.len() != n {
-            candle_core::bail!("logits-grad: {n} rows, {} targets", self.targets.len())
-        }
-        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
-            candle_core::bail!("logits-grad: target {t} outside a vocabulary of {vocab}")
+        check_targets(&self.targets, n, vocab)?;
+        if self.grads.len() != n {
+            candle_core::bail!("logits-grad: {n} rows, {} gradients", self.grads.len())
         }
         crate::q8::for_each_row(&mut data[begin..end], vocab, |r, row| {
             crate::q8::softmax_times(row, -self.grads[r]);
@@ -149,4 +145,15 @@ impl InplaceOp1 for LogitsGrad {
         });
         Ok(())
     }
+}
+
+/// One target per row of `(rows, vocab)` logits, each inside the vocabulary.
+fn check_targets(targets: &[u32], rows: usize, vocab: usize) -> candle_core::Result<()> {
+    if targets.len() != rows {
+        candle_core::bail!("{rows} rows of logits, {} targets", targets.len())
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("target {t} outside a vocabulary of {vocab}")
+    }
+    Ok(())
 }

@@ -76,16 +76,6 @@ pub(crate) fn causal_attention(
     )?))
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("causal attention: f32 tensors only")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("causal attention: contiguous tensors only"),
-    }
-}
-
 fn dims(q: &Layout, k: &Layout, v: &Layout) -> candle_core::Result<Dims> {
     let (batch, heads, seq, dim) = q.shape().dims4()?;
     let (kb, kv_heads, ks, kd) = k.shape().dims4()?;
@@ -142,9 +132,9 @@ impl CustomOp3 for CausalAttention {
         let d = dims(ql, kl, vl)?;
         self.check_first(&d)?;
         let (q, k, v) = (
-            contiguous_f32(q, ql)?,
-            contiguous_f32(k, kl)?,
-            contiguous_f32(v, vl)?,
+            crate::fused::contiguous_f32(q, ql)?,
+            crate::fused::contiguous_f32(k, kl)?,
+            crate::fused::contiguous_f32(v, vl)?,
         );
         let (out, lse) = forward(q, k, v, &self.first, self.scale, d);
         *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(lse));
@@ -176,7 +166,7 @@ impl CustomOp3 for CausalAttention {
             storages
                 .each_ref()
                 .map(|(storage, layout)| match crate::fused::on_cpu(storage) {
-                    Some(storage) => contiguous_f32(storage, layout),
+                    Some(storage) => crate::fused::contiguous_f32(storage, layout),
                     None => candle_core::bail!("causal attention: CPU tensors only"),
                 });
         let inputs = [qs?, ks?, vs?, os?, gs?];
