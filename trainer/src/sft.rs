@@ -13,15 +13,14 @@ use crate::run::{BatchLoss, Evaluation, Objective, Report, TrainConfig, train_lo
 
 /// A batch laid out for one forward pass: examples packed into rows as long as the longest
 /// (each attends only to itself, so padding between examples costs no compute).
-struct Packed {
+struct Batch {
     input: Tensor,
     targets: Tensor,
-    /// 1 where a position has a target.
-    mask: Tensor,
     /// Per row, its examples' lengths in order.
     lengths: Vec<Vec<usize>>,
-    /// `(rows × len, examples)`: which example each position belongs to (one-hot), to sum
-    /// each example's log-probabilities in the batch's order.
+    /// `(rows × len, examples)`: 1 where a position has a target of that example (prompt
+    /// tokens and padding have none), to sum each example's log-probabilities in the batch's
+    /// order.
     owner: Tensor,
     counted: usize,
 }
@@ -45,15 +44,14 @@ fn pack(lengths: &[usize]) -> Vec<Vec<usize>> {
     rows.into_iter().map(|(_, row)| row).collect()
 }
 
-/// The batch packed (see [`Packed`]).
-fn collate(examples: &[&Tokenized], device: &Device) -> Result<Packed> {
+/// The batch packed (see [`Batch`]).
+fn collate(examples: &[&Tokenized], device: &Device) -> Result<Batch> {
     let sizes: Vec<usize> = examples.iter().map(|e| e.input.len().max(1)).collect();
     let len = sizes.iter().copied().max().unwrap_or(1);
     let rows = pack(&sizes);
     let cells = rows.len() * len;
     let mut input = vec![0u32; cells];
     let mut targets = vec![0u32; cells];
-    let mut mask = vec![0f32; cells];
     let mut owner = vec![0f32; cells * examples.len()];
     let mut counted = 0;
     for (r, row) in rows.iter().enumerate() {
@@ -64,19 +62,17 @@ fn collate(examples: &[&Tokenized], device: &Device) -> Result<Packed> {
                 input[at + p] = e.input.get(p).copied().unwrap_or(0);
                 if let Some(target) = e.targets.get(p).copied().flatten() {
                     targets[at + p] = target;
-                    mask[at + p] = 1.0;
+                    owner[(at + p) * examples.len() + i] = 1.0;
                     counted += 1;
                 }
-                owner[(at + p) * examples.len() + i] = 1.0;
             }
             at += sizes[i];
         }
     }
     let shape = (rows.len(), len);
-    Ok(Packed {
+    Ok(Batch {
         input: Tensor::from_vec(input, shape, device)?,
         targets: Tensor::from_vec(targets, shape, device)?,
-        mask: Tensor::from_vec(mask, shape, device)?,
         lengths: rows
             .iter()
             .map(|row| row.iter().map(|&i| sizes[i]).collect())
@@ -95,8 +91,11 @@ pub fn answer_logprobs(model: &LoadedModel, examples: &[&Tokenized]) -> Result<(
         model
             .decoder
             .target_logprobs_packed(&batch.input, &batch.targets, &batch.lengths)?;
-    let per_position = (picked * &batch.mask)?.flatten_all()?.unsqueeze(0)?;
-    let sums = per_position.matmul(&batch.owner)?.squeeze(0)?;
+    let sums = picked
+        .flatten_all()?
+        .unsqueeze(0)?
+        .matmul(&batch.owner)?
+        .squeeze(0)?;
     Ok((sums, batch.counted))
 }
 
