@@ -260,7 +260,7 @@ impl Attention {
         let seq_len = q.dim(1)?;
         let first = self.first_keys(packed, seq_len);
         let (q, k, v) = self.heads(q, k, v, 0, Some(packed), None, mode)?;
-        if let Some(y) = self.fused(&q, &k, &v, first.clone(), mode)? {
+        if let Some(y) = self.fused(&q, &k, &v, first.clone())? {
             return Ok(y);
         }
         let mask = packed.mask(self.window, &first, seq_len, q.device(), q.dtype())?;
@@ -268,18 +268,14 @@ impl Attention {
     }
 
     /// The fused training op on `(batch, heads, seq, head_dim)` heads, `(batch, seq, heads *
-    /// head_dim)` out; `None` where it does not run (inference, not f32 on the CPU).
+    /// head_dim)` out; `None` where it does not run (not f32 on the CPU).
     fn fused(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         first: Arc<[u32]>,
-        mode: Mode,
     ) -> Result<Option<Tensor>> {
-        if mode != Mode::Training {
-            return Ok(None);
-        }
         let Some(y) = crate::fused::attention::causal_attention(q, k, v, self.scale, first)? else {
             return Ok(None);
         };
