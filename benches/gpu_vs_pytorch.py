@@ -69,7 +69,10 @@ def peer_main(task, model_dir, data, steps, batch, max_len):
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda()
+    # PyTorch's fastest attention here: SDPA (its flash / memory-efficient kernels on this GPU).
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
+                                                 attn_implementation="sdpa").cuda()
+    print(f"peer attention: {model.config._attn_implementation}", file=sys.stderr, flush=True)
     if task.startswith("decode"):
         prompt = chat_ids(tok, [{"role": "user", "content": "Tell me about your return policy."}], True)
         ids = torch.tensor([prompt] * batch, device="cuda")
@@ -212,9 +215,17 @@ def kefu_train(kefu, stage, model_dir, data, steps, batch, max_len, work):
     return statistics.median(rates[1:] or rates), peak
 
 
+SAID = set()
+
+
 def peer(task, model_dir, data, steps, batch, max_len):
-    out, _, peak = measured([sys.executable, __file__, "--peer", task, model_dir, data or "-",
-                             str(steps), str(batch), str(max_len)])
+    out, err, peak = measured([sys.executable, __file__, "--peer", task, model_dir, data or "-",
+                               str(steps), str(batch), str(max_len)])
+    # Which attention the peer ran, once.
+    for line in err.splitlines():
+        if line.startswith("peer attention:") and line not in SAID:
+            SAID.add(line)
+            print(f"# {line}", flush=True)
     return json.loads(out.strip().splitlines()[-1])["rate"], peak
 
 

@@ -18,7 +18,9 @@ OUT=.gpu
 mkdir -p "$OUT"
 
 cargo build --release -p server --bin kefu >&2
-KEFU="$CARGO_TARGET_DIR/release/kefu"
+# A copy: the CUDA build below replaces the target folder's kefu until the next plain build.
+KEFU=$(mktemp -d)/kefu
+cp "$CARGO_TARGET_DIR/release/kefu" "$KEFU"
 scripts/build-cuda.sh "$HOME/.cache/kefu/cuda" --tests >&2
 xz -T2 -6 -c "$HOME/.cache/kefu/cuda/kefu" >"$OUT/kefu.xz"
 xz -T2 -6 -c "$HOME/.cache/kefu/cuda/gpu-tests" >"$OUT/gpu-tests.xz"

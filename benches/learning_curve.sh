@@ -15,7 +15,8 @@
 # Environment: MODEL (the chat model, default: the default model), RECIPE (a recipe.toml for
 # the worker; default: the built-in one), MAX_TOKENS (answer length, 256), TRAIN_LIMIT /
 # TEST_LIMIT (questions per iteration / evaluated; all by default), GOOD_F1 (0.5), NOISE (0.1),
-# DEVICE (cpu, cuda), OUT (where the figures go).
+# DEVICE (cpu, cuda), OUT (where the figures go), KEFU (a kefu binary to use as it is; default:
+# the workspace's release build, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QA=$(realpath "${1:?QA_FILE}")
@@ -25,8 +26,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}
 MODELS=${KEFU_MODELS:-$HOME/.cache/kefu/models}
 OUT=$(realpath -m "${OUT:-$(mktemp -d)}")
 mkdir -p "$OUT"
-cargo build --release --workspace --all-targets >&2
-export KEFU="$CARGO_TARGET_DIR/release/kefu"
+if [ -z "${KEFU:-}" ]; then
+  cargo build --release --workspace --all-targets >&2
+  KEFU="$CARGO_TARGET_DIR/release/kefu"
+fi
+export KEFU
 HOME_DIR=$(mktemp -d)
 mkdir -p "$MODELS"
 ln -s "$MODELS" "$HOME_DIR/models"

@@ -410,3 +410,62 @@ pub fn write_hf_folder(gguf: &Path, dir: &Path) -> std::collections::HashMap<Str
     .expect("write tokenizer_config.json");
     tensors
 }
+
+/// Causal attention in candle's elementary ops (full scores, an additive mask, softmax, keys
+/// and values repeated per group): the reference the training attention op is tested against.
+/// q `(batch, heads, seq, dim)`, k and v `(batch, kv_heads, seq, dim)`; query `i` of row `b`
+/// reads keys `first[b * seq + i] ..= i`.
+pub fn reference_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    first: &[u32],
+) -> Tensor {
+    let (batch, heads, seq, _) = q.dims4().unwrap();
+    let group = heads / k.dim(1).unwrap();
+    let repeat = |t: &Tensor| {
+        let (b, kv, s, d) = t.dims4().unwrap();
+        t.unsqueeze(2)
+            .unwrap()
+            .broadcast_as((b, kv, group, s, d))
+            .unwrap()
+            .reshape((b, kv * group, s, d))
+            .unwrap()
+    };
+    let (k, v) = (repeat(k), repeat(v));
+    let mask: Vec<f32> = (0..batch * seq)
+        .flat_map(|at| {
+            let (b, i) = (at / seq, at % seq);
+            (0..seq).map(move |j| (b, i, j))
+        })
+        .map(|(b, i, j)| {
+            if j > i || j < first[b * seq + i] as usize {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (batch, 1, seq, seq), q.device()).unwrap();
+    let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+        .unwrap()
+        .broadcast_add(&mask)
+        .unwrap();
+    candle_nn::ops::softmax(&scores, candle_core::D::Minus1)
+        .unwrap()
+        .matmul(&v)
+        .unwrap()
+}
+
+/// The training attention op (`None` where it does not run: see `fused::attention`), for the
+/// GPU tests of the crates above.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    first: &[u32],
+) -> crate::Result<Option<Tensor>> {
+    crate::fused::attention::causal_attention(q, k, v, scale, first.into())
+}

@@ -1,13 +1,14 @@
 //! GPU correctness, in a CUDA build (`--features cuda`) on a machine with an NVIDIA GPU: the
 //! GPU's bf16 logits against the CPU's f32 ones, LoRA gradients against the CPU's, and a short
-//! SFT run whose loss curve follows the CPU run's. The model is `KEFU_CUDA_TEST_MODEL` (a GGUF
+//! SFT run whose loss curve follows the CPU run's; the training attention's CUDA kernels
+//! against candle's elementary ops. The model is `KEFU_CUDA_TEST_MODEL` (a GGUF
 //! file or Hugging Face folder) when set, else a tiny random-weight llama. Each test prints its
 //! figures (`--nocapture` shows them).
 #![cfg(feature = "cuda")]
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use kefu_model::testing::{TinySpec, write_tiny_gguf};
 use kefu_model::{Architecture, DecoderOptions, LoadOptions, LoadedModel};
 use kefu_trainer::data::{Conversation, Tokenized, tokenize};
@@ -261,7 +262,7 @@ fn a_short_sft_run_on_the_gpu_follows_the_cpu_loss_curve() {
     }
 }
 
-/// Packed rows on the GPU (the masked-scores attention, not the CPU's fused op): a batch whose
+/// Packed rows on the GPU (the attention kernels read only each example's keys): a batch whose
 /// short examples share rows scores each example as it scores alone, and as the CPU does.
 #[test]
 fn packed_examples_on_the_gpu_score_as_they_do_alone() {
@@ -294,4 +295,81 @@ fn packed_examples_on_the_gpu_score_as_they_do_alone() {
     // bf16 activations: rows of different lengths round differently.
     assert!(worst_alone < 0.02, "{worst_alone}");
     assert!(worst_cpu < 0.05, "{worst_cpu}");
+}
+
+/// The first key each query reads: causal rows, a sliding window, packed examples.
+fn first_keys(batch: usize, seq: usize, window: Option<usize>, lengths: &[usize]) -> Vec<u32> {
+    let mut starts = Vec::with_capacity(seq);
+    for &n in lengths {
+        let start = starts.len();
+        starts.extend(std::iter::repeat_n(start, n));
+    }
+    starts.resize(seq, starts.len());
+    (0..batch)
+        .flat_map(|_| starts.iter().enumerate())
+        .map(|(i, &start)| start.max(window.map_or(0, |w| (i + 1).saturating_sub(w))) as u32)
+        .collect()
+}
+
+/// The training attention's CUDA kernels (f32 and bf16) against candle's elementary ops in f32
+/// on the CPU: values and the gradients of q, k and v, for causal rows, a window, packed
+/// examples, grouped queries, odd lengths, heads 8, 64 and 128 wide, rows of many key tiles.
+#[test]
+fn the_attention_kernels_match_the_elementary_ops_and_their_gradients() {
+    let gpu = gpu();
+    // (batch, heads, kv heads, seq, dim, first keys)
+    let cases = [
+        (2, 6, 2, 37, 64, first_keys(2, 37, None, &[])),
+        (1, 9, 3, 150, 64, first_keys(1, 150, None, &[])),
+        (1, 4, 4, 70, 128, first_keys(1, 70, None, &[])),
+        (2, 4, 2, 45, 64, first_keys(2, 45, Some(16), &[])),
+        (2, 4, 2, 40, 8, first_keys(2, 40, None, &[3, 20, 9])),
+        (1, 14, 2, 300, 64, first_keys(1, 300, None, &[100, 150])),
+    ];
+    let largest = |t: &Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+    for (batch, heads, kv_heads, seq, dim, first) in cases {
+        let cpu = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (batch, heads, seq, dim), &cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (batch, kv_heads, seq, dim), &cpu).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (batch, kv_heads, seq, dim), &cpu).unwrap();
+        let weights = Tensor::randn(0f32, 1.0, (batch, heads, seq, dim), &cpu).unwrap();
+        let scale = 1.0 / (dim as f64).sqrt();
+        // Values and gradients of `sum(y · weights)`, y in f32 on the CPU.
+        let run = |device: &Device, dtype: DType, fused: bool| {
+            let vars = [&q, &k, &v].map(|t| {
+                Var::from_tensor(&t.to_device(device).unwrap().to_dtype(dtype).unwrap()).unwrap()
+            });
+            let [vq, vk, vv] = &vars;
+            let y = if fused {
+                kefu_model::testing::causal_attention(vq, vk, vv, scale, &first)
+                    .unwrap()
+                    .expect("the kernels take f32 and bf16 heads up to 128 wide")
+            } else {
+                kefu_model::testing::reference_attention(vq, vk, vv, scale, &first)
+            };
+            let y = y.to_dtype(DType::F32).unwrap();
+            let store = (&y * weights.to_device(device).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let back = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&cpu).unwrap();
+            let grads = vars.map(|x| back(store.get(x.as_tensor()).unwrap()));
+            (back(&y), grads)
+        };
+        let (expected, expected_grads) = run(&cpu, DType::F32, false);
+        for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+            let (actual, grads) = run(&gpu, dtype, true);
+            let mut worst = largest(&(&actual - &expected).unwrap()) / largest(&expected).max(1.0);
+            for (a, b) in grads.iter().zip(&expected_grads) {
+                worst = worst.max(largest(&(a - b).unwrap()) / largest(b).max(1.0));
+            }
+            println!(
+                "attention kernels, {dtype:?}, batch {batch}, heads {heads}/{kv_heads}, seq {seq}, \
+                 dim {dim}: worst difference {worst:.2e} of the largest value"
+            );
+            assert!(worst < tolerance, "{dtype:?} {seq}x{dim}: {worst}");
+        }
+    }
 }

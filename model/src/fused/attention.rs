@@ -11,6 +11,12 @@
 //! Which keys a query reads is given per query: keys `first[i] ..= i`, so one op serves causal
 //! masks, sliding windows and several examples packed into one row (a query never reads an
 //! earlier example's keys).
+//!
+//! On NVIDIA GPUs the same op runs as CUDA kernels (`attention.cu`, launched by `cuda`): f32 or
+//! bf16 values, heads up to 128 wide.
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +46,15 @@ struct CausalAttention {
     scale: f32,
     /// `(batch, seq)`: the first key position each query reads (the last is its own).
     first: Arc<[u32]>,
-    lse: Mutex<Option<Arc<Vec<f32>>>>,
+    kept: Mutex<Option<Kept>>,
+}
+
+/// What the forward pass keeps, where it ran.
+#[derive(Clone)]
+enum Kept {
+    Cpu(Arc<Vec<f32>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<cuda::Kept>),
 }
 
 impl std::fmt::Debug for CausalAttention {
@@ -52,7 +66,9 @@ impl std::fmt::Debug for CausalAttention {
 /// Attention of `q` `(batch, heads, seq, dim)` over `k`, `v` `(batch, kv_heads, seq, dim)`
 /// (query head `h` reads key/value head `h / (heads / kv_heads)`), query `i` of batch row `b`
 /// reading keys `first[b * seq + i] ..= i`: `(batch, heads, seq, dim)`, differentiable in all
-/// three. `None` when the tensors are not f32 on the CPU (the caller then spells it out).
+/// three. `None` where the op does not run (the caller then spells it out): not f32 on the
+/// CPU, nor f32 / bf16 on a CUDA device with heads up to 128 wide and first keys that never
+/// decrease along a row.
 pub(crate) fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -60,14 +76,19 @@ pub(crate) fn causal_attention(
     scale: f64,
     first: Arc<[u32]>,
 ) -> Result<Option<Tensor>> {
-    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !(on_cpu_f32(q) && on_cpu_f32(k) && on_cpu_f32(v)) {
+    let alike = |t: &Tensor| t.device().same_device(q.device()) && t.dtype() == q.dtype();
+    let on_cpu = q.device().is_cpu() && q.dtype() == DType::F32;
+    #[cfg(feature = "cuda")]
+    let on_gpu = cuda::takes(q, &first, q.dim(2)?);
+    #[cfg(not(feature = "cuda"))]
+    let on_gpu = false;
+    if !((on_cpu || on_gpu) && alike(k) && alike(v)) {
         return Ok(None);
     }
     let op = CausalAttention {
         scale: scale as f32,
         first,
-        lse: Mutex::new(None),
+        kept: Mutex::new(None),
     };
     Ok(Some(q.contiguous()?.apply_op3(
         &k.contiguous()?,
@@ -101,6 +122,10 @@ fn dims(q: &Layout, k: &Layout, v: &Layout) -> candle_core::Result<Dims> {
 }
 
 impl CausalAttention {
+    fn keep(&self, kept: Kept) {
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+    }
+
     fn check_first(&self, d: &Dims) -> candle_core::Result<()> {
         let fits = self.first.len() == d.batch * d.seq
             && self
@@ -137,8 +162,25 @@ impl CustomOp3 for CausalAttention {
             crate::fused::contiguous_f32(v, vl)?,
         );
         let (out, lse) = forward(q, k, v, &self.first, self.scale, d);
-        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(lse));
+        self.keep(Kept::Cpu(Arc::new(lse)));
         Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        ql: &Layout,
+        k: &candle_core::CudaStorage,
+        kl: &Layout,
+        v: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let d = dims(ql, kl, vl)?;
+        self.check_first(&d)?;
+        let (out, kept) = cuda::forward(&self.first, self.scale, d, [(q, ql), (k, kl), (v, vl)])?;
+        self.keep(Kept::Cuda(Arc::new(kept)));
+        Ok((out, ql.shape().clone()))
     }
 
     fn bwd(
@@ -149,13 +191,23 @@ impl CustomOp3 for CausalAttention {
         out: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = self
-            .lse
+        let kept = self
+            .kept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("causal attention: no forward pass".into()))?;
         let d = dims(q.layout(), k.layout(), v.layout())?;
+        // One arm in a build without CUDA.
+        #[cfg_attr(not(feature = "cuda"), allow(clippy::infallible_destructuring_match))]
+        let lse = match kept {
+            Kept::Cpu(lse) => lse,
+            #[cfg(feature = "cuda")]
+            Kept::Cuda(kept) => {
+                let (dq, dk, dv) = cuda::backward(&kept, self.scale, d, [q, k, v, out, grad])?;
+                return Ok((Some(dq), Some(dk), Some(dv)));
+            }
+        };
         // The inputs and output read in place (all contiguous but, perhaps, the gradient).
         let tensors = {
             let [q, k, v, out, grad] = [q, k, v, out, grad].map(|t| t.contiguous());
@@ -281,6 +333,23 @@ fn backward(
         dv.extend_from_slice(&rows[(group + 1) * block..]);
     }
     (dq, dk, dv)
+}
+
+/// For each key, the last query of its row that reads it, given first keys that never
+/// decrease: the last query whose first key is at or before it.
+#[cfg(any(feature = "cuda", test))]
+fn last_readers(first: &[u32], seq: usize) -> Vec<u32> {
+    let mut last = vec![0u32; first.len()];
+    for (firsts, lasts) in first.chunks(seq).zip(last.chunks_mut(seq)) {
+        let mut reader = 0;
+        for (key, last) in lasts.iter_mut().enumerate() {
+            while reader + 1 < seq && firsts[reader + 1] as usize <= key {
+                reader += 1;
+            }
+            *last = reader.max(key) as u32;
+        }
+    }
+    last
 }
 
 /// `src` `(rows, cols)` into `dst` `(cols, rows)`.
@@ -605,45 +674,6 @@ mod tests {
 
     use super::*;
 
-    /// The same attention in candle's elementary ops: full scores, an additive mask built from
-    /// `first`, softmax, and keys / values repeated per group.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, first: &[u32]) -> Tensor {
-        let (batch, heads, seq, _) = q.dims4().unwrap();
-        let group = heads / k.dim(1).unwrap();
-        let repeat = |t: &Tensor| {
-            let (b, kv, s, d) = t.dims4().unwrap();
-            t.unsqueeze(2)
-                .unwrap()
-                .broadcast_as((b, kv, group, s, d))
-                .unwrap()
-                .reshape((b, kv * group, s, d))
-                .unwrap()
-        };
-        let (k, v) = (repeat(k), repeat(v));
-        let mask: Vec<f32> = (0..batch * seq)
-            .flat_map(|at| {
-                let (b, i) = (at / seq, at % seq);
-                (0..seq).map(move |j| (b, i, j))
-            })
-            .map(|(b, i, j)| {
-                if j > i || j < first[b * seq + i] as usize {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (batch, 1, seq, seq), q.device()).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale)
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap();
-        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)
-            .unwrap()
-            .matmul(&v)
-            .unwrap()
-    }
-
     fn largest(t: &Tensor) -> f32 {
         t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
     }
@@ -659,7 +689,7 @@ mod tests {
         let fused = causal_attention(&q, &k, &v, scale, first.clone().into())
             .unwrap()
             .expect("f32 on the CPU takes the fused path");
-        let plain = reference(&q, &k, &v, scale, &first);
+        let plain = crate::testing::reference_attention(&q, &k, &v, scale, &first);
         let diff = largest(&(&fused - &plain).unwrap());
         assert!(diff < 1e-5, "values differ by {diff}");
         let grads = |y: &Tensor| {
@@ -731,6 +761,18 @@ mod tests {
         let q = Tensor::zeros((1, 1, 3, 4), DType::F32, &device).unwrap();
         let err = causal_attention(&q, &q, &q, 0.5, vec![0, 2, 1].into()).unwrap_err();
         assert!(err.to_string().contains("its own key"), "{err}");
+    }
+
+    #[test]
+    fn each_key_is_read_up_to_its_last_reader() {
+        // A row of two examples (3 and 4 positions), a window of 2 over 5 positions.
+        assert_eq!(
+            last_readers(&[0, 0, 0, 3, 3, 3, 3], 7),
+            [2, 2, 2, 6, 6, 6, 6]
+        );
+        assert_eq!(last_readers(&[0, 0, 1, 2, 3], 5), [1, 2, 3, 4, 4]);
+        // Two rows.
+        assert_eq!(last_readers(&[0, 0, 0, 1], 2), [1, 1, 0, 1]);
     }
 
     #[test]
