@@ -217,7 +217,7 @@ for iteration in range(1, ITERATIONS + 1):
     while job["status"] in ("queued", "running"):
         time.sleep(5)
         _, job = call("GET", f"/api/admin/training/jobs/{job['id']}", token=ADMIN)
-    report = job.get("report") or {}
+    job_report = job.get("report") or {}
     trained = time.monotonic() - started - asking
     # The server follows `production` within its follow interval.
     time.sleep(3)
@@ -227,7 +227,7 @@ for iteration in range(1, ITERATIONS + 1):
     if learned:
         _, answers = evaluate(learned, f"corrected-{iteration}")
         recalled = mean(1.0 if (a.get("fact_recall") or 0.0) >= 0.5 else 0.0 for a in answers)
-    measure(iteration, {"id": job["id"], "status": job["status"], "passed": report.get("passed"),
+    measure(iteration, {"id": job["id"], "status": job["status"], "passed": job_report.get("passed"),
                         "corrections": len(corrected), "held_out": len(corrected) - len(learned),
                         "asked_s": round(asking),
                         "trained_s": round(trained), "error": job.get("error")},

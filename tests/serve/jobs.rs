@@ -7,6 +7,38 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// An admin's "train now": the job, or the refusal.
+fn trigger(staffed: &Staffed) -> (u16, Value) {
+    request(
+        "POST",
+        &staffed.server.url("/api/admin/training/jobs"),
+        &staffed.admin_api,
+        None,
+    )
+}
+
+/// Queues a job, lets one worker pass take it, and returns the job as the API shows it after.
+fn train_once(staffed: &Staffed) -> Value {
+    let (status, job) = trigger(staffed);
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let worked = kefu(staffed._home.path(), None)
+        .args(["trainer", "work", "--once"])
+        .output()
+        .unwrap();
+    assert!(worked.status.success(), "{worked:?}");
+    let (status, job) = request(
+        "GET",
+        &staffed
+            .server
+            .url(&format!("/api/admin/training/jobs/{id}")),
+        &staffed.admin_api,
+        None,
+    );
+    assert_eq!(status, 200, "{job}");
+    job
+}
+
 /// With a `[cpt]` stage in the worker's recipe, documents count as something to learn: a job
 /// snapshots the documents the last succeeded job had not seen and trains on them (here with
 /// no feedback at all; the real default model trained, merged, gated and registered); the next
@@ -16,14 +48,6 @@ fn a_job_learns_the_documents_the_last_one_had_not_seen() {
     let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off", PRODUCT_DEFAULT]);
     let server = &staffed.server;
     let home = staffed._home.path();
-    let trigger = || {
-        request(
-            "POST",
-            &server.url("/api/admin/training/jobs"),
-            &staffed.admin_api,
-            None,
-        )
-    };
     // Without a CPT stage, documents are not material.
     let (status, _, _) = call(
         "POST",
@@ -35,32 +59,16 @@ fn a_job_learns_the_documents_the_last_one_had_not_seen() {
         ),
     );
     assert_eq!(status, 201);
-    assert_error(trigger(), 422, "nothing_to_learn");
+    assert_error(trigger(&staffed), 422, "nothing_to_learn");
     std::fs::write(
         home.join("recipe.toml"),
         "[lora]\nrank = 4\nalpha = 8.0\n[cpt]\nmax_steps = 2\nmax_len = 32\nbatch = 1\n\
          eval_fraction = 0.0\n",
     )
     .unwrap();
-    let (status, job) = trigger();
-    assert_eq!(status, 202, "{job}");
+    let job = train_once(&staffed);
+    assert_eq!(job["status"], "succeeded", "{job}");
     let id = job["id"].as_i64().unwrap();
-    let worked = kefu(home, None)
-        .args(["trainer", "work", "--once"])
-        .output()
-        .unwrap();
-    assert!(worked.status.success(), "{worked:?}");
-    let (status, job) = request(
-        "GET",
-        &server.url(&format!("/api/admin/training/jobs/{id}")),
-        &staffed.admin_api,
-        None,
-    );
-    assert_eq!(
-        (status, job["status"].as_str()),
-        (200, Some("succeeded")),
-        "{job}"
-    );
     let report = &job["report"];
     let stages: Vec<&str> = report["stages"]
         .as_array()
@@ -83,7 +91,7 @@ fn a_job_learns_the_documents_the_last_one_had_not_seen() {
     assert_eq!(manifest.lines().count(), 1, "{manifest}");
 
     // Nothing new since; a new document is.
-    assert_error(trigger(), 422, "nothing_to_learn");
+    assert_error(trigger(&staffed), 422, "nothing_to_learn");
     let (status, _, _) = call(
         "POST",
         &server.url("/api/admin/knowledge-bases/default/documents?name=shipping.md"),
@@ -91,8 +99,87 @@ fn a_job_learns_the_documents_the_last_one_had_not_seen() {
         &Body::Raw(b"# Shipping\n\nParcels leave the warehouse within one day."),
     );
     assert_eq!(status, 201);
-    let (status, next) = trigger();
+    let (status, next) = trigger(&staffed);
     assert_eq!(status, 202, "{next}");
+}
+
+/// With `[knowledge]` in the worker's recipe, a knowledge base's FAQ-shaped sections are
+/// something to learn before any feedback: the job trains on grounded examples made from them
+/// (the question with its retrieved passages, the section's text with a citation) and on
+/// abstention examples (the decline reply over other documents' passages only), and its report
+/// counts them; without it the same documents are not material.
+#[test]
+fn a_job_learns_the_knowledge_base_s_faq_before_any_feedback() {
+    let staffed = staffed_server(&["--max-tokens", "4", "--trainer", "off"]);
+    let server = &staffed.server;
+    let home = staffed._home.path();
+    let faq: &[u8] = b"# Orders FAQ\n\n## 1.1. Can I change my delivery address?\n\nYes, until \
+        the parcel ships: open the order and choose Change address.\n\n## 1.2. How long do \
+        refunds take?\n\nRefunds reach the original card within five working days.\n\n## \
+        1.3. Do you ship abroad?\n\nWe ship to every country of the European Union.\n";
+    // Words of every question, none of their answers: retrieval brings it to each of them.
+    let other: &[u8] = b"# Warehouse\n\nWe ship orders from the warehouse in recycled card. \
+        The delivery address is printed on the parcel. How long refunds take is up to the shop \
+        you bought from; ask them to change it.";
+    for (name, body) in [("faq.md", faq), ("warehouse.md", other)] {
+        let (status, _, _) = call(
+            "POST",
+            &server.url(&format!(
+                "/api/admin/knowledge-bases/default/documents?name={name}"
+            )),
+            &staffed.admin_api,
+            &Body::Raw(body),
+        );
+        assert_eq!(status, 201);
+    }
+    assert_error(trigger(&staffed), 422, "nothing_to_learn");
+    std::fs::write(
+        home.join("recipe.toml"),
+        "[lora]\nrank = 4\nalpha = 8.0\n[sft]\nmax_steps = 1\nmax_len = 1024\nbatch = 1\n\
+         eval_fraction = 0.0\n[knowledge]\nabstention = 1.0\n",
+    )
+    .unwrap();
+    let job = train_once(&staffed);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let dataset = &job["report"]["dataset"];
+    let learned = &dataset["learned_from"]["sft"];
+    let faq_examples = learned["knowledge"].as_u64().unwrap_or(0);
+    let declines = learned["abstention"].as_u64().unwrap_or(0);
+    // Three FAQ questions: each trained on or held out for the gate; a held-out question's
+    // abstention example is dropped.
+    assert_eq!(
+        faq_examples + dataset["held_out_examples"].as_u64().unwrap(),
+        3,
+        "{dataset}"
+    );
+    assert_eq!(declines, faq_examples, "{dataset}");
+    assert!(faq_examples >= 1, "{dataset}");
+    let lines = std::fs::read_to_string(home.join(format!("jobs/{id}/data/sft.jsonl"))).unwrap();
+    let decline = "I don't have that information in our documents.";
+    for line in lines.lines() {
+        let example: Value = serde_json::from_str(line).unwrap();
+        let messages = example["messages"].as_array().unwrap();
+        let (system, answer) = (
+            messages[0]["content"].as_str().unwrap(),
+            messages[2]["content"].as_str().unwrap(),
+        );
+        match example["kefu"]["source"].as_str() {
+            Some("knowledge") => {
+                // The section's text, cited, from a prompt that holds it.
+                let text = answer.rsplit_once(" [").unwrap().0;
+                assert!(system.contains(text), "{answer} not in {system}");
+                assert!(answer.ends_with(']'), "{answer}");
+            }
+            Some("abstention") => {
+                assert!(answer.starts_with(decline), "{answer}");
+                assert!(!system.contains("Change address"), "{system}");
+                assert!(!system.contains("five working days"), "{system}");
+                assert!(system.contains("recycled card"), "{system}");
+            }
+            other => panic!("an example of {other:?}: {example}"),
+        }
+    }
 }
 
 /// The automatic triggers: an admin sets a schedule and a threshold (bad values refused); the

@@ -124,6 +124,12 @@ pub fn write_lines(path: &Path, examples: &[Value]) -> Result<String> {
 pub fn regression(sft: &[Value]) -> Vec<Value> {
     sft.iter()
         .filter(|e| e["kefu"]["chosen_message_id"].is_null())
+        .filter(|e| {
+            !matches!(
+                e["kefu"]["source"].as_str(),
+                Some("knowledge" | "abstention")
+            )
+        })
         .cloned()
         .collect()
 }

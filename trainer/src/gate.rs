@@ -30,8 +30,8 @@ use crate::pipeline::StageRun;
 use crate::recipe::{GateSection, Recipe};
 
 /// Passages and prompt budget of a held-out question's prompt (the server's defaults).
-const PASSAGES: usize = 4;
-const CONTEXT_TOKENS: usize = 1536;
+pub(crate) const PASSAGES: usize = 4;
+pub(crate) const CONTEXT_TOKENS: usize = 1536;
 /// Longest example the gate scores, in tokens.
 const MAX_LEN: usize = 4096;
 

@@ -93,6 +93,34 @@ pub struct Recipe {
     /// What a candidate must show before it becomes production (the training worker's gate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateSection>,
+    /// SFT examples the training worker makes from the knowledge base itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knowledge: Option<KnowledgeSection>,
+}
+
+/// `[knowledge]`: the training worker adds SFT examples made from a knowledge base, so a job
+/// teaches answering from the documents before (and beside) any feedback. Sections whose
+/// heading is a question (an FAQ's shape) become grounded examples: the question with the
+/// passages keyword retrieval finds for it, answered with the section's text and a citation;
+/// a share of them is repeated with other documents' passages only, answered with the
+/// abstention reply. The gate's held-out share applies to them as to feedback.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeSection {
+    /// The knowledge base [default: `default`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knowledge_base: Option<String>,
+    /// Abstention examples per FAQ example, between 0 and 1 [default: 0.25].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstention: Option<f64>,
+    /// FAQ examples at most [default: 200].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_examples: Option<usize>,
+    /// Questions never made into examples: a JSON-lines file whose records' `question`s are
+    /// left out (case and spacing ignored), e.g. an evaluation's test split. Records with a
+    /// `split` field count only when it is `test`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<PathBuf>,
 }
 
 /// `[gate]`
@@ -301,6 +329,18 @@ impl Recipe {
                 }
             }
         }
+        if let Some(knowledge) = &self.knowledge {
+            if let Some(share) = knowledge.abstention
+                && !(0.0..=1.0).contains(&share)
+            {
+                return fail(format!(
+                    "[knowledge] abstention is a share between 0 and 1, not {share}"
+                ));
+            }
+            if knowledge.max_examples == Some(0) {
+                return fail("[knowledge] max_examples is at least 1".into());
+            }
+        }
         for kind in StageKind::ALL {
             let Some(stage) = self.stage(kind) else {
                 continue;
@@ -353,10 +393,14 @@ mod tests {
             [dpo]
             data = "pairs.jsonl"
             beta = 0.2
+            [knowledge]
+            abstention = 0.5
+            exclude = "test.jsonl"
         "#;
         let recipe = Recipe::parse(text, "r.toml").unwrap();
         assert_eq!(recipe.lora.as_ref().unwrap().rank, Some(16));
         assert_eq!(recipe.dpo.as_ref().unwrap().beta, Some(0.2));
+        assert_eq!(recipe.knowledge.as_ref().unwrap().abstention, Some(0.5));
         assert_eq!(
             recipe.stages(),
             vec![StageKind::Cpt, StageKind::Sft, StageKind::Dpo]
@@ -383,6 +427,19 @@ mod tests {
             ("[gate]\nhold_out = 0.9", "at most 0.5"),
             ("[gate]\nmax_pairs = 0", "max_pairs is at least 1"),
             ("[gate]\nquestion = \"q.jsonl\"", "question"),
+            (
+                "[knowledge]\nabstention = 1.5",
+                "abstention is a share between 0 and 1",
+            ),
+            (
+                "[knowledge]\nabstention = -0.1",
+                "abstention is a share between 0 and 1",
+            ),
+            (
+                "[knowledge]\nmax_examples = 0",
+                "max_examples is at least 1",
+            ),
+            ("[knowledge]\nfaq = true", "faq"),
             ("seed = ", "r.toml"),
         ] {
             let error = Recipe::parse(text, "r.toml").unwrap_err().to_string();

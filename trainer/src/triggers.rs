@@ -32,11 +32,11 @@ impl Material {
     /// Why there is nothing to learn, for people.
     pub fn why_nothing(&self) -> &'static str {
         if self.examples + self.pairs == 0 {
-            "no corrected or rated answers yet (and no new documents for a CPT stage): nothing \
-             to learn"
+            "no corrected or rated answers yet (and no new documents for a CPT stage or \
+             `[knowledge]` examples): nothing to learn"
         } else {
-            "no feedback since the last training job (and no new documents for a CPT stage): \
-             nothing new to learn"
+            "no feedback since the last training job (and no new documents for a CPT stage or \
+             `[knowledge]` examples): nothing new to learn"
         }
     }
 }
@@ -53,7 +53,7 @@ pub async fn new_material(
     let pairs = crate::dataset::compile(database, Kind::Pairs, Format::Trl, policy).await?;
     let since = last_success_start(database, model).await?;
     let fresh_feedback = admitted_since(database, policy, since).await? > 0;
-    let new_documents = if wants_cpt(home)? {
+    let new_documents = if learns_documents(home)? {
         new_documents(home, database, model).await?.0.len()
     } else {
         0
@@ -66,10 +66,14 @@ pub async fn new_material(
     })
 }
 
-/// Whether the worker's recipe (`<home>/recipe.toml`) has a CPT stage.
-pub fn wants_cpt(home: &Path) -> Result<bool> {
+/// Whether the worker's recipe (`<home>/recipe.toml`) learns from the documents: a CPT
+/// stage, or `[knowledge]` examples. Then new documents are something to learn.
+pub fn learns_documents(home: &Path) -> Result<bool> {
     let file = home.join("recipe.toml");
-    Ok(file.exists() && Recipe::read(&file)?.cpt.is_some())
+    Ok(file.exists() && {
+        let recipe = Recipe::read(&file)?;
+        recipe.cpt.is_some() || recipe.knowledge.is_some()
+    })
 }
 
 /// A document's line in a job's `docs.jsonl`: the documents it had seen.
@@ -224,7 +228,7 @@ pub async fn check_triggers(
         None => false,
     };
     let unseen_documents =
-        wants_cpt(home)? && !new_documents(home, database, model).await?.0.is_empty();
+        learns_documents(home)? && !new_documents(home, database, model).await?.0.is_empty();
     if !fresh_feedback && !unseen_documents {
         return Ok(None);
     }

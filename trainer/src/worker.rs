@@ -408,8 +408,15 @@ async fn snapshot(
     let holding = gate_settings.questions.is_none();
     let share = gate_settings.hold_out.unwrap_or(HOLD_OUT);
     let admitted = sft.len();
+    // The knowledge base's own examples join the feedback's (and its held-out share: an
+    // abstention example is never a gate question).
+    let mut sft = sft;
+    if let Some(knowledge) = &base.knowledge {
+        sft.extend(knowledge_examples(home, database, knowledge).await?);
+    }
     let (sft, kept_out, pairs, kto) = if holding {
-        let (sft, kept_out) = hold_out(sft, share);
+        let (sft, mut kept_out) = hold_out(sft, share);
+        kept_out.retain(|e| e["kefu"]["source"] != "abstention");
         let (pairs, _) = hold_out(pairs, share);
         let (kto, _) = hold_out(kto, share);
         (sft, kept_out, pairs, kto)
@@ -420,7 +427,7 @@ async fn snapshot(
     let sft_hash = write_lines(&data_dir.join("sft.jsonl"), &sft)?;
     let pairs_hash = write_lines(&data_dir.join("pairs.jsonl"), &pairs)?;
     let kto_hash = write_lines(&data_dir.join("kto.jsonl"), &kto)?;
-    let documents = if crate::triggers::wants_cpt(home)? {
+    let documents = if crate::triggers::learns_documents(home)? {
         crate::triggers::snapshot_documents(home, database, &job.model, &data_dir).await?
     } else {
         0
@@ -703,6 +710,39 @@ async fn held_out(home: &Path, database: &Database, recipe: &Recipe) -> Result<H
         held_out.pairs = gate::read_pairs(&path, settings.max_pairs.unwrap_or(32))?;
     }
     Ok(held_out)
+}
+
+/// The examples a recipe's `[knowledge]` asks for, from the knowledge base it names (relative
+/// paths from `home`).
+async fn knowledge_examples(
+    home: &Path,
+    database: &Database,
+    settings: &crate::recipe::KnowledgeSection,
+) -> Result<Vec<Value>> {
+    let name = settings.knowledge_base.as_deref().unwrap_or("default");
+    let id = database.find_knowledge_base(name).await?.with_context(|| {
+        format!("[knowledge] knowledge_base: no knowledge base is named `{name}`")
+    })?;
+    let retriever = crate::knowledge::load_retriever(database, id).await?;
+    let mut sections = crate::knowledge::faq_sections(&retriever);
+    if let Some(path) = &settings.exclude {
+        let path = gate::resolve(home, path);
+        let excluded: std::collections::HashSet<String> = gate::read_questions(&path, usize::MAX)
+            .context("[knowledge] exclude")?
+            .into_iter()
+            .map(|q| crate::dataset::normalized(&q.question))
+            .collect();
+        sections.retain(|s| !excluded.contains(&crate::dataset::normalized(&s.question)));
+    }
+    let settings = crate::knowledge::KnowledgeExamples {
+        passages: gate::PASSAGES,
+        context_tokens: gate::CONTEXT_TOKENS,
+        abstention: settings.abstention.unwrap_or(0.25),
+        max_examples: settings.max_examples.unwrap_or(200),
+    };
+    Ok(crate::knowledge::knowledge_examples(
+        &retriever, &sections, &settings,
+    ))
 }
 
 #[cfg(test)]

@@ -67,6 +67,28 @@ __device__ __forceinline__ float dot(const float *a, const float *b, int dim) {
   return s0 + s1;
 }
 
+// Where a forward or dq block is: its (row, head) `bh`, key/value head `kv` (both counted
+// across the batch), and this warp's query row `i` (WARPS rows a block from `i0`; `active`
+// when inside the sequence).
+struct QueryRows {
+  int bh, warp, lane, i0, i, last_row;
+  size_t kv;
+  bool active;
+  const uint32_t *firsts;
+  __device__ QueryRows(int heads, int kv_heads, int seq, const uint32_t *first) {
+    bh = blockIdx.y;
+    const int b = bh / heads, h = bh % heads;
+    kv = (size_t)b * kv_heads + h / (heads / kv_heads);
+    warp = threadIdx.x / 32;
+    lane = threadIdx.x % 32;
+    i0 = blockIdx.x * WARPS;
+    i = i0 + warp;
+    active = i < seq;
+    last_row = min(seq, i0 + WARPS) - 1;
+    firsts = first + (size_t)b * seq;
+  }
+};
+
 // out and lse. Grid: (ceil(seq / WARPS), batch * heads).
 // Shared: WARPS * dim (queries) + TILE * (dim + PAD) (keys) + TILE * dim (values) floats.
 template <typename T>
@@ -77,14 +99,12 @@ __device__ void forward(const T *q, const T *k, const T *v, const uint32_t *firs
   float *qs = shared;
   float *ks = qs + WARPS * dim;
   float *vs = ks + TILE * (dim + PAD);
-  const int bh = blockIdx.y, b = bh / heads, h = bh % heads;
-  const int kv = b * kv_heads + h / (heads / kv_heads);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int i0 = blockIdx.x * WARPS, i = i0 + warp;
-  const bool active = i < seq;
-  const int last_row = min(seq, i0 + WARPS) - 1;
-  const uint32_t *firsts = first + (size_t)b * seq;
-  const T *keys = k + (size_t)kv * seq * dim, *values = v + (size_t)kv * seq * dim;
+  const QueryRows at(heads, kv_heads, seq, first);
+  const int warp = at.warp, lane = at.lane, i0 = at.i0, i = at.i, last_row = at.last_row;
+  const int bh = at.bh;
+  const bool active = at.active;
+  const uint32_t *firsts = at.firsts;
+  const T *keys = k + at.kv * seq * dim, *values = v + at.kv * seq * dim;
 
   load_rows(qs, dim, q + (size_t)bh * seq * dim, i0, seq, WARPS, dim);
   const int from = active ? (int)firsts[i] : 0;
@@ -142,14 +162,12 @@ __device__ void backward_dq(const T *q, const T *k, const T *v, const T *out, co
   float *gs = qs + WARPS * dim;
   float *ks = gs + WARPS * dim;
   float *vs = ks + TILE * (dim + PAD);
-  const int bh = blockIdx.y, b = bh / heads, h = bh % heads;
-  const int kv = b * kv_heads + h / (heads / kv_heads);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int i0 = blockIdx.x * WARPS, i = i0 + warp;
-  const bool active = i < seq;
-  const int last_row = min(seq, i0 + WARPS) - 1;
-  const uint32_t *firsts = first + (size_t)b * seq;
-  const T *keys = k + (size_t)kv * seq * dim, *values = v + (size_t)kv * seq * dim;
+  const QueryRows at(heads, kv_heads, seq, first);
+  const int warp = at.warp, lane = at.lane, i0 = at.i0, i = at.i, last_row = at.last_row;
+  const int bh = at.bh;
+  const bool active = at.active;
+  const uint32_t *firsts = at.firsts;
+  const T *keys = k + at.kv * seq * dim, *values = v + at.kv * seq * dim;
   const size_t row = (size_t)bh * seq + i;
 
   load_rows(qs, dim, q + (size_t)bh * seq * dim, i0, seq, WARPS, dim);
