@@ -133,6 +133,21 @@ fn a_job_learns_the_knowledge_base_s_faq_before_any_feedback() {
         assert_eq!(status, 201);
     }
     assert_error(trigger(&staffed), 422, "nothing_to_learn");
+    // A recipe that cannot be read is refused with its reason, and nothing is queued.
+    std::fs::write(home.join("recipe.toml"), "[knowledge]\nabstention = 2.0\n").unwrap();
+    let (status, refused) = trigger(&staffed);
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (422, Some("bad_recipe")),
+        "{refused}"
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("abstention is a share"),
+        "{refused}"
+    );
     std::fs::write(
         home.join("recipe.toml"),
         "[lora]\nrank = 4\nalpha = 8.0\n[sft]\nmax_steps = 1\nmax_len = 1024\nbatch = 1\n\

@@ -44,7 +44,8 @@ pub(crate) fn in_progress(active: &kefu_db::TrainingJob) -> (StatusCode, Json<Va
 }
 
 /// Queues a training job (the worker takes it): 202 with the job; 409 `job_in_progress` with
-/// the queued or running one; 422 `nothing_to_learn` when the feedback log holds nothing new.
+/// the queued or running one; 422 `nothing_to_learn` when the feedback log holds nothing new,
+/// 422 `bad_recipe` when the data directory's `recipe.toml` cannot be read.
 pub async fn start_training(
     State(state): State<Arc<AppState>>,
     Admin(me): Admin,
@@ -56,6 +57,14 @@ pub async fn start_training(
         .map_err(ApiError::internal)?
     {
         return Ok(in_progress(&active));
+    }
+    // The worker's recipe decides what is material; a broken one is the admin's to mend.
+    if let Err(e) = kefu_trainer::triggers::learns_documents(&state.config.data_dir) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_recipe",
+            format!("{e:#}"),
+        ));
     }
     let material = kefu_trainer::triggers::new_material(
         &state.config.data_dir,
