@@ -260,7 +260,7 @@ __device__ void backward_dkv(const T *q, const T *k, const T *v, const T *grad, 
       if (!active) continue;
       const int i = start + lane;
       float p = 0.0f, ds = 0.0f;
-      if (i <= end && i >= j && (int)firsts_s[lane] <= j) {
+      if (i <= end && i >= j && firsts_s[lane] <= (uint32_t)j) {
         p = expf(scale * dot(qs + lane * (dim + PAD), ks + warp * dim, dim) - lses[lane]);
         const float dp = dot(gs + lane * (dim + PAD), vs + warp * dim, dim);
         ds = p * (dp - deltas[lane]);
