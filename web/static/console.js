@@ -419,7 +419,7 @@
       document.getElementById("held-out-section").hidden = !(q && q.answers && q.answers.length);
       var d = report.dataset || {};
       if (d.learned_from) {
-        var names = { agent_correction: t("agent corrections"), agent_rating: t("agent ratings"), accepted_customer: t("accepted customer ratings"), customer: t("unreviewed customer ratings") };
+        var names = { agent_correction: t("agent corrections"), agent_rating: t("agent ratings"), accepted_customer: t("accepted customer ratings"), customer: t("unreviewed customer ratings"), knowledge: t("FAQ sections of the knowledge base"), abstention: t("abstention examples") };
         var describe = function (counts) { return Object.keys(counts || {}).map(function (k) { return (names[k] || k) + " " + counts[k]; }).join(", ") || t("none"); };
         body.appendChild(el("tr", { "data-row": "learned-from" }, [el("th", { scope: "row", text: t("Learned from (feedback policy {0}; {1} examples held out for the gate)", d.policy || "?", d.held_out_examples || 0) }),
           el("td", { colspan: 2, text: t("SFT: {0}. Pairs: {1}.", describe(d.learned_from.sft), describe(d.learned_from.pairs))
