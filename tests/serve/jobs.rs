@@ -148,6 +148,21 @@ fn a_job_learns_the_knowledge_base_s_faq_before_any_feedback() {
             .contains("abstention is a share"),
         "{refused}"
     );
+    // A knowledge base that does not exist fails the job with its name, before any training.
+    std::fs::write(
+        home.join("recipe.toml"),
+        "[knowledge]\nknowledge_base = \"elsewhere\"\n",
+    )
+    .unwrap();
+    let failed = train_once(&staffed);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no knowledge base is named `elsewhere`"),
+        "{failed}"
+    );
     std::fs::write(
         home.join("recipe.toml"),
         "[lora]\nrank = 4\nalpha = 8.0\n[sft]\nmax_steps = 1\nmax_len = 1024\nbatch = 1\n\

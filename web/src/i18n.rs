@@ -314,7 +314,10 @@ pub const ZH: &[(&str, &str)] = &[
         "留出样本对上的偏好准确率（{0}）；括号内为候选模型相对生产模型的奖励准确率",
     ),
     ("agent corrections", "客服更正"),
-    ("FAQ sections of the knowledge base", "知识库中的常见问题条目"),
+    (
+        "FAQ sections of the knowledge base",
+        "知识库中的常见问题条目",
+    ),
     ("abstention examples", "拒答示例"),
     ("agent ratings", "客服评价"),
     ("accepted customer ratings", "已接受的客户评价"),
