@@ -16,8 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kefu/target}
 MODELS=${KEFU_MODELS:-$HOME/.cache/kefu/models}
-cargo build --release --workspace --all-targets >&2
-KEFU="$CARGO_TARGET_DIR/release/kefu"
+# KEFU: a kefu binary to measure as it is (default: the workspace's release build, built first).
+if [ -z "${KEFU:-}" ]; then
+  cargo build --release --workspace --all-targets >&2
+  KEFU="$CARGO_TARGET_DIR/release/kefu"
+fi
 HOME_DIR=$(mktemp -d)
 ln -s "$MODELS" "$HOME_DIR/models"
 export KEFU_HOME="$HOME_DIR"
