@@ -193,6 +193,7 @@ pub fn knowledge_examples(
         );
         prompt
     };
+    let share = settings.abstention.clamp(0.0, 1.0);
     let mut examples = Vec::new();
     let mut made = 0usize;
     for section in sections {
@@ -214,7 +215,6 @@ pub fn knowledge_examples(
         let answer = format!("{} [{}]", answer_text(&section.answer), cited.number);
         examples.push(example(&prompt, &answer, "knowledge", section));
         // Abstention examples spread evenly: one where the running share passes a whole number.
-        let share = settings.abstention.clamp(0.0, 1.0);
         if (made as f64 * share).floor() != ((made + 1) as f64 * share).floor() {
             let others = |list: &[kefu_rag::Scored]| -> Vec<kefu_rag::Scored> {
                 list.iter()

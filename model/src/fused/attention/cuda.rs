@@ -182,10 +182,7 @@ where
             None => candle_core::bail!("causal attention: the backward pass on another device"),
         }
     }
-    let Some(cuda) = crate::fused::on_cuda(&storages[0].0) else {
-        candle_core::bail!("causal attention: the backward pass on another device")
-    };
-    let device: &CudaDevice = &cuda.device;
+    let device: &CudaDevice = tensors[0].device().as_cuda_device()?;
     let name = suffix(tensors[0].dtype())?;
     let [heads, kv_heads, seq, dim] = sizes(&d)?;
     let (queries, keys) = (d.batch * d.heads * d.seq, d.batch * d.kv_heads * d.seq);
