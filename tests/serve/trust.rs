@@ -183,7 +183,48 @@ fn a_customer_s_thumbs_up_flood_trains_nothing_by_default() {
         said.contains(&"Debian is a free operating system."),
         "{said:?}"
     );
-    // Three admitted answers, not the thirty-odd events: the threshold at 3 queues a job.
+    // The same question asked again (case and spacing aside) is one lesson, not two: an
+    // agent's thumbs-up on the new answer leaves the correction in place; a later correction
+    // takes it.
+    let (again, _, again_answer) = ask_anonymously(server, "what is  DEBIAN?");
+    let (status, body) = request(
+        "POST",
+        &server.url(&format!(
+            "/api/agent/conversations/{again}/messages/{again_answer}/feedback"
+        )),
+        &staffed.agent_api,
+        Some(&json!({"rating": "up"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let lessons = |sft: &[Value]| -> Vec<String> {
+        sft.iter()
+            .map(|e| {
+                e["messages"].as_array().unwrap().last().unwrap()["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let sft = export(&staffed, "sft", "review");
+    assert_eq!(sft.len(), 3, "{:?}", lessons(&sft));
+    assert!(lessons(&sft).contains(&"Debian is a free operating system.".to_string()));
+    correct(
+        server,
+        &staffed.agent_api,
+        &again,
+        again_answer,
+        "Debian is a free operating system made by volunteers.",
+    );
+    let sft = export(&staffed, "sft", "review");
+    let said = lessons(&sft);
+    assert_eq!(sft.len(), 3, "{said:?}");
+    assert!(
+        said.contains(&"Debian is a free operating system made by volunteers.".to_string())
+            && !said.contains(&"Debian is a free operating system.".to_string()),
+        "{said:?}"
+    );
+    // Admitted answers, not the thirty-odd events: the threshold at 3 queues a job.
     let (status, _, _) = call(
         "PUT",
         &server.url("/api/admin/training/schedule"),

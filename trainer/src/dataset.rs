@@ -137,6 +137,8 @@ pub fn regression(sft: &[Value]) -> Vec<Value> {
 /// An answer with what it was served and its winning label.
 #[derive(Debug, Clone)]
 struct Labelled {
+    /// The customer's question, as asked.
+    question: String,
     answer: Message,
     prompt: Value,
     model_version: String,
@@ -166,6 +168,17 @@ impl Labelled {
             "accepted_customer"
         } else {
             "customer"
+        }
+    }
+
+    /// How much its label is worth when several answers to the same question could each be an
+    /// SFT example: a correction, then an agent's rating, then an accepted customer's.
+    fn authority(&self) -> u8 {
+        match self.source() {
+            "agent_correction" => 3,
+            "agent_rating" => 2,
+            "accepted_customer" => 1,
+            _ => 0,
         }
     }
 
@@ -211,6 +224,9 @@ async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Label
         let Some(question) = answer.reply_to else {
             continue;
         };
+        let Some(asked) = database.message(question).await? else {
+            continue;
+        };
         let Some(served) = database.served_prompt(answer_id).await? else {
             continue;
         };
@@ -233,6 +249,7 @@ async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Label
         let trusted = event.feedback.rater_role == "agent"
             || review.as_ref().is_some_and(|r| r.decision == ACCEPTED);
         by_question.entry(question).or_default().push(Labelled {
+            question: asked.content,
             prompt: serde_json::from_str(&served.prompt)?,
             model_version: served.model_version,
             label,
@@ -360,6 +377,10 @@ pub async fn compile(
 ) -> Result<Vec<Value>> {
     let by_question = admissible(database).await?;
     let mut out = Vec::new();
+    // SFT: one example per question text (the same question asked again, by another customer
+    // or in a later round, is one lesson, not several): the one with the most authority, then
+    // the latest; its place is its question's first.
+    let mut lessons: Vec<(String, (u8, i64), Value)> = Vec::new();
     for (question, answers) in &by_question {
         for a in answers {
             let lineage = |chosen: Option<i64>, rejected: Option<i64>| {
@@ -379,22 +400,20 @@ pub async fn compile(
                     }
                 }
                 Kind::Sft => {
-                    if let Some((corrected, _)) = &a.correction {
-                        out.push(single(
-                            format,
-                            &a.prompt,
-                            corrected,
-                            None,
-                            lineage(None, None),
-                        ));
+                    let example = if let Some((corrected, _)) = &a.correction {
+                        single(format, &a.prompt, corrected, None, lineage(None, None))
                     } else if a.label > 0 && policy.admits_single(a.trusted) {
-                        out.push(single(
-                            format,
-                            &a.prompt,
-                            &a.answer.content,
-                            None,
-                            lineage(Some(a.answer.id), None),
-                        ));
+                        let lineage = lineage(Some(a.answer.id), None);
+                        single(format, &a.prompt, &a.answer.content, None, lineage)
+                    } else {
+                        continue;
+                    };
+                    let key = normalized(&a.question);
+                    let weight = (a.authority(), a.decided_ms());
+                    match lessons.iter_mut().find(|(k, _, _)| *k == key) {
+                        Some(lesson) if lesson.1 < weight => *lesson = (key, weight, example),
+                        Some(_) => {}
+                        None => lessons.push((key, weight, example)),
                     }
                 }
                 Kind::Kto if policy.admits_single(a.trusted) => out.push(single(
@@ -436,6 +455,7 @@ pub async fn compile(
             }
         }
     }
+    out.extend(lessons.into_iter().map(|(_, _, example)| example));
     Ok(out)
 }
 
