@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark and correctness checks, step 2 of 2, on the GPU machine (see
 # benches/gpu_vs_pytorch.sh for step 1): unpacks the binaries, runs the GPU correctness tests
-# on a tiny model and on the default model's architecture, then the benchmark table.
+# on a tiny model and on both catalog models' architectures (SmolLM2-135M, Qwen2.5-0.5B),
+# then the benchmark table.
 #   bash benches/gpu_run.sh .gpu [benchmark options, e.g. --steps 10 --only sft]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 benches/gpu_vs_pytorch.py "$DIR" --only none  # draws the random weights
 echo "== GPU correctness: tiny random llama"
 "$DIR/gpu-tests" --test-threads 1 --nocapture
-echo "== GPU correctness: SmolLM2-135M architecture"
-KEFU_CUDA_TEST_MODEL="$DIR/smollm2-135m" "$DIR/gpu-tests" --test-threads 1 --nocapture
+for model in smollm2-135m qwen2.5-0.5b; do
+  echo "== GPU correctness: $model architecture"
+  KEFU_CUDA_TEST_MODEL="$DIR/$model" "$DIR/gpu-tests" --test-threads 1 --nocapture
+done
 echo "== benchmark"
 python3 benches/gpu_vs_pytorch.py "$DIR" "$@"
