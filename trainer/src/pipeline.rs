@@ -31,11 +31,11 @@ pub trait ModelSource {
 /// How the frozen base is held while adapters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaseWeights {
-    /// Q8_0 blocks (what the server runs; the default).
+    /// Q8_0 blocks (what the server runs; the default where Kefu's Q8_0 kernels run).
     Q8_0,
     /// 4-bit blocks (QLoRA): the model file's own 4-bit weights, or a Q4_0 copy of them.
     Q4,
-    /// Dense f32 (about 4× the memory of Q8_0).
+    /// Dense f32 (about 4× the memory of Q8_0; the default on CPUs without AVX-512 VNNI).
     F32,
 }
 
@@ -46,6 +46,18 @@ impl BaseWeights {
             "q4" => Ok(Self::Q4),
             "f32" => Ok(Self::F32),
             _ => bail!("base weights are q8_0, q4 or f32, not `{name}`"),
+        }
+    }
+
+    /// The default: Q8_0 where Kefu's Q8_0 matrix kernels run (AVX-512 VNNI), else f32. Without
+    /// them a Q8_0 product is candle's row-at-a-time dot products, and a training step on a
+    /// served prompt (0.5B model, AVX2-only 2-core VM) took 135 s against 55 s with f32's
+    /// matrix kernels, for 1.1 GB more memory (`docs/BENCHMARKS.md`).
+    pub fn fastest() -> Self {
+        if kefu_model::q8::available() {
+            Self::Q8_0
+        } else {
+            Self::F32
         }
     }
 
@@ -154,7 +166,7 @@ impl Settings {
         let base_weights = match (args.base_weights, &recipe.base_weights) {
             (Some(weights), _) => weights,
             (None, Some(name)) => BaseWeights::parse(name)?,
-            (None, None) => BaseWeights::Q8_0,
+            (None, None) => BaseWeights::fastest(),
         };
         let targets = match (&args.targets, &lora.targets) {
             (Some(list), _) => list.clone(),

@@ -6,7 +6,8 @@
 //!
 //! ```toml
 //! model = "smollm2-135m-instruct"
-//! base_weights = "q8_0"   # q8_0, q4 (QLoRA on the 4-bit file) or f32
+//! base_weights = "q8_0"   # q8_0, q4 (QLoRA on the 4-bit file) or f32; default: q8_0 where
+//!                         # the CPU has AVX-512 VNNI, else f32
 //! seed = 42
 //! checkpoint_layers = true   # recompute layers in the backward pass: less memory
 //!

@@ -114,7 +114,7 @@ pub struct StageArgs {
     /// Output folder: `adapter/` (PEFT layout), `checkpoint/`, `metrics.jsonl`, `recipe.toml`.
     #[arg(long)]
     pub output: PathBuf,
-    /// How the frozen base is held [default: q8_0].
+    /// How the frozen base is held [default: q8_0 with AVX-512 VNNI, else f32].
     #[arg(long, value_enum)]
     pub base_weights: Option<BaseWeights>,
     /// Where to train: cpu, or cuda / cuda:N in a CUDA build (bf16 base, f32 adapters;
