@@ -22,6 +22,18 @@ fn export(staffed: &Staffed, kind: &str, policy: &str) -> Vec<Value> {
         .collect()
 }
 
+/// What each SFT example teaches: its last message's text.
+fn taught(sft: &[Value]) -> Vec<String> {
+    sft.iter()
+        .map(|e| {
+            e["messages"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 fn inbox(staffed: &Staffed, query: &str) -> Value {
     let (status, inbox) = request(
         "GET",
@@ -169,18 +181,15 @@ fn a_customer_s_thumbs_up_flood_trains_nothing_by_default() {
         "Debian is a free operating system.",
     );
     let sft = export(&staffed, "sft", "review");
-    let said: Vec<&str> = sft
-        .iter()
-        .map(|e| {
-            e["messages"].as_array().unwrap().last().unwrap()["content"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
+    let said = taught(&sft);
     assert_eq!(sft.len(), 3, "{said:?}");
-    assert!(said.contains(&"Debian 是一个自由的操作系统。"), "{said:?}");
     assert!(
-        said.contains(&"Debian is a free operating system."),
+        said.iter().any(|s| s == "Debian 是一个自由的操作系统。"),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|s| s == "Debian is a free operating system."),
         "{said:?}"
     );
     // The same question asked again (case and spacing aside) is one lesson, not two: an
@@ -196,19 +205,14 @@ fn a_customer_s_thumbs_up_flood_trains_nothing_by_default() {
         Some(&json!({"rating": "up"})),
     );
     assert_eq!(status, 201, "{body}");
-    let lessons = |sft: &[Value]| -> Vec<String> {
-        sft.iter()
-            .map(|e| {
-                e["messages"].as_array().unwrap().last().unwrap()["content"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
-    };
     let sft = export(&staffed, "sft", "review");
-    assert_eq!(sft.len(), 3, "{:?}", lessons(&sft));
-    assert!(lessons(&sft).contains(&"Debian is a free operating system.".to_string()));
+    let said = taught(&sft);
+    assert_eq!(sft.len(), 3, "{said:?}");
+    assert!(
+        said.iter()
+            .any(|s| s == "Debian is a free operating system."),
+        "{said:?}"
+    );
     correct(
         server,
         &staffed.agent_api,
@@ -217,11 +221,14 @@ fn a_customer_s_thumbs_up_flood_trains_nothing_by_default() {
         "Debian is a free operating system made by volunteers.",
     );
     let sft = export(&staffed, "sft", "review");
-    let said = lessons(&sft);
+    let said = taught(&sft);
     assert_eq!(sft.len(), 3, "{said:?}");
     assert!(
-        said.contains(&"Debian is a free operating system made by volunteers.".to_string())
-            && !said.contains(&"Debian is a free operating system.".to_string()),
+        said.iter()
+            .any(|s| s == "Debian is a free operating system made by volunteers.")
+            && !said
+                .iter()
+                .any(|s| s == "Debian is a free operating system."),
         "{said:?}"
     );
     // Admitted answers, not the thirty-odd events: the threshold at 3 queues a job.

@@ -15,7 +15,7 @@
 //! Each example keeps the exact messages the model was served (retrieved passages included)
 //! and its lineage (question, answer and feedback ids, model version).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -156,29 +156,40 @@ struct Labelled {
     customer_ratings: Vec<FeedbackEvent>,
 }
 
-impl Labelled {
-    /// Where its label comes from: `agent_correction`, `agent_rating`, `accepted_customer`
-    /// (a customer's rating the inbox accepted) or `customer` (unreviewed).
-    fn source(&self) -> &'static str {
-        if self.correction.is_some() {
-            "agent_correction"
-        } else if self.event.feedback.rater_role == "agent" {
-            "agent_rating"
-        } else if self.trusted {
-            "accepted_customer"
-        } else {
-            "customer"
+/// Where a label comes from, least authoritative first: when several answers to the same
+/// question could each be an SFT example, the one whose label has the most authority wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    /// A customer's rating nobody reviewed.
+    Customer,
+    /// A customer's rating the inbox accepted.
+    AcceptedCustomer,
+    AgentRating,
+    AgentCorrection,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Customer => "customer",
+            Source::AcceptedCustomer => "accepted_customer",
+            Source::AgentRating => "agent_rating",
+            Source::AgentCorrection => "agent_correction",
         }
     }
+}
 
-    /// How much its label is worth when several answers to the same question could each be an
-    /// SFT example: a correction, then an agent's rating, then an accepted customer's.
-    fn authority(&self) -> u8 {
-        match self.source() {
-            "agent_correction" => 3,
-            "agent_rating" => 2,
-            "accepted_customer" => 1,
-            _ => 0,
+impl Labelled {
+    /// Where its label comes from.
+    fn source(&self) -> Source {
+        if self.correction.is_some() {
+            Source::AgentCorrection
+        } else if self.event.feedback.rater_role == "agent" {
+            Source::AgentRating
+        } else if self.trusted {
+            Source::AcceptedCustomer
+        } else {
+            Source::Customer
         }
     }
 
@@ -217,6 +228,8 @@ fn decide(events: &[FeedbackEvent]) -> Option<(&FeedbackEvent, i64)> {
 async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Labelled>>> {
     let mut reviews = database.reviews().await?;
     let mut by_question: BTreeMap<i64, Vec<Labelled>> = BTreeMap::new();
+    // Each question's text, read once however many of its answers were rated.
+    let mut asked: HashMap<i64, String> = HashMap::new();
     for answer_id in database.rated_answers().await? {
         let Some(answer) = database.message(answer_id).await? else {
             continue;
@@ -224,9 +237,12 @@ async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Label
         let Some(question) = answer.reply_to else {
             continue;
         };
-        let Some(asked) = database.message(question).await? else {
-            continue;
-        };
+        if let std::collections::hash_map::Entry::Vacant(slot) = asked.entry(question) {
+            let Some(message) = database.message(question).await? else {
+                continue;
+            };
+            slot.insert(message.content);
+        }
         let Some(served) = database.served_prompt(answer_id).await? else {
             continue;
         };
@@ -249,7 +265,7 @@ async fn labelled_answers(database: &Database) -> Result<BTreeMap<i64, Vec<Label
         let trusted = event.feedback.rater_role == "agent"
             || review.as_ref().is_some_and(|r| r.decision == ACCEPTED);
         by_question.entry(question).or_default().push(Labelled {
-            question: asked.content,
+            question: asked[&question].clone(),
             prompt: serde_json::from_str(&served.prompt)?,
             model_version: served.model_version,
             label,
@@ -380,7 +396,8 @@ pub async fn compile(
     // SFT: one example per question text (the same question asked again, by another customer
     // or in a later round, is one lesson, not several): the one with the most authority, then
     // the latest; its place is its question's first.
-    let mut lessons: Vec<(String, (u8, i64), Value)> = Vec::new();
+    let mut lessons: Vec<((Source, i64), Value)> = Vec::new();
+    let mut lesson_of: HashMap<String, usize> = HashMap::new();
     for (question, answers) in &by_question {
         for a in answers {
             let lineage = |chosen: Option<i64>, rejected: Option<i64>| {
@@ -388,7 +405,7 @@ pub async fn compile(
                     "question_message_id": question, "answer_message_id": a.answer.id,
                     "feedback_event_id": a.event.id, "model_version": a.model_version,
                     "chosen_message_id": chosen, "rejected_message_id": rejected,
-                    "source": a.source(),
+                    "source": a.source().name(),
                 })
             };
             match kind {
@@ -408,12 +425,15 @@ pub async fn compile(
                     } else {
                         continue;
                     };
+                    let weight = (a.source(), a.decided_ms());
                     let key = normalized(&a.question);
-                    let weight = (a.authority(), a.decided_ms());
-                    match lessons.iter_mut().find(|(k, _, _)| *k == key) {
-                        Some(lesson) if lesson.1 < weight => *lesson = (key, weight, example),
+                    match lesson_of.get(&key).copied() {
+                        Some(at) if lessons[at].0 < weight => lessons[at] = (weight, example),
                         Some(_) => {}
-                        None => lessons.push((key, weight, example)),
+                        None => {
+                            lesson_of.insert(key, lessons.len());
+                            lessons.push((weight, example));
+                        }
                     }
                 }
                 Kind::Kto if policy.admits_single(a.trusted) => out.push(single(
@@ -448,14 +468,14 @@ pub async fn compile(
                             "chosen_feedback_event_id": good.event.id,
                             "rejected_feedback_event_id": bad.event.id,
                             "model_version": good.model_version,
-                            "source": good.source(),
+                            "source": good.source().name(),
                         }),
                     ));
                 }
             }
         }
     }
-    out.extend(lessons.into_iter().map(|(_, _, example)| example));
+    out.extend(lessons.into_iter().map(|(_, example)| example));
     Ok(out)
 }
 
@@ -570,11 +590,7 @@ pub async fn inbox(
     let flags = suspicious(&by_question);
     let mut items = Vec::new();
     for (question_id, answers) in &by_question {
-        let question = database
-            .message(*question_id)
-            .await?
-            .map(|m| m.content)
-            .unwrap_or_default();
+        let question = answers.first().map_or("", |a| a.question.as_str());
         for a in answers {
             let label = match (&a.correction, a.label) {
                 (Some(_), _) => "corrected",

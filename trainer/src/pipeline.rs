@@ -50,9 +50,9 @@ impl BaseWeights {
     }
 
     /// The default: Q8_0 where Kefu's Q8_0 matrix kernels run (AVX-512 VNNI), else f32. Without
-    /// them a Q8_0 product is candle's row-at-a-time dot products, and a training step on a
-    /// served prompt (0.5B model, AVX2-only 2-core VM) took 135 s against 55 s with f32's
-    /// matrix kernels, for 1.1 GB more memory (`docs/BENCHMARKS.md`).
+    /// them a Q8_0 product is candle's row-at-a-time dot products: training the 0.5B model on
+    /// a served prompt (AVX2-only 2-core VM) ran at 8 tokens/s against 20 with an f32 base, for
+    /// 1.1 GiB more memory (`docs/BENCHMARKS.md`, "On a CPU without AVX-512").
     pub fn fastest() -> Self {
         if kefu_model::q8::available() {
             Self::Q8_0
